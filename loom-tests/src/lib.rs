@@ -1,0 +1,1 @@
+//! loom models of contextvars live in `tests/`; this library is empty.

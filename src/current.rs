@@ -1,0 +1,463 @@
+//! Per-thread state: the frame (context) the thread is running now.
+//!
+//! Two thread-locals, split by cost:
+//!
+//! * `HOT` has no destructor and a `const` initialiser, so reading it compiles to a plain
+//!   TLS load with no lazy-initialisation or liveness check. It holds what
+//!   [`with_binding`] needs: a raw pointer to the root node of the current snapshot, and a
+//!   counter of active borrows. It also holds two per-thread counters (token sequence
+//!   numbers and a block of context ids), so those never touch a shared cache line.
+//! * `STATE` owns the frame: the current snapshot (`Vars`), the [`Shared`] context object
+//!   it writes through to (if any), the frame's identity for token checks, and snapshots
+//!   whose release is deferred. Its destructor nulls `HOT.root` first, so code that runs
+//!   while the thread's values are dropped reads defaults instead of freed memory.
+//!
+//! **No borrow across user code.** Every field is a `Cell`; state is read with
+//! `take`/`replace` and written back before any user code (a closure, a value's `Drop`)
+//! can run. Snapshots that stop being current are dropped only after the state is
+//! consistent again ([`retire`]).
+//!
+//! **Why the raw root pointer is valid.** `HOT.root` always equals
+//! `STATE.vars.root_ptr()`: both are written together, in every function below, before
+//! anything else can observe them. The node is therefore kept alive by `STATE.vars` as
+//! long as the pointer is current. A reader that runs user code while holding a reference
+//! into the node (the closure of [`ContextVar::with`](crate::ContextVar::with), or
+//! `T::clone`) counts itself in `HOT.borrows`; while that count is non-zero, a snapshot
+//! that stops being current is parked in `STATE.graveyard` instead of dropped, so the node
+//! outlives the reference. The last borrow to end drops the parked snapshots.
+
+use std::marker::PhantomData;
+use std::ptr;
+
+use crate::context::Shared;
+use crate::error::AccessError;
+use crate::map::{Map, Node};
+use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
+use crate::value::Entry;
+
+/// A snapshot of bindings: var id → entry.
+pub(crate) type Vars = Map<Entry>;
+
+/// Context and frame ids are handed out in blocks, so a thread allocates ids without
+/// touching a shared counter. 0 means "not assigned".
+static NEXT_ID_BLOCK: StaticCounter = StaticCounter::new(1);
+const ID_BLOCK: u64 = 1 << 16;
+
+struct Hot {
+    root: Cell<*const Node<Entry>>,
+    borrows: Cell<usize>,
+    deferred: Cell<bool>,
+    seq: Cell<u64>,
+    ids_next: Cell<u64>,
+    ids_end: Cell<u64>,
+}
+
+impl Hot {
+    const fn new() -> Self {
+        Self {
+            root: Cell::new(ptr::null()),
+            borrows: Cell::new(0),
+            deferred: Cell::new(false),
+            seq: Cell::new(0),
+            ids_next: Cell::new(0),
+            ids_end: Cell::new(0),
+        }
+    }
+
+    /// A sequence number unique on this thread (tokens use it to detect "nothing changed
+    /// since my set").
+    fn next_seq(&self) -> u64 {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        seq
+    }
+
+    fn next_id(&self) -> u64 {
+        let next = self.ids_next.get();
+        if next != self.ids_end.get() {
+            self.ids_next.set(next + 1);
+            return next;
+        }
+        let start = NEXT_ID_BLOCK.fetch_add(ID_BLOCK);
+        self.ids_next.set(start + 1);
+        self.ids_end.set(start + ID_BLOCK);
+        start
+    }
+}
+
+struct State {
+    vars: Cell<Vars>,
+    ctx: Cell<Option<Arc<Shared>>>,
+    id: Cell<u64>,
+    last_change: Cell<u64>,
+    /// A set or reset was not published to `ctx` because nobody else could see it.
+    dirty: Cell<bool>,
+    graveyard: Cell<Vec<Vars>>,
+}
+
+impl State {
+    const fn new() -> Self {
+        Self {
+            vars: Cell::new(Map::new()),
+            ctx: Cell::new(None),
+            id: Cell::new(0),
+            last_change: Cell::new(0),
+            dirty: Cell::new(false),
+            graveyard: Cell::new(Vec::new()),
+        }
+    }
+
+    fn frame_id(&self, hot: &Hot) -> u64 {
+        match self.id.get() {
+            0 => {
+                let id = hot.next_id();
+                self.id.set(id);
+                id
+            }
+            id => id,
+        }
+    }
+
+    fn vars_clone(&self) -> Vars {
+        let vars = self.vars.take();
+        let copy = vars.clone();
+        self.vars.set(vars);
+        copy
+    }
+
+    /// Makes `new` the current snapshot and returns the old one. No user code runs.
+    fn install(&self, hot: &Hot, new: Vars) -> Vars {
+        hot.root.set(new.root_ptr());
+        self.vars.replace(new)
+    }
+
+    /// Publishes the current snapshot to the frame's context object if anyone else can
+    /// see that object, and returns what the object held before (to be retired by the
+    /// caller). A context object referenced only by this frame (`strong_count == 1`: its
+    /// handles were all dropped) cannot be observed, so the publication is skipped and
+    /// the frame marked dirty; a handle made later publishes first ([`current_shared`]).
+    fn publish(&self) -> Option<Vars> {
+        let ctx = self.ctx.take();
+        let old = match &ctx {
+            Some(shared) if Arc::strong_count(shared) > 1 => {
+                self.dirty.set(false);
+                Some(shared.replace_vars(self.vars_clone()))
+            }
+            Some(_) => {
+                self.dirty.set(true);
+                None
+            }
+            None => None,
+        };
+        self.ctx.set(ctx);
+        old
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Readers that run while the values below are dropped must not follow the root.
+        let _ = HOT.try_with(|hot| hot.root.set(ptr::null()));
+        if let Some(shared) = self.ctx.get_mut().take() {
+            if *self.dirty.get_mut() && Arc::strong_count(&shared) > 1 {
+                drop(shared.replace_vars(self.vars.get_mut().clone()));
+            }
+            shared.leave();
+        }
+        // The fields are dropped after this, running value destructors with a null root.
+    }
+}
+
+thread_locals! {
+    static HOT: Hot = Hot::new();
+    static STATE: State = State::new();
+}
+
+/// Drops `vars` now, or parks it until the last active borrow ends.
+fn retire(vars: Vars) {
+    let parked = HOT.with(|hot| {
+        if hot.borrows.get() == 0 {
+            return Some(vars);
+        }
+        let pushed = STATE.try_with(|state| {
+            let mut graveyard = state.graveyard.take();
+            graveyard.push(vars);
+            state.graveyard.set(graveyard);
+        });
+        hot.deferred.set(pushed.is_ok());
+        None
+    });
+    drop(parked);
+}
+
+#[cold]
+fn drain_graveyard() {
+    let _ = STATE.try_with(|state| {
+        loop {
+            let dead = state.graveyard.take();
+            if dead.is_empty() {
+                break;
+            }
+            drop(dead); // may run user destructors, which may park more snapshots
+        }
+    });
+}
+
+/// Counts an active borrow of the current snapshot; see the module docs.
+struct Borrow<'a>(&'a Hot);
+
+impl<'a> Borrow<'a> {
+    #[inline]
+    fn new(hot: &'a Hot) -> Self {
+        hot.borrows.set(hot.borrows.get() + 1);
+        Borrow(hot)
+    }
+}
+
+impl Drop for Borrow<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let left = self.0.borrows.get() - 1;
+        self.0.borrows.set(left);
+        if left == 0 && self.0.deferred.get() {
+            self.0.deferred.set(false);
+            drain_graveyard();
+        }
+    }
+}
+
+/// Calls `f` with the current binding of variable `key`, as a `T`.
+///
+/// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`).
+#[inline]
+pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -> R) -> R {
+    HOT.with(|hot| {
+        let root = hot.root.get();
+        if root.is_null() {
+            return f(None);
+        }
+        let _borrow = Borrow::new(hot);
+        // SAFETY: `root` is `STATE.vars.root_ptr()` (module invariant), so the node is
+        // owned by the current snapshot; `_borrow` defers the release of that snapshot
+        // until after `f` returns, even if `f` sets variables or enters contexts.
+        let node = unsafe { &*root };
+        // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is `key`.
+        let value = node
+            .get(key)
+            .map(|entry| unsafe { entry.downcast_unchecked::<T>() });
+        f(value)
+    })
+}
+
+/// A clone of the current snapshot (empty during thread teardown).
+pub(crate) fn vars() -> Vars {
+    STATE.try_with(State::vars_clone).unwrap_or_default()
+}
+
+/// What a `set` leaves behind for its token.
+pub(crate) struct SetState {
+    /// The snapshot before the set (gives `Token::old_value`).
+    pub(crate) prev: Vars,
+    /// The frame (context) the set happened in.
+    pub(crate) frame_id: u64,
+    /// The frame's `last_change` right after the set, and right before it.
+    seq: u64,
+    prev_change: u64,
+}
+
+/// Binds `entry` under `key` in the current frame.
+pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessError> {
+    let (state, old_published) = STATE
+        .try_with(|state| {
+            HOT.with(|hot| {
+                let prev = state.vars.take();
+                let new = prev.insert(key, entry);
+                hot.root.set(new.root_ptr());
+                state.vars.set(new);
+                let prev_change = state.last_change.replace(hot.next_seq());
+                let set = SetState {
+                    prev,
+                    frame_id: state.frame_id(hot),
+                    seq: state.last_change.get(),
+                    prev_change,
+                };
+                (set, state.publish())
+            })
+        })
+        .map_err(|_| AccessError::new())?;
+    if let Some(old) = old_published {
+        retire(old);
+    }
+    Ok(state)
+}
+
+/// Why [`reset_binding`] refused.
+pub(crate) enum ResetFailure {
+    DifferentContext,
+    Access,
+}
+
+/// Restores the state from before the set that produced `set`.
+pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure, SetState)> {
+    let mut set = Some(set);
+    let outcome = STATE.try_with(|state| {
+        HOT.with(|hot| {
+            let frame_id = state.frame_id(hot);
+            let token = set.take().expect("taken once");
+            if frame_id != token.frame_id {
+                return Err(token);
+            }
+            let (new, last_change, unused) = if state.last_change.get() == token.seq {
+                // Nothing changed since the set: the old snapshot is exactly the state to
+                // return to, including the frame's change marker.
+                (token.prev, token.prev_change, None)
+            } else {
+                let current = state.vars_clone();
+                let restored = match token.prev.get(key) {
+                    Some(old) => current.insert(key, old.clone()),
+                    // CPython raises LookupError if the binding is already gone; that
+                    // cannot happen through set/reset alone, and there is nothing to undo.
+                    None => current.remove(key).unwrap_or(current),
+                };
+                (restored, hot.next_seq(), Some(token.prev))
+            };
+            let old = state.install(hot, new);
+            state.last_change.set(last_change);
+            Ok([Some(old), unused, state.publish()])
+        })
+    });
+    match outcome {
+        Ok(Ok(dead)) => {
+            for vars in dead.into_iter().flatten() {
+                retire(vars);
+            }
+            Ok(())
+        }
+        Ok(Err(token)) => Err((ResetFailure::DifferentContext, token)),
+        Err(_) => Err((
+            ResetFailure::Access,
+            set.take().expect("closure did not run"),
+        )),
+    }
+}
+
+/// The context object of the current frame, made on first request.
+///
+/// The frame keeps its identity (tokens made before stay valid) and the object counts as
+/// entered until the frame ends, as `Context::current` documents.
+pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
+    let (shared, old) = STATE
+        .try_with(|state| {
+            HOT.with(|hot| {
+                let existing = state.ctx.take();
+                let shared = match existing {
+                    Some(shared) => shared,
+                    None => Arc::new(Shared::new_entered(
+                        state.frame_id(hot),
+                        state.vars_clone(),
+                    )),
+                };
+                let handle = shared.clone();
+                state.ctx.set(Some(shared));
+                // Publish what an earlier, unobserved set left unpublished.
+                let old = if state.dirty.get() {
+                    state.publish()
+                } else {
+                    None
+                };
+                (handle, old)
+            })
+        })
+        .map_err(|_| AccessError::new())?;
+    if let Some(old) = old {
+        retire(old);
+    }
+    Ok(shared)
+}
+
+/// A fresh context id from this thread's block.
+pub(crate) fn next_context_id() -> u64 {
+    HOT.with(Hot::next_id)
+}
+
+/// The frame a [`FrameGuard`] restores.
+struct Frame {
+    vars: Vars,
+    ctx: Option<Arc<Shared>>,
+    id: u64,
+    last_change: u64,
+    dirty: bool,
+}
+
+/// Makes `vars` the current snapshot, writing through to `ctx` (if any), until the guard
+/// is dropped; the frame is identified by `id` for token checks.
+pub(crate) fn enter(
+    vars: Vars,
+    ctx: Option<Arc<Shared>>,
+    id: u64,
+) -> Result<FrameGuard, AccessError> {
+    STATE
+        .try_with(|state| {
+            HOT.with(|hot| {
+                let saved = Frame {
+                    vars: state.install(hot, vars),
+                    ctx: state.ctx.replace(ctx),
+                    id: state.id.replace(id),
+                    last_change: state.last_change.replace(hot.next_seq()),
+                    dirty: state.dirty.replace(false),
+                };
+                FrameGuard {
+                    saved: Some(saved),
+                    _not_send: PhantomData,
+                }
+            })
+        })
+        .map_err(|_| AccessError::new())
+}
+
+/// Restores the previous frame on drop, also during unwinding. `!Send`: it restores
+/// *this* thread's state.
+pub(crate) struct FrameGuard {
+    saved: Option<Frame>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for FrameGuard {
+    fn drop(&mut self) {
+        let Some(saved) = self.saved.take() else {
+            return;
+        };
+        let mut saved = Some(saved);
+        let left = STATE.try_with(|state| {
+            HOT.with(|hot| {
+                let saved = saved.take().expect("taken once");
+                let vars = state.install(hot, saved.vars);
+                let ctx = state.ctx.replace(saved.ctx);
+                state.id.set(saved.id);
+                state.last_change.set(saved.last_change);
+                let dirty = state.dirty.replace(saved.dirty);
+                (vars, ctx, dirty)
+            })
+        });
+        // The thread's state is consistent again; now release what the frame held.
+        match left {
+            Ok((vars, ctx, dirty)) => {
+                if let Some(shared) = ctx {
+                    if dirty && Arc::strong_count(&shared) > 1 {
+                        retire(shared.replace_vars(vars.clone()));
+                    }
+                    shared.leave();
+                    drop(shared);
+                }
+                retire(vars);
+            }
+            // STATE is gone (only possible if the guard outlived the thread's storage):
+            // still release the context object so other threads can enter it.
+            Err(_) => {
+                if let Some(Some(shared)) = saved.map(|frame| frame.ctx) {
+                    shared.leave();
+                }
+            }
+        }
+    }
+}

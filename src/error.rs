@@ -1,0 +1,242 @@
+//! The crate's errors: small opaque types with hand-written `Display` and `Error`.
+//!
+//! Each maps to a Python exception: [`LookupError`] to `LookupError`, [`ResetError`] to
+//! the `ValueError`s of `ContextVar.reset`, [`EnterError`] to the `RuntimeError` of
+//! `Context.run`. [`AccessError`] has no Python twin: it is returned while a thread's
+//! context storage is being torn down.
+
+#![deny(unsafe_code)]
+
+use std::fmt;
+
+use crate::token::Token;
+
+/// The variable has no value in the current context and no default.
+///
+/// Python raises `LookupError(var)`; the message here names the variable the same way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LookupError {
+    name: &'static str,
+}
+
+impl LookupError {
+    pub(crate) fn new(name: &'static str) -> Self {
+        Self { name }
+    }
+
+    /// The name of the variable that had no value.
+    pub fn var_name(&self) -> &'static str {
+        self.name
+    }
+
+    #[track_caller]
+    pub(crate) fn panic(self) -> ! {
+        panic!("{self}")
+    }
+}
+
+impl fmt::Debug for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookupError").field("var", &self.name).finish()
+    }
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "<ContextVar name={:?}> has no value in the current context and no default",
+            self.name
+        )
+    }
+}
+
+impl std::error::Error for LookupError {}
+
+/// The thread's context storage is gone: the thread is exiting and its thread-locals are
+/// being destroyed (for example, a value's `Drop` running at thread exit called
+/// [`ContextVar::try_set`](crate::ContextVar::try_set)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AccessError {
+    _private: (),
+}
+
+impl AccessError {
+    pub(crate) const fn new() -> Self {
+        Self { _private: () }
+    }
+
+    #[track_caller]
+    pub(crate) fn panic(self) -> ! {
+        panic!("{self}")
+    }
+}
+
+impl fmt::Debug for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessError")
+    }
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cannot access the current context: this thread's context storage has been destroyed (the thread is exiting)")
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ResetErrorKind {
+    DifferentVar,
+    DifferentContext,
+    Access,
+}
+
+/// [`ContextVar::reset`](crate::ContextVar::reset) refused the token. The token is handed
+/// back ([`into_token`](Self::into_token)) so it can be used in the right place.
+///
+/// Python's third reset error, "has already been used once", cannot happen: a token is
+/// moved into `reset`, so the compiler rejects a second use.
+pub struct ResetError<'v, T: 'static> {
+    kind: ResetErrorKind,
+    token: Token<'v, T>,
+}
+
+impl<'v, T: Send + Sync + 'static> ResetError<'v, T> {
+    pub(crate) fn different_var(token: Token<'v, T>) -> Self {
+        Self {
+            kind: ResetErrorKind::DifferentVar,
+            token,
+        }
+    }
+
+    pub(crate) fn different_context(token: Token<'v, T>) -> Self {
+        Self {
+            kind: ResetErrorKind::DifferentContext,
+            token,
+        }
+    }
+
+    pub(crate) fn access(token: Token<'v, T>) -> Self {
+        Self {
+            kind: ResetErrorKind::Access,
+            token,
+        }
+    }
+
+    /// The token was made by a different variable (Python's `ValueError: ... was created
+    /// by a different ContextVar`).
+    pub fn is_different_var(&self) -> bool {
+        self.kind == ResetErrorKind::DifferentVar
+    }
+
+    /// The token was made in a different context than the current one (Python's
+    /// `ValueError: ... was created in a different Context`).
+    pub fn is_different_context(&self) -> bool {
+        self.kind == ResetErrorKind::DifferentContext
+    }
+
+    /// The thread's context storage is being torn down (see [`AccessError`]).
+    pub fn is_access_error(&self) -> bool {
+        self.kind == ResetErrorKind::Access
+    }
+
+    /// The token, unused, to reset it elsewhere or drop it.
+    pub fn into_token(self) -> Token<'v, T> {
+        self.token
+    }
+
+    #[track_caller]
+    pub(crate) fn panic(self) -> ! {
+        panic!("{self}")
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for ResetError<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResetError")
+            .field("kind", &self.kind)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Display for ResetError<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ResetErrorKind::DifferentVar => {
+                write!(f, "{:?} was created by a different ContextVar", self.token)
+            }
+            ResetErrorKind::DifferentContext => {
+                write!(f, "{:?} was created in a different Context", self.token)
+            }
+            ResetErrorKind::Access => write!(f, "cannot reset {:?}: {}", self.token, AccessError::new()),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> std::error::Error for ResetError<'_, T> {}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EnterErrorKind {
+    AlreadyEntered,
+    Access,
+}
+
+/// [`Context::try_run`](crate::Context::try_run) could not enter the context.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EnterError {
+    kind: EnterErrorKind,
+}
+
+impl EnterError {
+    pub(crate) const ALREADY_ENTERED: Self = Self {
+        kind: EnterErrorKind::AlreadyEntered,
+    };
+    pub(crate) const ACCESS: Self = Self {
+        kind: EnterErrorKind::Access,
+    };
+
+    /// The context is already entered, in this thread (a nested `run`, or it is the
+    /// thread's current context) or in another one. Python: `RuntimeError: cannot enter
+    /// context: ... is already entered`.
+    pub fn is_already_entered(&self) -> bool {
+        self.kind == EnterErrorKind::AlreadyEntered
+    }
+
+    /// The thread's context storage is being torn down (see [`AccessError`]).
+    pub fn is_access_error(&self) -> bool {
+        self.kind == EnterErrorKind::Access
+    }
+
+    #[track_caller]
+    pub(crate) fn panic(self) -> ! {
+        panic!("{self}")
+    }
+}
+
+impl From<AccessError> for EnterError {
+    fn from(_: AccessError) -> Self {
+        Self::ACCESS
+    }
+}
+
+impl fmt::Debug for EnterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnterError").field("kind", &self.kind).finish()
+    }
+}
+
+impl fmt::Display for EnterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            EnterErrorKind::AlreadyEntered => {
+                f.write_str("cannot enter context: the context is already entered")
+            }
+            EnterErrorKind::Access => write!(f, "cannot enter context: {}", AccessError::new()),
+        }
+    }
+}
+
+impl std::error::Error for EnterError {}

@@ -1,0 +1,227 @@
+//! Python's [`contextvars`](https://docs.python.org/3/library/contextvars.html)
+//! (PEP 567) for Rust: typed context variables on a lock-free persistent snapshot store.
+//!
+//! # Why
+//!
+//! Services carry request metadata (a request id, the tenant, a deadline, the caller's
+//! identity) through code that should not have to pass it by hand. Thread-locals get this
+//! wrong as soon as work moves between threads or tasks, and the usual alternatives either
+//! copy a whole map on every change, or cannot take a snapshot of "everything the current
+//! request has set" at all. Python solved this with *context variables*: each thread runs
+//! in a [`Context`], a cheap immutable snapshot of bindings that can be copied in O(1) and
+//! handed to other work, and a [`ContextVar`] reads its binding in the current context.
+//!
+//! ```
+//! use contextvars::{context_var, copy_context};
+//!
+//! context_var! {
+//!     /// The request being served.
+//!     pub static REQUEST_ID: u64;
+//!     /// Who it is served for.
+//!     pub static TENANT: &'static str = "public";
+//! }
+//!
+//! fn log(message: &str) -> String {
+//!     format!("[{} {}] {message}", REQUEST_ID.get_or(0), TENANT.get())
+//! }
+//!
+//! let token = REQUEST_ID.set(42);
+//! assert_eq!(log("hello"), "[42 public] hello");
+//!
+//! // Hand the current context to other work: O(1), and isolated from later changes.
+//! let ctx = copy_context();
+//! let handle = std::thread::spawn(move || ctx.run(|| log("from a thread")));
+//! assert_eq!(handle.join().unwrap(), "[42 public] from a thread");
+//!
+//! REQUEST_ID.reset(token).unwrap();
+//! assert_eq!(log("bye"), "[0 public] bye");
+//! ```
+//!
+//! # Contents
+//!
+//! * [`ContextVar<T>`]: a typed key with a name and an optional default, declared as a
+//!   `static` (with [`context_var!`] or the `const` constructors). [`get`](ContextVar::get)
+//!   / [`with`](ContextVar::with) read the current binding; [`set`](ContextVar::set)
+//!   returns a [`Token`] for [`reset`](ContextVar::reset);
+//!   [`scoped_set`](ContextVar::scoped_set) and [`scope`](ContextVar::scope) restore on
+//!   scope exit (Python 3.14's `with var.set(v):`).
+//! * [`Context`]: a context object. [`copy_context`] copies the current one,
+//!   [`Context::run`] runs code in one, [`Context::current`] is a handle to the running one,
+//!   and it reads like a mapping (`get`, `contains`, `len`, `iter`, `==`, `Debug`).
+//! * [`Snapshot`]: an immutable view of a context's bindings, and [`Entry`], one binding.
+//! * Errors: [`LookupError`], [`ResetError`], [`EnterError`], [`AccessError`].
+//! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
+//!
+//! # Cost model
+//!
+//! | operation | cost |
+//! |---|---|
+//! | [`ContextVar::get`] / [`with`](ContextVar::with) | a thread-local load and a bounded trie lookup: no lock, no atomic read-modify-write, no allocation (wait-free) |
+//! | [`ContextVar::set`] / [`reset`](ContextVar::reset) | path copying: O(log₃₂ n) new nodes; one node for up to 16 variables |
+//! | [`copy_context`], [`Context::copy`] | one reference-count increment, whatever the size |
+//! | [`Context::run`] | enter flag, one snapshot load, two thread-local swaps |
+//!
+//! Figures measured against `thread_local!`, tokio's `task_local!` and others are in
+//! `BENCHMARKS.md` and [`docs::performance`].
+//!
+//! # Threads
+//!
+//! A new thread starts with an empty context, as in Python. To carry context over, run
+//! the child in a copy: `let ctx = copy_context(); spawn(move || ctx.run(f))`.
+//! [`Context`] is `Send + Sync`; a [`Token`] and a [`ScopedSet`] guard are `!Send`,
+//! because they restore *this* thread's state.
+//!
+//! # Differences from Python
+//!
+//! Where Rust can rule a misuse out at compile time, it does: a token is moved into
+//! `reset`, so it cannot be used twice; a token of another variable's type does not
+//! type-check; values are typed. See [`docs::python`] for the full mapping.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.95 (the `rust-version` in `Cargo.toml`).
+
+#![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+mod context;
+mod current;
+pub mod docs;
+mod error;
+mod map;
+mod snapshot;
+mod sync;
+mod token;
+mod value;
+mod var;
+
+#[cfg(doctest)]
+mod compile_fail;
+
+pub use context::{Context, copy_context};
+pub use error::{AccessError, EnterError, LookupError, ResetError};
+pub use snapshot::{IntoIter, Iter, Snapshot, ValueRef};
+pub use token::{ScopedSet, Token};
+pub use value::Entry;
+pub use var::{ContextVar, VarId};
+
+/// Declares `static` [`ContextVar`]s whose values print with their `Debug` and compare
+/// with their `PartialEq` (when the type has them) in a [`Context`]'s `Debug` and `==`.
+///
+/// The variable's name is the identifier. A default is either a constant expression
+/// (`= expr`) or computed on first use (`= lazy expr`).
+///
+/// ```
+/// use contextvars::context_var;
+/// use std::time::Instant;
+///
+/// context_var! {
+///     /// No default: `get` panics and `try_get` errs until it is set.
+///     pub static REQUEST_ID: u64;
+///     /// A constant default.
+///     pub(crate) static TENANT: &'static str = "public";
+///     /// A default computed once, on first use.
+///     static STARTED: Instant = lazy Instant::now();
+/// }
+///
+/// assert_eq!(REQUEST_ID.name(), "REQUEST_ID");
+/// assert_eq!(TENANT.get(), "public");
+/// assert!(STARTED.get() <= Instant::now());
+/// ```
+#[macro_export]
+macro_rules! context_var {
+    () => {};
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty ; $($rest:tt)*) => {
+        $(#[$attr])*
+        $vis static $name: $crate::ContextVar<$t> =
+            $crate::ContextVar::<$t>::new(::core::stringify!($name))
+                .__with_traits($crate::__value_traits!($t));
+        $crate::context_var!($($rest)*);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = lazy $init:expr ; $($rest:tt)*) => {
+        $(#[$attr])*
+        $vis static $name: $crate::ContextVar<$t> =
+            $crate::ContextVar::<$t>::with_lazy_default(::core::stringify!($name), || $init)
+                .__with_traits($crate::__value_traits!($t));
+        $crate::context_var!($($rest)*);
+    };
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = $default:expr ; $($rest:tt)*) => {
+        $(#[$attr])*
+        $vis static $name: $crate::ContextVar<$t> =
+            $crate::ContextVar::<$t>::with_default(::core::stringify!($name), $default)
+                .__with_traits($crate::__value_traits!($t));
+        $crate::context_var!($($rest)*);
+    };
+}
+
+/// Finds `Debug` and `PartialEq` for a concrete type by autoref specialisation, inside a
+/// function item so that it can be named in a `static` initialiser.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __value_traits {
+    ($t:ty) => {{
+        fn value_traits() -> $crate::__private::ValueTraits<$t> {
+            #[allow(unused_imports)]
+            use $crate::__private::{NoDebug as _, NoEq as _, ViaDebug as _, ViaEq as _};
+            let probe = $crate::__private::Probe::<$t>::NEW;
+            $crate::__private::ValueTraits {
+                debug: (&&probe).debug_fn(),
+                eq: (&&probe).eq_fn(),
+            }
+        }
+        value_traits
+    }};
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! Support for the macros. Not public API.
+    #![allow(missing_docs, missing_debug_implementations)]
+
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    pub use crate::value::ValueTraits;
+
+    pub struct Probe<T>(PhantomData<T>);
+
+    impl<T> Probe<T> {
+        pub const NEW: Self = Probe(PhantomData);
+    }
+
+    type DebugFn<T> = fn(&T, &mut fmt::Formatter<'_>) -> fmt::Result;
+
+    pub trait ViaDebug<T> {
+        fn debug_fn(&self) -> Option<DebugFn<T>>;
+    }
+    impl<T: fmt::Debug> ViaDebug<T> for &Probe<T> {
+        fn debug_fn(&self) -> Option<DebugFn<T>> {
+            Some(<T as fmt::Debug>::fmt)
+        }
+    }
+    pub trait NoDebug<T> {
+        fn debug_fn(&self) -> Option<DebugFn<T>>;
+    }
+    impl<T> NoDebug<T> for Probe<T> {
+        fn debug_fn(&self) -> Option<DebugFn<T>> {
+            None
+        }
+    }
+
+    pub trait ViaEq<T> {
+        fn eq_fn(&self) -> Option<fn(&T, &T) -> bool>;
+    }
+    impl<T: PartialEq> ViaEq<T> for &Probe<T> {
+        fn eq_fn(&self) -> Option<fn(&T, &T) -> bool> {
+            Some(<T as PartialEq>::eq)
+        }
+    }
+    pub trait NoEq<T> {
+        fn eq_fn(&self) -> Option<fn(&T, &T) -> bool>;
+    }
+    impl<T> NoEq<T> for Probe<T> {
+        fn eq_fn(&self) -> Option<fn(&T, &T) -> bool> {
+            None
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `Token`: the receipt of a `set`, and `ScopedSet`, the guard that resets on drop.
+
+#![deny(unsafe_code)]
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use crate::current::{self, ResetFailure, SetState};
+use crate::error::ResetError;
+use crate::var::ContextVar;
+
+/// The receipt of a [`ContextVar::set`]: what [`ContextVar::reset`] needs to restore the
+/// state from before that set.
+///
+/// A token is used at most once, which the compiler enforces: `reset` takes it by value.
+/// It is `!Send`: it belongs to the thread (and context) it was made in.
+///
+/// ```compile_fail
+/// use contextvars::{ContextVar, Token};
+/// static V: ContextVar<u8> = ContextVar::new("v");
+/// fn assert_send<T: Send>(_: T) {}
+/// assert_send(V.set(1)); // error: a Token cannot move to another thread
+/// ```
+///
+/// Dropping a token without resetting keeps the value that was set. A token keeps the
+/// snapshot from before its set alive (that is where [`old_value`](Self::old_value)
+/// comes from), so drop tokens you no longer need.
+#[must_use = "a token does nothing unless passed to `ContextVar::reset`; drop it explicitly to keep the value"]
+pub struct Token<'v, T: 'static> {
+    var: &'v ContextVar<T>,
+    state: SetState,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'v, T: Send + Sync + 'static> Token<'v, T> {
+    pub(crate) fn new(var: &'v ContextVar<T>, state: SetState) -> Self {
+        Self {
+            var,
+            state,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The variable whose `set` made this token (Python's `token.var`).
+    pub fn var(&self) -> &'v ContextVar<T> {
+        self.var
+    }
+
+    /// The variable's binding before the set, or `None` if it had none (Python's
+    /// `Token.MISSING`: the variable's default does not count as a binding).
+    pub fn old_value(&self) -> Option<&T> {
+        let entry = self.state.prev.get(self.var.existing_id()?)?;
+        entry.get(self.var)
+    }
+
+    pub(crate) fn reset_in(self, var: &ContextVar<T>) -> Result<(), ResetError<'v, T>> {
+        if self.var.existing_id() != var.existing_id() {
+            return Err(ResetError::different_var(self));
+        }
+        let Self { var, state, .. } = self;
+        current::reset_binding(var.raw_id(), state).map_err(|(failure, state)| {
+            let token = Token::new(var, state);
+            match failure {
+                ResetFailure::DifferentContext => ResetError::different_context(token),
+                ResetFailure::Access => ResetError::access(token),
+            }
+        })
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Token<'_, T> {
+    /// Python's repr without the address: `<Token var=<ContextVar name='a'>>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<Token var={:?}>", self.var)
+    }
+}
+
+/// Resets a [`ContextVar::scoped_set`] when dropped: Python 3.14's `with var.set(v):`.
+///
+/// `!Send`, like the token it holds: it restores this thread's state, so it cannot cross
+/// to another thread, and holding one across an `.await` makes the future `!Send`.
+///
+/// ```compile_fail
+/// use contextvars::ContextVar;
+/// static V: ContextVar<u8> = ContextVar::new("v");
+/// fn assert_send<T: Send>(_: T) {}
+/// assert_send(V.scoped_set(1)); // error: the guard restores this thread's state
+/// ```
+#[must_use = "the value is reset as soon as the guard is dropped"]
+pub struct ScopedSet<'v, T: Send + Sync + 'static> {
+    token: Option<Token<'v, T>>,
+}
+
+impl<'v, T: Send + Sync + 'static> ScopedSet<'v, T> {
+    pub(crate) fn new(token: Token<'v, T>) -> Self {
+        Self { token: Some(token) }
+    }
+
+    /// The token of the set (Python's `with var.set(v) as token:`).
+    pub fn token(&self) -> &Token<'v, T> {
+        self.token.as_ref().expect("present until reset or drop")
+    }
+
+    /// Resets now, returning the error that dropping would panic with.
+    pub fn reset(mut self) -> Result<(), ResetError<'v, T>> {
+        let token = self.token.take().expect("present until reset or drop");
+        token.var().reset(token)
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for ScopedSet<'_, T> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            if let Err(error) = token.var().reset(token) {
+                // Only reachable by moving the guard into another context's `run`. Do not
+                // turn an unwinding panic into an abort.
+                if !std::thread::panicking() {
+                    error.panic();
+                }
+            }
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for ScopedSet<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ScopedSet").field(&self.token).finish()
+    }
+}

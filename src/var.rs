@@ -1,0 +1,370 @@
+//! `ContextVar<T>`: a typed key with a name and an optional default.
+
+#![deny(unsafe_code)]
+
+use std::fmt;
+
+use crate::current;
+use crate::error::{AccessError, LookupError, ResetError};
+use crate::sync::{OnceLock, StaticCounter};
+use crate::token::{ScopedSet, Token};
+use crate::value::{Entry, ValueTraits};
+
+/// Source of variable ids. Ids start at 1 (0 means "not assigned yet") and are dense, so
+/// the variables of a program fill the root of a snapshot's trie first.
+static NEXT_VAR_ID: StaticCounter = StaticCounter::new(1);
+
+/// The identity of a [`ContextVar`]: unique in the process and never reused, even after
+/// the variable is dropped. Two variables with the same name have different ids.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VarId(pub(crate) u64);
+
+impl VarId {
+    /// The id as an integer (assigned in creation order of first use, starting at 1).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for VarId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VarId({})", self.0)
+    }
+}
+
+enum Default<T> {
+    None,
+    Value(T),
+    Lazy(fn() -> T, OnceLock<T>),
+}
+
+/// A context variable: a typed key into the current [`Context`](crate::Context).
+///
+/// A `ContextVar<T>` does not hold a value itself. Each thread runs in a context, and
+/// [`set`](Self::set) binds a value for this variable *in the current context*;
+/// [`get`](Self::get) and [`with`](Self::with) read the binding of the current context,
+/// falling back to a default. Code running in another context (another thread, a
+/// [`Context::run`](crate::Context::run), a task) sees its own binding.
+///
+/// Declare variables as `static`s, with [`context_var!`](crate::context_var) (which also
+/// makes values printable and comparable in [`Context`](crate::Context)'s `Debug` and
+/// `==`) or with the `const` constructors:
+///
+/// ```
+/// use contextvars::{ContextVar, context_var};
+///
+/// context_var! {
+///     /// The id of the request being served.
+///     pub static REQUEST_ID: u64;
+///     /// The tenant, "public" unless a request says otherwise.
+///     pub static TENANT: &'static str = "public";
+/// }
+/// static RETRIES: ContextVar<u32> = ContextVar::with_default("retries", 3);
+///
+/// assert!(REQUEST_ID.try_get().is_err()); // no binding, no default
+/// assert_eq!(TENANT.get(), "public");
+/// let token = REQUEST_ID.set(42);
+/// assert_eq!(REQUEST_ID.get(), 42);
+/// REQUEST_ID.reset(token).unwrap();
+/// assert!(REQUEST_ID.try_get().is_err());
+/// assert_eq!(RETRIES.get(), 3);
+/// ```
+///
+/// # Identity
+///
+/// A variable's identity is its [`VarId`], assigned on first use and never reused. Two
+/// variables with the same name are different keys, as in Python.
+///
+/// # Reading
+///
+/// Precedence follows Python: the binding in the current context, then a default given
+/// at the call ([`get_or`](Self::get_or), [`with_or`](Self::with_or)), then the variable's
+/// own default, else a [`LookupError`]. Reading is wait-free: a thread-local load and a
+/// bounded lookup, with no lock, no atomic read-modify-write and no allocation.
+pub struct ContextVar<T: 'static> {
+    name: &'static str,
+    id: StaticCounter,
+    default: Default<T>,
+    traits: fn() -> ValueTraits<T>,
+}
+
+fn no_traits<T>() -> ValueTraits<T> {
+    ValueTraits::NONE
+}
+
+impl<T: Send + Sync + 'static> ContextVar<T> {
+    /// A variable with no default. Values print as `<type name>` in a
+    /// [`Context`](crate::Context)'s `Debug` and compare by identity in its `==`; use
+    /// [`context_var!`](crate::context_var) for `Debug`/`PartialEq`-aware variables.
+    pub const fn new(name: &'static str) -> Self {
+        Self::build(name, Default::None, no_traits::<T>)
+    }
+
+    /// A variable whose default is `value` (Python's `ContextVar(name, default=value)`).
+    pub const fn with_default(name: &'static str, value: T) -> Self {
+        Self::build(name, Default::Value(value), no_traits::<T>)
+    }
+
+    /// A variable whose default is computed by `init` on first need, once per variable.
+    pub const fn with_lazy_default(name: &'static str, init: fn() -> T) -> Self {
+        Self::build(name, Default::Lazy(init, OnceLock::new()), no_traits::<T>)
+    }
+
+    const fn build(name: &'static str, default: Default<T>, traits: fn() -> ValueTraits<T>) -> Self {
+        Self {
+            name,
+            id: StaticCounter::new(0),
+            default,
+            traits,
+        }
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_traits(mut self, traits: fn() -> ValueTraits<T>) -> Self {
+        self.traits = traits;
+        self
+    }
+
+    /// The name given at declaration.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// This variable's identity.
+    pub fn id(&self) -> VarId {
+        VarId(self.raw_id())
+    }
+
+    /// The variable's own default, if it has one (computing a lazy default now).
+    pub fn default_value(&self) -> Option<&T> {
+        match &self.default {
+            Default::None => None,
+            Default::Value(value) => Some(value),
+            Default::Lazy(init, cell) => Some(cell.get_or_init(*init)),
+        }
+    }
+
+    /// The id, assigning one on first use.
+    pub(crate) fn raw_id(&self) -> u64 {
+        match self.existing_id() {
+            Some(id) => id,
+            None => self.assign_id(),
+        }
+    }
+
+    /// The id if one was assigned. A variable without an id was never set anywhere, so no
+    /// context can hold a binding for it.
+    #[inline]
+    pub(crate) fn existing_id(&self) -> Option<u64> {
+        match self.id.load() {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    #[cold]
+    fn assign_id(&self) -> u64 {
+        let fresh = NEXT_VAR_ID.fetch_add(1);
+        // Another thread may have assigned one meanwhile; theirs wins and ours is simply
+        // never used (ids need to be unique, not dense).
+        self.id.compare_exchange(0, fresh)
+    }
+
+    pub(crate) fn make_entry(&self, value: T) -> Entry {
+        Entry::new(self.raw_id(), self.name, self.traits, value)
+    }
+
+    pub(crate) fn fmt_value(&self, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.traits)().debug {
+            Some(debug) => debug(value, f),
+            None => write!(f, "<{}>", std::any::type_name::<T>()),
+        }
+    }
+
+    // ----- reading -------------------------------------------------------------------
+
+    /// Calls `f` with the current value: the binding in the current context, else the
+    /// variable's default. No clone, no allocation.
+    ///
+    /// # Panics
+    ///
+    /// If there is neither (Python's `LookupError`); [`try_with`](Self::try_with) returns
+    /// the error instead.
+    #[track_caller]
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        match self.try_with(f) {
+            Ok(result) => result,
+            Err(error) => error.panic(),
+        }
+    }
+
+    /// Calls `f` with the current value, or returns a [`LookupError`] if the variable has
+    /// no binding in the current context and no default.
+    pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
+        let Some(id) = self.existing_id() else {
+            return self.default_value().map(f).ok_or_else(|| self.lookup_error());
+        };
+        current::with_binding::<T, _>(id, |bound| match bound {
+            Some(value) => Ok(f(value)),
+            None => self.default_value().map(f).ok_or_else(|| self.lookup_error()),
+        })
+    }
+
+    /// Calls `f` with the binding in the current context, or with `default` if there is
+    /// none (Python's `var.get(default)`: the variable's own default is not consulted).
+    pub fn with_or<R>(&self, default: &T, f: impl FnOnce(&T) -> R) -> R {
+        let Some(id) = self.existing_id() else {
+            return f(default);
+        };
+        current::with_binding::<T, _>(id, |bound| f(bound.unwrap_or(default)))
+    }
+
+    /// Whether the current context binds this variable (defaults do not count).
+    pub fn is_set(&self) -> bool {
+        match self.existing_id() {
+            None => false,
+            Some(id) => current::with_binding::<T, _>(id, |bound| bound.is_some()),
+        }
+    }
+
+    /// A clone of the current value.
+    ///
+    /// # Panics
+    ///
+    /// If there is no binding and no default; [`try_get`](Self::try_get) returns the
+    /// error instead.
+    #[track_caller]
+    #[inline]
+    pub fn get(&self) -> T
+    where
+        T: Clone,
+    {
+        self.with(T::clone)
+    }
+
+    /// A clone of the current value, or a [`LookupError`].
+    #[inline]
+    pub fn try_get(&self) -> Result<T, LookupError>
+    where
+        T: Clone,
+    {
+        self.try_with(T::clone)
+    }
+
+    /// A clone of the binding in the current context, else `default` (Python's
+    /// `var.get(default)`).
+    pub fn get_or(&self, default: T) -> T
+    where
+        T: Clone,
+    {
+        let Some(id) = self.existing_id() else {
+            return default;
+        };
+        current::with_binding::<T, _>(id, |bound| match bound {
+            Some(value) => value.clone(),
+            None => default,
+        })
+    }
+
+    fn lookup_error(&self) -> LookupError {
+        LookupError::new(self.name)
+    }
+
+    // ----- writing -------------------------------------------------------------------
+
+    /// Binds `value` in the current context and returns a [`Token`] that
+    /// [`reset`](Self::reset) uses to restore the previous state.
+    ///
+    /// The new binding is a new snapshot made by path copying; earlier copies of the
+    /// context ([`copy_context`](crate::copy_context)) keep the old value.
+    ///
+    /// # Panics
+    ///
+    /// Only while the thread is being torn down (its context storage is already gone,
+    /// e.g. in a thread-local's destructor); [`try_set`](Self::try_set) returns an
+    /// [`AccessError`] instead.
+    #[track_caller]
+    pub fn set(&self, value: T) -> Token<'_, T> {
+        match self.try_set(value) {
+            Ok(token) => token,
+            Err(error) => error.panic(),
+        }
+    }
+
+    /// [`set`](Self::set), returning an error instead of panicking during thread teardown.
+    pub fn try_set(&self, value: T) -> Result<Token<'_, T>, AccessError> {
+        let entry = self.make_entry(value);
+        let state = current::set_binding(self.raw_id(), entry)?;
+        Ok(Token::new(self, state))
+    }
+
+    /// Restores the state from before the [`set`](Self::set) that made `token`: the old
+    /// value, or no binding at all if there was none (the default does not count).
+    ///
+    /// Resets need not be in LIFO order: a stale token restores a stale value, as in
+    /// Python. A token can be used once (it is moved in); the errors Python raises for
+    /// reuse therefore cannot happen.
+    ///
+    /// # Errors
+    ///
+    /// A [`ResetError`] that hands the token back if it was made by a different variable
+    /// or in a different [`Context`](crate::Context) than the current one.
+    pub fn reset<'v>(&self, token: Token<'v, T>) -> Result<(), ResetError<'v, T>> {
+        token.reset_in(self)
+    }
+
+    /// Sets `value` until the returned guard is dropped, then resets: Python 3.14's
+    /// `with var.set(value):`. The restore also happens on panic.
+    ///
+    /// ```
+    /// use contextvars::ContextVar;
+    /// static LEVEL: ContextVar<u8> = ContextVar::with_default("level", 0);
+    /// {
+    ///     let _guard = LEVEL.scoped_set(3);
+    ///     assert_eq!(LEVEL.get(), 3);
+    /// }
+    /// assert_eq!(LEVEL.get(), 0);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`set`](Self::set). Dropping the guard panics if the current context is no
+    /// longer the one it was made in (it was moved into another context's `run`); use
+    /// [`ScopedSet::reset`] to get that as an error.
+    #[track_caller]
+    pub fn scoped_set(&self, value: T) -> ScopedSet<'_, T> {
+        ScopedSet::new(self.set(value))
+    }
+
+    /// Runs `f` with `value` set, then restores the previous state (also on panic).
+    ///
+    /// ```
+    /// use contextvars::ContextVar;
+    /// static USER: ContextVar<&str> = ContextVar::with_default("user", "anonymous");
+    /// let greeting = USER.scope("ada", || format!("hello {}", USER.get()));
+    /// assert_eq!(greeting, "hello ada");
+    /// assert_eq!(USER.get(), "anonymous");
+    /// ```
+    #[track_caller]
+    pub fn scope<R>(&self, value: T, f: impl FnOnce() -> R) -> R {
+        let _guard = self.scoped_set(value);
+        f()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for ContextVar<T> {
+    /// Python's repr without the address: `<ContextVar name='a' default=123>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<ContextVar name={:?}", self.name)?;
+        let default = match &self.default {
+            Default::None => None,
+            Default::Value(value) => Some(value),
+            Default::Lazy(_, cell) => cell.get(),
+        };
+        if let Some(value) = default {
+            f.write_str(" default=")?;
+            self.fmt_value(value, f)?;
+        }
+        f.write_str(">")
+    }
+}
