@@ -265,6 +265,18 @@ pub(crate) struct SetState {
     prev_change: u64,
 }
 
+impl Drop for SetState {
+    /// The old snapshot may be the one a borrow in progress points into (it was current
+    /// when the borrow began, then a set inside the borrow moved it here), so it is
+    /// retired like any snapshot that stops being current, never dropped directly.
+    fn drop(&mut self) {
+        let prev = std::mem::take(&mut self.prev);
+        if !prev.is_empty() {
+            retire(prev);
+        }
+    }
+}
+
 /// Binds `entry` under `key` in the current frame.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessError> {
     let (state, old_published) = STATE
@@ -303,14 +315,14 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
     let outcome = STATE.try_with(|state| {
         HOT.with(|hot| {
             let frame_id = state.frame_id(hot);
-            let token = set.take().expect("taken once");
+            let mut token = set.take().expect("taken once");
             if frame_id != token.frame_id {
                 return Err(token);
             }
             let (new, last_change, unused) = if state.last_change.get() == token.seq {
                 // Nothing changed since the set: the old snapshot is exactly the state to
                 // return to, including the frame's change marker.
-                (token.prev, token.prev_change, None)
+                (std::mem::take(&mut token.prev), token.prev_change, None)
             } else {
                 let current = state.vars_clone();
                 let restored = match token.prev.get(key) {
@@ -319,7 +331,7 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
                     // cannot happen through set/reset alone, and there is nothing to undo.
                     None => current.remove(key).unwrap_or(current),
                 };
-                (restored, hot.next_seq(), Some(token.prev))
+                (restored, hot.next_seq(), Some(std::mem::take(&mut token.prev)))
             };
             let old = state.install(hot, new);
             state.last_change.set(last_change);

@@ -7,11 +7,11 @@
 //!
 //! | name | normal build | loom build |
 //! |---|---|---|
-//! | [`Arc`] | `std::sync::Arc` | `loom::sync::Arc` (leak-checked) |
-//! | [`AtomicBool`], [`Ordering`] | `std::sync::atomic` | `loom::sync::atomic` |
-//! | [`SnapshotCell`] | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
-//! | [`OnceArc`] | `std::sync::OnceLock<Arc<T>>` | `loom::sync::Mutex<Option<Arc<T>>>` |
-//! | [`StaticCounter`] | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
+//! | `Arc` | `std::sync::Arc` | `loom::sync::Arc` (leak-checked) |
+//! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
+//! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
+//! | `OnceArc` | `std::sync::OnceLock<Arc<T>>` | `loom::sync::Mutex<Option<Arc<T>>>` |
+//! | `StaticCounter` | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
 //! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
 //!
 //! `SnapshotCell` was chosen over an `AtomicPtr` with crossbeam-epoch reclamation by
@@ -192,7 +192,7 @@ impl StaticCounter {
 }
 
 /// A write-once cell for lazily computed variable defaults. std in every build, for the
-/// same `const` reason as [`StaticCounter`]; defaults are not part of any modelled protocol.
+/// same `const` reason as `StaticCounter`; defaults are not part of any modelled protocol.
 pub use std::sync::OnceLock;
 
 /// A thread-local `Cell`. Re-exported so that nothing outside this module names a cell
