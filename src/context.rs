@@ -296,7 +296,7 @@ impl fmt::Debug for Context {
     }
 }
 
-impl<'a> IntoIterator for &'a Context {
+impl IntoIterator for &Context {
     type Item = Entry;
     type IntoIter = IntoIter;
     fn into_iter(self) -> IntoIter {

@@ -110,10 +110,17 @@ impl<'v, T: Send + Sync + 'static> ScopedSet<'v, T> {
 
 impl<T: Send + Sync + 'static> Drop for ScopedSet<'_, T> {
     fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            if let Err(error) = token.var().reset(token) {
-                // Only reachable by moving the guard into another context's `run`. Do not
-                // turn an unwinding panic into an abort.
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        match token.var().reset(token) {
+            Ok(()) => {}
+            // The thread's storage is gone (the guard lives in a thread-local destroyed
+            // after ours): there is no state left to restore.
+            Err(error) if error.is_access_error() => {}
+            // The guard was moved into another context's `run`. Do not turn an unwinding
+            // panic into an abort.
+            Err(error) => {
                 if !std::thread::panicking() {
                     error.panic();
                 }
@@ -124,6 +131,9 @@ impl<T: Send + Sync + 'static> Drop for ScopedSet<'_, T> {
 
 impl<T: Send + Sync + 'static> fmt::Debug for ScopedSet<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ScopedSet").field(&self.token).finish()
+        match &self.token {
+            Some(token) => f.debug_tuple("ScopedSet").field(token).finish(),
+            None => f.write_str("ScopedSet(<reset>)"),
+        }
     }
 }

@@ -1,0 +1,320 @@
+//! `Context`, `Snapshot` and `Entry`: the mapping side, `Debug`, equality, iteration
+//! snapshots, `with_value`, and handles to the running context.
+
+use std::collections::BTreeSet;
+
+use contextvars::{Context, ContextVar, VarId, context_var, copy_context};
+
+use crate::isolated;
+
+#[test]
+fn debug_shows_names_and_values() {
+    context_var! {
+        static REQUEST: u64;
+        static TENANT: String;
+    }
+    static OPAQUE: ContextVar<u64> = ContextVar::new("opaque");
+    assert_eq!(format!("{:?}", Context::new()), "Context {}");
+    let ctx = Context::new().with_value(&REQUEST, 42);
+    assert_eq!(format!("{ctx:?}"), "Context {REQUEST: 42}");
+    assert_eq!(format!("{:?}", ctx.snapshot()), "{REQUEST: 42}");
+    let ctx = Context::new().with_value(&TENANT, "acme".to_string());
+    assert_eq!(format!("{ctx:?}"), r#"Context {TENANT: "acme"}"#);
+    // `ContextVar::new` values are opaque: their type name.
+    let ctx = Context::new().with_value(&OPAQUE, 7);
+    assert_eq!(format!("{ctx:?}"), "Context {opaque: <u64>}");
+    // Two variables (order unspecified).
+    let ctx = Context::new()
+        .with_value(&REQUEST, 1)
+        .with_value(&OPAQUE, 2);
+    let debug = format!("{ctx:?}");
+    assert!(
+        debug.contains("REQUEST: 1") && debug.contains("opaque: <u64>"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn entry_accessors() {
+    context_var! {
+        static A: i32;
+        static B: i32;
+    }
+    let ctx = Context::new().with_value(&A, 5);
+    let entry = ctx.iter().next().unwrap();
+    assert_eq!(entry.get(&A), Some(&5));
+    assert_eq!(
+        entry.get(&B),
+        None,
+        "an entry only answers for its own variable"
+    );
+    assert_eq!(entry.name(), "A");
+    assert_eq!(entry.var_id(), A.id());
+    assert_eq!(entry.type_name(), "i32");
+    assert_eq!(entry.value_any().downcast_ref::<i32>(), Some(&5));
+    assert_eq!(format!("{entry:?}"), "A: 5");
+    assert_eq!(format!("{:?}", entry.value_debug()), "5");
+    // An entry outlives its context.
+    drop(ctx);
+    assert_eq!(entry.get(&A), Some(&5));
+}
+
+#[test]
+fn snapshot_values_keys_and_value_refs() {
+    context_var! {
+        static A: i32;
+        static S: String;
+    }
+    let ctx = Context::new()
+        .with_value(&A, 1)
+        .with_value(&S, "s".to_string());
+    let snapshot = ctx.snapshot();
+    assert_eq!(snapshot.len(), 2);
+    assert!(!snapshot.is_empty());
+    assert_eq!(snapshot.get(&A), Some(&1));
+    assert!(snapshot.contains(&S));
+    let keys: BTreeSet<VarId> = snapshot.keys().collect();
+    assert_eq!(keys, BTreeSet::from([A.id(), S.id()]));
+    assert_eq!(snapshot.values().len(), 2);
+    let mut ints = 0;
+    let mut strings = 0;
+    for value in snapshot.values() {
+        if let Some(v) = value.downcast_ref::<i32>() {
+            assert_eq!(*v, 1);
+            assert_eq!(value.entry().var_id(), A.id());
+            assert_eq!(format!("{value:?}"), "1");
+            ints += 1;
+        }
+        if let Some(v) = value.downcast_ref::<String>() {
+            assert_eq!(v, "s");
+            assert_eq!(format!("{value:?}"), r#""s""#);
+            strings += 1;
+        }
+    }
+    assert_eq!((ints, strings), (1, 1));
+    // Borrowing and owning iteration agree.
+    let borrowed: BTreeSet<VarId> = (&snapshot).into_iter().map(|e| e.var_id()).collect();
+    let owned: BTreeSet<VarId> = snapshot.clone().into_iter().map(|e| e.var_id()).collect();
+    assert_eq!(borrowed, owned);
+    assert_eq!(ctx.keys().len(), 2);
+}
+
+#[test]
+fn iteration_order_does_not_depend_on_insertion_order() {
+    static VARS: [ContextVar<u8>; 40] = [const { ContextVar::new("v") }; 40];
+    let forward = VARS
+        .iter()
+        .fold(Context::new(), |ctx, var| ctx.with_value(var, 1));
+    let backward = VARS
+        .iter()
+        .rev()
+        .fold(Context::new(), |ctx, var| ctx.with_value(var, 1));
+    let f: Vec<VarId> = forward.keys().collect();
+    let b: Vec<VarId> = backward.keys().collect();
+    assert_eq!(f.len(), 40);
+    assert_eq!(f, b);
+    assert_eq!(f.iter().collect::<BTreeSet<_>>().len(), 40);
+}
+
+#[test]
+fn iterator_is_a_snapshot() {
+    static A: ContextVar<i32> = ContextVar::new("a");
+    static B: ContextVar<i32> = ContextVar::new("b");
+    static C: ContextVar<i32> = ContextVar::new("c");
+    let ctx = Context::new();
+    ctx.run(|| {
+        drop(A.set(1));
+        let iter = ctx.iter();
+        let keys = ctx.keys();
+        let snapshot = ctx.snapshot();
+        drop(B.set(2));
+        drop(C.set(3));
+        let token = A.set(10);
+        // Made before the sets: none of them shows.
+        assert_eq!(iter.len(), 1);
+        let entries: Vec<_> = iter.collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].get(&A), Some(&1));
+        assert_eq!(keys.collect::<Vec<_>>(), vec![A.id()]);
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot.get(&A), Some(&1));
+        assert_eq!(ctx.len(), 3);
+        A.reset(token).unwrap();
+    });
+    // Iterating while code inside sets variables (CPython: no "changed size" error).
+    let mut seen = 0;
+    ctx.run(|| {
+        for entry in &ctx {
+            seen += 1;
+            let _ = entry;
+            drop(B.set(100 + seen));
+        }
+    });
+    assert_eq!(seen, 3);
+    assert_eq!(ctx.get(&B), Some(103));
+}
+
+#[test]
+fn equality_of_copies_and_of_empty_contexts() {
+    static V: ContextVar<i32> = ContextVar::new("v");
+    assert_eq!(Context::new(), Context::new());
+    isolated(|| {
+        let _keep = V.set(1);
+        let a = copy_context();
+        let b = copy_context();
+        assert_eq!(a, b);
+        assert!(a.snapshot().ptr_eq(&b.snapshot()));
+        assert_eq!(a.copy(), a);
+        // Copies are equal until one of them changes.
+        b.run(|| drop(V.set(2)));
+        assert_ne!(a, b);
+        assert!(!a.snapshot().ptr_eq(&b.snapshot()));
+        b.run(|| drop(V.set(1)));
+        // Equal contents but different value objects: `ContextVar::new` values compare by
+        // identity only.
+        assert_ne!(a, b);
+    });
+}
+
+#[test]
+fn equality_uses_partial_eq_for_macro_declared_vars() {
+    context_var! {
+        static TYPED: String;
+        static FLOAT: f64;
+    }
+    static OPAQUE: ContextVar<String> = ContextVar::new("opaque");
+    let a = Context::new().with_value(&TYPED, "x".to_string());
+    let b = Context::new().with_value(&TYPED, "x".to_string());
+    assert_eq!(
+        a, b,
+        "equal values of a PartialEq var declared with context_var!"
+    );
+    assert_ne!(a, Context::new().with_value(&TYPED, "y".to_string()));
+    assert_eq!(a.snapshot(), b.snapshot());
+
+    let a = Context::new().with_value(&OPAQUE, "x".to_string());
+    let b = Context::new().with_value(&OPAQUE, "x".to_string());
+    assert_ne!(a, b, "ContextVar::new values compare by identity");
+    assert_eq!(a, a.copy(), "the same value object is equal to itself");
+
+    // NaN: the same value object is equal to itself (identity first), two NaNs are not.
+    let nan = Context::new().with_value(&FLOAT, f64::NAN);
+    assert_eq!(nan, nan.copy());
+    assert_ne!(nan, Context::new().with_value(&FLOAT, f64::NAN));
+
+    // Different key sets.
+    let one = Context::new().with_value(&TYPED, "x".to_string());
+    let two = one.with_value(&FLOAT, 1.0);
+    assert_ne!(one, two);
+    assert_ne!(two, one);
+}
+
+#[test]
+fn with_value_builds_without_entering() {
+    context_var! {
+        static USER: u32;
+        static ROLE: &'static str = "guest";
+    }
+    isolated(|| {
+        let base = Context::new();
+        let ctx = base.with_value(&USER, 1).with_value(&ROLE, "admin");
+        assert!(base.is_empty(), "with_value leaves the original alone");
+        assert_eq!(ctx.len(), 2);
+        assert!(!USER.is_set(), "nothing was entered");
+        assert_eq!(ctx.run(|| (USER.get(), ROLE.get())), (1, "admin"));
+        // Overriding a binding.
+        let over = ctx.with_value(&USER, 2);
+        assert_eq!(over.get(&USER), Some(2));
+        assert_eq!(ctx.get(&USER), Some(1));
+        assert_eq!(over.len(), 2);
+        // From a running context.
+        let _keep = USER.set(9);
+        let derived = Context::current().with_value(&ROLE, "ops");
+        assert_eq!(derived.run(|| (USER.get(), ROLE.get())), (9, "ops"));
+    });
+}
+
+#[test]
+fn nested_runs_of_different_contexts_form_a_stack() {
+    static V: ContextVar<&'static str> = ContextVar::with_default("v", "base");
+    let a = Context::new().with_value(&V, "a");
+    let b = Context::new().with_value(&V, "b");
+    let c = Context::new();
+    let trace = a.run(|| {
+        let mut trace = vec![V.get()];
+        b.run(|| {
+            trace.push(V.get());
+            c.run(|| trace.push(V.get()));
+            trace.push(V.get());
+            // a is still entered (by this thread, further down the stack).
+            assert!(a.try_run(|| ()).unwrap_err().is_already_entered());
+        });
+        trace.push(V.get());
+        trace
+    });
+    assert_eq!(trace, vec!["a", "b", "base", "b", "a"]);
+}
+
+#[test]
+fn current_context_counts_as_entered() {
+    std::thread::spawn(|| {
+        let here = Context::current();
+        let error = here.try_run(|| ()).unwrap_err();
+        assert!(error.is_already_entered());
+        assert_eq!(
+            error.to_string(),
+            "cannot enter context: the context is already entered"
+        );
+        let debug = format!("{error:?}");
+        assert!(debug.contains("AlreadyEntered"), "{debug}");
+        // A copy is a different object and can be entered.
+        assert!(copy_context().try_run(|| ()).is_ok());
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn current_handle_sees_sets_made_after_it_was_dropped_and_retaken() {
+    static V: ContextVar<i32> = ContextVar::new("v");
+    std::thread::spawn(|| {
+        let first = Context::current();
+        drop(first);
+        drop(V.set(1)); // nobody holds a handle now
+        let second = Context::current();
+        assert_eq!(second.get(&V), Some(1));
+        drop(V.set(2));
+        assert_eq!(second.get(&V), Some(2));
+        assert_eq!(second, copy_context());
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn current_inside_run_is_that_context() {
+    static V: ContextVar<i32> = ContextVar::new("v");
+    let ctx = Context::new();
+    ctx.run(|| {
+        let here = Context::current();
+        drop(V.set(1));
+        assert_eq!(here.get(&V), Some(1));
+        assert_eq!(here, ctx);
+        assert!(here.try_run(|| ()).unwrap_err().is_already_entered());
+    });
+    assert_eq!(ctx.get(&V), Some(1));
+}
+
+#[test]
+fn copy_context_is_o1_and_isolated_from_later_sets() {
+    static V: ContextVar<Vec<u8>> = ContextVar::new("v");
+    isolated(|| {
+        let _keep = V.set(vec![1]);
+        let copy = copy_context();
+        assert!(copy.snapshot().ptr_eq(&Context::current().snapshot()));
+        let _keep2 = V.set(vec![2]);
+        assert_eq!(copy.get(&V), Some(vec![1]));
+        assert_eq!(copy.run(|| V.get()), vec![1]);
+        assert_eq!(V.get(), vec![2]);
+    });
+}
