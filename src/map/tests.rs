@@ -1,0 +1,705 @@
+//! Tests of the persistent map against a `HashMap` model, plus structural invariants.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::{BTreeSet, HashMap};
+
+/// The reference model.
+type Model = HashMap<u64, u32>;
+
+/// Which form a map's root is in.
+#[derive(Debug, PartialEq, Eq)]
+enum Form {
+    /// No root.
+    Empty,
+    /// Small-form root.
+    Small,
+    /// HAMT root, with the depth of its deepest branch (1 = root only).
+    Trie(usize),
+}
+
+/// Checks every structural invariant of `map` and returns its form.
+fn check_invariants<V>(map: &Map<V>) -> Form {
+    let Some(root) = &map.root else {
+        assert_eq!(map.len, 0, "empty root with nonzero len");
+        return Form::Empty;
+    };
+    assert_eq!(root.len, map.len, "root node len != map len");
+    match &root.repr {
+        Repr::Small(small) => {
+            let n = small.bitmap.count_ones() as usize;
+            assert_eq!(n, map.len, "small bitmap popcount != len");
+            assert!((1..=SMALL_MAX).contains(&n), "small form with {n} entries");
+            let mut bits = small.bitmap;
+            for (i, entry) in small.entries.iter().enumerate() {
+                if i < n {
+                    let (key, _) = entry.as_ref().expect("entry below len is None");
+                    let low = bits.trailing_zeros() as u64;
+                    assert_eq!(key & 63, low, "small entry out of bitmap order");
+                    assert_eq!(usize::from(small.pos[low as usize]), i, "stale position");
+                    bits &= bits - 1;
+                } else {
+                    assert!(entry.is_none(), "entry past len is Some");
+                }
+            }
+            Form::Small
+        }
+        Repr::Trie(branch) => {
+            let mut keys = Vec::new();
+            let depth = check_branch(branch, 0, 0, &mut keys);
+            assert_eq!(keys.len(), map.len, "trie key count != len");
+            let distinct: BTreeSet<u64> = keys.iter().copied().collect();
+            assert_eq!(distinct.len(), keys.len(), "duplicate key in trie");
+            let groups: BTreeSet<u64> = keys.iter().map(|k| k & 63).collect();
+            assert!(
+                keys.len() > SMALL_MAX || groups.len() < keys.len(),
+                "trie with {} keys that would fit the small form",
+                keys.len()
+            );
+            Form::Trie(depth)
+        }
+    }
+}
+
+/// Checks a branch at level `shift / 5` whose keys agree with `prefix` below `shift`;
+/// appends its keys and returns its depth.
+fn check_branch<V>(branch: &Branch<V>, shift: u32, prefix: u64, keys: &mut Vec<u64>) -> usize {
+    assert!(shift < 64, "trie deeper than {MAX_DEPTH} levels");
+    assert_eq!(branch.slots.len(), branch.bitmap.count_ones() as usize);
+    assert!(!branch.slots.is_empty(), "empty branch");
+    let mut bits = branch.bitmap;
+    let mut depth = 1;
+    for slot in branch.slots.iter() {
+        let index = u64::from(bits.trailing_zeros());
+        bits &= bits - 1;
+        let slot_prefix = prefix | (index << shift);
+        let low_mask = if shift + BITS >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << (shift + BITS)) - 1
+        };
+        match slot {
+            Slot::Entry(key, _) => {
+                assert_eq!(key & low_mask, slot_prefix, "entry in the wrong slot");
+                keys.push(*key);
+            }
+            Slot::Child(child) => {
+                let before = keys.len();
+                let sub = check_branch(child, shift + BITS, slot_prefix, keys);
+                assert!(keys.len() - before >= 2, "child with fewer than two keys");
+                for key in &keys[before..] {
+                    assert_eq!(key & low_mask, slot_prefix, "key under the wrong slot");
+                }
+                depth = depth.max(sub + 1);
+            }
+        }
+    }
+    depth
+}
+
+/// Asserts that `map` matches `model` in every observable way.
+fn check_against<V: Clone + PartialEq + fmt::Debug>(map: &Map<V>, model: &HashMap<u64, V>) {
+    check_invariants(map);
+    assert_eq!(map.len(), model.len());
+    assert_eq!(map.is_empty(), model.is_empty());
+    assert_eq!(map.root_ptr().is_null(), model.is_empty());
+    for (key, value) in model {
+        assert_eq!(map.get(*key), Some(value), "key {key}");
+        assert!(map.contains_key(*key));
+    }
+    let iter = map.iter();
+    assert_eq!(iter.len(), model.len());
+    let mut seen = HashMap::new();
+    for (key, value) in iter {
+        assert!(
+            seen.insert(key, value.clone()).is_none(),
+            "key {key} yielded twice"
+        );
+    }
+    assert_eq!(&seen, model);
+}
+
+/// Builds a map by inserting `entries` in the given order.
+fn build<V: Clone>(entries: impl IntoIterator<Item = (u64, V)>) -> Map<V> {
+    entries
+        .into_iter()
+        .fold(Map::new(), |map, (key, value)| map.insert(key, value))
+}
+
+/// Keys in iteration order.
+fn keys<V>(map: &Map<V>) -> Vec<u64> {
+    map.iter().map(|(key, _)| key).collect()
+}
+
+/// A tiny deterministic PRNG (xorshift64*) for the non-proptest tests.
+struct Rng(u64);
+
+impl Rng {
+    /// Next pseudo-random value.
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Fisher-Yates shuffle.
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// One step of a random operation sequence.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Insert (or overwrite) an arbitrary key from the strategy's key space.
+    Insert(u64, u32),
+    /// Overwrite the n-th (mod len) present key, in sorted order.
+    Overwrite(usize, u32),
+    /// Remove the n-th (mod len) present key.
+    RemovePresent(usize),
+    /// Remove a key from the key space (usually absent for large spaces).
+    Remove(u64),
+    /// Look up a key from the key space.
+    Get(u64),
+}
+
+/// Operation sequences over keys drawn from `keys`.
+fn ops(keys: impl Strategy<Value = u64> + Clone) -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        4 => (keys.clone(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        1 => (any::<usize>(), any::<u32>()).prop_map(|(i, v)| Op::Overwrite(i, v)),
+        2 => any::<usize>().prop_map(Op::RemovePresent),
+        1 => keys.clone().prop_map(Op::Remove),
+        1 => keys.prop_map(Op::Get),
+    ];
+    prop::collection::vec(op, 0..if cfg!(miri) { 40 } else { 120 })
+}
+
+/// Keys sharing their low 35 bits (`x << 35 | c`), forcing deep tries.
+fn deep_keys() -> impl Strategy<Value = u64> + Clone {
+    (0u64..64, prop_oneof![Just(0x1_2345u64), Just(0), Just(7)]).prop_map(|(x, c)| (x << 35) | c)
+}
+
+/// A mix of all the key shapes.
+fn mixed_keys() -> impl Strategy<Value = u64> + Clone {
+    prop_oneof![
+        1u64..40,
+        any::<u64>(),
+        deep_keys(),
+        (0u64..16).prop_map(|x| (x << 60) | 0xabc),
+        (0u64..8).prop_map(|x| x * 64 + 3),
+    ]
+}
+
+/// Runs `ops` against a map and the model, keeping every version with its model snapshot
+/// and rechecking them all at the end (persistence).
+fn run_ops(ops: &[Op]) {
+    let mut map: Map<u32> = Map::new();
+    let mut model = Model::new();
+    let mut versions = vec![(map.clone(), model.clone())];
+    for op in ops {
+        let sorted: Vec<u64> = model
+            .keys()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match *op {
+            Op::Insert(key, value) => {
+                map = map.insert(key, value);
+                model.insert(key, value);
+            }
+            Op::Overwrite(i, value) => {
+                if let Some(&key) = sorted.get(i % sorted.len().max(1)) {
+                    map = map.insert(key, value);
+                    model.insert(key, value);
+                }
+            }
+            Op::RemovePresent(i) => {
+                if let Some(&key) = sorted.get(i % sorted.len().max(1)) {
+                    map = map.remove(key).expect("present key");
+                    model.remove(&key);
+                }
+            }
+            Op::Remove(key) => match map.remove(key) {
+                Some(next) => {
+                    assert!(model.remove(&key).is_some(), "removed absent key {key}");
+                    map = next;
+                }
+                None => assert!(!model.contains_key(&key), "failed to remove {key}"),
+            },
+            Op::Get(key) => assert_eq!(map.get(key), model.get(&key)),
+        }
+        check_against(&map, &model);
+        versions.push((map.clone(), model.clone()));
+    }
+    for (version, snapshot) in &versions {
+        check_against(version, snapshot);
+    }
+    // The same key set and values built in another order is equal and iterates alike.
+    let mut entries: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+    entries.sort_unstable();
+    entries.reverse();
+    let rebuilt = build(entries);
+    assert!(map.eq_by(&rebuilt, |a, b| a == b));
+    assert!(rebuilt.eq_by(&map, |a, b| a == b));
+    assert_eq!(keys(&map), keys(&rebuilt));
+    assert_eq!(check_invariants(&map), check_invariants(&rebuilt));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(miri) { 8 } else { 256 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Random operations on small sequential ids (the real workload).
+    #[test]
+    fn prop_ops_small_sequential_keys(ops in ops(1u64..40)) {
+        run_ops(&ops);
+    }
+
+    /// Random operations on arbitrary `u64` keys.
+    #[test]
+    fn prop_ops_arbitrary_keys(ops in ops(any::<u64>())) {
+        run_ops(&ops);
+    }
+
+    /// Random operations on keys sharing their low 35 bits (deep tries).
+    #[test]
+    fn prop_ops_deep_keys(ops in ops(deep_keys())) {
+        run_ops(&ops);
+    }
+
+    /// Random operations over a mixture of key shapes.
+    #[test]
+    fn prop_ops_mixed_keys(ops in ops(mixed_keys())) {
+        run_ops(&ops);
+    }
+
+    /// Two maps built from the same entries in different orders are equal, have the same
+    /// shape and iterate in the same order; changing one value breaks equality.
+    #[test]
+    fn prop_insertion_order_does_not_matter(
+        entries in prop::collection::btree_map(mixed_keys(), any::<u32>(), 0..60),
+        seed in any::<u64>(),
+    ) {
+        let mut shuffled: Vec<(u64, u32)> = entries.into_iter().collect();
+        let a = build(shuffled.iter().copied());
+        Rng(seed | 1).shuffle(&mut shuffled);
+        let b = build(shuffled.iter().copied());
+        prop_assert!(a.eq_by(&b, |x, y| x == y));
+        prop_assert_eq!(keys(&a), keys(&b));
+        prop_assert_eq!(check_invariants(&a), check_invariants(&b));
+        if let Some(&(key, value)) = shuffled.first() {
+            let changed = b.insert(key, value.wrapping_add(1));
+            prop_assert!(!a.eq_by(&changed, |x, y| x == y));
+        }
+    }
+}
+
+#[test]
+fn empty_map_does_not_allocate() {
+    let map: Map<u32> = Map::new();
+    assert!(map.root_ptr().is_null());
+    assert!(Map::<String>::default().root_ptr().is_null());
+    assert_eq!(map.len(), 0);
+    assert!(map.is_empty());
+    assert_eq!(map.get(0), None);
+    assert_eq!(map.get(1), None);
+    assert_eq!(map.iter().next(), None);
+    assert_eq!(map.iter().len(), 0);
+    assert!(map.remove(1).is_none());
+    assert!(map.ptr_eq(&Map::new()));
+    assert_eq!(check_invariants(&map), Form::Empty);
+    // Removing the last entry goes back to the allocation-free empty map.
+    let emptied = map.insert(5, 1).remove(5).expect("present");
+    assert!(emptied.root_ptr().is_null());
+    assert!(emptied.ptr_eq(&map));
+    let emptied = build((0..20).map(|k| (k, 0))).remove(0);
+    assert_eq!(emptied.map(|m| m.len()), Some(19));
+}
+
+#[test]
+fn new_is_const() {
+    static EMPTY: Map<u32> = Map::new();
+    assert!(EMPTY.is_empty());
+}
+
+#[test]
+fn sequential_keys_insert_then_remove_in_random_order() {
+    let n: u64 = if cfg!(miri) { 300 } else { 10_000 };
+    let full_check_every = if cfg!(miri) { 50 } else { 1000 };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut map = Map::new();
+    let mut model = Model::new();
+    for key in 1..=n {
+        let value = rng.next() as u32;
+        let before = map.clone();
+        map = map.insert(key, value);
+        model.insert(key, value);
+        assert_eq!(map.len(), model.len());
+        assert_eq!(map.get(key), Some(&value));
+        assert_eq!(before.get(key), None, "old version changed");
+        let probe = 1 + rng.next() % key;
+        assert_eq!(map.get(probe), model.get(&probe));
+        if key % full_check_every == 0 || key <= 40 {
+            check_against(&map, &model);
+        }
+    }
+    check_against(&map, &model);
+    let mut order: Vec<u64> = (1..=n).collect();
+    rng.shuffle(&mut order);
+    for (step, key) in order.into_iter().enumerate() {
+        let before = map.clone();
+        map = map.remove(key).expect("present key");
+        model.remove(&key);
+        assert_eq!(map.len(), model.len());
+        assert_eq!(map.get(key), None);
+        assert!(map.remove(key).is_none());
+        assert!(before.contains_key(key), "old version changed");
+        let probe = 1 + rng.next() % n;
+        assert_eq!(map.get(probe), model.get(&probe));
+        if step % full_check_every as usize == 0 || model.len() <= 40 {
+            check_against(&map, &model);
+        }
+    }
+    assert!(map.is_empty());
+    assert!(map.root_ptr().is_null());
+}
+
+#[test]
+fn maximum_depth_tree_from_keys_equal_in_low_60_bits() {
+    let low = 0x0abc_def0_1234_5678_u64 & ((1 << 60) - 1);
+    let keys_: Vec<u64> = (0..16).map(|x| (x << 60) | low).collect();
+    let mut map = Map::new();
+    let mut model = Model::new();
+    for (i, &key) in keys_.iter().enumerate() {
+        map = map.insert(key, i as u32);
+        model.insert(key, i as u32);
+        check_against(&map, &model);
+    }
+    assert_eq!(check_invariants(&map), Form::Trie(MAX_DEPTH));
+    assert_eq!(MAX_DEPTH, 13);
+    // Absent keys that follow the whole path, or leave it early.
+    assert_eq!(map.get(low), Some(&0));
+    assert_eq!(map.get(low ^ (1 << 59)), None);
+    assert_eq!(map.get(low ^ 1), None);
+    assert!(map.remove(low ^ (1 << 59)).is_none());
+    // Removing all but one key collapses the chain back to the small form.
+    for &key in &keys_[1..] {
+        map = map.remove(key).expect("present");
+        model.remove(&key);
+        check_against(&map, &model);
+    }
+    assert_eq!(check_invariants(&map), Form::Small);
+    // Two keys differing only in the top bit also take the full depth.
+    let pair = build([(low, 1), (low | (1 << 63), 2)]);
+    assert_eq!(check_invariants(&pair), Form::Trie(MAX_DEPTH));
+    assert_eq!(pair.get(low | (1 << 63)), Some(&2));
+}
+
+#[test]
+fn small_form_up_to_16_entries_then_trie_at_17_and_back() {
+    let sixteen = build((1..=16).map(|k| (k, k as u32)));
+    assert_eq!(check_invariants(&sixteen), Form::Small);
+    let seventeen = sixteen.insert(17, 17);
+    assert_eq!(check_invariants(&seventeen), Form::Trie(1));
+    assert_eq!(seventeen.len(), 17);
+    // Overwriting at 16 entries stays small.
+    assert_eq!(check_invariants(&sixteen.insert(16, 0)), Form::Small);
+    // The old version is untouched.
+    assert_eq!(check_invariants(&sixteen), Form::Small);
+    assert_eq!(sixteen.get(17), None);
+    for key in 1..=17 {
+        let back = seventeen.remove(key).expect("present");
+        assert_eq!(check_invariants(&back), Form::Small, "after removing {key}");
+        assert_eq!(back.len(), 16);
+        assert_eq!(back.get(key), None);
+        let expected: Vec<u64> = (1..=17).filter(|&k| k != key).collect();
+        let mut got = keys(&back);
+        got.sort_unstable();
+        assert_eq!(got, expected);
+    }
+    // Shrinking back is canonical: equal to building the 16 keys directly.
+    let back = seventeen.remove(17).expect("present");
+    assert_eq!(keys(&back), keys(&sixteen));
+    assert!(back.eq_by(&sixteen, |a, b| a == b));
+}
+
+#[test]
+fn low_6_bit_collision_promotes_to_trie_and_back() {
+    let one = build([(1, 10)]);
+    assert_eq!(check_invariants(&one), Form::Small);
+    // 65 & 63 == 1: same small-form group, so the map must become a trie.
+    let two = one.insert(65, 650);
+    assert_eq!(check_invariants(&two), Form::Trie(2));
+    assert_eq!(two.get(1), Some(&10));
+    assert_eq!(two.get(65), Some(&650));
+    assert_eq!(two.get(129), None);
+    assert!(two.remove(129).is_none());
+    // 33 shares the root slot (bits 0..5) with 1 and 65 but not their group.
+    let three = two.insert(33, 330);
+    assert_eq!(check_invariants(&three), Form::Trie(2));
+    let back = two.remove(65).expect("present");
+    assert_eq!(check_invariants(&back), Form::Small);
+    assert!(back.ptr_eq(&back.clone()));
+    assert_eq!(keys(&back), [1]);
+    let back = three.remove(1).expect("present");
+    assert_eq!(check_invariants(&back), Form::Small);
+    assert_eq!(back.get(33), Some(&330));
+    assert_eq!(back.get(65), Some(&650));
+    // A trie of 16 with one collision stays a trie until the collision goes.
+    let mut map = build((0..15).map(|k| (k, 0)));
+    map = map.insert(64, 0);
+    assert_eq!(map.len(), 16);
+    assert!(matches!(check_invariants(&map), Form::Trie(_)));
+    let without_other = map.remove(3).expect("present");
+    assert!(matches!(check_invariants(&without_other), Form::Trie(_)));
+    assert_eq!(
+        check_invariants(&map.remove(0).expect("present")),
+        Form::Small
+    );
+    assert_eq!(
+        check_invariants(&map.remove(64).expect("present")),
+        Form::Small
+    );
+}
+
+#[test]
+fn iteration_order_is_independent_of_insertion_order() {
+    let sets: [Vec<u64>; 4] = [
+        (1..=10).collect(),
+        (1..=300).collect(),
+        (0..40).map(|x| (x << 35) | 9).collect(),
+        vec![u64::MAX, 0, 1 << 63, 64, 1, 12345, 65, 1 << 40],
+    ];
+    let mut rng = Rng(42);
+    for set in sets {
+        let reference = keys(&build(set.iter().map(|&k| (k, ()))));
+        let mut sorted = reference.clone();
+        sorted.sort_unstable();
+        let mut expected = set.clone();
+        expected.sort_unstable();
+        assert_eq!(sorted, expected);
+        for _ in 0..5 {
+            let mut shuffled = set.clone();
+            rng.shuffle(&mut shuffled);
+            let map = build(shuffled.iter().map(|&k| (k, ())));
+            assert_eq!(keys(&map), reference);
+            // Also after inserting extra keys and removing them again.
+            let detour = map.insert(7 << 50, ()).insert(3, ()).remove(7 << 50);
+            if let Some(detour) = detour {
+                let detour = if set.contains(&3) {
+                    detour
+                } else {
+                    detour.remove(3).expect("present")
+                };
+                assert_eq!(keys(&detour), reference);
+            }
+        }
+    }
+    // Small-form order is by `key & 63`, trie order by the low 5 bits first.
+    assert_eq!(keys(&build([(63, ()), (2, ()), (1, ())])), [1, 2, 63]);
+}
+
+#[test]
+fn remove_of_absent_key_returns_none() {
+    let empty: Map<u32> = Map::new();
+    assert!(empty.remove(0).is_none());
+    let small = build([(1, 1), (2, 2)]);
+    assert!(small.remove(3).is_none(), "bit unset");
+    assert!(small.remove(65).is_none(), "bit set, other key");
+    assert!(small.remove(0).is_none());
+    let trie = build((1..=100).map(|k| (k, k as u32)));
+    assert!(trie.remove(0).is_none());
+    assert!(trie.remove(101).is_none());
+    assert!(trie.remove(1 << 40).is_none());
+    assert!(trie.remove(u64::MAX).is_none());
+    let shrinkable = build((1..=17).map(|k| (k, 0)));
+    assert!(shrinkable.remove(18).is_none(), "absent while at 17");
+    assert!(shrinkable.remove(65).is_none());
+}
+
+#[test]
+fn insert_overwrites_and_keeps_old_version() {
+    for n in [1u64, 16, 17, 100] {
+        let map = build((1..=n).map(|k| (k, 0u32)));
+        let updated = map.insert(1, 7);
+        assert_eq!(updated.len(), map.len());
+        assert_eq!(updated.get(1), Some(&7));
+        assert_eq!(map.get(1), Some(&0));
+        assert!(!updated.ptr_eq(&map));
+        assert_eq!(check_invariants(&updated), check_invariants(&map));
+        assert_eq!(keys(&updated), keys(&map));
+    }
+}
+
+#[test]
+fn eq_by_cases() {
+    let mut calls = 0;
+    let a = build((1..=20).map(|k| (k, k)));
+    // Same root: no value comparison at all.
+    assert!(a.eq_by(&a.clone(), |_, _| {
+        calls += 1;
+        false
+    }));
+    assert_eq!(calls, 0);
+    // Both empty.
+    assert!(Map::<u64>::new().eq_by(&Map::new(), |_, _| false));
+    // Different lengths: no value comparison.
+    assert!(!a.eq_by(&a.remove(3).expect("present"), |_, _| {
+        calls += 1;
+        true
+    }));
+    assert_eq!(calls, 0);
+    // Built in another order: equal by value, compares every entry.
+    let b = build((1..=20).rev().map(|k| (k, k)));
+    assert!(!a.ptr_eq(&b));
+    assert!(a.eq_by(&b, |x, y| {
+        calls += 1;
+        x == y
+    }));
+    assert_eq!(calls, 20);
+    // A value changed, or a key replaced by another.
+    assert!(!a.eq_by(&b.insert(5, 0), |x, y| x == y));
+    let swapped = b.remove(20).expect("present").insert(21, 20);
+    assert!(!a.eq_by(&swapped, |x, y| x == y));
+    assert!(!swapped.eq_by(&a, |x, y| x == y));
+    // The comparison decides: a value relation that ignores values.
+    assert!(a.eq_by(&b.insert(5, 0), |_, _| true));
+    // Small form vs empty.
+    assert!(!build([(1, 1)]).eq_by(&Map::new(), |_, _| true));
+}
+
+#[test]
+fn clone_is_shallow_and_root_ptr_tracks_versions() {
+    let a = build((1..=5).map(|k| (k, k)));
+    let b = a.clone();
+    assert!(a.ptr_eq(&b));
+    assert_eq!(a.root_ptr(), b.root_ptr());
+    assert!(!a.root_ptr().is_null());
+    let c = a.insert(6, 6);
+    assert_ne!(c.root_ptr(), a.root_ptr());
+    assert!(!c.ptr_eq(&a));
+    assert!(!a.ptr_eq(&Map::new()));
+    assert!(!Map::new().ptr_eq(&a));
+    let root = a.root.as_ref().expect("non-empty");
+    assert_eq!(Arc::strong_count(root), 2);
+}
+
+#[test]
+fn unchanged_subtries_are_shared_not_copied() {
+    let a = build((0..1024).map(|k| (k, k)));
+    let b = a.insert(5, 0);
+    let (Repr::Trie(ra), Repr::Trie(rb)) =
+        (&a.root.as_ref().unwrap().repr, &b.root.as_ref().unwrap().repr)
+    else {
+        panic!("expected tries");
+    };
+    let mut shared = 0;
+    for (sa, sb) in ra.slots.iter().zip(rb.slots.iter()) {
+        if let (Slot::Child(ca), Slot::Child(cb)) = (sa, sb)
+            && Arc::ptr_eq(ca, cb)
+        {
+            shared += 1;
+        }
+    }
+    assert_eq!(
+        shared, 31,
+        "all root children but the one on the path are shared"
+    );
+}
+
+#[test]
+fn values_are_dropped_with_the_last_version() {
+    use std::rc::Rc;
+    let value = Rc::new(());
+    {
+        let mut versions = Vec::new();
+        let mut map = Map::new();
+        for key in [
+            1u64,
+            65,
+            2,
+            129,
+            1 << 40,
+            3,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9,
+            10,
+            11,
+            12,
+            13,
+            14,
+            15,
+        ] {
+            map = map.insert(key, Rc::clone(&value));
+            versions.push(map.clone());
+        }
+        for key in [65u64, 1, 1 << 40, 3] {
+            map = map.remove(key).expect("present");
+            versions.push(map.clone());
+        }
+        assert!(Rc::strong_count(&value) > 1);
+    }
+    assert_eq!(
+        Rc::strong_count(&value),
+        1,
+        "leaked or double-counted values"
+    );
+}
+
+#[test]
+fn debug_formats_as_a_map() {
+    assert_eq!(format!("{:?}", Map::<u32>::new()), "{}");
+    assert_eq!(
+        format!("{:?}", build([(2, "b"), (1, "a")])),
+        r#"{1: "a", 2: "b"}"#
+    );
+}
+
+#[test]
+fn node_get_matches_map_get() {
+    let map = build((1..=40).map(|k| (k, k)));
+    let root = map.root.as_ref().expect("non-empty");
+    assert!(std::ptr::eq(Arc::as_ptr(root), map.root_ptr()));
+    for key in 0..=41 {
+        assert_eq!(root.get(key), map.get(key));
+    }
+}
+
+#[test]
+fn map_is_send_and_sync_for_send_sync_values() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Map<u64>>();
+    assert_send_sync::<Map<std::sync::Arc<str>>>();
+    assert_send_sync::<Iter<'static, u64>>();
+}
+
+#[test]
+fn iterator_is_exact_size_and_fused() {
+    let map = build((1..=50).map(|k| (k, k)));
+    let mut iter = map.iter();
+    for left in (0..50).rev() {
+        assert!(iter.next().is_some());
+        assert_eq!(iter.len(), left);
+    }
+    assert_eq!(iter.next(), None);
+    assert_eq!(iter.next(), None);
+    let mut total = 0;
+    for (key, value) in &map {
+        assert_eq!(key, *value);
+        total += 1;
+    }
+    assert_eq!(total, 50);
+}
