@@ -331,7 +331,11 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
                     // cannot happen through set/reset alone, and there is nothing to undo.
                     None => current.remove(key).unwrap_or(current),
                 };
-                (restored, hot.next_seq(), Some(std::mem::take(&mut token.prev)))
+                (
+                    restored,
+                    hot.next_seq(),
+                    Some(std::mem::take(&mut token.prev)),
+                )
             };
             let old = state.install(hot, new);
             state.last_change.set(last_change);
@@ -364,10 +368,7 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
                 let existing = state.ctx.take();
                 let shared = match existing {
                     Some(shared) => shared,
-                    None => Arc::new(Shared::new_entered(
-                        state.frame_id(hot),
-                        state.vars_clone(),
-                    )),
+                    None => Arc::new(Shared::new_entered(state.frame_id(hot), state.vars_clone())),
                 };
                 let handle = shared.clone();
                 state.ctx.set(Some(shared));

@@ -37,7 +37,9 @@ impl LookupError {
 
 impl fmt::Debug for LookupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LookupError").field("var", &self.name).finish()
+        f.debug_struct("LookupError")
+            .field("var", &self.name)
+            .finish()
     }
 }
 
@@ -171,7 +173,9 @@ impl<T: Send + Sync + 'static> fmt::Display for ResetError<'_, T> {
             ResetErrorKind::DifferentContext => {
                 write!(f, "{:?} was created in a different Context", self.token)
             }
-            ResetErrorKind::Access => write!(f, "cannot reset {:?}: {}", self.token, AccessError::new()),
+            ResetErrorKind::Access => {
+                write!(f, "cannot reset {:?}: {}", self.token, AccessError::new())
+            }
         }
     }
 }
@@ -224,7 +228,9 @@ impl From<AccessError> for EnterError {
 
 impl fmt::Debug for EnterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnterError").field("kind", &self.kind).finish()
+        f.debug_struct("EnterError")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 

@@ -132,7 +132,9 @@ impl ExactSizeIterator for Iter<'_> {}
 
 impl fmt::Debug for Iter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Iter").field("remaining", &self.len()).finish()
+        f.debug_struct("Iter")
+            .field("remaining", &self.len())
+            .finish()
     }
 }
 

@@ -110,7 +110,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         Self::build(name, Default::Lazy(init, OnceLock::new()), no_traits::<T>)
     }
 
-    const fn build(name: &'static str, default: Default<T>, traits: fn() -> ValueTraits<T>) -> Self {
+    const fn build(
+        name: &'static str,
+        default: Default<T>,
+        traits: fn() -> ValueTraits<T>,
+    ) -> Self {
         Self {
             name,
             id: StaticCounter::new(0),
@@ -202,11 +206,17 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// no binding in the current context and no default.
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         let Some(id) = self.existing_id() else {
-            return self.default_value().map(f).ok_or_else(|| self.lookup_error());
+            return self
+                .default_value()
+                .map(f)
+                .ok_or_else(|| self.lookup_error());
         };
         current::with_binding::<T, _>(id, |bound| match bound {
             Some(value) => Ok(f(value)),
-            None => self.default_value().map(f).ok_or_else(|| self.lookup_error()),
+            None => self
+                .default_value()
+                .map(f)
+                .ok_or_else(|| self.lookup_error()),
         })
     }
 

@@ -597,9 +597,10 @@ fn clone_is_shallow_and_root_ptr_tracks_versions() {
 fn unchanged_subtries_are_shared_not_copied() {
     let a = build((0..1024).map(|k| (k, k)));
     let b = a.insert(5, 0);
-    let (Repr::Trie(ra), Repr::Trie(rb)) =
-        (&a.root.as_ref().unwrap().repr, &b.root.as_ref().unwrap().repr)
-    else {
+    let (Repr::Trie(ra), Repr::Trie(rb)) = (
+        &a.root.as_ref().unwrap().repr,
+        &b.root.as_ref().unwrap().repr,
+    ) else {
         panic!("expected tries");
     };
     let mut shared = 0;
