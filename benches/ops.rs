@@ -1,1 +1,354 @@
-fn main() {}
+//! The fast tracking set: `get` / `with` / set+reset / `copy_context` / `run`, each next
+//! to its baseline (`thread_local!`, tokio's `task_local!`, `Arc::clone`).
+//!
+//! ```text
+//! cargo bench --bench ops                                            # full run
+//! cargo bench --bench ops -- --warm-up-time 1 --measurement-time 2   # quick
+//! cargo bench --bench ops -- get/                                    # one group
+//! ```
+//!
+//! Every contender is called through its own `#[inline(never)]` function with
+//! `black_box`ed inputs, so nothing (the thread-local address, the snapshot root, the
+//! variable's id) can be hoisted out of the measurement loop.
+//!
+//! Context shapes: "N" is the number of *other* variables bound in the context the
+//! bench runs in; the variable that is read (or set) is bound after them, so it has the
+//! highest id in the context. Variables are created at runtime and leaked (there cannot
+//! be 100,000 `static`s), and ids are assigned in a fixed order at start-up, so every run
+//! measures the same shapes.
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::sync::{Arc, OnceLock};
+
+use contextvars::{Context, ContextVar, copy_context};
+use criterion::{BenchmarkId, Criterion, criterion_group};
+
+/// Context sizes (other variables bound) for `get` / `with`.
+const GET_SIZES: [usize; 5] = [1, 8, 16, 64, 1024];
+/// Context sizes for set + reset.
+const SET_SIZES: [usize; 4] = [1, 8, 64, 1024];
+/// The large context of the `copy_context` group.
+const BIG: usize = 100_000;
+
+type Var = &'static ContextVar<u64>;
+
+fn leak_var() -> Var {
+    Box::leak(Box::new(ContextVar::<u64>::new("v")))
+}
+
+/// `n` leaked variables whose ids are assigned now, in order.
+fn make_vars(n: usize) -> Vec<Var> {
+    (0..n)
+        .map(|_| {
+            let var = leak_var();
+            var.id(); // assigns the id
+            var
+        })
+        .collect()
+}
+
+/// The shared pool for the small shapes: `GET_SIZES.max() + 1` variables, so that shape
+/// `n` binds `pool[..n]` and reads `pool[n]`.
+fn pool() -> &'static [Var] {
+    static POOL: OnceLock<Vec<Var>> = OnceLock::new();
+    POOL.get_or_init(|| make_vars(1024 + 1))
+}
+
+/// A context binding `others` and then `target` (so `target` is the last one set).
+fn context_with(others: &[Var], target: Var) -> Context {
+    let mut ctx = Context::new();
+    for (i, var) in others.iter().enumerate() {
+        ctx = ctx.with_value(var, i as u64);
+    }
+    ctx.with_value(target, 42)
+}
+
+/// Shape `n` from the pool: `n` others, then the target.
+fn shape(n: usize) -> (Context, Var) {
+    let pool = pool();
+    (context_with(&pool[..n], pool[n]), pool[n])
+}
+
+// ----- contenders ------------------------------------------------------------------------
+
+#[inline(never)]
+fn ours_get(var: &ContextVar<u64>) -> u64 {
+    var.get()
+}
+
+#[inline(never)]
+fn ours_with(var: &ContextVar<u64>) -> u64 {
+    var.with(|value| *value)
+}
+
+std::thread_local! {
+    static TLS: Cell<u64> = const { Cell::new(0) };
+}
+
+#[inline(never)]
+fn thread_local_get(key: &'static std::thread::LocalKey<Cell<u64>>) -> u64 {
+    key.get()
+}
+
+tokio::task_local! {
+    static TASK: u64;
+}
+
+#[inline(never)]
+fn task_local_get(key: &'static tokio::task::LocalKey<u64>) -> u64 {
+    key.get()
+}
+
+#[inline(never)]
+fn ours_copy_drop() {
+    let ctx = copy_context();
+    black_box(&ctx);
+}
+
+#[inline(never)]
+fn arc_clone_drop(arc: &Arc<u64>) {
+    let clone = Arc::clone(arc);
+    black_box(&clone);
+}
+
+#[inline(never)]
+fn ours_set_reset(var: &ContextVar<u64>, value: u64) {
+    let token = var.set(value);
+    if var.reset(token).is_err() {
+        unreachable!("reset in the context of the set");
+    }
+}
+
+#[inline(never)]
+fn ours_run(ctx: &Context) {
+    ctx.run(|| ());
+}
+
+// ----- groups ----------------------------------------------------------------------------
+
+fn get(c: &mut Criterion) {
+    let mut group = c.benchmark_group("get");
+    for n in GET_SIZES {
+        let (ctx, var) = shape(n);
+        group.bench_function(BenchmarkId::new("contextvars", n), |b| {
+            ctx.run(|| {
+                assert_eq!(ours_get(var), 42);
+                b.iter(|| ours_get(black_box(var)));
+            });
+        });
+    }
+    group.bench_function("thread_local", |b| {
+        TLS.set(42);
+        assert_eq!(thread_local_get(&TLS), 42);
+        b.iter(|| thread_local_get(black_box(&TLS)));
+    });
+    group.bench_function("tokio_task_local", |b| {
+        TASK.sync_scope(42, || {
+            assert_eq!(task_local_get(&TASK), 42);
+            b.iter(|| task_local_get(black_box(&TASK)));
+        });
+    });
+    for n in GET_SIZES {
+        let (ctx, var) = shape(n);
+        group.bench_function(BenchmarkId::new("contextvars_with", n), |b| {
+            ctx.run(|| {
+                assert_eq!(ours_with(var), 42);
+                b.iter(|| ours_with(black_box(var)));
+            });
+        });
+    }
+    // A miss: the variable has an id (it is bound elsewhere) but not in this context, so
+    // the lookup runs to the end and falls back to the default.
+    static MISS: ContextVar<u64> = ContextVar::with_default("miss", 7);
+    Context::new().run(|| drop(MISS.set(1)));
+    for n in [1, 1024] {
+        let (ctx, _) = shape(n);
+        group.bench_function(BenchmarkId::new("contextvars_miss_default", n), |b| {
+            ctx.run(|| {
+                assert_eq!(ours_get(&MISS), 7);
+                b.iter(|| ours_get(black_box(&MISS)));
+            });
+        });
+    }
+    group.finish();
+}
+
+fn copy(c: &mut Criterion) {
+    let mut group = c.benchmark_group("copy_context");
+    let (small, _) = shape(0);
+    group.bench_function(BenchmarkId::new("contextvars", 1), |b| {
+        let ctx = &small;
+        assert_eq!(ctx.len(), 1);
+        ctx.run(|| b.iter(ours_copy_drop));
+    });
+    group.bench_function(BenchmarkId::new("contextvars", BIG), |b| {
+        // Built on first use, so only if this row is selected (criterion calls this
+        // closure once per sample, and the build is the slow part of the set-up).
+        static BIG_CTX: OnceLock<Context> = OnceLock::new();
+        let ctx = BIG_CTX.get_or_init(|| {
+            let vars = make_vars(BIG);
+            context_with(&vars[..BIG - 1], vars[BIG - 1])
+        });
+        assert_eq!(ctx.len(), BIG);
+        ctx.run(|| b.iter(ours_copy_drop));
+    });
+    group.bench_function("arc_clone", |b| {
+        let arc = Arc::new(42_u64);
+        b.iter(|| arc_clone_drop(black_box(&arc)));
+    });
+    group.finish();
+}
+
+fn set_reset(c: &mut Criterion) {
+    let mut group = c.benchmark_group("set_reset");
+    for n in SET_SIZES {
+        let (ctx, var) = shape(n);
+        group.bench_function(BenchmarkId::new("contextvars", n), |b| {
+            ctx.run(|| {
+                b.iter(|| ours_set_reset(black_box(var), black_box(7)));
+                assert_eq!(var.get(), 42);
+            });
+        });
+    }
+    group.finish();
+}
+
+fn run(c: &mut Criterion) {
+    let mut group = c.benchmark_group("run");
+    let (ctx, _) = shape(8);
+    group.bench_function("contextvars_empty_closure", |b| {
+        b.iter(|| ours_run(black_box(&ctx)));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, get, copy, set_reset, run);
+
+fn main() {
+    let started = std::time::SystemTime::now();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let tls = ["get/thread_local", "get/tokio_task_local"];
+    summary::print(
+        started,
+        &[
+            ("get", &tls),
+            ("copy_context", &["copy_context/arc_clone"]),
+            ("set_reset", &tls),
+            ("run", &tls),
+        ],
+    );
+}
+
+/// After a run, prints the medians criterion saved (rows measured by this run only) and
+/// their ratio to each baseline, in a form the README's Performance section can quote.
+mod summary {
+    use std::path::{Path, PathBuf};
+    use std::time::SystemTime;
+
+    fn criterion_dir() -> PathBuf {
+        if let Some(home) = std::env::var_os("CRITERION_HOME") {
+            return home.into();
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+        Path::new(&target).join("criterion")
+    }
+
+    /// The median point estimate (ns) in an `estimates.json`, without a JSON parser.
+    fn median(json: &str) -> Option<f64> {
+        let rest = &json[json.find("\"median\"")?..];
+        let rest = &rest[rest.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+        let end = rest.find([',', '}'])?;
+        rest[..end].trim().parse().ok()
+    }
+
+    /// `(row id, median ns)` for every row of `group` written since `since`.
+    fn rows(group: &str, since: SystemTime) -> Vec<(String, f64)> {
+        let mut found = Vec::new();
+        let mut stack = vec![criterion_dir().join(group)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() && path.file_name().is_some_and(|n| n != "report") {
+                    stack.push(path);
+                    continue;
+                }
+                if !path.ends_with("new/estimates.json") {
+                    continue;
+                }
+                let fresh = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since);
+                let value = std::fs::read_to_string(&path).ok().and_then(|j| median(&j));
+                if let (true, Some(value)) = (fresh, value) {
+                    let id = path.parent().and_then(Path::parent).unwrap_or(&path);
+                    let id = id.strip_prefix(criterion_dir()).unwrap_or(id);
+                    found.push((id.display().to_string(), value));
+                }
+            }
+        }
+        found.sort_by_key(|(id, _)| natural(id));
+        found
+    }
+
+    fn rows_of(group: &str, since: SystemTime, id: &str) -> Option<f64> {
+        rows(group, since)
+            .into_iter()
+            .find(|(row, _)| row == id)
+            .map(|(_, median)| median)
+    }
+
+    /// Sort key: numeric path parts compare as numbers.
+    fn natural(id: &str) -> Vec<(String, u64)> {
+        id.split('/')
+            .map(|part| match part.parse() {
+                Ok(n) => (String::new(), n),
+                Err(_) => (part.to_owned(), 0),
+            })
+            .collect()
+    }
+
+    /// Prints one table per `(group, baselines)` with fresh rows; each row's median is
+    /// divided by each baseline's (a full row id such as `get/thread_local`).
+    pub(super) fn print(since: SystemTime, tables: &[(&str, &[&str])]) {
+        let mut printed = false;
+        for (group, baselines) in tables {
+            let rows = rows(group, since);
+            if rows.is_empty() {
+                continue;
+            }
+            let base: Vec<(&str, Option<f64>)> = baselines
+                .iter()
+                .map(|id| {
+                    let group = id.split('/').next().unwrap_or(id);
+                    let median = rows_of(group, since, id);
+                    (*id, median)
+                })
+                .collect();
+            if !printed {
+                println!("\nMedians (ns) of this run, and ratio to each baseline:");
+                printed = true;
+            }
+            print!("\n{:<36} {:>10}", "row", "median ns");
+            for (name, _) in &base {
+                print!(" {:>24}", format!("/ {name}"));
+            }
+            println!();
+            for (id, median) in &rows {
+                print!("{id:<36} {median:>10.2}");
+                for (_, base) in &base {
+                    match base {
+                        Some(b) => print!(" {:>23.2}x", median / b),
+                        None => print!(" {:>24}", "-"),
+                    }
+                }
+                println!();
+            }
+        }
+    }
+}

@@ -61,8 +61,8 @@
 //! | [`copy_context`], [`Context::copy`] | one reference-count increment, whatever the size |
 //! | [`Context::run`] | enter flag, one snapshot load, two thread-local swaps |
 //!
-//! Figures measured against `thread_local!`, tokio's `task_local!` and others are in
-//! `BENCHMARKS.md` and [`docs::performance`].
+//! Figures measured against `thread_local!` and tokio's `task_local!` are in the README's
+//! performance section; [`docs::performance`] explains the cost model.
 //!
 //! # Threads
 //!
@@ -97,6 +97,11 @@ mod var;
 
 #[cfg(doctest)]
 mod compile_fail;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use context::{Context, copy_context};
 pub use error::{AccessError, EnterError, LookupError, ResetError};

@@ -11,5 +11,5 @@
 //! | `Context` iteration | walks the snapshot | 1 (`Context::iter` collects) / 0 (`Snapshot::iter`) | per entry (owning iterator) |
 //!
 //! Measured figures, side by side with `thread_local!`, tokio's `task_local!` and the other
-//! peers in the same run, are in `BENCHMARKS.md` at the repository root and are produced by
-//! `cargo bench` (`benches/ops.rs`, `benches/cells.rs`).
+//! peers in the same run, are in the README's performance section and are produced by
+//! `cargo bench` (`benches/ops.rs`, `benches/cells.rs`, `benches/map.rs`).
