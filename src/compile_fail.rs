@@ -76,3 +76,5 @@
 //! let _ = A.reset(token);
 //! let _ = A.reset(token);
 //! ```
+
+#![deny(unsafe_code)]

@@ -1,5 +1,7 @@
 //! Tests of the persistent map against a `HashMap` model, plus structural invariants.
 
+#![deny(unsafe_code)]
+
 use super::*;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
