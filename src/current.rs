@@ -138,20 +138,21 @@ impl State {
     /// the frame marked dirty; a handle made later publishes first ([`current_shared`]).
     fn publish(&self) -> Option<Vars> {
         let ctx = self.ctx.take();
-        let old = match &ctx {
-            Some(shared) if Arc::strong_count(shared) > 1 => {
-                self.dirty.set(false);
-                Some(shared.replace_vars(self.vars_clone()))
-            }
-            Some(_) => {
-                self.dirty.set(true);
-                None
-            }
-            None => None,
-        };
+        let old = ctx.as_ref().and_then(|shared| {
+            let old = publish_to(shared, || self.vars_clone());
+            self.dirty.set(old.is_none());
+            old
+        });
         self.ctx.set(ctx);
         old
     }
+}
+
+/// Stores `vars()` in `shared` if anyone besides the running frame can see the object
+/// (`strong_count > 1`), returning the object's previous snapshot for the caller to
+/// retire; `None` if the publication was skipped.
+fn publish_to(shared: &Arc<Shared>, vars: impl FnOnce() -> Vars) -> Option<Vars> {
+    (Arc::strong_count(shared) > 1).then(|| shared.replace_vars(vars()))
 }
 
 impl Drop for State {
@@ -159,8 +160,8 @@ impl Drop for State {
         // Readers that run while the values below are dropped must not follow the root.
         let _ = HOT.try_with(|hot| hot.root.set(ptr::null()));
         if let Some(shared) = self.ctx.get_mut().take() {
-            if *self.dirty.get_mut() && Arc::strong_count(&shared) > 1 {
-                drop(shared.replace_vars(self.vars.get_mut().clone()));
+            if *self.dirty.get_mut() {
+                drop(publish_to(&shared, || self.vars.get_mut().clone()));
             }
             shared.leave();
         }
@@ -456,8 +457,8 @@ impl Drop for FrameGuard {
         match left {
             Ok((vars, ctx, dirty)) => {
                 if let Some(shared) = ctx {
-                    if dirty && Arc::strong_count(&shared) > 1 {
-                        retire(shared.replace_vars(vars.clone()));
+                    if dirty && let Some(old) = publish_to(&shared, || vars.clone()) {
+                        retire(old);
                     }
                     shared.leave();
                     drop(shared);
