@@ -231,13 +231,9 @@ impl Context {
         if !shared.try_enter() {
             return Err(EnterError::ALREADY_ENTERED);
         }
-        let guard = match current::enter(shared.load_vars(), Some(shared.clone()), shared.id) {
-            Ok(guard) => guard,
-            Err(error) => {
-                shared.leave();
-                return Err(error.into());
-            }
-        };
+        // The frame leaves the context when it ends (or at once, if it cannot start).
+        let guard = current::enter(current::Frame::entered(shared.clone()))
+            .map_err(|_| EnterError::from(AccessError::new()))?;
         let result = f();
         drop(guard);
         Ok(result)

@@ -5,8 +5,9 @@
 //! * `HOT` has no destructor and a `const` initialiser, so reading it compiles to a plain
 //!   TLS load with no lazy-initialisation or liveness check. It holds what
 //!   [`with_binding`] needs: a raw pointer to the root node of the current snapshot, and a
-//!   counter of active borrows. It also holds two per-thread counters (token sequence
-//!   numbers and a block of context ids), so those never touch a shared cache line.
+//!   counter of active borrows. It also holds this thread's block of ids (context ids,
+//!   frame ids and the change markers tokens compare), so handing one out never touches a
+//!   shared cache line, and ids stay unique across threads even when a task's frame moves.
 //! * `STATE` owns the frame: the current snapshot (`Vars`), the [`Shared`] context object
 //!   it writes through to (if any), the frame's identity for token checks, and snapshots
 //!   whose release is deferred. Its destructor nulls `HOT.root` first, so code that runs
@@ -47,7 +48,6 @@ struct Hot {
     root: Cell<*const Node<Entry>>,
     borrows: Cell<usize>,
     deferred: Cell<bool>,
-    seq: Cell<u64>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
 }
@@ -58,18 +58,9 @@ impl Hot {
             root: Cell::new(ptr::null()),
             borrows: Cell::new(0),
             deferred: Cell::new(false),
-            seq: Cell::new(0),
             ids_next: Cell::new(0),
             ids_end: Cell::new(0),
         }
-    }
-
-    /// A sequence number unique on this thread (tokens use it to detect "nothing changed
-    /// since my set").
-    fn next_seq(&self) -> u64 {
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
-        seq
     }
 
     fn next_id(&self) -> u64 {
@@ -92,6 +83,8 @@ struct State {
     last_change: Cell<u64>,
     /// A set or reset was not published to `ctx` because nobody else could see it.
     dirty: Cell<bool>,
+    /// `vars` is a borrowed bitwise copy that owns no reference count ([`Frame`]).
+    borrowed: Cell<bool>,
     graveyard: Cell<Vec<Vars>>,
 }
 
@@ -103,6 +96,7 @@ impl State {
             id: Cell::new(0),
             last_change: Cell::new(0),
             dirty: Cell::new(false),
+            borrowed: Cell::new(false),
             graveyard: Cell::new(Vec::new()),
         }
     }
@@ -125,10 +119,25 @@ impl State {
         copy
     }
 
+    /// Takes the current snapshot out, as an owned (counted) value: a borrowed copy is
+    /// exchanged for a clone of itself first. The caller puts a snapshot back.
+    fn take_vars(&self) -> Vars {
+        let vars = self.vars.take();
+        if self.borrowed.replace(false) {
+            let owned = vars.clone();
+            std::mem::forget(vars);
+            owned
+        } else {
+            vars
+        }
+    }
+
     /// Makes `new` the current snapshot and returns the old one. No user code runs.
     fn install(&self, hot: &Hot, new: Vars) -> Vars {
         hot.root.set(new.root_ptr());
-        self.vars.replace(new)
+        let old = self.take_vars();
+        self.vars.set(new);
+        old
     }
 
     /// Publishes the current snapshot to the frame's context object if anyone else can
@@ -164,6 +173,11 @@ impl Drop for State {
                 drop(publish_to(&shared, || self.vars.get_mut().clone()));
             }
             shared.leave();
+        }
+        if self.borrowed.replace(false) {
+            // Unreachable while borrowed frames are only made by `run_borrowed`, whose
+            // guard never outlives the call; never release a count we do not own.
+            std::mem::forget(self.vars.take());
         }
         // The fields are dropped after this, running value destructors with a null root.
     }
@@ -283,11 +297,11 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessErro
     let (state, old_published) = STATE
         .try_with(|state| {
             HOT.with(|hot| {
-                let prev = state.vars.take();
+                let prev = state.take_vars();
                 let new = prev.insert(key, entry);
                 hot.root.set(new.root_ptr());
                 state.vars.set(new);
-                let prev_change = state.last_change.replace(hot.next_seq());
+                let prev_change = state.last_change.replace(hot.next_id());
                 let set = SetState {
                     prev,
                     frame_id: state.frame_id(hot),
@@ -334,7 +348,7 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
                 };
                 (
                     restored,
-                    hot.next_seq(),
+                    hot.next_id(),
                     Some(std::mem::take(&mut token.prev)),
                 )
             };
@@ -389,89 +403,165 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
     Ok(shared)
 }
 
-/// A fresh context id from this thread's block.
+/// A fresh context id from this thread's block. Ids, frame ids and change markers share
+/// one space, unique across threads.
 pub(crate) fn next_context_id() -> u64 {
     HOT.with(Hot::next_id)
 }
 
-/// The frame a [`FrameGuard`] restores.
-struct Frame {
+/// A frame: the state a thread runs in, kept outside the thread-local while it is not
+/// running (saved by a [`FrameGuard`], or owned by a task wrapper between polls).
+///
+/// A frame whose `borrowed` flag is set holds a bitwise copy of a snapshot owned by
+/// someone else (see [`run_borrowed`]): that copy owns no reference count, so it is never
+/// dropped, only forgotten, and the thread makes its own counted copy before the first
+/// change ([`State::take_vars`]).
+pub(crate) struct Frame {
     vars: Vars,
     ctx: Option<Arc<Shared>>,
     id: u64,
     last_change: u64,
     dirty: bool,
+    borrowed: bool,
 }
 
-/// Makes `vars` the current snapshot, writing through to `ctx` (if any), until the guard
-/// is dropped; the frame is identified by `id` for token checks.
-pub(crate) fn enter(
-    vars: Vars,
-    ctx: Option<Arc<Shared>>,
-    id: u64,
-) -> Result<FrameGuard, AccessError> {
-    STATE
-        .try_with(|state| {
-            HOT.with(|hot| {
-                let saved = Frame {
-                    vars: state.install(hot, vars),
-                    ctx: state.ctx.replace(ctx),
-                    id: state.id.replace(id),
-                    last_change: state.last_change.replace(hot.next_seq()),
-                    dirty: state.dirty.replace(false),
-                };
-                FrameGuard {
-                    saved: Some(saved),
-                    _not_send: PhantomData,
-                }
-            })
-        })
-        .map_err(|_| AccessError::new())
+impl Frame {
+    /// A frame of its own over `vars` that writes through to no context object: a copy
+    /// of a context (a thread, job or task's private context). Its id is assigned on the
+    /// first set, so entering it costs no counter.
+    pub(crate) fn private(vars: Vars) -> Self {
+        Self {
+            vars,
+            ctx: None,
+            id: 0,
+            last_change: 0,
+            dirty: false,
+            borrowed: false,
+        }
+    }
+
+    /// A frame that runs the context object `shared`, which the caller has already
+    /// marked entered: the frame leaves it when it is dropped.
+    pub(crate) fn entered(shared: Arc<Shared>) -> Self {
+        Self {
+            vars: shared.load_vars(),
+            id: shared.id,
+            ctx: Some(shared),
+            last_change: 0,
+            dirty: false,
+            borrowed: false,
+        }
+    }
 }
 
-/// Restores the previous frame on drop, also during unwinding. `!Send`: it restores
-/// *this* thread's state.
+impl Drop for Frame {
+    /// Releases what a frame that stopped running holds: publishes an unpublished change
+    /// to its context object and leaves that object, then releases its snapshot.
+    fn drop(&mut self) {
+        let vars = std::mem::take(&mut self.vars);
+        if let Some(shared) = self.ctx.take() {
+            if self.dirty
+                && let Some(old) = publish_to(&shared, || vars.clone())
+            {
+                retire(old);
+            }
+            shared.leave();
+        }
+        if self.borrowed {
+            // Not ours to release: the owner of the original outlives this frame.
+            std::mem::forget(vars);
+        } else {
+            retire(vars);
+        }
+    }
+}
+
+/// Exchanges the thread's current frame with `frame`. Runs no user code.
+fn swap_frame(state: &State, hot: &Hot, frame: &mut Frame) {
+    let vars = std::mem::take(&mut frame.vars);
+    hot.root.set(vars.root_ptr());
+    frame.vars = state.vars.replace(vars);
+    frame.ctx = state.ctx.replace(frame.ctx.take());
+    frame.id = state.id.replace(frame.id);
+    frame.last_change = state.last_change.replace(frame.last_change);
+    frame.dirty = state.dirty.replace(frame.dirty);
+    frame.borrowed = state.borrowed.replace(frame.borrowed);
+}
+
+/// Makes `frame` the thread's current frame until the guard is dropped. Gives the frame
+/// back if the thread's state is gone (thread teardown).
+pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
+    match STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, &mut frame))) {
+        Ok(()) => Ok(FrameGuard {
+            saved: frame,
+            _not_send: PhantomData,
+        }),
+        Err(_) => Err(frame),
+    }
+}
+
+/// Runs `f` in `frame`, then releases the frame. During thread teardown `f` runs in
+/// whatever state is left (reads see defaults).
+pub(crate) fn run_owned<R>(frame: Frame, f: impl FnOnce() -> R) -> R {
+    let guard = enter(frame);
+    let result = f();
+    drop(guard);
+    result
+}
+
+/// Runs `f` in a private frame over `vars` without taking a reference count: the frame
+/// holds a bitwise copy of `vars`, which the borrow keeps alive for the whole call.
+///
+/// This is the structured hand-off (a rayon `join` or parallel-iterator job running for
+/// its parent): the parent's snapshot is shared by every job with no atomic
+/// read-modify-write. Sets inside `f` first take a counted copy ([`State::take_vars`]).
+pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the copy is put in a frame marked `borrowed`, which never drops its
+    // snapshot: `Frame::drop` forgets it, `State::take_vars` replaces it with a counted
+    // clone before handing it out, and `swap_frame` moves it only together with the
+    // flag. The frame's guard is dropped before this function returns, also when `f`
+    // unwinds (it is a local, never exposed), so the copy is never used after the borrow
+    // of `vars`, which keeps the original and its reference count alive, ends.
+    let copy = unsafe { ptr::read(vars) };
+    let mut frame = Frame::private(copy);
+    frame.borrowed = true;
+    run_owned(frame, f)
+}
+
+/// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
+/// holding what `f` made of it (a task's context between polls).
+pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
+    struct SwapBack<'a> {
+        frame: &'a mut Frame,
+        swapped: bool,
+    }
+    impl Drop for SwapBack<'_> {
+        fn drop(&mut self) {
+            if self.swapped {
+                let _ = STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, self.frame)));
+            }
+        }
+    }
+    let swapped = STATE
+        .try_with(|state| HOT.with(|hot| swap_frame(state, hot, frame)))
+        .is_ok();
+    let _back = SwapBack { frame, swapped };
+    f()
+}
+
+/// Restores the previous frame on drop, also during unwinding, and releases the frame it
+/// leaves. `!Send`: it restores *this* thread's state.
 pub(crate) struct FrameGuard {
-    saved: Option<Frame>,
+    saved: Frame,
     _not_send: PhantomData<*const ()>,
 }
 
 impl Drop for FrameGuard {
     fn drop(&mut self) {
-        let Some(saved) = self.saved.take() else {
-            return;
-        };
-        let mut saved = Some(saved);
-        let left = STATE.try_with(|state| {
-            HOT.with(|hot| {
-                let saved = saved.take().expect("taken once");
-                let vars = state.install(hot, saved.vars);
-                let ctx = state.ctx.replace(saved.ctx);
-                state.id.set(saved.id);
-                state.last_change.set(saved.last_change);
-                let dirty = state.dirty.replace(saved.dirty);
-                (vars, ctx, dirty)
-            })
-        });
-        // The thread's state is consistent again; now release what the frame held.
-        match left {
-            Ok((vars, ctx, dirty)) => {
-                if let Some(shared) = ctx {
-                    if dirty && let Some(old) = publish_to(&shared, || vars.clone()) {
-                        retire(old);
-                    }
-                    shared.leave();
-                    drop(shared);
-                }
-                retire(vars);
-            }
-            // STATE is gone (only possible if the guard outlived the thread's storage):
-            // still release the context object so other threads can enter it.
-            Err(_) => {
-                if let Some(Some(shared)) = saved.map(|frame| frame.ctx) {
-                    shared.leave();
-                }
-            }
-        }
+        // If the state is gone (the guard outlived the thread's storage), `saved` is
+        // still released below: it leaves its context object so other threads can enter.
+        let _ = STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, &mut self.saved)));
+        // The thread's state is consistent again; `saved` now holds the frame that ended
+        // and is released when the guard's fields drop.
     }
 }
