@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::current::{self, Vars};
+use crate::current::{self, Frame, Vars};
 use crate::error::{AccessError, EnterError};
 use crate::map::{Map, Node};
 use crate::snapshot::{IntoIter, Snapshot};
@@ -227,16 +227,22 @@ impl Context {
 
     /// [`run`](Self::run), returning an [`EnterError`] if the context is already entered.
     pub fn try_run<R>(&self, f: impl FnOnce() -> R) -> Result<R, EnterError> {
-        let shared = self.shared();
-        if !shared.try_enter() {
-            return Err(EnterError::ALREADY_ENTERED);
-        }
         // The frame leaves the context when it ends (or at once, if it cannot start).
-        let guard = current::enter(current::Frame::entered(shared.clone()))
+        let guard = current::enter(self.enter_frame()?)
             .map_err(|_| EnterError::from(AccessError::new()))?;
         let result = f();
         drop(guard);
         Ok(result)
+    }
+
+    /// Marks the context entered and returns a frame that runs it and leaves it when
+    /// dropped, on whichever thread: the frame may be handed to another thread or task.
+    pub(crate) fn enter_frame(&self) -> Result<Frame, EnterError> {
+        let shared = self.shared();
+        if !shared.try_enter() {
+            return Err(EnterError::ALREADY_ENTERED);
+        }
+        Ok(Frame::entered(shared.clone()))
     }
 
     /// A clone of `var`'s binding in this context, ignoring the variable's default

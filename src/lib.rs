@@ -88,6 +88,12 @@ mod context;
 mod current;
 pub mod docs;
 mod error;
+pub mod future;
+#[cfg(feature = "rayon")]
+pub mod rayon;
+pub mod thread;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod map;
 mod snapshot;
 mod sync;

@@ -1,0 +1,211 @@
+//! Futures (and streams) that carry a context: every poll runs inside it.
+//!
+//! An async task should behave like an asyncio task: it starts with a copy of the
+//! context it was created in, its `set`s stay inside it across `.await`s, and nothing it
+//! does leaks to the code that spawned it or to other tasks polled on the same thread.
+//! [`WithContext`] gives any future that behaviour, on any executor:
+//!
+//! ```
+//! use contextvars::ContextVar;
+//! use contextvars::future::ContextFutureExt;
+//!
+//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//!
+//! let _token = REQUEST_ID.set(7);
+//! let task = async {
+//!     assert_eq!(REQUEST_ID.get(), 7); // inherited from the creator
+//!     drop(REQUEST_ID.set(8)); // stays in the task
+//!     std::future::ready(()).await;
+//!     REQUEST_ID.get()
+//! }
+//! .in_current_context(); // captures a copy of the current context, now
+//!
+//! let _other = REQUEST_ID.set(99); // later changes do not reach the task
+//! let seen = futures_executor_block_on(task);
+//! assert_eq!(seen, 8);
+//! assert_eq!(REQUEST_ID.get(), 99); // the task's set did not leak out
+//! # fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+//!
+//! # Cost
+//!
+//! A poll swaps the task's frame into the thread-local state and back: a fixed number of
+//! word moves, whatever the number of variables. No reference count is touched and
+//! nothing is allocated.
+//!
+//! # Guards and `.await`
+//!
+//! A [`Token`](crate::Token) and a [`ScopedSet`](crate::ScopedSet) are `!Send`: they
+//! belong to the frame (task) that made them, so a future holding one across an `.await`
+//! cannot be spawned on a multi-threaded executor:
+//!
+//! ```compile_fail
+//! use contextvars::ContextVar;
+//! static N: ContextVar<u32> = ContextVar::new("n");
+//! fn assert_send<T: Send>(_: T) {}
+//! assert_send(async {
+//!     let _guard = N.scoped_set(1);
+//!     std::future::ready(()).await; // the guard lives across this await
+//! });
+//! ```
+//!
+//! On a single-threaded executor (tokio's `LocalSet`) such a future is allowed, and
+//! correct when the task runs in a [`WithContext`]: the guard resets its set in the
+//! task's own frame whichever other tasks ran in between.
+
+#![deny(unsafe_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
+
+use crate::context::Context;
+use crate::current::{self, Frame};
+use crate::error::EnterError;
+
+pin_project! {
+    /// A future (or stream) that runs every poll of the inner one in its own context.
+    ///
+    /// Made by [`ContextFutureExt::in_current_context`] (a copy of the current context, like an
+    /// asyncio task) or [`ContextFutureExt::in_context`] (a given [`Context`] object, which
+    /// stays entered until the wrapper is dropped). The inner future is also dropped
+    /// inside the context, so its destructors see the task's values.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct WithContext<F> {
+        #[pin]
+        inner: Option<F>,
+        frame: Frame,
+    }
+
+    impl<F> PinnedDrop for WithContext<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                current::run_in(this.frame, || this.inner.set(None));
+            }
+        }
+    }
+}
+
+impl<F> WithContext<F> {
+    fn new(inner: F, frame: Frame) -> Self {
+        Self {
+            inner: Some(inner),
+            frame,
+        }
+    }
+
+    /// A shared reference to the wrapped future.
+    pub fn get_ref(&self) -> &F {
+        self.inner.as_ref().expect("the inner future lives as long as the wrapper")
+    }
+
+    /// A pinned mutable reference to the wrapped future.
+    pub fn get_pin_mut(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project()
+            .inner
+            .as_pin_mut()
+            .expect("the inner future lives as long as the wrapper")
+    }
+}
+
+impl<F: Future> Future for WithContext<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let inner = this
+            .inner
+            .as_pin_mut()
+            .expect("the inner future lives as long as the wrapper");
+        current::run_in(this.frame, || inner.poll(cx))
+    }
+}
+
+#[cfg(feature = "stream")]
+impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
+        let this = self.project();
+        let inner = this
+            .inner
+            .as_pin_mut()
+            .expect("the inner stream lives as long as the wrapper");
+        current::run_in(this.frame, || inner.poll_next(cx))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.get_ref().size_hint()
+    }
+}
+
+impl<F> fmt::Debug for WithContext<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithContext").finish_non_exhaustive()
+    }
+}
+
+/// Wraps futures (and, with the `stream` feature, streams) in a context. Implemented for
+/// every type.
+pub trait ContextFutureExt: Sized {
+    /// Runs every poll in a copy of the context current *now*: the task sees the
+    /// creator's values, and its `set`s stay inside it. This is what an asyncio task does.
+    ///
+    /// ```
+    /// use contextvars::ContextVar;
+    /// use contextvars::future::ContextFutureExt;
+    /// static USER: ContextVar<&str> = ContextVar::new("user");
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let _token = USER.set("ada");
+    /// let handle = tokio::spawn(async { USER.get() }.in_current_context());
+    /// assert_eq!(handle.await.unwrap(), "ada");
+    /// # });
+    /// ```
+    fn in_current_context(self) -> WithContext<Self> {
+        WithContext::new(self, Frame::private(current::vars()))
+    }
+
+    /// Runs every poll in the context object `ctx` (Python's
+    /// `asyncio.create_task(coro, context=ctx)`): `set`s inside are made to `ctx` and are
+    /// visible through it afterwards. `ctx` counts as entered until the wrapper is
+    /// dropped, so no other code can run it meanwhile.
+    ///
+    /// ```
+    /// use contextvars::{Context, ContextVar};
+    /// use contextvars::future::ContextFutureExt;
+    /// static HITS: ContextVar<u32> = ContextVar::new("hits");
+    ///
+    /// let ctx = Context::new();
+    /// let task = async { drop(HITS.set(1)) }.in_context(&ctx);
+    /// assert!(ctx.try_run(|| ()).is_err()); // entered by the task
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(task);
+    /// assert_eq!(ctx.get(&HITS), Some(1));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `ctx` is already entered; [`try_in_context`](Self::try_in_context) returns the
+    /// error instead.
+    #[track_caller]
+    fn in_context(self, ctx: &Context) -> WithContext<Self> {
+        match self.try_in_context(ctx) {
+            Ok(wrapped) => wrapped,
+            Err(error) => error.panic(),
+        }
+    }
+
+    /// [`in_context`](Self::in_context), returning an [`EnterError`] if `ctx` is already
+    /// entered (by a thread, or by another wrapper that is still alive).
+    fn try_in_context(self, ctx: &Context) -> Result<WithContext<Self>, EnterError> {
+        Ok(WithContext::new(self, ctx.enter_frame()?))
+    }
+}
+
+impl<T> ContextFutureExt for T {}

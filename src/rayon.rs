@@ -1,0 +1,518 @@
+//! rayon jobs that run in their creator's context (feature `rayon`).
+//!
+//! rayon has no per-job hook, and a worker thread runs many unrelated jobs, including,
+//! while it waits in a `join`, jobs stolen from other callers. The forms here capture the
+//! caller's context when a job is created and run the job in a copy of it, saving and
+//! restoring the worker's own state around the job, so
+//!
+//! * every job sees the values of the code that created it,
+//! * a job's `set`s stay in the job: they reach neither the caller nor sibling jobs
+//!   (CPython's rule for concurrent work, as for asyncio tasks), and
+//! * a stolen job never sees the state of the job it interrupted, nor the reverse.
+//!
+//! ```
+//! use contextvars::ContextVar;
+//! use contextvars::rayon::ParallelIteratorExt;
+//! use rayon::prelude::*;
+//!
+//! static TENANT: ContextVar<&str> = ContextVar::new("tenant");
+//!
+//! let _token = TENANT.set("acme");
+//! let (a, b) = contextvars::rayon::join(|| TENANT.get(), || TENANT.get());
+//! assert_eq!((a, b), ("acme", "acme"));
+//!
+//! let labels: Vec<String> = (0..4)
+//!     .into_par_iter()
+//!     .in_current_context() // every job of this iterator runs in the caller's context
+//!     .map(|i| format!("{}-{i}", TENANT.get()))
+//!     .collect();
+//! assert_eq!(labels, ["acme-0", "acme-1", "acme-2", "acme-3"]);
+//! ```
+//!
+//! # Cost
+//!
+//! * Structured forms ([`join`], [`join_context`], [`scope`], [`in_place_scope`],
+//!   [`ThreadPoolExt::install_with_context`], and indexed parallel iterators) finish
+//!   before the caller continues, so their jobs *borrow* the caller's snapshot: one
+//!   reference-count increment per call on the calling thread, and per job only a swap
+//!   of thread-local state in and out, with no atomic read-modify-write on a shared cache
+//!   line.
+//! * `'static` spawns ([`spawn`], [`spawn_fifo`], [`Scope::spawn`]) take an owned copy:
+//!   one increment at the spawn, one decrement when the job ends.
+//! * Unindexed parallel iterators (after `filter`, `flat_map`, ...) take an owned copy
+//!   per job (split), never per item.
+
+#![deny(unsafe_code)]
+
+use std::fmt;
+
+use ::rayon::iter::plumbing::{
+    Consumer, Folder, Producer, ProducerCallback, Reducer, UnindexedConsumer, bridge,
+};
+use ::rayon::iter::{IndexedParallelIterator, ParallelIterator};
+use ::rayon::{FnContext, ThreadPool};
+
+use crate::current::{self, Frame, FrameGuard, Vars};
+
+/// [`rayon::join`], running both closures in copies of the current context.
+///
+/// `oper_a` runs on the calling thread, `oper_b` possibly on another; each in its own
+/// copy, so a `set` in one is seen neither by the other nor by the caller afterwards.
+pub fn join<A, B, RA, RB>(oper_a: A, oper_b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let vars = current::vars();
+    let vars = &vars;
+    ::rayon::join(
+        move || current::run_borrowed(vars, oper_a),
+        move || current::run_borrowed(vars, oper_b),
+    )
+}
+
+/// [`rayon::join_context`], running both closures in copies of the current context.
+pub fn join_context<A, B, RA, RB>(oper_a: A, oper_b: B) -> (RA, RB)
+where
+    A: FnOnce(FnContext) -> RA + Send,
+    B: FnOnce(FnContext) -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let vars = current::vars();
+    let vars = &vars;
+    ::rayon::join_context(
+        move |fn_ctx| current::run_borrowed(vars, || oper_a(fn_ctx)),
+        move |fn_ctx| current::run_borrowed(vars, || oper_b(fn_ctx)),
+    )
+}
+
+/// [`rayon::spawn`], running `func` in a copy of the current context.
+pub fn spawn<F>(func: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    let frame = Frame::private(current::vars());
+    ::rayon::spawn(move || current::run_owned(frame, func));
+}
+
+/// [`rayon::spawn_fifo`], running `func` in a copy of the current context.
+pub fn spawn_fifo<F>(func: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    let frame = Frame::private(current::vars());
+    ::rayon::spawn_fifo(move || current::run_owned(frame, func));
+}
+
+/// A [`rayon::Scope`] whose spawns run in copies of the context current at the spawn.
+///
+/// Made by [`scope`] and [`in_place_scope`].
+pub struct Scope<'a, 'scope> {
+    inner: &'a ::rayon::Scope<'scope>,
+}
+
+impl<'scope> Scope<'_, 'scope> {
+    /// [`rayon::Scope::spawn`], running `body` in a copy of the context current now.
+    ///
+    /// ```
+    /// use contextvars::ContextVar;
+    /// static STAGE: ContextVar<u32> = ContextVar::new("stage");
+    ///
+    /// let seen = std::sync::Mutex::new(Vec::new());
+    /// contextvars::rayon::scope(|s| {
+    ///     for stage in 0..3 {
+    ///         STAGE.scope(stage, || {
+    ///             s.spawn(|_| seen.lock().unwrap().push(STAGE.get()));
+    ///         });
+    ///     }
+    /// });
+    /// let mut seen = seen.into_inner().unwrap();
+    /// seen.sort();
+    /// assert_eq!(seen, [0, 1, 2]);
+    /// ```
+    pub fn spawn<BODY>(&self, body: BODY)
+    where
+        BODY: for<'b> FnOnce(&Scope<'b, 'scope>) + Send + 'scope,
+    {
+        let frame = Frame::private(current::vars());
+        self.inner.spawn(move |inner| {
+            current::run_owned(frame, || body(&Scope { inner }));
+        });
+    }
+
+    /// The wrapped rayon scope, for its other methods (which do not carry context).
+    pub fn as_rayon(&self) -> &::rayon::Scope<'scope> {
+        self.inner
+    }
+}
+
+impl fmt::Debug for Scope<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope").finish_non_exhaustive()
+    }
+}
+
+/// [`rayon::scope`], running `op` and every [`Scope::spawn`] in copies of the context.
+pub fn scope<'scope, OP, R>(op: OP) -> R
+where
+    OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R + Send,
+    R: Send,
+{
+    let vars = current::vars();
+    let vars = &vars;
+    ::rayon::scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+}
+
+/// [`rayon::in_place_scope`], running `op` and every [`Scope::spawn`] in copies of the
+/// context.
+pub fn in_place_scope<'scope, OP, R>(op: OP) -> R
+where
+    OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R,
+{
+    let vars = current::vars();
+    let vars = &vars;
+    ::rayon::in_place_scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+}
+
+/// Context-carrying forms of [`ThreadPool`]'s methods.
+///
+/// ```
+/// use contextvars::ContextVar;
+/// use contextvars::rayon::ThreadPoolExt;
+/// static USER: ContextVar<&str> = ContextVar::new("user");
+///
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+/// let _token = USER.set("ada");
+/// assert_eq!(pool.install_with_context(|| USER.get()), "ada");
+/// ```
+pub trait ThreadPoolExt {
+    /// [`ThreadPool::install`], running `op` in a copy of the current context.
+    fn install_with_context<OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce() -> R + Send,
+        R: Send;
+
+    /// [`ThreadPool::spawn`], running `op` in a copy of the current context.
+    fn spawn_with_context<OP>(&self, op: OP)
+    where
+        OP: FnOnce() + Send + 'static;
+
+    /// [`ThreadPool::spawn_fifo`], running `op` in a copy of the current context.
+    fn spawn_fifo_with_context<OP>(&self, op: OP)
+    where
+        OP: FnOnce() + Send + 'static;
+}
+
+impl ThreadPoolExt for ThreadPool {
+    fn install_with_context<OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let vars = current::vars();
+        let vars = &vars;
+        self.install(move || current::run_borrowed(vars, op))
+    }
+
+    fn spawn_with_context<OP>(&self, op: OP)
+    where
+        OP: FnOnce() + Send + 'static,
+    {
+        let frame = Frame::private(current::vars());
+        self.spawn(move || current::run_owned(frame, op));
+    }
+
+    fn spawn_fifo_with_context<OP>(&self, op: OP)
+    where
+        OP: FnOnce() + Send + 'static,
+    {
+        let frame = Frame::private(current::vars());
+        self.spawn_fifo(move || current::run_owned(frame, op));
+    }
+}
+
+/// Adds [`in_current_context`](Self::in_current_context) to every [`ParallelIterator`].
+pub trait ParallelIteratorExt: ParallelIterator {
+    /// Runs every job of this parallel iterator, and of the adapters and consumer that
+    /// follow it, in a copy of the context current now. The context is captured once,
+    /// here; each job then enters it (per split, never per item).
+    ///
+    /// ```
+    /// use contextvars::ContextVar;
+    /// use contextvars::rayon::ParallelIteratorExt;
+    /// use rayon::prelude::*;
+    /// static SCALE: ContextVar<u64> = ContextVar::with_default("scale", 1);
+    ///
+    /// let _token = SCALE.set(10);
+    /// let total: u64 = (1..=100u64)
+    ///     .into_par_iter()
+    ///     .in_current_context()
+    ///     .filter(|n| n % 2 == 0)
+    ///     .map(|n| n * SCALE.get())
+    ///     .sum();
+    /// assert_eq!(total, 25_500);
+    /// ```
+    fn in_current_context(self) -> InContext<Self> {
+        InContext {
+            base: self,
+            vars: current::vars(),
+        }
+    }
+}
+
+impl<I: ParallelIterator> ParallelIteratorExt for I {}
+
+/// A parallel iterator whose jobs run in a captured context; see
+/// [`ParallelIteratorExt::in_current_context`].
+#[must_use = "parallel iterators do nothing unless consumed"]
+pub struct InContext<I> {
+    base: I,
+    vars: Vars,
+}
+
+impl<I: fmt::Debug> fmt::Debug for InContext<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InContext")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: ParallelIterator> ParallelIterator for InContext<I> {
+    type Item = I::Item;
+
+    fn drive_unindexed<C>(self, consumer: C) -> C::Result
+    where
+        C: UnindexedConsumer<Self::Item>,
+    {
+        let InContext { base, vars } = self;
+        base.drive_unindexed(ContextConsumer {
+            base: consumer,
+            vars: &vars,
+        })
+    }
+
+    fn opt_len(&self) -> Option<usize> {
+        self.base.opt_len()
+    }
+}
+
+impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
+    fn drive<C: Consumer<Self::Item>>(self, consumer: C) -> C::Result {
+        bridge(self, consumer)
+    }
+
+    fn len(&self) -> usize {
+        self.base.len()
+    }
+
+    fn with_producer<CB: ProducerCallback<Self::Item>>(self, callback: CB) -> CB::Output {
+        let InContext { base, vars } = self;
+        base.with_producer(ContextCallback {
+            base: callback,
+            vars: &vars,
+        })
+    }
+}
+
+// ---- Indexed path: producers borrow the captured snapshot (the structured hand-off).
+
+struct ContextCallback<'v, CB> {
+    base: CB,
+    vars: &'v Vars,
+}
+
+impl<T, CB: ProducerCallback<T>> ProducerCallback<T> for ContextCallback<'_, CB> {
+    type Output = CB::Output;
+
+    fn callback<P: Producer<Item = T>>(self, producer: P) -> CB::Output {
+        self.base.callback(ContextProducer {
+            base: producer,
+            vars: self.vars,
+        })
+    }
+}
+
+/// Every fold (a job's whole share of items) runs in a borrowed frame over the snapshot,
+/// which outlives the producer (`with_producer` returns only after every job has).
+struct ContextProducer<'v, P> {
+    base: P,
+    vars: &'v Vars,
+}
+
+impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
+    type Item = P::Item;
+    type IntoIter = ContextIter<'v, P::IntoIter>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let vars = self.vars;
+        ContextIter {
+            base: current::run_borrowed(vars, || self.base.into_iter()),
+            vars,
+        }
+    }
+
+    fn min_len(&self) -> usize {
+        self.base.min_len()
+    }
+
+    fn max_len(&self) -> usize {
+        self.base.max_len()
+    }
+
+    fn split_at(self, index: usize) -> (Self, Self) {
+        let (left, right) = self.base.split_at(index);
+        let vars = self.vars;
+        (
+            ContextProducer { base: left, vars },
+            ContextProducer { base: right, vars },
+        )
+    }
+
+    fn fold_with<F: Folder<Self::Item>>(self, folder: F) -> F {
+        current::run_borrowed(self.vars, || self.base.fold_with(folder))
+    }
+}
+
+/// The producer's items pulled one by one (when an adapter such as `zip` drives it as an
+/// iterator): each step runs in the context, since the caller's steps may interleave.
+struct ContextIter<'v, I> {
+    base: I,
+    vars: &'v Vars,
+}
+
+impl<I: Iterator> Iterator for ContextIter<'_, I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let base = &mut self.base;
+        current::run_borrowed(self.vars, || base.next())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.base.size_hint()
+    }
+}
+
+impl<I: DoubleEndedIterator> DoubleEndedIterator for ContextIter<'_, I> {
+    fn next_back(&mut self) -> Option<I::Item> {
+        let base = &mut self.base;
+        current::run_borrowed(self.vars, || base.next_back())
+    }
+}
+
+impl<I: ExactSizeIterator> ExactSizeIterator for ContextIter<'_, I> {
+    fn len(&self) -> usize {
+        self.base.len()
+    }
+}
+
+// ---- Unindexed path: each folder holds an owned frame for its job.
+
+struct ContextConsumer<'v, C> {
+    base: C,
+    vars: &'v Vars,
+}
+
+impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
+    type Folder = ContextFolder<C::Folder>;
+    type Reducer = ContextReducer<'v, C::Reducer>;
+    type Result = C::Result;
+
+    fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
+        let (left, right, reducer) = self.base.split_at(index);
+        let vars = self.vars;
+        (
+            ContextConsumer { base: left, vars },
+            ContextConsumer { base: right, vars },
+            ContextReducer {
+                base: reducer,
+                vars,
+            },
+        )
+    }
+
+    fn into_folder(self) -> Self::Folder {
+        // A folder lives on one thread (it is `!Send`) for one job. It holds an owned
+        // copy, not a borrow: the folder's lifetime is up to the code driving it, and a
+        // borrowed frame must never outlive the borrow.
+        let guard = current::enter(Frame::private(self.vars.clone())).ok();
+        ContextFolder {
+            base: self.base.into_folder(),
+            _guard: guard,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
+
+impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C> {
+    fn split_off_left(&self) -> Self {
+        ContextConsumer {
+            base: self.base.split_off_left(),
+            vars: self.vars,
+        }
+    }
+
+    fn to_reducer(&self) -> Self::Reducer {
+        ContextReducer {
+            base: self.base.to_reducer(),
+            vars: self.vars,
+        }
+    }
+}
+
+/// Runs its items (and `complete`) while its guard keeps the job's frame current.
+struct ContextFolder<F> {
+    base: F,
+    // Declared last: dropped after `base`, so the folder's own state is released in the
+    // job's frame too.
+    _guard: Option<FrameGuard>,
+}
+
+impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
+    type Result = F::Result;
+
+    fn consume(self, item: T) -> Self {
+        ContextFolder {
+            base: self.base.consume(item),
+            _guard: self._guard,
+        }
+    }
+
+    fn consume_iter<I: IntoIterator<Item = T>>(self, iter: I) -> Self {
+        ContextFolder {
+            base: self.base.consume_iter(iter),
+            _guard: self._guard,
+        }
+    }
+
+    fn complete(self) -> F::Result {
+        let ContextFolder { base, _guard } = self;
+        let result = base.complete();
+        drop(_guard);
+        result
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
+
+/// Reductions run user code (`reduce`'s operator), so they run in the context too.
+struct ContextReducer<'v, R> {
+    base: R,
+    vars: &'v Vars,
+}
+
+impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<'_, R> {
+    fn reduce(self, left: T, right: T) -> T {
+        let base = self.base;
+        current::run_borrowed(self.vars, || base.reduce(left, right))
+    }
+}

@@ -1,0 +1,142 @@
+//! tokio tasks that start in the spawner's context (feature `tokio`).
+//!
+//! Drop-in replacements for [`tokio::spawn`], [`tokio::task::spawn_blocking`] and
+//! [`tokio::task::spawn_local`], and the same three for a [`JoinSet`]. Each task runs
+//! in a **copy** of the context current at the call, like an asyncio task: it sees the
+//! spawner's values, and its `set`s stay in the task, across every `.await`, whichever
+//! worker thread polls it.
+//!
+//! ```
+//! use contextvars::ContextVar;
+//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//!
+//! # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+//! let _token = REQUEST_ID.set(42);
+//! let task = contextvars::tokio::spawn(async {
+//!     tokio::task::yield_now().await;
+//!     let blocking = contextvars::tokio::spawn_blocking(|| REQUEST_ID.get());
+//!     (REQUEST_ID.get(), blocking.await.unwrap())
+//! });
+//! assert_eq!(task.await.unwrap(), (42, 42));
+//! # });
+//! ```
+//!
+//! For other executors, wrap the future yourself with
+//! [`ContextFutureExt::in_current_context`].
+
+#![deny(unsafe_code)]
+
+use std::future::Future;
+
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+
+use crate::current::{self, Frame};
+use crate::future::ContextFutureExt;
+
+/// [`tokio::spawn`], running the task in a copy of the current context.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, as [`tokio::spawn`] does.
+#[track_caller]
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_context())
+}
+
+/// [`tokio::task::spawn_blocking`], running `f` in a copy of the current context.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, as [`tokio::task::spawn_blocking`] does.
+#[track_caller]
+pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let frame = Frame::private(current::vars());
+    tokio::task::spawn_blocking(move || current::run_owned(frame, f))
+}
+
+/// [`tokio::task::spawn_local`], running the task in a copy of the current context.
+///
+/// # Panics
+///
+/// Outside a [`tokio::task::LocalSet`], as [`tokio::task::spawn_local`] does.
+#[track_caller]
+pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    tokio::task::spawn_local(future.in_current_context())
+}
+
+/// Context-carrying spawns for a [`JoinSet`].
+///
+/// ```
+/// use contextvars::ContextVar;
+/// use contextvars::tokio::JoinSetExt;
+/// static SHARD: ContextVar<u8> = ContextVar::new("shard");
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let mut set = tokio::task::JoinSet::new();
+/// for shard in 0..4 {
+///     SHARD.scope(shard, || set.spawn_with_context(async { SHARD.get() }));
+/// }
+/// let mut seen: Vec<u8> = set.join_all().await;
+/// seen.sort();
+/// assert_eq!(seen, [0, 1, 2, 3]);
+/// # });
+/// ```
+pub trait JoinSetExt<T> {
+    /// [`JoinSet::spawn`], running the task in a copy of the current context.
+    fn spawn_with_context<F>(&mut self, future: F) -> AbortHandle
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send;
+
+    /// [`JoinSet::spawn_blocking`], running `f` in a copy of the current context.
+    fn spawn_blocking_with_context<F>(&mut self, f: F) -> AbortHandle
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send;
+
+    /// [`JoinSet::spawn_local`], running the task in a copy of the current context.
+    fn spawn_local_with_context<F>(&mut self, future: F) -> AbortHandle
+    where
+        F: Future<Output = T> + 'static;
+}
+
+impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
+    #[track_caller]
+    fn spawn_with_context<F>(&mut self, future: F) -> AbortHandle
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send,
+    {
+        self.spawn(future.in_current_context())
+    }
+
+    #[track_caller]
+    fn spawn_blocking_with_context<F>(&mut self, f: F) -> AbortHandle
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send,
+    {
+        let frame = Frame::private(current::vars());
+        self.spawn_blocking(move || current::run_owned(frame, f))
+    }
+
+    #[track_caller]
+    fn spawn_local_with_context<F>(&mut self, future: F) -> AbortHandle
+    where
+        F: Future<Output = T> + 'static,
+    {
+        self.spawn_local(future.in_current_context())
+    }
+}
