@@ -549,6 +549,31 @@ pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Makes `vars` the current snapshot again if code since the last call changed it (a
+/// parallel-iterator item that set a variable without resetting it), so the next item
+/// starts from the captured bindings. One thread-local load when nothing changed.
+#[inline]
+pub(crate) fn restore(vars: &Vars) {
+    if HOT.with(|hot| hot.root.get()) != vars.root_ptr() {
+        restore_slow(vars);
+    }
+}
+
+#[cold]
+fn restore_slow(vars: &Vars) {
+    let dead = STATE.try_with(|state| {
+        HOT.with(|hot| {
+            let old = state.install(hot, vars.clone());
+            // Tokens of the discarded sets must not take the "nothing changed" shortcut.
+            state.last_change.set(hot.next_id());
+            [Some(old), state.publish()]
+        })
+    });
+    for vars in dead.into_iter().flatten().flatten() {
+        retire(vars);
+    }
+}
+
 /// Restores the previous frame on drop, also during unwinding, and releases the frame it
 /// leaves. `!Send`: it restores *this* thread's state.
 pub(crate) struct FrameGuard {

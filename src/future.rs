@@ -102,7 +102,9 @@ impl<F> WithContext<F> {
 
     /// A shared reference to the wrapped future.
     pub fn get_ref(&self) -> &F {
-        self.inner.as_ref().expect("the inner future lives as long as the wrapper")
+        self.inner
+            .as_ref()
+            .expect("the inner future lives as long as the wrapper")
     }
 
     /// A pinned mutable reference to the wrapped future.

@@ -23,8 +23,8 @@
 //!
 //! let labels: Vec<String> = (0..4)
 //!     .into_par_iter()
-//!     .in_current_context() // every job of this iterator runs in the caller's context
 //!     .map(|i| format!("{}-{i}", TENANT.get()))
+//!     .in_current_context() // last: every job of the whole chain runs in the context
 //!     .collect();
 //! assert_eq!(labels, ["acme-0", "acme-1", "acme-2", "acme-3"]);
 //! ```
@@ -39,15 +39,17 @@
 //!   line.
 //! * `'static` spawns ([`spawn`], [`spawn_fifo`], [`Scope::spawn`]) take an owned copy:
 //!   one increment at the spawn, one decrement when the job ends.
-//! * Unindexed parallel iterators (after `filter`, `flat_map`, ...) take an owned copy
-//!   per job (split), never per item.
+//! * A parallel iterator wrapped by [`ParallelIteratorExt::in_current_context`] takes
+//!   one copy when the adapter is made and one reference-count increment per job
+//!   (split), never per item; per item it only checks, with one thread-local load, that
+//!   the previous item left no `set` behind.
 
 #![deny(unsafe_code)]
 
 use std::fmt;
 
 use ::rayon::iter::plumbing::{
-    Consumer, Folder, Producer, ProducerCallback, Reducer, UnindexedConsumer, bridge,
+    Consumer, Folder, Producer, ProducerCallback, Reducer, UnindexedConsumer,
 };
 use ::rayon::iter::{IndexedParallelIterator, ParallelIterator};
 use ::rayon::{FnContext, ThreadPool};
@@ -236,9 +238,19 @@ impl ThreadPoolExt for ThreadPool {
 
 /// Adds [`in_current_context`](Self::in_current_context) to every [`ParallelIterator`].
 pub trait ParallelIteratorExt: ParallelIterator {
-    /// Runs every job of this parallel iterator, and of the adapters and consumer that
-    /// follow it, in a copy of the context current now. The context is captured once,
-    /// here; each job then enters it (per split, never per item).
+    /// Runs every job of this parallel iterator in a copy of the context current now:
+    /// the closures of the adapters before this one and of the consuming method after
+    /// it (`for_each`, `collect`, `reduce`, `fold`, ...) see the caller's values.
+    ///
+    /// The context is captured once, here; each job (split) then enters it, never each
+    /// item. Every item starts from the captured bindings: a `set` one item leaves
+    /// behind is undone before the next item of the same job, so what an item sees does
+    /// not depend on how rayon split the work. Sets never reach the caller.
+    ///
+    /// **Call it last**, right before the consuming method. Placed earlier, it still
+    /// covers adapters that fold their items (`map`, `filter`, `flat_map`, ...), but not
+    /// the closures of adapters that pull items one by one (`zip`, `enumerate`,
+    /// `chain`, ...), which then run in the worker's own state.
     ///
     /// ```
     /// use contextvars::ContextVar;
@@ -249,9 +261,9 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// let _token = SCALE.set(10);
     /// let total: u64 = (1..=100u64)
     ///     .into_par_iter()
-    ///     .in_current_context()
     ///     .filter(|n| n % 2 == 0)
     ///     .map(|n| n * SCALE.get())
+    ///     .in_current_context()
     ///     .sum();
     /// assert_eq!(total, 25_500);
     /// ```
@@ -302,7 +314,11 @@ impl<I: ParallelIterator> ParallelIterator for InContext<I> {
 
 impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
     fn drive<C: Consumer<Self::Item>>(self, consumer: C) -> C::Result {
-        bridge(self, consumer)
+        let InContext { base, vars } = self;
+        base.drive(ContextConsumer {
+            base: consumer,
+            vars: &vars,
+        })
     }
 
     fn len(&self) -> usize {
@@ -318,7 +334,181 @@ impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
     }
 }
 
-// ---- Indexed path: producers borrow the captured snapshot (the structured hand-off).
+// ---- Consumer path (the adapter is the last one before the consuming method): each
+// folder, that is each job, holds an owned frame for the whole job.
+
+struct ContextConsumer<'v, C> {
+    base: C,
+    vars: &'v Vars,
+}
+
+impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
+    type Folder = ContextFolder<'v, C::Folder>;
+    type Reducer = ContextReducer<'v, C::Reducer>;
+    type Result = C::Result;
+
+    fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
+        let (left, right, reducer) = self.base.split_at(index);
+        let vars = self.vars;
+        (
+            ContextConsumer { base: left, vars },
+            ContextConsumer { base: right, vars },
+            ContextReducer {
+                base: reducer,
+                vars,
+            },
+        )
+    }
+
+    fn into_folder(self) -> Self::Folder {
+        // A folder lives on one thread (it is `!Send`) for one job. It holds an owned
+        // copy, not a borrow: how long a folder lives is up to the code driving it, and a
+        // borrowed frame must never outlive its borrow. Entered before the consumer's
+        // own `into_folder`, which may run user code (`fold`'s identity).
+        let guard = current::enter(Frame::private(self.vars.clone())).ok();
+        ContextFolder {
+            base: RestoringFolder {
+                base: self.base.into_folder(),
+                vars: self.vars,
+            },
+            _guard: guard,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
+
+impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C> {
+    fn split_off_left(&self) -> Self {
+        ContextConsumer {
+            base: self.base.split_off_left(),
+            vars: self.vars,
+        }
+    }
+
+    fn to_reducer(&self) -> Self::Reducer {
+        ContextReducer {
+            base: self.base.to_reducer(),
+            vars: self.vars,
+        }
+    }
+}
+
+/// A job's folder: its items (and `complete`) run while the guard keeps the job's frame
+/// current.
+struct ContextFolder<'v, F> {
+    base: RestoringFolder<'v, F>,
+    // Declared last: dropped after `base`, so the folder's own state is released in the
+    // job's frame too.
+    _guard: Option<FrameGuard>,
+}
+
+impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
+    type Result = F::Result;
+
+    fn consume(self, item: T) -> Self {
+        ContextFolder {
+            base: self.base.consume(item),
+            _guard: self._guard,
+        }
+    }
+
+    fn consume_iter<I: IntoIterator<Item = T>>(self, iter: I) -> Self {
+        ContextFolder {
+            base: self.base.consume_iter(iter),
+            _guard: self._guard,
+        }
+    }
+
+    fn complete(self) -> F::Result {
+        let ContextFolder { base, _guard } = self;
+        let result = base.complete();
+        drop(_guard);
+        result
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
+
+/// Puts the captured bindings back after every item, so that a `set` an item leaves
+/// behind is not seen by the next item of the same job: which items share a job depends
+/// on how rayon splits the work, and must not change what an item sees. Costs one
+/// thread-local load per item when nothing was left behind.
+struct RestoringFolder<'v, F> {
+    base: F,
+    vars: &'v Vars,
+}
+
+impl<T, F: Folder<T>> Folder<T> for RestoringFolder<'_, F> {
+    type Result = F::Result;
+
+    fn consume(self, item: T) -> Self {
+        let base = self.base.consume(item);
+        current::restore(self.vars);
+        RestoringFolder {
+            base,
+            vars: self.vars,
+        }
+    }
+
+    fn consume_iter<I: IntoIterator<Item = T>>(self, iter: I) -> Self {
+        let vars = self.vars;
+        let base = self.base.consume_iter(RestoringIter {
+            base: iter.into_iter(),
+            vars,
+        });
+        current::restore(vars);
+        RestoringFolder { base, vars }
+    }
+
+    fn complete(self) -> F::Result {
+        self.base.complete()
+    }
+
+    fn full(&self) -> bool {
+        self.base.full()
+    }
+}
+
+/// Restores the captured bindings before pulling each item, that is, after the previous
+/// item was processed.
+struct RestoringIter<'v, I> {
+    base: I,
+    vars: &'v Vars,
+}
+
+impl<I: Iterator> Iterator for RestoringIter<'_, I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        current::restore(self.vars);
+        self.base.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.base.size_hint()
+    }
+}
+
+/// Reductions run user code (`reduce`'s operator), so they run in the context too.
+struct ContextReducer<'v, R> {
+    base: R,
+    vars: &'v Vars,
+}
+
+impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<'_, R> {
+    fn reduce(self, left: T, right: T) -> T {
+        let base = self.base;
+        current::run_borrowed(self.vars, || base.reduce(left, right))
+    }
+}
+
+// ---- Producer path (an indexed adapter such as `map`, `enumerate` or `zip` follows this
+// one): producers borrow the captured snapshot, the structured hand-off.
 
 struct ContextCallback<'v, CB> {
     base: CB,
@@ -373,12 +563,18 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
     }
 
     fn fold_with<F: Folder<Self::Item>>(self, folder: F) -> F {
-        current::run_borrowed(self.vars, || self.base.fold_with(folder))
+        let vars = self.vars;
+        current::run_borrowed(vars, || {
+            self.base
+                .fold_with(RestoringFolder { base: folder, vars })
+                .base
+        })
     }
 }
 
 /// The producer's items pulled one by one (when an adapter such as `zip` drives it as an
-/// iterator): each step runs in the context, since the caller's steps may interleave.
+/// iterator): each step runs in the context, but what the adapter does with the item
+/// afterwards runs in the caller's state, which is why the adapter should come last.
 struct ContextIter<'v, I> {
     base: I,
     vars: &'v Vars,
@@ -407,112 +603,5 @@ impl<I: DoubleEndedIterator> DoubleEndedIterator for ContextIter<'_, I> {
 impl<I: ExactSizeIterator> ExactSizeIterator for ContextIter<'_, I> {
     fn len(&self) -> usize {
         self.base.len()
-    }
-}
-
-// ---- Unindexed path: each folder holds an owned frame for its job.
-
-struct ContextConsumer<'v, C> {
-    base: C,
-    vars: &'v Vars,
-}
-
-impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
-    type Folder = ContextFolder<C::Folder>;
-    type Reducer = ContextReducer<'v, C::Reducer>;
-    type Result = C::Result;
-
-    fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
-        let (left, right, reducer) = self.base.split_at(index);
-        let vars = self.vars;
-        (
-            ContextConsumer { base: left, vars },
-            ContextConsumer { base: right, vars },
-            ContextReducer {
-                base: reducer,
-                vars,
-            },
-        )
-    }
-
-    fn into_folder(self) -> Self::Folder {
-        // A folder lives on one thread (it is `!Send`) for one job. It holds an owned
-        // copy, not a borrow: the folder's lifetime is up to the code driving it, and a
-        // borrowed frame must never outlive the borrow.
-        let guard = current::enter(Frame::private(self.vars.clone())).ok();
-        ContextFolder {
-            base: self.base.into_folder(),
-            _guard: guard,
-        }
-    }
-
-    fn full(&self) -> bool {
-        self.base.full()
-    }
-}
-
-impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C> {
-    fn split_off_left(&self) -> Self {
-        ContextConsumer {
-            base: self.base.split_off_left(),
-            vars: self.vars,
-        }
-    }
-
-    fn to_reducer(&self) -> Self::Reducer {
-        ContextReducer {
-            base: self.base.to_reducer(),
-            vars: self.vars,
-        }
-    }
-}
-
-/// Runs its items (and `complete`) while its guard keeps the job's frame current.
-struct ContextFolder<F> {
-    base: F,
-    // Declared last: dropped after `base`, so the folder's own state is released in the
-    // job's frame too.
-    _guard: Option<FrameGuard>,
-}
-
-impl<T, F: Folder<T>> Folder<T> for ContextFolder<F> {
-    type Result = F::Result;
-
-    fn consume(self, item: T) -> Self {
-        ContextFolder {
-            base: self.base.consume(item),
-            _guard: self._guard,
-        }
-    }
-
-    fn consume_iter<I: IntoIterator<Item = T>>(self, iter: I) -> Self {
-        ContextFolder {
-            base: self.base.consume_iter(iter),
-            _guard: self._guard,
-        }
-    }
-
-    fn complete(self) -> F::Result {
-        let ContextFolder { base, _guard } = self;
-        let result = base.complete();
-        drop(_guard);
-        result
-    }
-
-    fn full(&self) -> bool {
-        self.base.full()
-    }
-}
-
-/// Reductions run user code (`reduce`'s operator), so they run in the context too.
-struct ContextReducer<'v, R> {
-    base: R,
-    vars: &'v Vars,
-}
-
-impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<'_, R> {
-    fn reduce(self, left: T, right: T) -> T {
-        let base = self.base;
-        current::run_borrowed(self.vars, || base.reduce(left, right))
     }
 }

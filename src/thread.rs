@@ -113,7 +113,9 @@ pub enum SpawnError {
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::AlreadyEntered(error) => write!(f, "cannot spawn a thread in the context: {error}"),
+            Self::AlreadyEntered(error) => {
+                write!(f, "cannot spawn a thread in the context: {error}")
+            }
             Self::Io(error) => write!(f, "cannot spawn a thread: {error}"),
         }
     }
@@ -133,7 +135,9 @@ impl From<SpawnError> for io::Error {
     fn from(error: SpawnError) -> Self {
         match error {
             SpawnError::Io(error) => error,
-            entered @ SpawnError::AlreadyEntered(_) => io::Error::new(io::ErrorKind::ResourceBusy, entered),
+            entered @ SpawnError::AlreadyEntered(_) => {
+                io::Error::new(io::ErrorKind::ResourceBusy, entered)
+            }
         }
     }
 }

@@ -12,8 +12,11 @@
 
 mod context;
 mod cpython;
+mod differential;
 mod drop_reentrancy;
 mod panic_safety;
+#[cfg(feature = "rayon")]
+mod rayon;
 mod teardown;
 mod threads;
 mod token;
