@@ -14,9 +14,11 @@ mod context;
 mod cpython;
 mod differential;
 mod drop_reentrancy;
+mod future;
 mod panic_safety;
 #[cfg(feature = "rayon")]
 mod rayon;
+mod spawn;
 mod teardown;
 mod threads;
 mod token;
