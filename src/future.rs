@@ -153,9 +153,8 @@ impl<F> fmt::Debug for WithContext<F> {
     }
 }
 
-/// Wraps futures (and, with the `stream` feature, streams) in a context. Implemented for
-/// every type.
-pub trait ContextFutureExt: Sized {
+/// Wraps futures in a context. Implemented for every [`Future`].
+pub trait ContextFutureExt: Future + Sized {
     /// Runs every poll in a copy of the context current *now*: the task sees the
     /// creator's values, and its `set`s stay inside it. This is what an asyncio task does.
     ///
@@ -210,4 +209,53 @@ pub trait ContextFutureExt: Sized {
     }
 }
 
-impl<T> ContextFutureExt for T {}
+impl<F: Future> ContextFutureExt for F {}
+
+/// Wraps streams in a context (feature `stream`). Implemented for every
+/// [`Stream`](futures_core::Stream); every `poll_next` runs in the context.
+///
+/// ```
+/// use contextvars::ContextVar;
+/// use contextvars::future::ContextStreamExt;
+/// use futures_util::StreamExt;
+/// static OFFSET: ContextVar<u32> = ContextVar::new("offset");
+///
+/// let _token = OFFSET.set(10);
+/// let stream = futures_util::stream::iter(1..=3)
+///     .map(|n| n + OFFSET.get())
+///     .in_current_context();
+/// # let collected: Vec<u32> = tokio::runtime::Builder::new_current_thread().build().unwrap()
+/// #     .block_on(stream.collect());
+/// assert_eq!(collected, [11, 12, 13]);
+/// ```
+#[cfg(feature = "stream")]
+pub trait ContextStreamExt: futures_core::Stream + Sized {
+    /// Runs every poll in a copy of the context current now; see
+    /// [`ContextFutureExt::in_current_context`].
+    fn in_current_context(self) -> WithContext<Self> {
+        WithContext::new(self, Frame::private(current::vars()))
+    }
+
+    /// Runs every poll in the context object `ctx`; see [`ContextFutureExt::in_context`].
+    ///
+    /// # Panics
+    ///
+    /// If `ctx` is already entered; [`try_in_context`](Self::try_in_context) returns the
+    /// error instead.
+    #[track_caller]
+    fn in_context(self, ctx: &Context) -> WithContext<Self> {
+        match self.try_in_context(ctx) {
+            Ok(wrapped) => wrapped,
+            Err(error) => error.panic(),
+        }
+    }
+
+    /// [`in_context`](Self::in_context), returning an [`EnterError`] if `ctx` is already
+    /// entered.
+    fn try_in_context(self, ctx: &Context) -> Result<WithContext<Self>, EnterError> {
+        Ok(WithContext::new(self, ctx.enter_frame()?))
+    }
+}
+
+#[cfg(feature = "stream")]
+impl<S: futures_core::Stream> ContextStreamExt for S {}

@@ -186,6 +186,7 @@ fn wrapper_is_send_when_the_future_is() {
 #[cfg(feature = "stream")]
 #[test]
 fn streams_poll_in_their_context() {
+    use contextvars::future::ContextStreamExt;
     use futures_util::StreamExt;
     isolated(|| {
         let _token = TASK.set(3);
