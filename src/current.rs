@@ -515,6 +515,7 @@ pub(crate) fn run_owned<R>(frame: Frame, f: impl FnOnce() -> R) -> R {
 /// This is the structured hand-off (a rayon `join` or parallel-iterator job running for
 /// its parent): the parent's snapshot is shared by every job with no atomic
 /// read-modify-write. Sets inside `f` first take a counted copy ([`State::take_vars`]).
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
     // SAFETY: the copy is put in a frame marked `borrowed`, which never drops its
     // snapshot: `Frame::drop` forgets it, `State::take_vars` replaces it with a counted
@@ -552,6 +553,7 @@ pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
 /// Makes `vars` the current snapshot again if code since the last call changed it (a
 /// parallel-iterator item that set a variable without resetting it), so the next item
 /// starts from the captured bindings. One thread-local load when nothing changed.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 #[inline]
 pub(crate) fn restore(vars: &Vars) {
     if HOT.with(|hot| hot.root.get()) != vars.root_ptr() {
@@ -559,6 +561,7 @@ pub(crate) fn restore(vars: &Vars) {
     }
 }
 
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 #[cold]
 fn restore_slow(vars: &Vars) {
     let dead = STATE.try_with(|state| {
