@@ -227,12 +227,10 @@ impl Context {
 
     /// [`run`](Self::run), returning an [`EnterError`] if the context is already entered.
     pub fn try_run<R>(&self, f: impl FnOnce() -> R) -> Result<R, EnterError> {
-        // The frame leaves the context when it ends (or at once, if it cannot start).
-        let guard = current::enter(self.enter_frame()?)
-            .map_err(|_| EnterError::from(AccessError::new()))?;
-        let result = f();
-        drop(guard);
-        Ok(result)
+        // During thread teardown nothing can be entered (writes would have nowhere to go).
+        current::check_alive()?;
+        // The frame leaves the context when it is dropped, after `f`.
+        Ok(current::run_owned(self.enter_frame()?, f))
     }
 
     /// Marks the context entered and returns a frame that runs it and leaves it when

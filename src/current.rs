@@ -46,6 +46,8 @@ const ID_BLOCK: u64 = 1 << 16;
 
 struct Hot {
     root: Cell<*const Node<Entry>>,
+    /// The light frame running now, if the current frame is one ([`Light`]).
+    light: Cell<*const Light>,
     borrows: Cell<usize>,
     deferred: Cell<bool>,
     ids_next: Cell<u64>,
@@ -56,6 +58,7 @@ impl Hot {
     const fn new() -> Self {
         Self {
             root: Cell::new(ptr::null()),
+            light: Cell::new(ptr::null()),
             borrows: Cell::new(0),
             deferred: Cell::new(false),
             ids_next: Cell::new(0),
@@ -83,8 +86,6 @@ struct State {
     last_change: Cell<u64>,
     /// A set or reset was not published to `ctx` because nobody else could see it.
     dirty: Cell<bool>,
-    /// `vars` is a borrowed bitwise copy that owns no reference count ([`Frame`]).
-    borrowed: Cell<bool>,
     graveyard: Cell<Vec<Vars>>,
 }
 
@@ -96,7 +97,6 @@ impl State {
             id: Cell::new(0),
             last_change: Cell::new(0),
             dirty: Cell::new(false),
-            borrowed: Cell::new(false),
             graveyard: Cell::new(Vec::new()),
         }
     }
@@ -119,25 +119,10 @@ impl State {
         copy
     }
 
-    /// Takes the current snapshot out, as an owned (counted) value: a borrowed copy is
-    /// exchanged for a clone of itself first. The caller puts a snapshot back.
-    fn take_vars(&self) -> Vars {
-        let vars = self.vars.take();
-        if self.borrowed.replace(false) {
-            let owned = vars.clone();
-            std::mem::forget(vars);
-            owned
-        } else {
-            vars
-        }
-    }
-
     /// Makes `new` the current snapshot and returns the old one. No user code runs.
     fn install(&self, hot: &Hot, new: Vars) -> Vars {
         hot.root.set(new.root_ptr());
-        let old = self.take_vars();
-        self.vars.set(new);
-        old
+        self.vars.replace(new)
     }
 
     /// Publishes the current snapshot to the frame's context object if anyone else can
@@ -173,11 +158,6 @@ impl Drop for State {
                 drop(publish_to(&shared, || self.vars.get_mut().clone()));
             }
             shared.leave();
-        }
-        if self.borrowed.replace(false) {
-            // Unreachable while borrowed frames are only made by `run_borrowed`, whose
-            // guard never outlives the call; never release a count we do not own.
-            std::mem::forget(self.vars.take());
         }
         // The fields are dropped after this, running value destructors with a null root.
     }
@@ -266,6 +246,12 @@ pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -
 
 /// A clone of the current snapshot (empty during thread teardown).
 pub(crate) fn vars() -> Vars {
+    let light = HOT.with(|hot| hot.light.get());
+    if !light.is_null() {
+        // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame
+        // (materializing clears it), alive for the duration of its `run_in` (see `Light`).
+        return unsafe { (*light).vars() }.clone();
+    }
     STATE.try_with(State::vars_clone).unwrap_or_default()
 }
 
@@ -297,7 +283,8 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessErro
     let (state, old_published) = STATE
         .try_with(|state| {
             HOT.with(|hot| {
-                let prev = state.take_vars();
+                materialize(state, hot);
+                let prev = state.vars.take();
                 let new = prev.insert(key, entry);
                 hot.root.set(new.root_ptr());
                 state.vars.set(new);
@@ -329,6 +316,7 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
     let mut set = Some(set);
     let outcome = STATE.try_with(|state| {
         HOT.with(|hot| {
+            materialize(state, hot);
             let frame_id = state.frame_id(hot);
             let mut token = set.take().expect("taken once");
             if frame_id != token.frame_id {
@@ -380,6 +368,7 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
     let (shared, old) = STATE
         .try_with(|state| {
             HOT.with(|hot| {
+                materialize(state, hot);
                 let existing = state.ctx.take();
                 let shared = match existing {
                     Some(shared) => shared,
@@ -403,6 +392,11 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
     Ok(shared)
 }
 
+/// `Ok` unless the thread's state is being torn down.
+pub(crate) fn check_alive() -> Result<(), AccessError> {
+    STATE.try_with(|_| ()).map_err(|_| AccessError::new())
+}
+
 /// A fresh context id from this thread's block. Ids, frame ids and change markers share
 /// one space, unique across threads.
 pub(crate) fn next_context_id() -> u64 {
@@ -410,19 +404,14 @@ pub(crate) fn next_context_id() -> u64 {
 }
 
 /// A frame: the state a thread runs in, kept outside the thread-local while it is not
-/// running (saved by a [`FrameGuard`], or owned by a task wrapper between polls).
-///
-/// A frame whose `borrowed` flag is set holds a bitwise copy of a snapshot owned by
-/// someone else (see [`run_borrowed`]): that copy owns no reference count, so it is never
-/// dropped, only forgotten, and the thread makes its own counted copy before the first
-/// change ([`State::take_vars`]).
+/// running (saved by a [`FrameGuard`], owned by a task wrapper between polls, or waiting
+/// in a [`Light`] frame for its first write).
 pub(crate) struct Frame {
     vars: Vars,
     ctx: Option<Arc<Shared>>,
     id: u64,
     last_change: u64,
     dirty: bool,
-    borrowed: bool,
 }
 
 impl Frame {
@@ -436,7 +425,6 @@ impl Frame {
             id: 0,
             last_change: 0,
             dirty: false,
-            borrowed: false,
         }
     }
 
@@ -449,7 +437,6 @@ impl Frame {
             ctx: Some(shared),
             last_change: 0,
             dirty: false,
-            borrowed: false,
         }
     }
 }
@@ -467,12 +454,7 @@ impl Drop for Frame {
             }
             shared.leave();
         }
-        if self.borrowed {
-            // Not ours to release: the owner of the original outlives this frame.
-            std::mem::forget(vars);
-        } else {
-            retire(vars);
-        }
+        retire(vars);
     }
 }
 
@@ -485,13 +467,84 @@ fn swap_frame(state: &State, hot: &Hot, frame: &mut Frame) {
     frame.id = state.id.replace(frame.id);
     frame.last_change = state.last_change.replace(frame.last_change);
     frame.dirty = state.dirty.replace(frame.dirty);
-    frame.borrowed = state.borrowed.replace(frame.borrowed);
+}
+
+/// A *light* frame: one that is current for reads (`HOT.root` points at its snapshot)
+/// while `STATE` still holds the frame below it. Entering and leaving one touches two
+/// `HOT` cells, whatever the number of variables: this is what a rayon job or a future's
+/// poll costs when it only reads, which is almost always.
+///
+/// The first operation that needs the frame itself (a set, a reset, a context handle, a
+/// nested frame) *materializes* it ([`materialize`]): the frame is swapped into `STATE`
+/// and the frame it displaces waits in the light frame's storage until the light frame
+/// ends. A light frame lives on the stack of [`run_in`], which is the only code that
+/// sets `HOT.light`, and which puts the previous value back before the `Light` goes out
+/// of scope, also when unwinding; so a non-null `HOT.light` always points to a live
+/// `Light` of an active `run_in` on this thread.
+struct Light {
+    /// The frame's storage: the frame before materialization, the displaced frame after.
+    frame: *mut Frame,
+    /// If set, the frame's snapshot is this borrowed one, cloned into the storage only on
+    /// materialization ([`run_borrowed`]).
+    borrowed: *const Vars,
+    materialized: Cell<bool>,
+}
+
+impl Light {
+    /// The snapshot the light frame runs (before materialization).
+    ///
+    /// # Safety
+    ///
+    /// `self` must be the current light frame (`HOT.light`), not yet materialized.
+    unsafe fn vars(&self) -> &Vars {
+        // SAFETY: while the light frame is current and unmaterialized, `run_in` does not
+        // touch the storage, and the borrow behind `borrowed` outlives the `run_in` call.
+        unsafe {
+            match self.borrowed.as_ref() {
+                Some(vars) => vars,
+                None => &(*self.frame).vars,
+            }
+        }
+    }
+}
+
+/// If the current frame is a light one, swaps it into `STATE` (see [`Light`]). Called
+/// first by every operation that reads or writes `STATE`'s frame.
+#[inline]
+fn materialize(state: &State, hot: &Hot) {
+    let light = hot.light.get();
+    if !light.is_null() {
+        materialize_slow(state, hot, light);
+    }
+}
+
+#[cold]
+fn materialize_slow(state: &State, hot: &Hot, light: *const Light) {
+    // SAFETY: a non-null `HOT.light` points to the live `Light` of an active `run_in` on
+    // this thread (see `Light`).
+    let light = unsafe { &*light };
+    // SAFETY: the storage is only accessed through this pointer while the light frame
+    // runs; `run_in` holds the `&mut Frame` it came from for the whole call.
+    let storage = unsafe { &mut *light.frame };
+    // SAFETY: `light` is current and not yet materialized (`HOT.light` is cleared below).
+    if let Some(vars) = unsafe { light.borrowed.as_ref() } {
+        storage.vars = vars.clone();
+    }
+    swap_frame(state, hot, storage);
+    light.materialized.set(true);
+    hot.light.set(ptr::null());
 }
 
 /// Makes `frame` the thread's current frame until the guard is dropped. Gives the frame
 /// back if the thread's state is gone (thread teardown).
 pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
-    match STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, &mut frame))) {
+    let entered = STATE.try_with(|state| {
+        HOT.with(|hot| {
+            materialize(state, hot);
+            swap_frame(state, hot, &mut frame);
+        })
+    });
+    match entered {
         Ok(()) => Ok(FrameGuard {
             saved: frame,
             _not_send: PhantomData,
@@ -500,54 +553,68 @@ pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
     }
 }
 
-/// Runs `f` in `frame`, then releases the frame. During thread teardown `f` runs in
-/// whatever state is left (reads see defaults).
-pub(crate) fn run_owned<R>(frame: Frame, f: impl FnOnce() -> R) -> R {
-    let guard = enter(frame);
-    let result = f();
-    drop(guard);
-    result
+/// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
+/// holding what `f` made of it (a task's context between polls). `frame` runs as a
+/// light frame: see [`Light`].
+pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
+    let root = frame.vars.root_ptr();
+    enter_light(frame, ptr::null(), root, f)
 }
 
-/// Runs `f` in a private frame over `vars` without taking a reference count: the frame
-/// holds a bitwise copy of `vars`, which the borrow keeps alive for the whole call.
-///
-/// This is the structured hand-off (a rayon `join` or parallel-iterator job running for
-/// its parent): the parent's snapshot is shared by every job with no atomic
-/// read-modify-write. Sets inside `f` first take a counted copy ([`State::take_vars`]).
+/// Runs `f` in `frame`, then releases the frame.
+pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
+    run_in(&mut frame, f)
+}
+
+/// Runs `f` in a private frame over `vars` without taking a reference count unless `f`
+/// writes: the structured hand-off of a rayon `join` or parallel-iterator job, whose
+/// parent keeps `vars` alive for the whole call.
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
-    // SAFETY: the copy is put in a frame marked `borrowed`, which never drops its
-    // snapshot: `Frame::drop` forgets it, `State::take_vars` replaces it with a counted
-    // clone before handing it out, and `swap_frame` moves it only together with the
-    // flag. The frame's guard is dropped before this function returns, also when `f`
-    // unwinds (it is a local, never exposed), so the copy is never used after the borrow
-    // of `vars`, which keeps the original and its reference count alive, ends.
-    let copy = unsafe { ptr::read(vars) };
-    let mut frame = Frame::private(copy);
-    frame.borrowed = true;
-    run_owned(frame, f)
+    let mut storage = Frame::private(Map::new());
+    enter_light(&mut storage, vars, vars.root_ptr(), f)
 }
 
-/// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
-/// holding what `f` made of it (a task's context between polls).
-pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
-    struct SwapBack<'a> {
-        frame: &'a mut Frame,
-        swapped: bool,
+fn enter_light<R>(
+    frame: &mut Frame,
+    borrowed: *const Vars,
+    root: *const Node<Entry>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let light = Light {
+        frame,
+        borrowed,
+        materialized: Cell::new(false),
+    };
+    /// Leaves the light frame, also when `f` unwinds. Declared after `light`, so it runs
+    /// while `light` is still alive.
+    struct Exit<'a> {
+        hot: &'a Hot,
+        light: &'a Light,
+        root: *const Node<Entry>,
+        outer: *const Light,
     }
-    impl Drop for SwapBack<'_> {
+    impl Drop for Exit<'_> {
         fn drop(&mut self) {
-            if self.swapped {
-                let _ = STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, self.frame)));
+            if self.light.materialized.get() {
+                // SAFETY: the storage is still the `&mut Frame` `enter_light` was given,
+                // which nothing else touches until it returns.
+                let storage = unsafe { &mut *self.light.frame };
+                let _ = STATE.try_with(|state| swap_frame(state, self.hot, storage));
             }
+            self.hot.root.set(self.root);
+            self.hot.light.set(self.outer);
         }
     }
-    let swapped = STATE
-        .try_with(|state| HOT.with(|hot| swap_frame(state, hot, frame)))
-        .is_ok();
-    let _back = SwapBack { frame, swapped };
-    f()
+    HOT.with(|hot| {
+        let _exit = Exit {
+            hot,
+            light: &light,
+            root: hot.root.replace(root),
+            outer: hot.light.replace(&light),
+        };
+        f()
+    })
 }
 
 /// Makes `vars` the current snapshot again if code since the last call changed it (a
@@ -566,6 +633,7 @@ pub(crate) fn restore(vars: &Vars) {
 fn restore_slow(vars: &Vars) {
     let dead = STATE.try_with(|state| {
         HOT.with(|hot| {
+            materialize(state, hot);
             let old = state.install(hot, vars.clone());
             // Tokens of the discarded sets must not take the "nothing changed" shortcut.
             state.last_change.set(hot.next_id());

@@ -32,15 +32,21 @@ fn thread_spawn_runs_in_a_copy() {
 #[test]
 fn thread_spawn_in_uses_the_object() {
     let ctx = Arc::new(Context::new().with_value(&TENANT, "acme"));
-    let handle = contextvars::thread::spawn_in(&ctx, || {
-        let tenant = TENANT.get();
-        drop(REQUEST.set(7));
-        tenant
+    let checked = Arc::new(std::sync::Barrier::new(2));
+    let handle = contextvars::thread::spawn_in(&ctx, {
+        let checked = checked.clone();
+        move || {
+            checked.wait(); // stay in the context until the main thread has checked
+            let tenant = TENANT.get();
+            drop(REQUEST.set(7));
+            tenant
+        }
     });
     // Entered from the call until the thread ends: a second entry is an error, now.
     let again = contextvars::thread::try_spawn_in(&ctx, || ());
     assert!(again.unwrap_err().is_already_entered());
-    assert!(ctx.try_run(|| ()).is_err() || handle.is_finished());
+    assert!(ctx.try_run(|| ()).unwrap_err().is_already_entered());
+    checked.wait();
     assert_eq!(handle.join().unwrap(), "acme");
     assert_eq!(
         ctx.get(&REQUEST),
