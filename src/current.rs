@@ -255,6 +255,34 @@ pub(crate) fn vars() -> Vars {
     STATE.try_with(State::vars_clone).unwrap_or_default()
 }
 
+/// Calls `f` with the current snapshot, to hand to structured work that finishes before
+/// `f` returns (a rayon `join` or `scope`).
+///
+/// Inside a rayon job's light frame the job's own borrowed snapshot is passed on, so
+/// nested `join`s take no reference count at all; elsewhere `f` gets a counted clone.
+/// A borrowed snapshot outlives `f`: it is kept alive by the code that started the
+/// enclosing light frame, which cannot return before `f` does, and a write in the frame
+/// (even by an unrelated job that rayon runs on this thread meanwhile) clones it instead
+/// of replacing it.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
+    let borrowed = HOT.with(|hot| {
+        let light = hot.light.get();
+        if light.is_null() {
+            ptr::null()
+        } else {
+            // SAFETY: a non-null `HOT.light` points to a live `Light` (see `Light`).
+            unsafe { (*light).borrowed }
+        }
+    });
+    // SAFETY: see above: the enclosing `run_borrowed` call keeps `*borrowed` alive, and
+    // that call is on this thread's stack below us until `f` returns.
+    match unsafe { borrowed.as_ref() } {
+        Some(vars) => f(vars),
+        None => f(&vars()),
+    }
+}
+
 /// What a `set` leaves behind for its token.
 pub(crate) struct SetState {
     /// The snapshot before the set (gives `Token::old_value`).
@@ -445,6 +473,9 @@ impl Drop for Frame {
     /// Releases what a frame that stopped running holds: publishes an unpublished change
     /// to its context object and leaves that object, then releases its snapshot.
     fn drop(&mut self) {
+        if self.ctx.is_none() && self.vars.is_empty() {
+            return; // nothing to release (a light frame's unused storage)
+        }
         let vars = std::mem::take(&mut self.vars);
         if let Some(shared) = self.ctx.take() {
             if self.dirty

@@ -67,12 +67,12 @@ where
     RA: Send,
     RB: Send,
 {
-    let vars = current::vars();
-    let vars = &vars;
-    ::rayon::join(
-        move || current::run_borrowed(vars, oper_a),
-        move || current::run_borrowed(vars, oper_b),
-    )
+    current::with_captured(move |vars| {
+        ::rayon::join(
+            move || current::run_borrowed(vars, oper_a),
+            move || current::run_borrowed(vars, oper_b),
+        )
+    })
 }
 
 /// [`rayon::join_context`], running both closures in copies of the current context.
@@ -83,12 +83,12 @@ where
     RA: Send,
     RB: Send,
 {
-    let vars = current::vars();
-    let vars = &vars;
-    ::rayon::join_context(
-        move |fn_ctx| current::run_borrowed(vars, || oper_a(fn_ctx)),
-        move |fn_ctx| current::run_borrowed(vars, || oper_b(fn_ctx)),
-    )
+    current::with_captured(move |vars| {
+        ::rayon::join_context(
+            move |fn_ctx| current::run_borrowed(vars, || oper_a(fn_ctx)),
+            move |fn_ctx| current::run_borrowed(vars, || oper_b(fn_ctx)),
+        )
+    })
 }
 
 /// [`rayon::spawn`], running `func` in a copy of the current context.
@@ -163,9 +163,9 @@ where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R + Send,
     R: Send,
 {
-    let vars = current::vars();
-    let vars = &vars;
-    ::rayon::scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+    current::with_captured(move |vars| {
+        ::rayon::scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+    })
 }
 
 /// [`rayon::in_place_scope`], running `op` and every [`Scope::spawn`] in copies of the
@@ -174,9 +174,9 @@ pub fn in_place_scope<'scope, OP, R>(op: OP) -> R
 where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R,
 {
-    let vars = current::vars();
-    let vars = &vars;
-    ::rayon::in_place_scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+    current::with_captured(move |vars| {
+        ::rayon::in_place_scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+    })
 }
 
 /// Context-carrying forms of [`ThreadPool`]'s methods.
@@ -214,9 +214,7 @@ impl ThreadPoolExt for ThreadPool {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        let vars = current::vars();
-        let vars = &vars;
-        self.install(move || current::run_borrowed(vars, op))
+        current::with_captured(move |vars| self.install(move || current::run_borrowed(vars, op)))
     }
 
     fn spawn_with_context<OP>(&self, op: OP)
