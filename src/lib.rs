@@ -64,12 +64,22 @@
 //! Figures measured against `thread_local!` and tokio's `task_local!` are in the README's
 //! performance section; [`docs::performance`] explains the cost model.
 //!
-//! # Threads
+//! # Propagation
 //!
-//! A new thread starts with an empty context, as in Python. To carry context over, run
-//! the child in a copy: `let ctx = copy_context(); spawn(move || ctx.run(f))`.
-//! [`Context`] is `Send + Sync`; a [`Token`] and a [`ScopedSet`] guard are `!Send`,
-//! because they restore *this* thread's state.
+//! A new thread or task starts with an empty context, as in Python. The propagation
+//! modules make the context follow the work, each unit of work in its own O(1) copy (so
+//! its `set`s stay inside it), as asyncio does for tasks:
+//!
+//! * [`thread`]: `std::thread` spawns (also `Builder` and `scope`) in a copy, or in a
+//!   given [`Context`] object (Python's `Thread(context=ctx)`);
+//! * [`future`]: a runtime-agnostic future and stream wrapper, [`future::WithContext`];
+//! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`;
+//! * `rayon` (feature `rayon`): `join`, `scope`, `spawn`, `ThreadPool::install` and a
+//!   parallel-iterator adapter; a worker's state is saved and restored around every job.
+//!
+//! By hand: `let ctx = copy_context(); spawn(move || ctx.run(f))`. [`Context`] is
+//! `Send + Sync`; a [`Token`] and a [`ScopedSet`] guard are `!Send`, because they restore
+//! *this* thread's (or task's) state. The README has the full propagation table.
 //!
 //! # Differences from Python
 //!
