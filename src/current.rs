@@ -33,6 +33,7 @@ use std::ptr;
 use crate::context::Shared;
 use crate::error::AccessError;
 use crate::map::{Map, Node};
+use crate::observe;
 use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
 use crate::value::Entry;
 
@@ -327,6 +328,9 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessErro
             })
         })
         .map_err(|_| AccessError::new())?;
+    if observe::publishing() {
+        observe::on_change();
+    }
     if let Some(old) = old_published {
         retire(old);
     }
@@ -375,6 +379,9 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
     });
     match outcome {
         Ok(Ok(dead)) => {
+            if observe::publishing() {
+                observe::on_change();
+            }
             for vars in dead.into_iter().flatten() {
                 retire(vars);
             }
@@ -573,6 +580,9 @@ pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
         HOT.with(|hot| {
             materialize(state, hot);
             swap_frame(state, hot, &mut frame);
+            if observe::publishing() {
+                observe::on_change();
+            }
         })
     });
     match entered {
@@ -635,6 +645,9 @@ fn enter_light<R>(
             }
             self.hot.root.set(self.root);
             self.hot.light.set(self.outer);
+            if observe::publishing() {
+                observe::on_change();
+            }
         }
     }
     HOT.with(|hot| {
@@ -644,6 +657,9 @@ fn enter_light<R>(
             root: hot.root.replace(root),
             outer: hot.light.replace(&light),
         };
+        if observe::publishing() {
+            observe::on_change();
+        }
         f()
     })
 }
@@ -671,6 +687,9 @@ fn restore_slow(vars: &Vars) {
             [Some(old), state.publish()]
         })
     });
+    if observe::publishing() {
+        observe::on_change();
+    }
     for vars in dead.into_iter().flatten().flatten() {
         retire(vars);
     }
@@ -688,6 +707,9 @@ impl Drop for FrameGuard {
         // If the state is gone (the guard outlived the thread's storage), `saved` is
         // still released below: it leaves its context object so other threads can enter.
         let _ = STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, &mut self.saved)));
+        if observe::publishing() {
+            observe::on_change();
+        }
         // The thread's state is consistent again; `saved` now holds the frame that ended
         // and is released when the guard's fields drop.
     }

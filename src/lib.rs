@@ -105,6 +105,7 @@ pub mod thread;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod map;
+pub mod observe;
 mod snapshot;
 mod sync;
 mod token;
