@@ -94,7 +94,7 @@ globals! {
     /// ([`publishing`]); see [`on_change`] for why nothing stronger is needed.
     static ENABLED: AtomicBool = const AtomicBool::new(false);
     /// The live threads' slots.
-    static REGISTRY: AtomicList<ThreadSlot> = lazy AtomicList::new();
+    static REGISTRY: Arc<AtomicList<ThreadSlot>> = lazy Arc::new(AtomicList::new());
 }
 
 // This thread's registration, made at its first publication; dropping it (at thread exit)
@@ -120,7 +120,7 @@ struct ThreadSlot {
 }
 
 /// A thread's registry entry, in its `SLOT` thread-local.
-struct Registration(ListEntry<'static, ThreadSlot>);
+struct Registration(ListEntry<ThreadSlot>);
 
 impl Drop for Registration {
     fn drop(&mut self) {
@@ -299,11 +299,14 @@ pub(crate) fn on_change() {
 /// Adds the current thread to the registry.
 fn register() -> Registration {
     let thread = std::thread::current();
-    Registration(REGISTRY.insert(ThreadSlot {
-        id: thread.id(),
-        name: thread.name().map(str::to_owned),
-        current: SnapshotCell::new(None),
-    }))
+    Registration(AtomicList::insert(
+        &REGISTRY,
+        ThreadSlot {
+            id: thread.id(),
+            name: thread.name().map(str::to_owned),
+            current: SnapshotCell::new(None),
+        },
+    ))
 }
 
 /// The registry's list, for the loom models in `loom-tests/`. Not public API.

@@ -270,6 +270,7 @@ pub use list::{AtomicList, ListEntry};
 mod list {
     use std::marker::PhantomData;
 
+    use super::Arc;
     use super::Ordering::{Acquire, Relaxed, Release};
     use crossbeam_epoch::{self as epoch, Atomic, Collector, Guard, Owned, Shared};
 
@@ -304,6 +305,7 @@ mod list {
     }
 
     impl<T: Send + Sync> AtomicList<T> {
+        /// An empty list with a collector of its own.
         pub fn new() -> Self {
             Self {
                 head: Atomic::null(),
@@ -317,10 +319,9 @@ mod list {
         /// the loom canary that shows a too-weak ordering is caught.
         #[cfg(contextvars_loom)]
         pub fn with_publish_ordering(publish: super::Ordering) -> Self {
-            Self {
-                publish,
-                ..Self::new()
-            }
+            let mut list = Self::new();
+            list.publish = publish;
+            list
         }
 
         fn publish_ordering(&self) -> super::Ordering {
@@ -336,28 +337,32 @@ mod list {
 
         /// Adds `value` at the head. Lock-free: retries only when another insertion or
         /// an unlinking of the first node won the race for the head.
-        pub fn insert(&self, value: T) -> ListEntry<'_, T> {
-            let guard = self.pin();
+        ///
+        /// The entry keeps the list alive (a thread's entry is dropped among its
+        /// thread-locals, whose order relative to anything else is not ours to choose).
+        pub fn insert(list: &Arc<Self>, value: T) -> ListEntry<T> {
+            let this = &**list;
+            let guard = this.pin();
             let mut node = Owned::new(Node {
                 value,
                 next: Atomic::null(),
             });
             // Relaxed: the head is only compared and stored into `next`, never followed.
-            let mut head = self.head.load(Relaxed, &guard);
+            let mut head = this.head.load(Relaxed, &guard);
             loop {
                 // Relaxed: published by the CAS below.
                 node.next.store(head, Relaxed);
                 // The publishing CAS (see the module docs). Failure: Relaxed, as above.
-                match self.head.compare_exchange_weak(
+                match this.head.compare_exchange_weak(
                     head,
                     node,
-                    self.publish_ordering(),
+                    this.publish_ordering(),
                     Relaxed,
                     &guard,
                 ) {
                     Ok(shared) => {
                         return ListEntry {
-                            list: self,
+                            list: list.clone(),
                             node: shared.as_raw(),
                             _not_send: PhantomData,
                         };
@@ -458,9 +463,15 @@ mod list {
         }
     }
 
+    impl<T: Send + Sync> std::fmt::Debug for AtomicList<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("AtomicList").finish_non_exhaustive()
+        }
+    }
+
     impl<T: Send + Sync> Drop for AtomicList<T> {
         fn drop(&mut self) {
-            // SAFETY: `&mut self`: no other thread uses the list (entries borrow it, so
+            // SAFETY: `&mut self`: no other thread uses the list (entries hold it, so
             // none is left), so no node is reachable by anyone else and the unprotected
             // guard is enough. Every node still linked is destroyed exactly once here;
             // unlinked ones belong to the collector, which runs them when it is dropped
@@ -480,23 +491,29 @@ mod list {
     /// A value's membership of an [`AtomicList`]: reads the value without pinning, and
     /// removes it from the list when dropped. `!Send`: it stays with the thread that
     /// inserted the value (the registry keeps it in a thread-local).
-    pub struct ListEntry<'a, T: Send + Sync> {
-        list: &'a AtomicList<T>,
+    pub struct ListEntry<T: Send + Sync> {
+        list: Arc<AtomicList<T>>,
         node: *const Node<T>,
         _not_send: PhantomData<*const ()>,
     }
 
-    impl<T: Send + Sync> ListEntry<'_, T> {
+    impl<T: Send + Sync> ListEntry<T> {
         /// The value this entry inserted.
         pub fn get(&self) -> &T {
             // SAFETY: only this entry's `drop` marks the node, a node is unlinked only
             // once marked, and destroyed only after it is unlinked (or with the list,
-            // which this entry borrows): while the entry lives the node is allocated.
+            // which this entry keeps alive): while the entry lives the node is allocated.
             unsafe { &(*self.node).value }
         }
     }
 
-    impl<T: Send + Sync> Drop for ListEntry<'_, T> {
+    impl<T: Send + Sync> std::fmt::Debug for ListEntry<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ListEntry").finish_non_exhaustive()
+        }
+    }
+
+    impl<T: Send + Sync> Drop for ListEntry<T> {
         fn drop(&mut self) {
             let guard = self.list.pin();
             // SAFETY: as in `get`: the node is not marked yet, so it is allocated.
