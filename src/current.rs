@@ -575,6 +575,7 @@ fn materialize_slow(state: &State, hot: &Hot, light: *const Light) {
 
 /// Makes `frame` the thread's current frame until the guard is dropped. Gives the frame
 /// back if the thread's state is gone (thread teardown).
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
     let entered = STATE.try_with(|state| {
         HOT.with(|hot| {
@@ -697,6 +698,7 @@ fn restore_slow(vars: &Vars) {
 
 /// Restores the previous frame on drop, also during unwinding, and releases the frame it
 /// leaves. `!Send`: it restores *this* thread's state.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) struct FrameGuard {
     saved: Frame,
     _not_send: PhantomData<*const ()>,

@@ -99,16 +99,16 @@ mod current;
 pub mod docs;
 mod error;
 pub mod future;
-#[cfg(feature = "rayon")]
-pub mod rayon;
-pub mod thread;
-#[cfg(feature = "tokio")]
-pub mod tokio;
 mod map;
 pub mod observe;
+#[cfg(feature = "rayon")]
+pub mod rayon;
 mod snapshot;
 mod sync;
+pub mod thread;
 mod token;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod value;
 mod var;
 
