@@ -50,6 +50,8 @@
 //!   and it reads like a mapping (`get`, `contains`, `len`, `iter`, `==`, `Debug`).
 //! * [`Snapshot`]: an immutable view of a context's bindings, and [`Entry`], one binding.
 //! * Errors: [`LookupError`], [`ResetError`], [`EnterError`], [`AccessError`].
+//! * [`observe`]: every thread's current context, readable from any thread without
+//!   locks (for watchdogs, profilers and debug endpoints); off unless switched on.
 //! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
 //!
 //! # Cost model
