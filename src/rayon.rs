@@ -33,10 +33,12 @@
 //!
 //! * Structured forms ([`join`], [`join_context`], [`scope`], [`in_place_scope`],
 //!   [`ThreadPoolExt::install_with_context`], and indexed parallel iterators) finish
-//!   before the caller continues, so their jobs *borrow* the caller's snapshot: one
-//!   reference-count increment per call on the calling thread, and per job only a swap
-//!   of thread-local state in and out, with no atomic read-modify-write on a shared cache
-//!   line.
+//!   before the caller continues, so their jobs *borrow* the caller's snapshot. A call
+//!   from outside a job takes one reference-count increment on the calling thread; a
+//!   call from inside a job (a nested `join`, the usual divide-and-conquer shape) passes
+//!   the job's own borrow on and takes none. Per job, entering and leaving the context
+//!   swaps two thread-local cells, with no atomic read-modify-write; only a job's first
+//!   `set` takes a counted copy.
 //! * `'static` spawns ([`spawn`], [`spawn_fifo`], [`Scope::spawn`]) take an owned copy:
 //!   one increment at the spawn, one decrement when the job ends.
 //! * A parallel iterator wrapped by [`ParallelIteratorExt::in_current_context`] takes
