@@ -178,7 +178,7 @@ fn ops(keys: impl Strategy<Value = u64> + Clone) -> impl Strategy<Value = Vec<Op
         1 => keys.clone().prop_map(Op::Remove),
         1 => keys.prop_map(Op::Get),
     ];
-    prop::collection::vec(op, 0..if cfg!(miri) { 40 } else { 120 })
+    prop::collection::vec(op, 0..if cfg!(miri) { 24 } else { 120 })
 }
 
 /// Keys sharing their low 35 bits (`x << 35 | c`), forcing deep tries.
@@ -255,7 +255,7 @@ fn run_ops(ops: &[Op]) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: if cfg!(miri) { 8 } else { 256 },
+        cases: if cfg!(miri) { 2 } else { 256 },
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -335,8 +335,9 @@ fn new_is_const() {
 
 #[test]
 fn sequential_keys_insert_then_remove_in_random_order() {
-    let n: u64 = if cfg!(miri) { 300 } else { 10_000 };
-    let full_check_every = if cfg!(miri) { 50 } else { 1000 };
+    let n: u64 = if cfg!(miri) { 48 } else { 10_000 };
+    let full_check_every = if cfg!(miri) { 16 } else { 1000 };
+    let always_check_below = if cfg!(miri) { 20 } else { 40 };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut map = Map::new();
     let mut model = Model::new();
@@ -350,7 +351,7 @@ fn sequential_keys_insert_then_remove_in_random_order() {
         assert_eq!(before.get(key), None, "old version changed");
         let probe = 1 + rng.next() % key;
         assert_eq!(map.get(probe), model.get(&probe));
-        if key % full_check_every == 0 || key <= 40 {
+        if key % full_check_every == 0 || key <= always_check_below {
             check_against(&map, &model);
         }
     }
@@ -367,7 +368,7 @@ fn sequential_keys_insert_then_remove_in_random_order() {
         assert!(before.contains_key(key), "old version changed");
         let probe = 1 + rng.next() % n;
         assert_eq!(map.get(probe), model.get(&probe));
-        if step % full_check_every as usize == 0 || model.len() <= 40 {
+        if step % full_check_every as usize == 0 || model.len() as u64 <= always_check_below {
             check_against(&map, &model);
         }
     }
@@ -477,7 +478,7 @@ fn low_6_bit_collision_promotes_to_trie_and_back() {
 fn iteration_order_is_independent_of_insertion_order() {
     let sets: [Vec<u64>; 4] = [
         (1..=10).collect(),
-        (1..=300).collect(),
+        (1..=if cfg!(miri) { 70 } else { 300 }).collect(),
         (0..40).map(|x| (x << 35) | 9).collect(),
         vec![u64::MAX, 0, 1 << 63, 64, 1, 12345, 65, 1 << 40],
     ];
@@ -489,7 +490,7 @@ fn iteration_order_is_independent_of_insertion_order() {
         let mut expected = set.clone();
         expected.sort_unstable();
         assert_eq!(sorted, expected);
-        for _ in 0..5 {
+        for _ in 0..if cfg!(miri) { 1 } else { 5 } {
             let mut shuffled = set.clone();
             rng.shuffle(&mut shuffled);
             let map = build(shuffled.iter().map(|&k| (k, ())));
@@ -597,7 +598,8 @@ fn clone_is_shallow_and_root_ptr_tracks_versions() {
 
 #[test]
 fn unchanged_subtries_are_shared_not_copied() {
-    let a = build((0..1024).map(|k| (k, k)));
+    // 64 keys already give a root whose 32 slots are all children (k and k + 32).
+    let a = build((0..if cfg!(miri) { 64 } else { 1024 }).map(|k| (k, k)));
     let b = a.insert(5, 0);
     let (Repr::Trie(ra), Repr::Trie(rb)) = (
         &a.root.as_ref().unwrap().repr,

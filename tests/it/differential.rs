@@ -57,7 +57,9 @@ proptest! {
         run(&ops);
     }
 
+    // Pure model code with no unsafe anywhere near it: nothing for miri to see.
     #[test]
+    #[cfg_attr(miri, ignore)]
     fn decode_inverts_encode(ops in prop::collection::vec(op(), 0..32)) {
         prop_assert_eq!(decode(&encode(&ops)), ops);
     }
@@ -80,13 +82,17 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
 /// they reach every outcome the runner distinguishes: the generators are not blind to any.
 #[test]
 fn byte_programs_reach_every_outcome() {
-    let (programs, len) = if cfg!(miri) { (6, 96) } else { (300, 400) };
+    let (programs, len) = if cfg!(miri) { (2, 64) } else { (300, 400) };
     let mut total = Stats::default();
     for seed in 0..programs {
         total.add(&run_bytes(&bytes(seed, len)));
     }
     eprintln!("{total:?}");
     assert!(total.sets > 0, "{total:?}");
+    if cfg!(miri) {
+        // Two short programs: enough to run the runner, too few to reach everything.
+        return;
+    }
     assert!(total.resets_ok > 0, "{total:?}");
     assert!(total.resets_different_var > 0, "{total:?}");
     assert!(total.resets_different_context > 0, "{total:?}");
@@ -94,10 +100,8 @@ fn byte_programs_reach_every_outcome() {
     assert!(total.runs > 0, "{total:?}");
     assert!(total.threads > 0, "{total:?}");
     assert!(total.equalities > 0 && total.unequal > 0, "{total:?}");
-    if !cfg!(miri) {
-        assert!(total.thread_enter_errors > 0, "{total:?}");
-        assert!(total.max_depth >= 4, "{total:?}");
-    }
+    assert!(total.thread_enter_errors > 0, "{total:?}");
+    assert!(total.max_depth >= 4, "{total:?}");
 }
 
 // ----------------------------------------------------------------------- fixed programs

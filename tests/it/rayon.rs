@@ -311,6 +311,13 @@ fn scope_spawns_capture_at_spawn() {
 }
 
 #[test]
+// Under miri (Tree Borrows), rayon-core 1.13's own `in_place_scope` + `spawn` is UB on some
+// schedules, with or without this crate: `ScopeBase::execute_job_closure`'s `func` argument
+// (a closure holding `&Scope`) is still protected after `Latch::set` lets the owner free
+// the scope. The plain-rayon twin of this test fails the same way ("deallocation through
+// <tag> ... is forbidden", rayon-core src/scope/mod.rs:412) on seed 105 of 0..120; this
+// test fails on the default seed within `rayon::`.
+#[cfg_attr(miri, ignore = "rayon-core scope UB under Tree Borrows, see above")]
 fn in_place_scope_runs_in_context() {
     isolated(|| {
         let _job = JOB.set(4);
