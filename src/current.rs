@@ -18,10 +18,12 @@
 //! can run. Snapshots that stop being current are dropped only after the state is
 //! consistent again ([`retire`]).
 //!
-//! **Why the raw root pointer is valid.** `HOT.root` always equals
-//! `STATE.vars.root_ptr()`: both are written together, in every function below, before
-//! anything else can observe them. The node is therefore kept alive by `STATE.vars` as
-//! long as the pointer is current. A reader that runs user code while holding a reference
+//! **Why the raw root pointer is valid.** Outside light frames ([`Light`]), `HOT.root`
+//! equals `STATE.vars.root_ptr()`: both are written together, in every function below,
+//! before anything else can observe them, so the node is kept alive by `STATE.vars` as
+//! long as the pointer is current. Inside an unmaterialized light frame, `HOT.root` is
+//! that frame's snapshot, owned by the `run_in` call running it (the task's frame, or the
+//! borrow a rayon job was given) until that call restores the pointer and returns. A reader that runs user code while holding a reference
 //! into the node (the closure of [`ContextVar::with`](crate::ContextVar::with), or
 //! `T::clone`) counts itself in `HOT.borrows`; while that count is non-zero, a snapshot
 //! that stops being current is parked in `STATE.graveyard` instead of dropped, so the node

@@ -30,10 +30,21 @@
 //! root node of the current snapshot, which is all `ContextVar::get` needs. `STATE` owns
 //! the frame. The two are always updated together before any user code can run.
 //!
+//! Work that usually only reads (a rayon job, a future's poll, `Context::run`) runs in a
+//! *light frame*: only `HOT.root` (and `HOT.light`, a pointer to a record on the stack of
+//! the call that runs the work) change on entry and exit. The first operation that needs
+//! the frame itself (a set, a reset, a handle, a nested frame) *materializes* it: the
+//! frame moves into `STATE`, and the frame it displaces waits in the light frame's record
+//! until the work returns. A rayon job's light frame borrows its parent's snapshot and
+//! takes a counted copy only when it materializes.
+//!
 //! ### Invariant: the root pointer is owned
 //!
-//! `HOT.root == STATE.vars.root_ptr()` whenever user code can run, so the node behind the
-//! pointer is kept alive by `STATE.vars`. `with_binding` dereferences it (the first
+//! Whenever user code can run, the node behind `HOT.root` is kept alive by its owner:
+//! `STATE.vars` if no light frame is current, otherwise the current light frame's
+//! snapshot, which is owned by the call running it (a task's frame, or the parent's
+//! snapshot that a rayon job borrows, which outlives the job) until that call returns,
+//! and that call restores `HOT.root` before it returns, also when unwinding. `with_binding` dereferences it (the first
 //! `unsafe` block) and hands the caller a `&T` into the node. While that reference is in
 //! use, user code may run (the closure of `ContextVar::with`, or `T::clone` in `get`), and
 //! that code may `set`, `reset` or `run`, which replaces `STATE.vars`. So a reader
