@@ -100,6 +100,25 @@ impl<F> WithContext<F> {
         }
     }
 
+    /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
+    fn in_copy(inner: F) -> Self {
+        Self::new(inner, Frame::private(current::vars()))
+    }
+
+    /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).
+    fn try_in(inner: F, ctx: &Context) -> Result<Self, EnterError> {
+        Ok(Self::new(inner, ctx.enter_frame()?))
+    }
+
+    /// [`Self::try_in`], panicking with the error (both traits' `in_context`).
+    #[track_caller]
+    fn in_object(inner: F, ctx: &Context) -> Self {
+        match Self::try_in(inner, ctx) {
+            Ok(wrapped) => wrapped,
+            Err(error) => error.panic(),
+        }
+    }
+
     /// A shared reference to the wrapped future.
     pub fn get_ref(&self) -> &F {
         self.inner
@@ -170,7 +189,7 @@ pub trait ContextFutureExt: Future + Sized {
     /// # });
     /// ```
     fn in_current_context(self) -> WithContext<Self> {
-        WithContext::new(self, Frame::private(current::vars()))
+        WithContext::in_copy(self)
     }
 
     /// Runs every poll in the context object `ctx` (Python's
@@ -196,16 +215,13 @@ pub trait ContextFutureExt: Future + Sized {
     /// error instead.
     #[track_caller]
     fn in_context(self, ctx: &Context) -> WithContext<Self> {
-        match self.try_in_context(ctx) {
-            Ok(wrapped) => wrapped,
-            Err(error) => error.panic(),
-        }
+        WithContext::in_object(self, ctx)
     }
 
     /// [`in_context`](Self::in_context), returning an [`EnterError`] if `ctx` is already
     /// entered (by a thread, or by another wrapper that is still alive).
     fn try_in_context(self, ctx: &Context) -> Result<WithContext<Self>, EnterError> {
-        Ok(WithContext::new(self, ctx.enter_frame()?))
+        WithContext::try_in(self, ctx)
     }
 }
 
@@ -233,7 +249,7 @@ pub trait ContextStreamExt: futures_core::Stream + Sized {
     /// Runs every poll in a copy of the context current now; see
     /// [`ContextFutureExt::in_current_context`].
     fn in_current_context(self) -> WithContext<Self> {
-        WithContext::new(self, Frame::private(current::vars()))
+        WithContext::in_copy(self)
     }
 
     /// Runs every poll in the context object `ctx`; see [`ContextFutureExt::in_context`].
@@ -244,16 +260,13 @@ pub trait ContextStreamExt: futures_core::Stream + Sized {
     /// error instead.
     #[track_caller]
     fn in_context(self, ctx: &Context) -> WithContext<Self> {
-        match self.try_in_context(ctx) {
-            Ok(wrapped) => wrapped,
-            Err(error) => error.panic(),
-        }
+        WithContext::in_object(self, ctx)
     }
 
     /// [`in_context`](Self::in_context), returning an [`EnterError`] if `ctx` is already
     /// entered.
     fn try_in_context(self, ctx: &Context) -> Result<WithContext<Self>, EnterError> {
-        Ok(WithContext::new(self, ctx.enter_frame()?))
+        WithContext::try_in(self, ctx)
     }
 }
 
