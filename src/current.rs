@@ -5,9 +5,9 @@
 //! * `HOT` has no destructor and a `const` initialiser, so reading it compiles to a plain
 //!   TLS load with no lazy-initialisation or liveness check. It holds what
 //!   [`with_binding`] needs: a raw pointer to the root node of the current snapshot, and a
-//!   counter of active borrows. It also holds this thread's block of ids (context ids,
-//!   frame ids and the change markers tokens compare), so handing one out never touches a
-//!   shared cache line, and ids stay unique across threads even when a task's frame moves.
+//!   counter of active borrows. It also holds this thread's block of ids (context ids and
+//!   frame ids), so handing one out never touches a shared cache line, and ids stay unique
+//!   across threads even when a task's frame moves.
 //! * `STATE` owns the frame: the current snapshot (`Vars`), the [`Shared`] context object
 //!   it writes through to (if any), the frame's identity for token checks, and snapshots
 //!   whose release is deferred. Its destructor nulls `HOT.root` first, so code that runs
@@ -86,6 +86,8 @@ struct State {
     vars: Cell<Vars>,
     ctx: Cell<Option<Arc<Shared>>>,
     id: Cell<u64>,
+    /// Changed (to a fresh id) by every set, reset and restore of this frame's snapshot,
+    /// so a token can tell whether anything happened since its set.
     last_change: Cell<u64>,
     /// A set or reset was not published to `ctx` because nobody else could see it.
     dirty: Cell<bool>,
@@ -126,6 +128,44 @@ impl State {
     fn install(&self, hot: &Hot, new: Vars) -> Vars {
         hot.root.set(new.root_ptr());
         self.vars.replace(new)
+    }
+
+    /// Binds `key` to `entry` (or unbinds it, for `None`) by writing into the current
+    /// snapshot's root node, if nobody else holds the snapshot and no borrow of it is
+    /// active ([`Map::insert_in_place`]). Returns the entry `key` had; `Err` gives `entry`
+    /// back when the change needs a new snapshot. No user code runs, and `HOT.root` stays
+    /// valid: an in-place change keeps the root, except a removal that empties the map.
+    #[inline]
+    fn rebind_in_place(
+        &self,
+        hot: &Hot,
+        key: u64,
+        entry: Option<Entry>,
+    ) -> Result<Option<Entry>, Option<Entry>> {
+        if hot.borrows.get() != 0 {
+            return Err(entry);
+        }
+        let mut vars = self.vars.take();
+        let outcome = match entry {
+            Some(entry) => vars.insert_in_place(key, entry).map_err(Some),
+            None => vars.remove_in_place(key).map_err(|()| None),
+        };
+        hot.root.set(vars.root_ptr());
+        self.vars.set(vars);
+        outcome
+    }
+
+    /// [`rebind_in_place`](Self::rebind_in_place) by path copying: installs a new
+    /// snapshot and returns the entry `key` had and the replaced snapshot, for the caller
+    /// to [`retire`] once the state is consistent (a borrow in progress may point into it).
+    fn rebind_copy(&self, hot: &Hot, key: u64, entry: Option<Entry>) -> (Option<Entry>, Vars) {
+        let current = self.vars_clone();
+        let old = current.get(key).cloned();
+        let new = match entry {
+            Some(entry) => current.insert(key, entry),
+            None => current.remove(key).unwrap_or(current),
+        };
+        (old, self.install(hot, new))
     }
 
     /// Publishes the current snapshot to the frame's context object if anyone else can
@@ -288,22 +328,26 @@ pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
 
 /// What a `set` leaves behind for its token.
 pub(crate) struct SetState {
-    /// The snapshot before the set (gives `Token::old_value`).
-    pub(crate) prev: Vars,
+    /// The variable's entry before the set, `None` if it had none (gives
+    /// `Token::old_value`, and what `reset` puts back).
+    pub(crate) old: Option<Entry>,
     /// The frame (context) the set happened in.
     pub(crate) frame_id: u64,
-    /// The frame's `last_change` right after the set, and right before it.
+    /// The snapshot the set replaced, if it made a new one (the snapshot was shared):
+    /// kept instead of dropped, so that a reset with nothing changed in between can
+    /// simply reinstall it.
+    prev: Option<Vars>,
+    /// The frame's change marker right after the set, and right before it.
     seq: u64,
     prev_change: u64,
 }
 
 impl Drop for SetState {
-    /// The old snapshot may be the one a borrow in progress points into (it was current
-    /// when the borrow began, then a set inside the borrow moved it here), so it is
+    /// The replaced snapshot may be the one a borrow in progress points into (it was
+    /// current when the borrow began, then a set inside the borrow replaced it), so it is
     /// retired like any snapshot that stops being current, never dropped directly.
     fn drop(&mut self) {
-        let prev = std::mem::take(&mut self.prev);
-        if !prev.is_empty() {
+        if let Some(prev) = self.prev.take() {
             retire(prev);
         }
     }
@@ -311,20 +355,24 @@ impl Drop for SetState {
 
 /// Binds `entry` under `key` in the current frame.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessError> {
-    let (state, old_published) = STATE
+    let (set, published) = STATE
         .try_with(|state| {
             HOT.with(|hot| {
                 materialize(state, hot);
-                let prev = state.vars.take();
-                let new = prev.insert(key, entry);
-                hot.root.set(new.root_ptr());
-                state.vars.set(new);
-                let prev_change = state.last_change.replace(hot.next_id());
+                let (old, prev) = match state.rebind_in_place(hot, key, Some(entry)) {
+                    Ok(old) => (old, None),
+                    Err(entry) => {
+                        let (old, prev) = state.rebind_copy(hot, key, entry);
+                        (old, Some(prev))
+                    }
+                };
+                let seq = hot.next_id();
                 let set = SetState {
-                    prev,
+                    old,
                     frame_id: state.frame_id(hot),
-                    seq: state.last_change.get(),
-                    prev_change,
+                    prev,
+                    seq,
+                    prev_change: state.last_change.replace(seq),
                 };
                 (set, state.publish())
             })
@@ -333,10 +381,10 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessErro
     if observe::publishing() {
         observe::on_change();
     }
-    if let Some(old) = old_published {
+    if let Some(old) = published {
         retire(old);
     }
-    Ok(state)
+    Ok(set)
 }
 
 /// Why [`reset_binding`] refused.
@@ -345,48 +393,60 @@ pub(crate) enum ResetFailure {
     Access,
 }
 
-/// Restores the state from before the set that produced `set`.
+/// Restores the binding `key` had before the set that produced `set`.
+///
+/// In order of preference: in place, if the snapshot is the frame's alone; by
+/// reinstalling the snapshot the set replaced, if nothing changed since the set (no
+/// allocation); otherwise by path copying. CPython raises `LookupError` when the token has
+/// no old value and the binding is already gone; that cannot happen through set and reset
+/// alone (a stale token of an outer set may have removed it first), and there is nothing
+/// to undo, so it succeeds.
 pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure, SetState)> {
     let mut set = Some(set);
     let outcome = STATE.try_with(|state| {
         HOT.with(|hot| {
             materialize(state, hot);
-            let frame_id = state.frame_id(hot);
             let mut token = set.take().expect("taken once");
-            if frame_id != token.frame_id {
+            if state.frame_id(hot) != token.frame_id {
                 return Err(token);
             }
-            let (new, last_change, unused) = if state.last_change.get() == token.seq {
-                // Nothing changed since the set: the old snapshot is exactly the state to
-                // return to, including the frame's change marker.
-                (std::mem::take(&mut token.prev), token.prev_change, None)
-            } else {
-                let current = state.vars_clone();
-                let restored = match token.prev.get(key) {
-                    Some(old) => current.insert(key, old.clone()),
-                    // CPython raises LookupError if the binding is already gone; that
-                    // cannot happen through set/reset alone, and there is nothing to undo.
-                    None => current.remove(key).unwrap_or(current),
+            let unchanged = state.last_change.get() == token.seq;
+            let (replaced_entry, replaced, last_change) =
+                match state.rebind_in_place(hot, key, token.old.take()) {
+                    Ok(entry) => (entry, None, None),
+                    Err(old) => match token.prev.take() {
+                        Some(prev) if unchanged => (None, Some(state.install(hot, prev)), None),
+                        prev => {
+                            // Not reinstalled: retired with the token below.
+                            token.prev = prev;
+                            let (entry, replaced) = state.rebind_copy(hot, key, old);
+                            (entry, Some(replaced), Some(hot.next_id()))
+                        }
+                    },
                 };
-                (
-                    restored,
-                    hot.next_id(),
-                    Some(std::mem::take(&mut token.prev)),
-                )
+            // Back to the state right after the set's predecessor: the change marker too,
+            // so an outer token can still take the reinstall shortcut.
+            let marker = match last_change {
+                Some(fresh) => fresh,
+                None if unchanged => token.prev_change,
+                None => hot.next_id(),
             };
-            let old = state.install(hot, new);
-            state.last_change.set(last_change);
-            Ok([Some(old), unused, state.publish()])
+            state.last_change.set(marker);
+            Ok((replaced_entry, [replaced, state.publish()], token))
         })
     });
     match outcome {
-        Ok(Ok(dead)) => {
+        Ok(Ok((replaced_entry, dead, token))) => {
             if observe::publishing() {
                 observe::on_change();
             }
             for vars in dead.into_iter().flatten() {
                 retire(vars);
             }
+            // Dropped only now, with the state consistent: each may hold the last
+            // reference to a value, whose `Drop` may use context variables.
+            drop(replaced_entry);
+            drop(token);
             Ok(())
         }
         Ok(Err(token)) => Err((ResetFailure::DifferentContext, token)),
@@ -434,8 +494,8 @@ pub(crate) fn check_alive() -> Result<(), AccessError> {
     STATE.try_with(|_| ()).map_err(|_| AccessError::new())
 }
 
-/// A fresh context id from this thread's block. Ids, frame ids and change markers share
-/// one space, unique across threads.
+/// A fresh context id from this thread's block. Context ids and frame ids share one
+/// space, unique across threads.
 pub(crate) fn next_context_id() -> u64 {
     HOT.with(Hot::next_id)
 }
@@ -685,7 +745,7 @@ fn restore_slow(vars: &Vars) {
         HOT.with(|hot| {
             materialize(state, hot);
             let old = state.install(hot, vars.clone());
-            // Tokens of the discarded sets must not take the "nothing changed" shortcut.
+            // Tokens of the discarded sets must not take the reinstall shortcut.
             state.last_change.set(hot.next_id());
             [Some(old), state.publish()]
         })

@@ -8,6 +8,7 @@
 //! | name | normal build | loom build |
 //! |---|---|---|
 //! | `Arc` | `std::sync::Arc` | `loom::sync::Arc` (leak-checked) |
+//! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist) | `loom::sync::Arc::get_mut` |
 //! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
 //! | `OnceArc` | `std::sync::OnceLock<Arc<T>>` | `loom::sync::Mutex<Option<Arc<T>>>` |
@@ -87,6 +88,29 @@ mod imp {
         }
     }
 
+    /// `Arc::get_mut` for an `Arc` of a type that never has `Weak` references (the
+    /// persistent map's nodes): `Some` exactly when this is the only reference.
+    ///
+    /// `Arc::get_mut` must also lock out a concurrent `Weak::upgrade`, which costs a
+    /// compare-and-swap; with no `Weak` in existence, a strong count of 1 seen through
+    /// our own `&mut Arc` cannot change under us (any other thread would need a
+    /// reference of its own, which would be counted), so one load suffices.
+    #[inline]
+    pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        if Arc::strong_count(arc) != 1 {
+            return None;
+        }
+        // Pairs with the `Release` decrement in the `Drop` of the last other `Arc` to
+        // this value (on any thread), so that its reads of the value happen before our
+        // writes; the same fence `Arc::get_mut` relies on.
+        std::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: the strong count is 1 and there are no `Weak`s (the caller's type never
+        // makes one), so `arc` is the only pointer to the value, and the `&mut Arc`
+        // borrow stops it from being cloned while the returned reference lives. The
+        // pointer comes from the `Arc`'s own allocation, with write provenance.
+        Some(unsafe { &mut *Arc::as_ptr(arc).cast_mut() })
+    }
+
     /// A lazily initialised, then immutable, `Arc<T>`.
     pub struct OnceArc<T>(std::sync::OnceLock<Arc<T>>);
 
@@ -150,6 +174,12 @@ mod imp {
         pub fn swap(&self, value: Option<Arc<T>>) -> Option<Arc<T>> {
             std::mem::replace(&mut *self.0.lock().unwrap(), value)
         }
+    }
+
+    /// Loom twin: `Arc::get_mut`, which loom models.
+    #[inline]
+    pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        Arc::get_mut(arc)
     }
 
     pub struct OnceArc<T>(loom::sync::Mutex<Option<Arc<T>>>);

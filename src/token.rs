@@ -22,9 +22,10 @@ use crate::var::ContextVar;
 /// assert_send(V.set(1)); // error: a Token cannot move to another thread
 /// ```
 ///
-/// Dropping a token without resetting keeps the value that was set. A token keeps the
-/// snapshot from before its set alive (that is where [`old_value`](Self::old_value)
-/// comes from), so drop tokens you no longer need.
+/// Dropping a token without resetting keeps the value that was set. A token holds a
+/// reference to the variable's previous value (that is where
+/// [`old_value`](Self::old_value) comes from, and what `reset` puts back), so that value
+/// lives at least as long as the token.
 #[must_use = "a token does nothing unless passed to `ContextVar::reset`; drop it explicitly to keep the value"]
 pub struct Token<'v, T: 'static> {
     var: &'v ContextVar<T>,
@@ -49,8 +50,7 @@ impl<'v, T: Send + Sync + 'static> Token<'v, T> {
     /// The variable's binding before the set, or `None` if it had none (Python's
     /// `Token.MISSING`: the variable's default does not count as a binding).
     pub fn old_value(&self) -> Option<&T> {
-        let entry = self.state.prev.get(self.var.existing_id()?)?;
-        entry.get(self.var)
+        self.state.old.as_ref()?.get(self.var)
     }
 
     pub(crate) fn reset_in(self, var: &ContextVar<T>) -> Result<(), ResetError<'v, T>> {

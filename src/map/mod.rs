@@ -43,7 +43,7 @@
 //! Nodes are only ever handled through `crate::sync::Arc::{new, clone, as_ptr, ptr_eq}`
 //! (no unsizing), so the module also works with loom's `Arc`.
 
-use crate::sync::Arc;
+use crate::sync::{Arc, unique_mut};
 use std::fmt;
 use std::iter::FusedIterator;
 
@@ -286,6 +286,136 @@ impl<V: Clone> Map<V> {
                     }
                     Shrunk::Branch(branch) => Self::from_node(Repr::Trie(branch), len),
                 })
+            }
+        }
+    }
+}
+
+impl<V> Map<V> {
+    /// Sets `key` to `value` by writing into the root node, if this map is the root's only
+    /// owner and the change fits the node's form; returns the value `key` had. `Err` gives
+    /// `value` back when the change needs a new node ([`insert`](Self::insert) then
+    /// path-copies).
+    ///
+    /// This is how a context's own thread sets a variable without allocating a node: a
+    /// snapshot nobody else holds (no copy, no token, no context object sharing it) is
+    /// not a snapshot anyone can observe, so changing it in place is indistinguishable
+    /// from replacing it. Small form: any key whose low-6-bit group is free or its own,
+    /// up to [`SMALL_MAX`] keys. Trie form: replacing the value of a present key, through
+    /// branches that are also owned only by this map.
+    #[inline]
+    pub(crate) fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
+        let Some(node) = self.root.as_mut().and_then(unique_mut) else {
+            return Err(value);
+        };
+        match &mut node.repr {
+            Repr::Small(small) => {
+                let old = small.insert_in_place(key, value)?;
+                if old.is_none() {
+                    node.len += 1;
+                    self.len += 1;
+                }
+                Ok(old)
+            }
+            Repr::Trie(branch) => branch.replace_in_place(key, value).map(Some),
+        }
+    }
+
+    /// Removes `key` by writing into the root node, if this map is its only owner and it
+    /// is in the small form; returns the value removed (`Ok(None)`: `key` was absent, on
+    /// any map). `Err` means [`remove`](Self::remove) must path-copy.
+    #[inline]
+    pub(crate) fn remove_in_place(&mut self, key: u64) -> Result<Option<V>, ()> {
+        if self.get(key).is_none() {
+            return Ok(None);
+        }
+        let Some(node) = self.root.as_mut().and_then(unique_mut) else {
+            return Err(());
+        };
+        let Repr::Small(small) = &mut node.repr else {
+            return Err(());
+        };
+        let old = small.remove_in_place(key);
+        node.len -= 1;
+        self.len -= 1;
+        if self.len == 0 {
+            // The node holds no entries now; dropping it drops no value.
+            self.root = None;
+        }
+        Ok(old)
+    }
+}
+
+impl<V> Small<V> {
+    /// In-place twin of [`Small::insert`]: `Ok(previous value)`, or `Err(value)` when the
+    /// key does not fit (a 17th key, or its group taken by another key).
+    #[inline]
+    fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
+        // A present key is where `get` finds it (no popcount needed).
+        let at = usize::from(self.pos[(key & 63) as usize]) & (SMALL_MAX - 1);
+        if let Some((k, slot)) = &mut self.entries[at]
+            && *k == key
+        {
+            return Ok(Some(std::mem::replace(slot, value)));
+        }
+        let bit = 1u64 << (key & 63);
+        if self.bitmap & bit != 0 {
+            return Err(value); // the group belongs to another key
+        }
+        let idx = self.index(key);
+        let len = self.bitmap.count_ones() as usize;
+        if len == SMALL_MAX {
+            return Err(value);
+        }
+        // The slot at `len` is `None` (the node is not full): rotate it down to `idx`.
+        self.entries[idx..=len].rotate_right(1);
+        self.entries[idx] = Some((key, value));
+        for p in &mut self.pos {
+            *p += u8::from(*p >= idx as u8);
+        }
+        self.pos[(key & 63) as usize] = idx as u8;
+        self.bitmap |= bit;
+        Ok(None)
+    }
+
+    /// In-place twin of [`Small::remove`] for a key the caller found present.
+    #[inline]
+    fn remove_in_place(&mut self, key: u64) -> Option<V> {
+        let idx = self.index(key);
+        let (k, old) = self.entries[idx].take()?;
+        debug_assert_eq!(k, key, "the caller checked that the key is present");
+        self.entries[idx..].rotate_left(1);
+        let idx = idx as u8;
+        for p in &mut self.pos {
+            *p -= u8::from(*p > idx);
+        }
+        self.bitmap &= !(1u64 << (key & 63));
+        Some(old)
+    }
+}
+
+impl<V> Branch<V> {
+    /// Replaces the value of a present `key` in place, through child branches that this
+    /// trie owns alone; `Err(value)` if the key is absent or a branch on the way is shared.
+    fn replace_in_place(&mut self, key: u64, value: V) -> Result<V, V> {
+        let mut node = self;
+        let mut shift = 0;
+        loop {
+            let bit = level_bit(key, shift);
+            if node.bitmap & bit == 0 {
+                return Err(value);
+            }
+            let idx = node.position(bit);
+            match &mut node.slots[idx] {
+                Slot::Entry(k, slot) if *k == key => return Ok(std::mem::replace(slot, value)),
+                Slot::Entry(..) => return Err(value),
+                Slot::Child(child) => match unique_mut(child) {
+                    Some(child) => {
+                        node = child;
+                        shift += BITS;
+                    }
+                    None => return Err(value),
+                },
             }
         }
     }

@@ -253,6 +253,81 @@ fn run_ops(ops: &[Op]) {
     assert_eq!(check_invariants(&map), check_invariants(&rebuilt));
 }
 
+/// Sets `key` the way a thread's own frame does: in place if possible, else path-copying.
+/// Returns the old value and whether the change was made in place.
+fn set_mut(map: &mut Map<u32>, key: u64, value: u32) -> (Option<u32>, bool) {
+    match map.insert_in_place(key, value) {
+        Ok(old) => (old, true),
+        Err(value) => {
+            let old = map.get(key).copied();
+            *map = map.insert(key, value);
+            (old, false)
+        }
+    }
+}
+
+/// Unsets `key` the same way. Returns the old value and whether it was done in place.
+fn unset_mut(map: &mut Map<u32>, key: u64) -> (Option<u32>, bool) {
+    match map.remove_in_place(key) {
+        Ok(old) => (old, true),
+        Err(()) => {
+            let old = map.get(key).copied();
+            *map = map.remove(key).expect("remove_in_place refuses only present keys");
+            (old, false)
+        }
+    }
+}
+
+/// Runs `ops` through the in-place operations, keeping a version (a clone, which makes
+/// the next change path-copy) after every op whose index is a multiple of `keep_every`
+/// (never if 0). Checks the map against the model after each op, the returned old values,
+/// and at the end that no kept version changed. Returns how many changes were in place.
+fn run_ops_in_place(ops: &[Op], keep_every: usize) -> usize {
+    let mut map: Map<u32> = Map::new();
+    let mut model = Model::new();
+    let mut versions = Vec::new();
+    let mut in_place = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let sorted: Vec<u64> = model.keys().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        let pick = |n: usize| sorted.get(n % sorted.len().max(1)).copied();
+        let (old, expected, done_in_place) = match *op {
+            Op::Insert(key, value) => {
+                let (old, p) = set_mut(&mut map, key, value);
+                (old, model.insert(key, value), p)
+            }
+            Op::Overwrite(n, value) => match pick(n) {
+                Some(key) => {
+                    let (old, p) = set_mut(&mut map, key, value);
+                    (old, model.insert(key, value), p)
+                }
+                None => (None, None, false),
+            },
+            Op::RemovePresent(n) => match pick(n) {
+                Some(key) => {
+                    let (old, p) = unset_mut(&mut map, key);
+                    (old, model.remove(&key), p)
+                }
+                None => (None, None, false),
+            },
+            Op::Remove(key) => {
+                let (old, p) = unset_mut(&mut map, key);
+                (old, model.remove(&key), p)
+            }
+            Op::Get(key) => (map.get(key).copied(), model.get(&key).copied(), false),
+        };
+        assert_eq!(old, expected, "old value after {op:?}");
+        in_place += usize::from(done_in_place);
+        check_against(&map, &model);
+        if keep_every != 0 && i % keep_every == 0 {
+            versions.push((map.clone(), model.clone()));
+        }
+    }
+    for (version, snapshot) in &versions {
+        check_against(version, snapshot);
+    }
+    in_place
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: if cfg!(miri) { 2 } else { 256 },
@@ -261,6 +336,16 @@ proptest! {
     })]
 
     /// Random operations on small sequential ids (the real workload).
+    #[test]
+    fn prop_in_place_ops_small_keys(ops in ops(1u64..40), keep_every in 0usize..4) {
+        run_ops_in_place(&ops, keep_every);
+    }
+
+    #[test]
+    fn prop_in_place_ops_mixed_keys(ops in ops(mixed_keys()), keep_every in 0usize..4) {
+        run_ops_in_place(&ops, keep_every);
+    }
+
     #[test]
     fn prop_ops_small_sequential_keys(ops in ops(1u64..40)) {
         run_ops(&ops);
@@ -707,4 +792,47 @@ fn iterator_is_exact_size_and_fused() {
         total += 1;
     }
     assert_eq!(total, 50);
+}
+
+#[test]
+fn in_place_changes_happen_only_on_unshared_nodes() {
+    // Never keeping a version, a run of small-form changes is all in place after the
+    // first insert (which allocates the root).
+    let ops: Vec<Op> = (1..=16)
+        .map(|k| Op::Insert(k, 1))
+        .chain((0..16).map(|i| Op::Overwrite(i, 2)))
+        .chain((0..8).map(Op::RemovePresent))
+        .collect();
+    assert_eq!(run_ops_in_place(&ops, 0), ops.len() - 1);
+    // Keeping every version, none is.
+    assert_eq!(run_ops_in_place(&ops, 1), 0);
+
+    // A shared root refuses; the clone is unaffected by the path-copied change.
+    let mut map = build((1..=4).map(|k| (k, 10)));
+    let kept = map.clone();
+    assert_eq!(map.insert_in_place(2, 20), Err(20));
+    assert_eq!(map.remove_in_place(2), Err(()));
+    assert_eq!(map.remove_in_place(99), Ok(None), "an absent key needs no change");
+    drop(kept);
+    let root = map.root_ptr();
+    assert_eq!(map.insert_in_place(2, 20), Ok(Some(10)));
+    assert_eq!(map.insert_in_place(5, 50), Ok(None));
+    assert_eq!(map.remove_in_place(1), Ok(Some(10)));
+    assert_eq!(map.root_ptr(), root, "in place: the same root node");
+    assert_eq!(map.len(), 4);
+    check_invariants(&map);
+
+    // Trie form: replacing a present key goes in place through unshared branches, a new
+    // key does not.
+    let mut trie = build((1..=40).map(|k| (k, 0)));
+    assert_eq!(trie.insert_in_place(33, 1), Ok(Some(0)));
+    assert_eq!(trie.insert_in_place(41, 1), Err(1));
+    assert_eq!(trie.remove_in_place(33), Err(()));
+    assert_eq!(trie.get(33), Some(&1));
+
+    // Removing the last entry in place leaves the empty map, with no root.
+    let mut one = build([(7, 1)]);
+    assert_eq!(one.remove_in_place(7), Ok(Some(1)));
+    assert!(one.is_empty());
+    assert!(one.root_ptr().is_null());
 }
