@@ -30,6 +30,7 @@
 //! outlives the reference. The last borrow to end drops the parked snapshots.
 
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ptr;
 
 use crate::context::Shared;
@@ -55,6 +56,33 @@ struct Hot {
     deferred: Cell<bool>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
+    /// Whether the thread's teardown guard is registered, and whether it has run.
+    status: Cell<Status>,
+    // ----- the current frame (moved in and out as a whole by `swap_frame`) -----
+    // The fields that own something are `ManuallyDrop`, so that `Hot` has no destructor
+    // (one would add a liveness check to every access); `Teardown` empties them instead.
+    vars: ManuallyDrop<Cell<Vars>>,
+    ctx: ManuallyDrop<Cell<Option<Arc<Shared>>>>,
+    id: Cell<u64>,
+    /// Changed (to a fresh id) by every set, reset and restore of this frame's snapshot,
+    /// so a token can tell whether anything happened since its set.
+    last_change: Cell<u64>,
+    /// A set or reset was not published to `ctx` because nobody else could see it.
+    dirty: Cell<bool>,
+    /// Snapshots retired while a borrow was active, dropped when the last borrow ends.
+    graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
+}
+
+/// Where the thread is in its life, as far as `HOT` is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// The teardown guard (`TEARDOWN`) is not registered yet: nothing that needs
+    /// releasing has been stored.
+    Fresh,
+    /// The guard is registered and will release the frame at thread exit.
+    Alive,
+    /// The guard has run: the thread is being torn down, and writes are refused.
+    TornDown,
 }
 
 impl Hot {
@@ -66,6 +94,13 @@ impl Hot {
             deferred: Cell::new(false),
             ids_next: Cell::new(0),
             ids_end: Cell::new(0),
+            status: Cell::new(Status::Fresh),
+            vars: ManuallyDrop::new(Cell::new(Map::new())),
+            ctx: ManuallyDrop::new(Cell::new(None)),
+            id: Cell::new(0),
+            last_change: Cell::new(0),
+            dirty: Cell::new(false),
+            graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
         }
     }
 
@@ -80,36 +115,11 @@ impl Hot {
         self.ids_end.set(start + ID_BLOCK);
         start
     }
-}
 
-struct State {
-    vars: Cell<Vars>,
-    ctx: Cell<Option<Arc<Shared>>>,
-    id: Cell<u64>,
-    /// Changed (to a fresh id) by every set, reset and restore of this frame's snapshot,
-    /// so a token can tell whether anything happened since its set.
-    last_change: Cell<u64>,
-    /// A set or reset was not published to `ctx` because nobody else could see it.
-    dirty: Cell<bool>,
-    graveyard: Cell<Vec<Vars>>,
-}
-
-impl State {
-    const fn new() -> Self {
-        Self {
-            vars: Cell::new(Map::new()),
-            ctx: Cell::new(None),
-            id: Cell::new(0),
-            last_change: Cell::new(0),
-            dirty: Cell::new(false),
-            graveyard: Cell::new(Vec::new()),
-        }
-    }
-
-    fn frame_id(&self, hot: &Hot) -> u64 {
+    fn frame_id(&self) -> u64 {
         match self.id.get() {
             0 => {
-                let id = hot.next_id();
+                let id = self.next_id();
                 self.id.set(id);
                 id
             }
@@ -125,8 +135,8 @@ impl State {
     }
 
     /// Makes `new` the current snapshot and returns the old one. No user code runs.
-    fn install(&self, hot: &Hot, new: Vars) -> Vars {
-        hot.root.set(new.root_ptr());
+    fn install(&self, new: Vars) -> Vars {
+        self.root.set(new.root_ptr());
         self.vars.replace(new)
     }
 
@@ -135,14 +145,13 @@ impl State {
     /// active ([`Map::insert_in_place`]). Returns the entry `key` had; `Err` gives `entry`
     /// back when the change needs a new snapshot. No user code runs, and `HOT.root` stays
     /// valid: an in-place change keeps the root, except a removal that empties the map.
-    #[inline]
+    #[inline(always)]
     fn rebind_in_place(
         &self,
-        hot: &Hot,
         key: u64,
         entry: Option<Entry>,
     ) -> Result<Option<Entry>, Option<Entry>> {
-        if hot.borrows.get() != 0 {
+        if self.borrows.get() != 0 {
             return Err(entry);
         }
         let mut vars = self.vars.take();
@@ -150,7 +159,7 @@ impl State {
             Some(entry) => vars.insert_in_place(key, entry).map_err(Some),
             None => vars.remove_in_place(key).map_err(|()| None),
         };
-        hot.root.set(vars.root_ptr());
+        self.root.set(vars.root_ptr());
         self.vars.set(vars);
         outcome
     }
@@ -158,14 +167,14 @@ impl State {
     /// [`rebind_in_place`](Self::rebind_in_place) by path copying: installs a new
     /// snapshot and returns the entry `key` had and the replaced snapshot, for the caller
     /// to [`retire`] once the state is consistent (a borrow in progress may point into it).
-    fn rebind_copy(&self, hot: &Hot, key: u64, entry: Option<Entry>) -> (Option<Entry>, Vars) {
+    fn rebind_copy(&self, key: u64, entry: Option<Entry>) -> (Option<Entry>, Vars) {
         let current = self.vars_clone();
         let old = current.get(key).cloned();
         let new = match entry {
             Some(entry) => current.insert(key, entry),
             None => current.remove(key).unwrap_or(current),
         };
-        (old, self.install(hot, new))
+        (old, self.install(new))
     }
 
     /// Publishes the current snapshot to the frame's context object if anyone else can
@@ -173,14 +182,18 @@ impl State {
     /// caller). A context object referenced only by this frame (`strong_count == 1`: its
     /// handles were all dropped) cannot be observed, so the publication is skipped and
     /// the frame marked dirty; a handle made later publishes first ([`current_shared`]).
+    #[inline]
     fn publish(&self) -> Option<Vars> {
-        let ctx = self.ctx.take();
-        let old = ctx.as_ref().and_then(|shared| {
-            let old = publish_to(shared, || self.vars_clone());
-            self.dirty.set(old.is_none());
-            old
-        });
-        self.ctx.set(ctx);
+        // No context object (a private frame): the cell is left holding `None`.
+        let shared = self.ctx.take()?;
+        self.publish_to_object(shared)
+    }
+
+    #[cold]
+    fn publish_to_object(&self, shared: Arc<Shared>) -> Option<Vars> {
+        let old = publish_to(&shared, || self.vars_clone());
+        self.dirty.set(old.is_none());
+        self.ctx.set(Some(shared));
         old
     }
 }
@@ -192,37 +205,93 @@ fn publish_to(shared: &Arc<Shared>, vars: impl FnOnce() -> Vars) -> Option<Vars>
     (Arc::strong_count(shared) > 1).then(|| shared.replace_vars(vars()))
 }
 
-impl Drop for State {
+/// The thread's teardown guard: `HOT` has no destructor (so that reaching it is a plain
+/// TLS access), and this zero-sized thread-local, registered the first time the thread
+/// stores something in `HOT`'s frame, releases that frame at thread exit.
+struct Teardown;
+
+impl Drop for Teardown {
     fn drop(&mut self) {
-        // Readers that run while the values below are dropped must not follow the root.
-        let _ = HOT.try_with(|hot| hot.root.set(ptr::null()));
-        if let Some(shared) = self.ctx.get_mut().take() {
-            if *self.dirty.get_mut() {
-                drop(publish_to(&shared, || self.vars.get_mut().clone()));
+        let _ = HOT.try_with(|hot| {
+            hot.status.set(Status::TornDown);
+            // Readers that run while the values below are dropped must not follow the
+            // root, and writers are refused from here on (`with_state`).
+            hot.root.set(ptr::null());
+            hot.light.set(ptr::null());
+            let vars = hot.vars.take();
+            if let Some(shared) = hot.ctx.take() {
+                if hot.dirty.get() {
+                    drop(publish_to(&shared, || vars.clone()));
+                }
+                shared.leave();
             }
-            shared.leave();
-        }
-        // The fields are dropped after this, running value destructors with a null root.
+            // May run user destructors, which see defaults and cannot write.
+            drop(vars);
+            drop(hot.graveyard.take());
+        });
     }
 }
 
 thread_locals! {
     static HOT: Hot = Hot::new();
-    static STATE: State = State::new();
+    static TEARDOWN: Teardown = Teardown;
+}
+
+/// Calls `f` with this thread's `Hot`.
+///
+/// `HOT.with(f)` is a generic call that LLVM often leaves out of line when `f` is large
+/// (it was, for `ContextVar::get`: a call plus an indirect call to the TLS accessor).
+/// Taking only the address inside `with` keeps that closure trivial, so the whole access
+/// inlines to a TLS address computation.
+// `with_hot` relies on this: no destructor, hence no teardown of `HOT`'s storage.
+const _: () = assert!(!std::mem::needs_drop::<Hot>());
+
+#[inline(always)]
+fn with_hot<R>(f: impl FnOnce(&Hot) -> R) -> R {
+    let hot: *const Hot = HOT.with(ptr::from_ref);
+    // SAFETY: `HOT` has a `const` initialiser and no destructor, so its storage is
+    // initialised before first use and stays valid until the thread's TLS block is freed,
+    // after every frame of this thread (including the caller's) has returned. `Hot` is
+    // `!Sync`, and the reference does not outlive the call, so it is used on this thread
+    // only, and only through `Cell`s.
+    f(unsafe { &*hot })
+}
+
+/// Calls `f` with the thread's state, registering the teardown guard on first use;
+/// `Err` during thread teardown.
+#[inline]
+fn with_state<R>(f: impl FnOnce(&Hot) -> R) -> Result<R, AccessError> {
+    with_hot(|hot| {
+        if hot.status.get() != Status::Alive && !register(hot) {
+            return Err(AccessError::new());
+        }
+        Ok(f(hot))
+    })
+}
+
+/// Registers the teardown guard if the thread is fresh; `false` if it is torn down.
+#[cold]
+fn register(hot: &Hot) -> bool {
+    if hot.status.get() == Status::Fresh && TEARDOWN.try_with(|_| ()).is_ok() {
+        hot.status.set(Status::Alive);
+    }
+    hot.status.get() == Status::Alive
 }
 
 /// Drops `vars` now, or parks it until the last active borrow ends.
 fn retire(vars: Vars) {
-    let parked = HOT.with(|hot| {
+    let parked = with_hot(|hot| {
         if hot.borrows.get() == 0 {
             return Some(vars);
         }
-        let pushed = STATE.try_with(|state| {
-            let mut graveyard = state.graveyard.take();
-            graveyard.push(vars);
-            state.graveyard.set(graveyard);
-        });
-        hot.deferred.set(pushed.is_ok());
+        if hot.status.get() == Status::TornDown {
+            // Nothing would drain the graveyard any more.
+            return Some(vars);
+        }
+        let mut graveyard = hot.graveyard.take();
+        graveyard.push(vars);
+        hot.graveyard.set(graveyard);
+        hot.deferred.set(true);
         None
     });
     drop(parked);
@@ -230,9 +299,9 @@ fn retire(vars: Vars) {
 
 #[cold]
 fn drain_graveyard() {
-    let _ = STATE.try_with(|state| {
+    let _ = HOT.try_with(|hot| {
         loop {
-            let dead = state.graveyard.take();
+            let dead = hot.graveyard.take();
             if dead.is_empty() {
                 break;
             }
@@ -269,7 +338,7 @@ impl Drop for Borrow<'_> {
 /// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`).
 #[inline]
 pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -> R) -> R {
-    HOT.with(|hot| {
+    with_hot(|hot| {
         let root = hot.root.get();
         if root.is_null() {
             return f(None);
@@ -289,13 +358,13 @@ pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -
 
 /// A clone of the current snapshot (empty during thread teardown).
 pub(crate) fn vars() -> Vars {
-    let light = HOT.with(|hot| hot.light.get());
+    let light = with_hot(|hot| hot.light.get());
     if !light.is_null() {
         // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame
         // (materializing clears it), alive for the duration of its `run_in` (see `Light`).
         return unsafe { (*light).vars() }.clone();
     }
-    STATE.try_with(State::vars_clone).unwrap_or_default()
+    with_hot(Hot::vars_clone)
 }
 
 /// Calls `f` with the current snapshot, to hand to structured work that finishes before
@@ -309,7 +378,7 @@ pub(crate) fn vars() -> Vars {
 /// of replacing it.
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
-    let borrowed = HOT.with(|hot| {
+    let borrowed = with_hot(|hot| {
         let light = hot.light.get();
         if light.is_null() {
             ptr::null()
@@ -355,29 +424,25 @@ impl Drop for SetState {
 
 /// Binds `entry` under `key` in the current frame.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, AccessError> {
-    let (set, published) = STATE
-        .try_with(|state| {
-            HOT.with(|hot| {
-                materialize(state, hot);
-                let (old, prev) = match state.rebind_in_place(hot, key, Some(entry)) {
-                    Ok(old) => (old, None),
-                    Err(entry) => {
-                        let (old, prev) = state.rebind_copy(hot, key, entry);
-                        (old, Some(prev))
-                    }
-                };
-                let seq = hot.next_id();
-                let set = SetState {
-                    old,
-                    frame_id: state.frame_id(hot),
-                    prev,
-                    seq,
-                    prev_change: state.last_change.replace(seq),
-                };
-                (set, state.publish())
-            })
-        })
-        .map_err(|_| AccessError::new())?;
+    let (set, published) = with_state(|hot| {
+        materialize(hot);
+        let (old, prev) = match hot.rebind_in_place(key, Some(entry)) {
+            Ok(old) => (old, None),
+            Err(entry) => {
+                let (old, prev) = hot.rebind_copy(key, entry);
+                (old, Some(prev))
+            }
+        };
+        let seq = hot.next_id();
+        let set = SetState {
+            old,
+            frame_id: hot.frame_id(),
+            prev,
+            seq,
+            prev_change: hot.last_change.replace(seq),
+        };
+        (set, hot.publish())
+    })?;
     if observe::publishing() {
         observe::on_change();
     }
@@ -403,44 +468,45 @@ pub(crate) enum ResetFailure {
 /// to undo, so it succeeds.
 pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure, SetState)> {
     let mut set = Some(set);
-    let outcome = STATE.try_with(|state| {
-        HOT.with(|hot| {
-            materialize(state, hot);
-            let mut token = set.take().expect("taken once");
-            if state.frame_id(hot) != token.frame_id {
-                return Err(token);
-            }
-            let unchanged = state.last_change.get() == token.seq;
-            let (replaced_entry, replaced, last_change) =
-                match state.rebind_in_place(hot, key, token.old.take()) {
-                    Ok(entry) => (entry, None, None),
-                    Err(old) => match token.prev.take() {
-                        Some(prev) if unchanged => (None, Some(state.install(hot, prev)), None),
-                        prev => {
-                            // Not reinstalled: retired with the token below.
-                            token.prev = prev;
-                            let (entry, replaced) = state.rebind_copy(hot, key, old);
-                            (entry, Some(replaced), Some(hot.next_id()))
-                        }
-                    },
-                };
-            // Back to the state right after the set's predecessor: the change marker too,
-            // so an outer token can still take the reinstall shortcut.
-            let marker = match last_change {
-                Some(fresh) => fresh,
-                None if unchanged => token.prev_change,
-                None => hot.next_id(),
+    let outcome = with_state(|hot| {
+        materialize(hot);
+        let mut token = set.take().expect("taken once");
+        if hot.frame_id() != token.frame_id {
+            return Err(token);
+        }
+        let unchanged = hot.last_change.get() == token.seq;
+        let (replaced_entry, replaced, last_change) =
+            match hot.rebind_in_place(key, token.old.take()) {
+                Ok(entry) => (entry, None, None),
+                Err(old) => match token.prev.take() {
+                    Some(prev) if unchanged => (None, Some(hot.install(prev)), None),
+                    prev => {
+                        // Not reinstalled: retired with the token below.
+                        token.prev = prev;
+                        let (entry, replaced) = hot.rebind_copy(key, old);
+                        (entry, Some(replaced), Some(hot.next_id()))
+                    }
+                },
             };
-            state.last_change.set(marker);
-            Ok((replaced_entry, [replaced, state.publish()], token))
-        })
+        // Back to the state right after the set's predecessor: the change marker too,
+        // so an outer token can still take the reinstall shortcut.
+        let marker = match last_change {
+            Some(fresh) => fresh,
+            None if unchanged => token.prev_change,
+            None => hot.next_id(),
+        };
+        hot.last_change.set(marker);
+        Ok((replaced_entry, replaced, hot.publish(), token))
     });
     match outcome {
-        Ok(Ok((replaced_entry, dead, token))) => {
+        Ok(Ok((replaced_entry, replaced, published, token))) => {
             if observe::publishing() {
                 observe::on_change();
             }
-            for vars in dead.into_iter().flatten() {
+            if let Some(vars) = replaced {
+                retire(vars);
+            }
+            if let Some(vars) = published {
                 retire(vars);
             }
             // Dropped only now, with the state consistent: each may hold the last
@@ -462,27 +528,19 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
 /// The frame keeps its identity (tokens made before stay valid) and the object counts as
 /// entered until the frame ends, as `Context::current` documents.
 pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
-    let (shared, old) = STATE
-        .try_with(|state| {
-            HOT.with(|hot| {
-                materialize(state, hot);
-                let existing = state.ctx.take();
-                let shared = match existing {
-                    Some(shared) => shared,
-                    None => Arc::new(Shared::new_entered(state.frame_id(hot), state.vars_clone())),
-                };
-                let handle = shared.clone();
-                state.ctx.set(Some(shared));
-                // Publish what an earlier, unobserved set left unpublished.
-                let old = if state.dirty.get() {
-                    state.publish()
-                } else {
-                    None
-                };
-                (handle, old)
-            })
-        })
-        .map_err(|_| AccessError::new())?;
+    let (shared, old) = with_state(|hot| {
+        materialize(hot);
+        let existing = hot.ctx.take();
+        let shared = match existing {
+            Some(shared) => shared,
+            None => Arc::new(Shared::new_entered(hot.frame_id(), hot.vars_clone())),
+        };
+        let handle = shared.clone();
+        hot.ctx.set(Some(shared));
+        // Publish what an earlier, unobserved set left unpublished.
+        let old = if hot.dirty.get() { hot.publish() } else { None };
+        (handle, old)
+    })?;
     if let Some(old) = old {
         retire(old);
     }
@@ -491,13 +549,13 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, AccessError> {
 
 /// `Ok` unless the thread's state is being torn down.
 pub(crate) fn check_alive() -> Result<(), AccessError> {
-    STATE.try_with(|_| ()).map_err(|_| AccessError::new())
+    with_state(|_| ())
 }
 
 /// A fresh context id from this thread's block. Context ids and frame ids share one
 /// space, unique across threads.
 pub(crate) fn next_context_id() -> u64 {
-    HOT.with(Hot::next_id)
+    with_hot(Hot::next_id)
 }
 
 /// A frame: the state a thread runs in, kept outside the thread-local while it is not
@@ -559,14 +617,14 @@ impl Drop for Frame {
 }
 
 /// Exchanges the thread's current frame with `frame`. Runs no user code.
-fn swap_frame(state: &State, hot: &Hot, frame: &mut Frame) {
+fn swap_frame(hot: &Hot, frame: &mut Frame) {
     let vars = std::mem::take(&mut frame.vars);
     hot.root.set(vars.root_ptr());
-    frame.vars = state.vars.replace(vars);
-    frame.ctx = state.ctx.replace(frame.ctx.take());
-    frame.id = state.id.replace(frame.id);
-    frame.last_change = state.last_change.replace(frame.last_change);
-    frame.dirty = state.dirty.replace(frame.dirty);
+    frame.vars = hot.vars.replace(vars);
+    frame.ctx = hot.ctx.replace(frame.ctx.take());
+    frame.id = hot.id.replace(frame.id);
+    frame.last_change = hot.last_change.replace(frame.last_change);
+    frame.dirty = hot.dirty.replace(frame.dirty);
 }
 
 /// A *light* frame: one that is current for reads (`HOT.root` points at its snapshot)
@@ -611,15 +669,15 @@ impl Light {
 /// If the current frame is a light one, swaps it into `STATE` (see [`Light`]). Called
 /// first by every operation that reads or writes `STATE`'s frame.
 #[inline]
-fn materialize(state: &State, hot: &Hot) {
+fn materialize(hot: &Hot) {
     let light = hot.light.get();
     if !light.is_null() {
-        materialize_slow(state, hot, light);
+        materialize_slow(hot, light);
     }
 }
 
 #[cold]
-fn materialize_slow(state: &State, hot: &Hot, light: *const Light) {
+fn materialize_slow(hot: &Hot, light: *const Light) {
     // SAFETY: a non-null `HOT.light` points to the live `Light` of an active `run_in` on
     // this thread (see `Light`).
     let light = unsafe { &*light };
@@ -630,7 +688,7 @@ fn materialize_slow(state: &State, hot: &Hot, light: *const Light) {
     if let Some(vars) = unsafe { light.borrowed.as_ref() } {
         storage.vars = vars.clone();
     }
-    swap_frame(state, hot, storage);
+    swap_frame(hot, storage);
     light.materialized.set(true);
     hot.light.set(ptr::null());
 }
@@ -639,14 +697,12 @@ fn materialize_slow(state: &State, hot: &Hot, light: *const Light) {
 /// back if the thread's state is gone (thread teardown).
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
-    let entered = STATE.try_with(|state| {
-        HOT.with(|hot| {
-            materialize(state, hot);
-            swap_frame(state, hot, &mut frame);
-            if observe::publishing() {
-                observe::on_change();
-            }
-        })
+    let entered = with_state(|hot| {
+        materialize(hot);
+        swap_frame(hot, &mut frame);
+        if observe::publishing() {
+            observe::on_change();
+        }
     });
     match entered {
         Ok(()) => Ok(FrameGuard {
@@ -704,7 +760,9 @@ fn enter_light<R>(
                 // SAFETY: the storage is still the `&mut Frame` `enter_light` was given,
                 // which nothing else touches until it returns.
                 let storage = unsafe { &mut *self.light.frame };
-                let _ = STATE.try_with(|state| swap_frame(state, self.hot, storage));
+                if self.hot.status.get() != Status::TornDown {
+                    swap_frame(self.hot, storage);
+                }
             }
             self.hot.root.set(self.root);
             self.hot.light.set(self.outer);
@@ -713,7 +771,7 @@ fn enter_light<R>(
             }
         }
     }
-    HOT.with(|hot| {
+    with_hot(|hot| {
         let _exit = Exit {
             hot,
             light: &light,
@@ -733,7 +791,7 @@ fn enter_light<R>(
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 #[inline]
 pub(crate) fn restore(vars: &Vars) {
-    if HOT.with(|hot| hot.root.get()) != vars.root_ptr() {
+    if with_hot(|hot| hot.root.get()) != vars.root_ptr() {
         restore_slow(vars);
     }
 }
@@ -741,14 +799,12 @@ pub(crate) fn restore(vars: &Vars) {
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 #[cold]
 fn restore_slow(vars: &Vars) {
-    let dead = STATE.try_with(|state| {
-        HOT.with(|hot| {
-            materialize(state, hot);
-            let old = state.install(hot, vars.clone());
-            // Tokens of the discarded sets must not take the reinstall shortcut.
-            state.last_change.set(hot.next_id());
-            [Some(old), state.publish()]
-        })
+    let dead = with_state(|hot| {
+        materialize(hot);
+        let old = hot.install(vars.clone());
+        // Tokens of the discarded sets must not take the reinstall shortcut.
+        hot.last_change.set(hot.next_id());
+        [Some(old), hot.publish()]
     });
     if observe::publishing() {
         observe::on_change();
@@ -770,7 +826,7 @@ impl Drop for FrameGuard {
     fn drop(&mut self) {
         // If the state is gone (the guard outlived the thread's storage), `saved` is
         // still released below: it leaves its context object so other threads can enter.
-        let _ = STATE.try_with(|state| HOT.with(|hot| swap_frame(state, hot, &mut self.saved)));
+        let _ = with_state(|hot| swap_frame(hot, &mut self.saved));
         if observe::publishing() {
             observe::on_change();
         }

@@ -226,16 +226,19 @@ impl StaticCounter {
         Self(std::sync::atomic::AtomicU64::new(value))
     }
     /// `Relaxed`: the value is only ever compared with itself (an id), it publishes no data.
+    #[inline]
     pub fn load(&self) -> u64 {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
     /// Adds `n`, returning the previous value. `Relaxed`: uniqueness comes from the RMW's
     /// atomicity, not from ordering.
+    #[inline]
     pub fn fetch_add(&self, n: u64) -> u64 {
         self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed)
     }
     /// Installs `new` if the cell still holds `current`; returns the value now in the cell.
     /// `Relaxed` for the same reason as `load`.
+    #[inline]
     pub fn compare_exchange(&self, current: u64, new: u64) -> u64 {
         match self.0.compare_exchange(
             current,

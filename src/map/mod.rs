@@ -303,7 +303,7 @@ impl<V> Map<V> {
     /// from replacing it. Small form: any key whose low-6-bit group is free or its own,
     /// up to [`SMALL_MAX`] keys. Trie form: replacing the value of a present key, through
     /// branches that are also owned only by this map.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
         let Some(node) = self.root.as_mut().and_then(unique_mut) else {
             return Err(value);
@@ -324,7 +324,7 @@ impl<V> Map<V> {
     /// Removes `key` by writing into the root node, if this map is its only owner and it
     /// is in the small form; returns the value removed (`Ok(None)`: `key` was absent, on
     /// any map). `Err` means [`remove`](Self::remove) must path-copy.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove_in_place(&mut self, key: u64) -> Result<Option<V>, ()> {
         if self.get(key).is_none() {
             return Ok(None);
@@ -349,7 +349,7 @@ impl<V> Map<V> {
 impl<V> Small<V> {
     /// In-place twin of [`Small::insert`]: `Ok(previous value)`, or `Err(value)` when the
     /// key does not fit (a 17th key, or its group taken by another key).
-    #[inline]
+    #[inline(always)]
     fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
         // A present key is where `get` finds it (no popcount needed).
         let at = usize::from(self.pos[(key & 63) as usize]) & (SMALL_MAX - 1);

@@ -272,7 +272,9 @@ fn unset_mut(map: &mut Map<u32>, key: u64) -> (Option<u32>, bool) {
         Ok(old) => (old, true),
         Err(()) => {
             let old = map.get(key).copied();
-            *map = map.remove(key).expect("remove_in_place refuses only present keys");
+            *map = map
+                .remove(key)
+                .expect("remove_in_place refuses only present keys");
             (old, false)
         }
     }
@@ -288,7 +290,12 @@ fn run_ops_in_place(ops: &[Op], keep_every: usize) -> usize {
     let mut versions = Vec::new();
     let mut in_place = 0;
     for (i, op) in ops.iter().enumerate() {
-        let sorted: Vec<u64> = model.keys().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        let sorted: Vec<u64> = model
+            .keys()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let pick = |n: usize| sorted.get(n % sorted.len().max(1)).copied();
         let (old, expected, done_in_place) = match *op {
             Op::Insert(key, value) => {
@@ -812,7 +819,11 @@ fn in_place_changes_happen_only_on_unshared_nodes() {
     let kept = map.clone();
     assert_eq!(map.insert_in_place(2, 20), Err(20));
     assert_eq!(map.remove_in_place(2), Err(()));
-    assert_eq!(map.remove_in_place(99), Ok(None), "an absent key needs no change");
+    assert_eq!(
+        map.remove_in_place(99),
+        Ok(None),
+        "an absent key needs no change"
+    );
     drop(kept);
     let root = map.root_ptr();
     assert_eq!(map.insert_in_place(2, 20), Ok(Some(10)));
