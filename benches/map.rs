@@ -9,9 +9,14 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::collections::HashMap;
 use std::hint::black_box;
 
-/// Stand-in for the crate's synchronisation shim (the map only uses `Arc`).
+/// Stand-in for the crate's synchronisation shim (the map only uses `Arc` and
+/// `unique_mut`, here the plain `Arc::get_mut`).
 mod sync {
     pub(crate) use std::sync::Arc;
+
+    pub(crate) fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        Arc::get_mut(arc)
+    }
 }
 
 /// The map under test, compiled from the crate's source.

@@ -8,7 +8,7 @@ use crate::current::{self, Frame, Vars};
 use crate::error::{AccessError, EnterError};
 use crate::map::{Map, Node};
 use crate::snapshot::{IntoIter, Snapshot};
-use crate::sync::{Arc, AtomicBool, OnceArc, Ordering, SnapshotCell};
+use crate::sync::{Arc, EnteredCell, OnceArc, SnapshotCell};
 use crate::value::Entry;
 use crate::var::{ContextVar, VarId};
 
@@ -16,28 +16,35 @@ use crate::var::{ContextVar, VarId};
 /// its current snapshot, and whether it is entered.
 pub(crate) struct Shared {
     pub(crate) id: u64,
+    /// The snapshot as other threads see it: replaced by the runner on every set (while
+    /// anyone else can look) and at the end of each run.
     vars: SnapshotCell<Node<Entry>>,
-    /// Set while some thread runs this context. Taken with an `Acquire` CAS in
-    /// [`Shared::try_enter`], released with a `Release` store in [`Shared::leave`]: the
-    /// pair orders everything the previous runner did before everything the next one does.
-    entered: AtomicBool,
+    /// Whether some frame runs this context, and the snapshot that frame starts from:
+    /// the runner's own copy, which it reads without a reference count or an arc-swap
+    /// load. Taken with an `Acquire` CAS on entry, handed back with a `Release` store
+    /// (together with the final snapshot, by `current`) when the frame ends: the pair
+    /// orders everything the previous runner did before everything the next one does.
+    owner: EnteredCell<Vars>,
 }
 
 impl Shared {
-    fn new(id: u64, vars: Vars) -> Self {
+    fn new(id: u64, vars: Vars, entered: bool) -> Self {
         Self {
             id,
-            vars: SnapshotCell::new(vars.into_arc()),
-            entered: AtomicBool::new(false),
+            vars: SnapshotCell::new(vars.clone().into_arc()),
+            owner: EnteredCell::new(vars, entered),
         }
     }
 
     /// A context object for a frame that is already running (`Context::current`).
     pub(crate) fn new_entered(id: u64, vars: Vars) -> Self {
-        let shared = Self::new(id, vars);
-        // Not yet visible to any other thread: publication of the `Arc` orders it.
-        shared.entered.store(true, Ordering::Relaxed);
-        shared
+        Self::new(id, vars, true)
+    }
+
+    /// The entered flag and the runner's snapshot (used by `current`, which owns the
+    /// frame that holds the flag).
+    pub(crate) fn owner(&self) -> &EnteredCell<Vars> {
+        &self.owner
     }
 
     pub(crate) fn load_vars(&self) -> Vars {
@@ -48,18 +55,6 @@ impl Shared {
     /// its thread state is consistent.
     pub(crate) fn replace_vars(&self, vars: Vars) -> Vars {
         Map::from_arc(self.vars.swap(vars.into_arc()))
-    }
-
-    fn try_enter(&self) -> bool {
-        // Acquire pairs with the Release in `leave` by the previous runner.
-        self.entered
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    pub(crate) fn leave(&self) {
-        // Release pairs with the Acquire CAS in `try_enter` by the next runner.
-        self.entered.store(false, Ordering::Release);
     }
 }
 
@@ -174,6 +169,7 @@ impl Context {
             Arc::new(Shared::new(
                 current::next_context_id(),
                 self.initial.clone(),
+                false,
             ))
         })
     }
@@ -229,15 +225,19 @@ impl Context {
     pub fn try_run<R>(&self, f: impl FnOnce() -> R) -> Result<R, EnterError> {
         // During thread teardown nothing can be entered (writes would have nowhere to go).
         current::check_alive()?;
-        // The frame leaves the context when it is dropped, after `f`.
-        Ok(current::run_owned(self.enter_frame()?, f))
+        let shared = self.shared();
+        if !shared.owner().try_enter() {
+            return Err(EnterError::ALREADY_ENTERED);
+        }
+        // The context is left when `f` returns or unwinds.
+        Ok(current::run_entered(shared, f))
     }
 
     /// Marks the context entered and returns a frame that runs it and leaves it when
     /// dropped, on whichever thread: the frame may be handed to another thread or task.
     pub(crate) fn enter_frame(&self) -> Result<Frame, EnterError> {
         let shared = self.shared();
-        if !shared.try_enter() {
+        if !shared.owner().try_enter() {
             return Err(EnterError::ALREADY_ENTERED);
         }
         Ok(Frame::entered(shared.clone()))

@@ -223,7 +223,9 @@ impl Drop for Teardown {
                 if hot.dirty.get() {
                     drop(publish_to(&shared, || vars.clone()));
                 }
-                shared.leave();
+                // SAFETY: the thread's base frame holds its object's flag (`current_shared`
+                // made it with `new_entered`); nothing borrows the runner's copy now.
+                drop(unsafe { shared.owner().leave_with(vars.clone()) });
             }
             // May run user destructors, which see defaults and cannot write.
             drop(vars);
@@ -587,7 +589,9 @@ impl Frame {
     /// marked entered: the frame leaves it when it is dropped.
     pub(crate) fn entered(shared: Arc<Shared>) -> Self {
         Self {
-            vars: shared.load_vars(),
+            // SAFETY: the caller entered `shared` (see the doc comment), and the reference
+            // is used only for this clone.
+            vars: unsafe { shared.owner().get() }.clone(),
             id: shared.id,
             ctx: Some(shared),
             last_change: 0,
@@ -598,21 +602,28 @@ impl Frame {
 
 impl Drop for Frame {
     /// Releases what a frame that stopped running holds: publishes an unpublished change
-    /// to its context object and leaves that object, then releases its snapshot.
+    /// to its context object and leaves that object, handing it the final snapshot as the
+    /// next runner's starting point; or, for a private frame, releases its snapshot.
     fn drop(&mut self) {
         if self.ctx.is_none() && self.vars.is_empty() {
             return; // nothing to release (a light frame's unused storage)
         }
         let vars = std::mem::take(&mut self.vars);
-        if let Some(shared) = self.ctx.take() {
-            if self.dirty
-                && let Some(old) = publish_to(&shared, || vars.clone())
-            {
-                retire(old);
-            }
-            shared.leave();
+        let Some(shared) = self.ctx.take() else {
+            retire(vars);
+            return;
+        };
+        if self.dirty
+            && let Some(old) = publish_to(&shared, || vars.clone())
+        {
+            retire(old);
         }
-        retire(vars);
+        // SAFETY: a frame with a context object holds its entered flag: it was made by
+        // `Frame::entered` (after `try_enter`), by `current_shared` (a `new_entered`
+        // object), or by materializing `run_entered`'s light frame (whose caller entered
+        // and which then leaves it to this frame). No reference from `owner().get()` is
+        // in use: only an unmaterialized `run_entered` frame holds one.
+        retire(unsafe { shared.owner().leave_with(vars) });
     }
 }
 
@@ -643,8 +654,12 @@ struct Light {
     /// The frame's storage: the frame before materialization, the displaced frame after.
     frame: *mut Frame,
     /// If set, the frame's snapshot is this borrowed one, cloned into the storage only on
-    /// materialization ([`run_borrowed`]).
+    /// materialization ([`run_borrowed`], [`run_entered`]).
     borrowed: *const Vars,
+    /// If set, the frame runs this context object, entered by the caller of
+    /// [`run_entered`]; materialization makes the storage a frame of that object, which
+    /// then leaves it when dropped.
+    object: *const Arc<Shared>,
     materialized: Cell<bool>,
 }
 
@@ -688,6 +703,11 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     if let Some(vars) = unsafe { light.borrowed.as_ref() } {
         storage.vars = vars.clone();
     }
+    // SAFETY: `run_entered` keeps the `Arc` it points to alive for the whole light frame.
+    if let Some(shared) = unsafe { light.object.as_ref() } {
+        storage.id = shared.id;
+        storage.ctx = Some(Arc::clone(shared));
+    }
     swap_frame(hot, storage);
     light.materialized.set(true);
     hot.light.set(ptr::null());
@@ -718,7 +738,7 @@ pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
 /// light frame: see [`Light`].
 pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
     let root = frame.vars.root_ptr();
-    enter_light(frame, ptr::null(), root, f)
+    enter_light(frame, ptr::null(), ptr::null(), root, f)
 }
 
 /// Runs `f` in `frame`, then releases the frame.
@@ -732,18 +752,57 @@ pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
     let mut storage = Frame::private(Map::new());
-    enter_light(&mut storage, vars, vars.root_ptr(), f)
+    enter_light(&mut storage, vars, ptr::null(), vars.root_ptr(), f)
+}
+
+/// Runs `f` in the context object `shared`, which the caller has entered (`try_enter`
+/// succeeded), and leaves it when `f` returns or unwinds: `Context::run`.
+///
+/// The frame is a light one over the runner's own copy of the snapshot
+/// ([`EnteredCell`](crate::sync::EnteredCell)), borrowed with no reference count, and
+/// `shared` is borrowed too. If `f` only reads, entering and leaving cost the entry's
+/// compare-and-swap, the leaving store and two swaps of `HOT` cells. The first write
+/// materializes a frame of the object, which publishes, hands back its final snapshot and
+/// leaves when `run_entered` drops it.
+pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
+    /// Leaves `shared` unless the light frame materialized (the frame in `storage` then
+    /// leaves it instead, when it drops right after this).
+    struct Leave<'a> {
+        shared: &'a Shared,
+        storage: Frame,
+    }
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            if self.storage.ctx.is_none() {
+                // SAFETY: `run_entered`'s caller entered `shared`, and no frame took the
+                // flag over (none materialized); the light frame, which held the only
+                // reference from `owner().get()`, has ended.
+                unsafe { self.shared.owner().leave() };
+            }
+        }
+    }
+    let mut leave = Leave {
+        shared,
+        storage: Frame::private(Map::new()),
+    };
+    // SAFETY: the flag is held until `leave` drops, after the light frame (the only user
+    // of this reference) has ended; the value is replaced only by `leave_with`, which
+    // runs after that too.
+    let vars: &Vars = unsafe { shared.owner().get() };
+    enter_light(&mut leave.storage, vars, shared, vars.root_ptr(), f)
 }
 
 fn enter_light<R>(
     frame: &mut Frame,
     borrowed: *const Vars,
+    object: *const Arc<Shared>,
     root: *const Node<Entry>,
     f: impl FnOnce() -> R,
 ) -> R {
     let light = Light {
         frame,
         borrowed,
+        object,
         materialized: Cell::new(false),
     };
     /// Leaves the light frame, also when `f` unwinds. Declared after `light`, so it runs

@@ -1,6 +1,7 @@
 //! Differential fuzz target for the persistent map (`src/map/mod.rs`) against
 //! `std::collections::HashMap`: inserts, overwrites and removals on any of the versions
-//! kept so far (each op makes a new version; the old ones must not change), lookups,
+//! kept so far (each op makes a new version; the old ones must not change), in-place
+//! inserts and removals (refused whenever another version shares the root), lookups,
 //! iteration, equality, clones and drops of versions. Values count their live copies, so
 //! a leak or a double drop is caught when the input ends.
 //!
@@ -24,9 +25,14 @@ use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
 
-/// Stand-in for the crate's synchronisation shim (the map only uses `Arc`).
+/// Stand-in for the crate's synchronisation shim (the map only uses `Arc` and
+/// `unique_mut`, here the plain `Arc::get_mut`).
 mod sync {
     pub(crate) use std::sync::Arc;
+
+    pub(crate) fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        Arc::get_mut(arc)
+    }
 }
 
 /// The map under test, compiled from the crate's source.
@@ -139,6 +145,40 @@ fuzz_target!(|data: &[u8]| {
     let mut versions: Vec<(Map<Counted>, Model)> = vec![(Map::new(), Model::new())];
     while let Some(&tag) = bytes.0.next() {
         let pick = usize::from(bytes.byte()) % versions.len();
+        if tag % 10 >= 8 {
+            // In place, on the version itself. Allowed only if no other version shares its
+            // root; a refusal must change nothing.
+            let key = bytes.key();
+            let value = u32::from(bytes.byte());
+            let root = versions[pick].0.root_ptr();
+            let shared = !root.is_null()
+                && versions
+                    .iter()
+                    .enumerate()
+                    .any(|(i, (other, _))| i != pick && other.root_ptr() == root);
+            let (map, model) = &mut versions[pick];
+            if tag % 10 == 8 {
+                match map.insert_in_place(key, Counted::new(value)) {
+                    Ok(old) => {
+                        assert!(!shared, "changed a shared root in place");
+                        assert_eq!(old.map(|v| v.0), model.insert(key, value), "old value");
+                        assert_eq!(map.root_ptr(), root, "in place keeps the root");
+                    }
+                    Err(refused) => assert_eq!(refused.0, value, "the value comes back"),
+                }
+            } else {
+                match map.remove_in_place(key) {
+                    Ok(old) => {
+                        let expected = model.remove(&key);
+                        assert_eq!(old.map(|v| v.0), expected, "removed value");
+                        assert!(expected.is_none() || !shared, "changed a shared root in place");
+                    }
+                    Err(()) => assert!(model.contains_key(&key), "refused an absent key"),
+                }
+            }
+            assert_eq!(map.len(), model.len(), "len after an in-place change");
+            continue;
+        }
         let new = {
             let (map, model) = &versions[pick];
             match tag % 8 {
