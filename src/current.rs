@@ -30,7 +30,7 @@
 //! outlives the reference. The last borrow to end drops the parked snapshots.
 
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ptr;
 
 use crate::context::Shared;
@@ -372,29 +372,23 @@ pub(crate) fn vars() -> Vars {
 /// Calls `f` with the current snapshot, to hand to structured work that finishes before
 /// `f` returns (a rayon `join` or `scope`).
 ///
-/// Inside a rayon job's light frame the job's own borrowed snapshot is passed on, so
-/// nested `join`s take no reference count at all; elsewhere `f` gets a counted clone.
-/// A borrowed snapshot outlives `f`: it is kept alive by the code that started the
-/// enclosing light frame, which cannot return before `f` does, and a write in the frame
-/// (even by an unrelated job that rayon runs on this thread meanwhile) clones it instead
-/// of replacing it.
+/// Inside a light frame (a rayon job, a task's poll, `Context::run`, an
+/// `install_with_context`) the frame's own snapshot is lent, so `join`s there take no
+/// reference count at all; elsewhere `f` gets a counted clone. A lent snapshot outlives
+/// `f`: it is kept alive by the code that started the enclosing light frame, which
+/// cannot return before `f` does, and a write in the frame (even by an unrelated job that
+/// rayon runs on this thread meanwhile) materializes a copy instead of replacing it.
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
-    let borrowed = with_hot(|hot| {
-        let light = hot.light.get();
-        if light.is_null() {
-            ptr::null()
-        } else {
-            // SAFETY: a non-null `HOT.light` points to a live `Light` (see `Light`).
-            unsafe { (*light).borrowed }
-        }
-    });
-    // SAFETY: see above: the enclosing `run_borrowed` call keeps `*borrowed` alive, and
-    // that call is on this thread's stack below us until `f` returns.
-    match unsafe { borrowed.as_ref() } {
-        Some(vars) => f(vars),
-        None => f(&vars()),
+    let light = with_hot(|hot| hot.light.get());
+    if light.is_null() {
+        return f(&vars());
     }
+    // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
+    // until its `enter_light` call returns, which is below us on this thread's stack; its
+    // snapshot (borrowed, or the storage's, which is not written while the light frame
+    // runs) stays where it is until then. See `Light`.
+    f(unsafe { (*light).vars() })
 }
 
 /// What a `set` leaves behind for its token.
@@ -604,10 +598,19 @@ impl Drop for Frame {
     /// Releases what a frame that stopped running holds: publishes an unpublished change
     /// to its context object and leaves that object, handing it the final snapshot as the
     /// next runner's starting point; or, for a private frame, releases its snapshot.
+    #[inline]
     fn drop(&mut self) {
         if self.ctx.is_none() && self.vars.is_empty() {
             return; // nothing to release (a light frame's unused storage)
         }
+        self.release();
+    }
+}
+
+impl Frame {
+    /// The body of `drop` for a frame that holds something.
+    #[inline(never)]
+    fn release(&mut self) {
         let vars = std::mem::take(&mut self.vars);
         let Some(shared) = self.ctx.take() else {
             retire(vars);
@@ -644,14 +647,21 @@ fn swap_frame(hot: &Hot, frame: &mut Frame) {
 /// poll costs when it only reads, which is almost always.
 ///
 /// The first operation that needs the frame itself (a set, a reset, a context handle, a
-/// nested frame) *materializes* it ([`materialize`]): the frame is swapped into `STATE`
-/// and the frame it displaces waits in the light frame's storage until the light frame
-/// ends. A light frame lives on the stack of [`run_in`], which is the only code that
-/// sets `HOT.light`, and which puts the previous value back before the `Light` goes out
-/// of scope, also when unwinding; so a non-null `HOT.light` always points to a live
-/// `Light` of an active `run_in` on this thread.
+/// nested frame) *materializes* it ([`materialize`]): a copy of the frame (counted clones
+/// of its snapshot and context object) becomes the thread's frame, and the frame it
+/// displaces waits in `displaced` until the light frame ends; then the copy, with what
+/// the work made of it, is written back to the storage. The storage itself is *not*
+/// written while the light frame runs, so its snapshot can be lent to rayon jobs
+/// ([`with_captured`]) even if something on this thread materializes meanwhile.
+///
+/// A light frame lives on the stack of [`enter_light`], which is the only code that sets
+/// `HOT.light`, and which puts the previous value back before the `Light` goes out of
+/// scope, also when unwinding; so a non-null `HOT.light` always points to a live `Light`
+/// of an active `enter_light` on this thread.
 struct Light {
-    /// The frame's storage: the frame before materialization, the displaced frame after.
+    /// The frame's storage: the frame the light frame runs, written back (with what the
+    /// work made of it) when a materialized light frame ends. Null for [`run_borrowed`],
+    /// whose private frame is simply released at the end; `borrowed` is then set.
     frame: *mut Frame,
     /// If set, the frame's snapshot is this borrowed one, cloned into the storage only on
     /// materialization ([`run_borrowed`], [`run_entered`]).
@@ -661,6 +671,10 @@ struct Light {
     /// then leaves it when dropped.
     object: *const Arc<Shared>,
     materialized: Cell<bool>,
+    /// After materialization (only then initialized), the frame the light frame
+    /// displaced. `MaybeUninit`, so that entering a light frame writes nothing here and
+    /// leaving one that never materialized drops nothing.
+    displaced: Cell<MaybeUninit<Frame>>,
 }
 
 impl Light {
@@ -697,18 +711,31 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     // this thread (see `Light`).
     let light = unsafe { &*light };
     // SAFETY: the storage is only accessed through this pointer while the light frame
-    // runs; `run_in` holds the `&mut Frame` it came from for the whole call.
-    let storage = unsafe { &mut *light.frame };
-    // SAFETY: `light` is current and not yet materialized (`HOT.light` is cleared below).
-    if let Some(vars) = unsafe { light.borrowed.as_ref() } {
-        storage.vars = vars.clone();
-    }
+    // runs, and only read until it ends; `enter_light` holds the `&mut Frame` it came
+    // from for the whole call.
+    // SAFETY: `light` is current and not yet materialized (`HOT.light` is cleared below),
+    // so `borrowed` is still lent to it.
+    let mut frame = match unsafe { light.borrowed.as_ref() } {
+        Some(vars) => Frame::private(vars.clone()),
+        None => {
+            // SAFETY: without a borrowed snapshot the storage is set (see `Light`).
+            let storage = unsafe { &*light.frame };
+            Frame {
+                vars: storage.vars.clone(),
+                ctx: storage.ctx.clone(),
+                id: storage.id,
+                last_change: storage.last_change,
+                dirty: storage.dirty,
+            }
+        }
+    };
     // SAFETY: `run_entered` keeps the `Arc` it points to alive for the whole light frame.
     if let Some(shared) = unsafe { light.object.as_ref() } {
-        storage.id = shared.id;
-        storage.ctx = Some(Arc::clone(shared));
+        frame.id = shared.id;
+        frame.ctx = Some(Arc::clone(shared));
     }
-    swap_frame(hot, storage);
+    swap_frame(hot, &mut frame);
+    light.displaced.set(MaybeUninit::new(frame));
     light.materialized.set(true);
     hot.light.set(ptr::null());
 }
@@ -751,8 +778,7 @@ pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
 /// parent keeps `vars` alive for the whole call.
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
-    let mut storage = Frame::private(Map::new());
-    enter_light(&mut storage, vars, ptr::null(), vars.root_ptr(), f)
+    enter_light(ptr::null_mut(), vars, ptr::null(), vars.root_ptr(), f)
 }
 
 /// Runs `f` in the context object `shared`, which the caller has entered (`try_enter`
@@ -793,7 +819,7 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
 }
 
 fn enter_light<R>(
-    frame: &mut Frame,
+    frame: *mut Frame,
     borrowed: *const Vars,
     object: *const Arc<Shared>,
     root: *const Node<Entry>,
@@ -804,6 +830,7 @@ fn enter_light<R>(
         borrowed,
         object,
         materialized: Cell::new(false),
+        displaced: Cell::new(MaybeUninit::uninit()),
     };
     /// Leaves the light frame, also when `f` unwinds. Declared after `light`, so it runs
     /// while `light` is still alive.
@@ -813,18 +840,49 @@ fn enter_light<R>(
         root: *const Node<Entry>,
         outer: *const Light,
     }
-    impl Drop for Exit<'_> {
-        fn drop(&mut self) {
-            if self.light.materialized.get() {
-                // SAFETY: the storage is still the `&mut Frame` `enter_light` was given,
-                // which nothing else touches until it returns.
-                let storage = unsafe { &mut *self.light.frame };
-                if self.hot.status.get() != Status::TornDown {
-                    swap_frame(self.hot, storage);
+    impl Exit<'_> {
+        /// Leaving a light frame that materialized: the thread's frame becomes the
+        /// displaced one again, and the light frame's copy goes back to the storage.
+        #[cold]
+        #[inline(never)]
+        fn leave_materialized(&self) {
+            let displaced = self.light.displaced.replace(MaybeUninit::uninit());
+            // SAFETY: `materialized` is set only right after `displaced` was initialized,
+            // and this is the one place that takes it out.
+            let mut frame = unsafe { displaced.assume_init() };
+            // During thread teardown there is no thread frame to restore (cannot happen:
+            // a light frame cannot materialize then); `frame` is just released.
+            if self.hot.status.get() != Status::TornDown {
+                // Put the displaced frame back, taking out the light frame's copy.
+                swap_frame(self.hot, &mut frame);
+                // SAFETY: the storage, if any, is still the `&mut Frame` `enter_light` was
+                // given, which nothing else touches until it returns, and nothing borrows
+                // its snapshot any more (work it was lent to has ended).
+                if let Some(storage) = unsafe { self.light.frame.as_mut() } {
+                    let mut original = std::mem::replace(storage, frame);
+                    // The copy now in the storage holds the context object and its
+                    // entered flag; the original must not leave it when dropped.
+                    drop(original.ctx.take());
+                    frame = original;
                 }
+                // Without a storage (`run_borrowed`), the job's private frame ends here.
             }
             self.hot.root.set(self.root);
             self.hot.light.set(self.outer);
+            // Released only now that the thread's frame is the outer one again: it may
+            // run destructors that use context variables.
+            drop(frame);
+        }
+    }
+
+    impl Drop for Exit<'_> {
+        fn drop(&mut self) {
+            if self.light.materialized.get() {
+                self.leave_materialized();
+            } else {
+                self.hot.root.set(self.root);
+                self.hot.light.set(self.outer);
+            }
             if observe::publishing() {
                 observe::on_change();
             }
