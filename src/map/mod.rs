@@ -19,11 +19,13 @@
 //!
 //! **Large form.** Otherwise the map is a 32-way hash array mapped trie (HAMT) over the raw
 //! key: level `L` is indexed by bits `5L .. 5L + 5`, low bits first, so sequential ids fill
-//! the root before anything goes deeper. A [`Branch`] has a `u32` bitmap and one compact
-//! slot per set bit, each slot either an entry or a child branch. Two keys meet in a slot
-//! only while they share all the bits consumed so far, and distinct keys differ somewhere
-//! in 64 bits, so the depth is at most [`MAX_DEPTH`] (13) levels; lookups are a loop of at
-//! most 13 steps of bitmap test, popcount and key compare, and iterators walk the trie with
+//! the root before anything goes deeper. A [`Branch`] has a `u32` bitmap, one compact
+//! slot per set bit, each slot either an entry or a child branch, and a 32-byte position
+//! table like the small form's (the popcount of each bit's prefix, precomputed). Two keys
+//! meet in a slot only while they share all the bits consumed so far, and distinct keys
+//! differ somewhere in 64 bits, so the depth is at most [`MAX_DEPTH`] (13) levels; lookups
+//! are a loop of at most 13 steps of bitmap test, position load and key compare (about two
+//! levels for a thousand sequential ids), and iterators walk the trie with
 //! a fixed `[_; 13]` stack. The shape is canonical: an entry sits at the shallowest level
 //! where no other key shares its bits, child branches always hold at least two keys (a
 //! removal that leaves one entry pulls it up, an empty child disappears), and a trie that
@@ -40,8 +42,18 @@
 //! Form changes (17th entry, low-bit collision, shrinking back) rebuild at most 17
 //! entries.
 //!
+//! **In place.** [`Map::insert_in_place`] and [`Map::remove_in_place`] change a map whose
+//! root node nobody else holds (`crate::sync::unique_mut`: a strong count of 1; nodes
+//! never have `Weak` references) without copying: for the small form any change that
+//! keeps it small, for the trie replacing a present key's value through branches that are
+//! also unshared. They refuse (giving the value back) otherwise, and the caller falls
+//! back to path copying. A map that was cloned is never changed in place, so versions
+//! stay immutable for everyone who can see them; this is what lets a thread that owns its
+//! context alone set and reset with no node allocation (`current::Hot::rebind_in_place`).
+//!
 //! Nodes are only ever handled through `crate::sync::Arc::{new, clone, as_ptr, ptr_eq}`
-//! (no unsizing), so the module also works with loom's `Arc`.
+//! and `crate::sync::unique_mut` (no unsizing), so the module also works with loom's
+//! `Arc`.
 
 use crate::sync::{Arc, unique_mut};
 use std::fmt;
@@ -104,6 +116,9 @@ struct Small<V> {
 struct Branch<V> {
     /// Bit `(key >> shift) & 31` is set for each occupied slot at this node's level.
     bitmap: u32,
+    /// `pos[i]` is the slot index of bit `i` if it is set (a precomputed popcount, as in
+    /// the small form); unspecified otherwise.
+    pos: [u8; 32],
     /// The occupied slots; `slots.len() == bitmap.count_ones()`.
     slots: Box<[Slot<V>]>,
 }
@@ -594,18 +609,31 @@ fn level_bit(key: u64, shift: u32) -> u32 {
 }
 
 impl<V> Branch<V> {
+    /// A branch from its bitmap and matching slots, filling in the position table.
+    fn new(bitmap: u32, slots: Box<[Slot<V>]>) -> Self {
+        debug_assert_eq!(slots.len(), bitmap.count_ones() as usize);
+        let mut pos = [0u8; 32];
+        let mut bits = bitmap;
+        let mut idx = 0;
+        while bits != 0 {
+            pos[bits.trailing_zeros() as usize] = idx;
+            idx += 1;
+            bits &= bits - 1;
+        }
+        Self { bitmap, pos, slots }
+    }
+
     /// Trie lookup from this branch (level 0): at most [`MAX_DEPTH`] iterations.
     #[inline]
     fn get(&self, key: u64) -> Option<&V> {
         let mut node = self;
         let mut shift = 0;
         loop {
-            let bit = level_bit(key, shift);
-            if node.bitmap & bit == 0 {
+            let i = ((key >> shift) & LEVEL_MASK) as usize;
+            if node.bitmap & (1 << i) == 0 {
                 return None;
             }
-            let idx = (node.bitmap & (bit - 1)).count_ones() as usize;
-            match node.slots.get(idx)? {
+            match node.slots.get(usize::from(node.pos[i]))? {
                 Slot::Entry(k, v) => return if *k == key { Some(v) } else { None },
                 Slot::Child(child) => {
                     node = child;
@@ -644,8 +672,10 @@ impl<V: Clone> Branch<V> {
                 None => s.clone(),
             })
             .collect();
+        // Same bitmap: the position table is unchanged.
         Self {
             bitmap: self.bitmap,
+            pos: self.pos,
             slots,
         }
     }
@@ -657,10 +687,7 @@ impl<V: Clone> Branch<V> {
         slots.extend_from_slice(&self.slots[..idx]);
         slots.push(slot);
         slots.extend_from_slice(&self.slots[idx..]);
-        Self {
-            bitmap: self.bitmap | bit,
-            slots: slots.into_boxed_slice(),
-        }
+        Self::new(self.bitmap | bit, slots.into_boxed_slice())
     }
 
     /// A copy without the (set) `bit`'s slot.
@@ -669,10 +696,7 @@ impl<V: Clone> Branch<V> {
         let mut slots = Vec::with_capacity(self.slots.len() - 1);
         slots.extend_from_slice(&self.slots[..idx]);
         slots.extend_from_slice(&self.slots[idx + 1..]);
-        Self {
-            bitmap: self.bitmap & !bit,
-            slots: slots.into_boxed_slice(),
-        }
+        Self::new(self.bitmap & !bit, slots.into_boxed_slice())
     }
 
     /// The branch at level `shift / 5` holding `entries` (distinct keys that agree on all
@@ -697,10 +721,7 @@ impl<V: Clone> Branch<V> {
                 slots.push(Slot::Entry(key, value));
             }
         }
-        Self {
-            bitmap,
-            slots: slots.into_boxed_slice(),
-        }
+        Self::new(bitmap, slots.into_boxed_slice())
     }
 
     /// The branch at level `shift / 5` holding two distinct keys that agree below `shift`.
@@ -714,10 +735,7 @@ impl<V: Clone> Branch<V> {
         } else {
             Box::new([Slot::Entry(b.0, b.1), Slot::Entry(a.0, a.1)])
         };
-        Self {
-            bitmap: bit_a | bit_b,
-            slots,
-        }
+        Self::new(bit_a | bit_b, slots)
     }
 
     /// A copy of this level-`shift / 5` branch with `key` set to `value`, and whether

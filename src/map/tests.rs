@@ -71,9 +71,10 @@ fn check_branch<V>(branch: &Branch<V>, shift: u32, prefix: u64, keys: &mut Vec<u
     assert!(!branch.slots.is_empty(), "empty branch");
     let mut bits = branch.bitmap;
     let mut depth = 1;
-    for slot in branch.slots.iter() {
+    for (i, slot) in branch.slots.iter().enumerate() {
         let index = u64::from(bits.trailing_zeros());
         bits &= bits - 1;
+        assert_eq!(usize::from(branch.pos[index as usize]), i, "position table");
         let slot_prefix = prefix | (index << shift);
         let low_mask = if shift + BITS >= 64 {
             u64::MAX
