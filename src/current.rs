@@ -1,17 +1,20 @@
 //! Per-thread state: the frame (context) the thread is running now.
 //!
-//! Two thread-locals, split by cost:
+//! One thread-local, `HOT`, holds everything: a raw pointer to the root node of the
+//! current snapshot (all [`with_binding`] needs), a counter of active borrows, the
+//! light-frame pointer, this thread's block of ids (context ids, frame ids, change markers:
+//! handing one out never touches a shared cache line, and ids stay unique across threads
+//! even when a task's frame moves), and the frame itself: the current snapshot (`Vars`),
+//! the [`Shared`] context object it writes through to (if any), the frame's identity for
+//! token checks, and snapshots whose release is deferred.
 //!
-//! * `HOT` has no destructor and a `const` initialiser, so reading it compiles to a plain
-//!   TLS load with no lazy-initialisation or liveness check. It holds what
-//!   [`with_binding`] needs: a raw pointer to the root node of the current snapshot, and a
-//!   counter of active borrows. It also holds this thread's block of ids (context ids and
-//!   frame ids), so handing one out never touches a shared cache line, and ids stay unique
-//!   across threads even when a task's frame moves.
-//! * `STATE` owns the frame: the current snapshot (`Vars`), the [`Shared`] context object
-//!   it writes through to (if any), the frame's identity for token checks, and snapshots
-//!   whose release is deferred. Its destructor nulls `HOT.root` first, so code that runs
-//!   while the thread's values are dropped reads defaults instead of freed memory.
+//! `HOT` has a `const` initialiser and no destructor (the owning fields are
+//! `ManuallyDrop`), so reaching it compiles to a TLS address computation with no lazy
+//! initialisation or liveness check ([`with_hot`]). The zero-sized `TEARDOWN`
+//! thread-local, registered the first time a frame is stored ([`with_state`]), releases
+//! the frame at thread exit: it nulls `HOT.root` first, so code that runs while the
+//! thread's values are dropped reads defaults instead of freed memory, and marks the
+//! thread torn down, so writes from then on fail with an [`AccessError`].
 //!
 //! **No borrow across user code.** Every field is a `Cell`; state is read with
 //! `take`/`replace` and written back before any user code (a closure, a value's `Drop`)
@@ -19,15 +22,17 @@
 //! consistent again ([`retire`]).
 //!
 //! **Why the raw root pointer is valid.** Outside light frames ([`Light`]), `HOT.root`
-//! equals `STATE.vars.root_ptr()`: both are written together, in every function below,
-//! before anything else can observe them, so the node is kept alive by `STATE.vars` as
-//! long as the pointer is current. Inside an unmaterialized light frame, `HOT.root` is
-//! that frame's snapshot, owned by the `run_in` call running it (the task's frame, or the
-//! borrow a rayon job was given) until that call restores the pointer and returns. A reader that runs user code while holding a reference
-//! into the node (the closure of [`ContextVar::with`](crate::ContextVar::with), or
-//! `T::clone`) counts itself in `HOT.borrows`; while that count is non-zero, a snapshot
-//! that stops being current is parked in `STATE.graveyard` instead of dropped, so the node
-//! outlives the reference. The last borrow to end drops the parked snapshots.
+//! equals `HOT.vars.root_ptr()`: both are written together, in every function below,
+//! before anything else can observe them, so the node is kept alive by `HOT.vars` as
+//! long as the pointer is current (an in-place change keeps the node). Inside an
+//! unmaterialized light frame, `HOT.root` is that frame's snapshot, owned by the
+//! [`enter_light`] call running it (a task's frame, the borrow a rayon job was given, or
+//! the runner copy of a context object) until that call restores the pointer and
+//! returns. A reader that runs user code while holding a reference into the node (the
+//! closure of [`ContextVar::with`](crate::ContextVar::with), or `T::clone`) counts itself
+//! in `HOT.borrows`; while that count is non-zero, no change is made in place, and a
+//! snapshot that stops being current is parked in `HOT.graveyard` instead of dropped, so
+//! the node outlives the reference. The last borrow to end drops the parked snapshots.
 
 use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, MaybeUninit};
@@ -346,7 +351,7 @@ pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -
             return f(None);
         }
         let _borrow = Borrow::new(hot);
-        // SAFETY: `root` is `STATE.vars.root_ptr()` (module invariant), so the node is
+        // SAFETY: `root` is `HOT.vars.root_ptr()` (module invariant), so the node is
         // owned by the current snapshot; `_borrow` defers the release of that snapshot
         // until after `f` returns, even if `f` sets variables or enters contexts.
         let node = unsafe { &*root };
@@ -363,7 +368,7 @@ pub(crate) fn vars() -> Vars {
     let light = with_hot(|hot| hot.light.get());
     if !light.is_null() {
         // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame
-        // (materializing clears it), alive for the duration of its `run_in` (see `Light`).
+        // (materializing clears it), alive for the duration of its `enter_light` call (see `Light`).
         return unsafe { (*light).vars() }.clone();
     }
     with_hot(Hot::vars_clone)
@@ -642,7 +647,7 @@ fn swap_frame(hot: &Hot, frame: &mut Frame) {
 }
 
 /// A *light* frame: one that is current for reads (`HOT.root` points at its snapshot)
-/// while `STATE` still holds the frame below it. Entering and leaving one touches two
+/// while `HOT` still holds the frame below it. Entering and leaving one touches two
 /// `HOT` cells, whatever the number of variables: this is what a rayon job or a future's
 /// poll costs when it only reads, which is almost always.
 ///
@@ -684,8 +689,8 @@ impl Light {
     ///
     /// `self` must be the current light frame (`HOT.light`), not yet materialized.
     unsafe fn vars(&self) -> &Vars {
-        // SAFETY: while the light frame is current and unmaterialized, `run_in` does not
-        // touch the storage, and the borrow behind `borrowed` outlives the `run_in` call.
+        // SAFETY: while the light frame is current and unmaterialized, `enter_light` does not
+        // touch the storage, and the borrow behind `borrowed` outlives the `enter_light` call.
         unsafe {
             match self.borrowed.as_ref() {
                 Some(vars) => vars,
@@ -695,8 +700,8 @@ impl Light {
     }
 }
 
-/// If the current frame is a light one, swaps it into `STATE` (see [`Light`]). Called
-/// first by every operation that reads or writes `STATE`'s frame.
+/// If the current frame is a light one, makes a copy of it the thread's frame (see
+/// [`Light`]). Called first by every operation that reads or writes `HOT`'s frame.
 #[inline]
 fn materialize(hot: &Hot) {
     let light = hot.light.get();
@@ -707,7 +712,7 @@ fn materialize(hot: &Hot) {
 
 #[cold]
 fn materialize_slow(hot: &Hot, light: *const Light) {
-    // SAFETY: a non-null `HOT.light` points to the live `Light` of an active `run_in` on
+    // SAFETY: a non-null `HOT.light` points to the live `Light` of an active `enter_light` on
     // this thread (see `Light`).
     let light = unsafe { &*light };
     // SAFETY: the storage is only accessed through this pointer while the light frame

@@ -21,41 +21,61 @@
 //!
 //! Each thread has a *frame*: the snapshot it is running in now, the context object that
 //! snapshot belongs to (if any), the frame's identity (for token checks) and a change
-//! marker. `Context::run` saves the thread's frame on the Rust stack inside a guard,
-//! installs a new one, and restores the old one when the guard drops, also during
-//! unwinding: the stack of entered contexts is the call stack.
+//! marker. `Context::run` makes another frame current for the duration of its closure and
+//! puts the old one back when it returns, also during unwinding: the stack of entered
+//! contexts is the call stack.
 //!
-//! The frame lives in two thread-locals (`src/current.rs`). `HOT` has no destructor and a
-//! `const` initialiser, so accessing it is a plain TLS load; it holds a raw pointer to the
-//! root node of the current snapshot, which is all `ContextVar::get` needs. `STATE` owns
-//! the frame. The two are always updated together before any user code can run.
+//! The frame lives in one thread-local, `HOT` (`src/current.rs`), which has a `const`
+//! initialiser and **no destructor** (its owning fields are `ManuallyDrop`, and a
+//! compile-time assertion checks `needs_drop`), so reaching it is a plain TLS address
+//! computation with no liveness check. `with_hot` takes only the address inside
+//! `LocalKey::with`, so that the access inlines into `ContextVar::get` whatever the
+//! size of the code around it (left to LLVM, `get` was a call plus an indirect call into
+//! the TLS accessor, and cost twice as much). A zero-sized thread-local, `TEARDOWN`,
+//! registered the first time the thread stores something in its frame, releases the frame
+//! at thread exit and marks `HOT` torn down, after which writes are refused with an
+//! [`AccessError`].
 //!
 //! Work that usually only reads (a rayon job, a future's poll, `Context::run`) runs in a
 //! *light frame*: only `HOT.root` (and `HOT.light`, a pointer to a record on the stack of
 //! the call that runs the work) change on entry and exit. The first operation that needs
-//! the frame itself (a set, a reset, a handle, a nested frame) *materializes* it: the
-//! frame moves into `STATE`, and the frame it displaces waits in the light frame's record
-//! until the work returns. A rayon job's light frame borrows its parent's snapshot and
-//! takes a counted copy only when it materializes.
+//! the frame itself (a set, a reset, a handle, a nested frame) *materializes* it: a copy
+//! of the light frame becomes the thread's frame, and the frame it displaces waits in the
+//! light frame's record until the work returns; then the copy, with what the work made of
+//! it, is written back to the light frame's storage. The storage is never written while
+//! the light frame runs, so its snapshot can be lent to rayon jobs without a reference
+//! count (`with_captured`), even if something on the same thread materializes meanwhile.
 //!
 //! ### Invariant: the root pointer is owned
 //!
 //! Whenever user code can run, the node behind `HOT.root` is kept alive by its owner:
-//! `STATE.vars` if no light frame is current, otherwise the current light frame's
-//! snapshot, which is owned by the call running it (a task's frame, or the parent's
-//! snapshot that a rayon job borrows, which outlives the job) until that call returns,
-//! and that call restores `HOT.root` before it returns, also when unwinding. `with_binding` dereferences it (the first
-//! `unsafe` block) and hands the caller a `&T` into the node. While that reference is in
-//! use, user code may run (the closure of `ContextVar::with`, or `T::clone` in `get`), and
-//! that code may `set`, `reset` or `run`, which replaces `STATE.vars`. So a reader
-//! increments `HOT.borrows` for the duration, and every snapshot that stops being current
-//! goes through `retire`: dropped at once if no borrow is active, parked in
-//! `STATE.graveyard` otherwise, and dropped by the last borrow to end. The places a
-//! snapshot can stop being current are exactly: a set (the old snapshot moves into the
-//! token, whose drop retires it), a reset, a publication (the context object's previous
-//! snapshot), and a frame exit.
+//! `HOT.vars` if no light frame is current, otherwise the current light frame's
+//! snapshot, which is owned by the call running it (a task's frame, the parent's
+//! snapshot that a rayon job borrows, or the context object's runner copy that
+//! `Context::run` borrows, each of which outlives the work) until that call returns, and
+//! that call restores `HOT.root` before it returns, also when unwinding. `with_binding`
+//! dereferences it (the first `unsafe` block) and hands the caller a `&T` into the node.
+//! While that reference is in use, user code may run (the closure of `ContextVar::with`,
+//! or `T::clone` in `get`), and that code may `set`, `reset` or `run`, which replaces
+//! `HOT.vars`. So a reader increments `HOT.borrows` for the duration, and every snapshot
+//! that stops being current goes through `retire`: dropped at once if no borrow is
+//! active, parked in `HOT.graveyard` otherwise, and dropped by the last borrow to end.
 //!
-//! ### Invariant: id → type
+//! ### Invariant: in-place changes only to what nobody else can see
+//!
+//! A set or reset writes into the current snapshot's root node instead of path-copying
+//! it when (a) no borrow is active (`HOT.borrows == 0`: no `&T` into the node exists) and
+//! (b) the node's strong count is 1 (`sync::unique_mut`; map nodes never have `Weak`
+//! references). (b) rules out every other holder: a copy (`copy_context`, a task's or a
+//! job's counted capture), a published version (a context object's cell, the observation
+//! slot), a token that kept the snapshot for its reinstall shortcut. Snapshots lent
+//! without a count (a rayon job's borrowed snapshot, `Context::run`'s runner copy, a
+//! light frame's storage) are never the thread's current `HOT.vars`: a write in a light
+//! frame materializes a counted copy first, which then has a count of at least 2. So a
+//! snapshot anyone else can observe is never changed; one only this frame can reach is
+//! changed without allocating a node, and the set allocates only the binding itself.
+//!
+//! //! ### Invariant: id → type
 //!
 //! The second `unsafe` block (`Entry::downcast_unchecked`) reads an entry as a `T`
 //! without a `TypeId` check. It is only called for the entry found under the id of a
@@ -71,8 +91,8 @@
 //!
 //! ### Thread teardown
 //!
-//! `STATE`'s destructor nulls `HOT.root` before its fields are dropped, so values dropped
-//! at thread exit that read variables see defaults. Writing through `try_set`,
+//! The `TEARDOWN` guard's destructor nulls `HOT.root` before it releases the frame, so
+//! values dropped at thread exit that read variables see defaults. Writing through `try_set`,
 //! `Context::try_current` or `try_run` at that point returns an [`AccessError`]; the
 //! panicking forms document that they panic only then.
 //!
@@ -82,38 +102,49 @@
 //!
 //! A [`Context`](crate::Context) is `{ initial snapshot, lazily made Shared }`. `Shared`
 //! holds the identity, the published snapshot in a `SnapshotCell` (arc-swap's
-//! `ArcSwapOption`; a mutex stand-in under loom), and the `entered` flag. Deferring
-//! `Shared` keeps `copy_context()` and `Context::copy` to a single reference-count
-//! increment; the first `run` (or a handle to a running frame) makes it.
+//! `ArcSwapOption`; a mutex stand-in under loom), and an `EnteredCell<Vars>`: the
+//! entered flag together with the runner's own copy of the snapshot. Deferring `Shared`
+//! keeps `copy_context()` and `Context::copy` to a single reference-count increment; the
+//! first `run` (or a handle to a running frame) makes it.
 //!
 //! While a frame runs a context object, each `set`/`reset` publishes the new snapshot into
 //! the object's cell so other threads (and the caller, after `run`) see it. Publication is
 //! skipped when nobody can observe the object: frames with no context object (a thread's
 //! base context until [`Context::current`](crate::Context::current) is called, and the
-//! private snapshots later used by rayon jobs and futures), and objects whose only
-//! reference is the frame itself (`Arc::strong_count == 1`: all handles were dropped, and
-//! a `&Context` cannot exist without a handle). Such a frame is marked dirty; a handle made
-//! later publishes first.
+//! private snapshots used by rayon jobs and futures), and objects whose only reference is
+//! the frame itself (`Arc::strong_count == 1`: all handles were dropped, and a `&Context`
+//! cannot exist without a handle). Such a frame is marked dirty; a handle made later
+//! publishes first. Because the published cell shares the snapshot, sets in an observable
+//! context object always path-copy (two allocations); sets in a private frame are in
+//! place (one).
 //!
-//! ### The `entered` flag
+//! ### The entered flag and the runner's copy
 //!
-//! `try_run` takes the flag with `compare_exchange(false, true, Acquire, Relaxed)` and the
-//! frame guard releases it with `store(false, Release)`. The pair orders everything one
-//! runner did (including its last publication) before everything the next runner does, on
-//! whichever thread. A frame made into a context object by `Context::current` starts
-//! entered and is released when the frame ends (for a thread's base context, at thread
-//! exit). `loom-tests/tests/enter_race.rs` model-checks that exactly one of two racing
-//! threads enters.
+//! `EnteredCell::try_enter` takes the flag with `compare_exchange(false, true, Acquire,
+//! Relaxed)`; `leave` / `leave_with` release it with `store(false, Release)`. The pair
+//! orders everything one runner did (including its last publication and the runner copy
+//! it handed back) before everything the next runner does, on whichever thread. Only the
+//! holder reads or writes the runner copy, so `Context::run` reads it through a plain
+//! reference, with no reference count and no arc-swap load: an empty `run` is the CAS,
+//! the release store and two swaps of `HOT` cells. A frame of the object (materialized
+//! from `run`'s light frame, or made by `Frame::entered` for threads and tasks) hands its
+//! final snapshot back with `leave_with` when it ends. A frame made into a context object
+//! by `Context::current` starts entered and is released when the frame ends (for a
+//! thread's base context, at thread exit). `loom-tests/tests/enter_race.rs` model-checks
+//! that exactly one of two racing threads enters.
 //!
 //! ## Tokens
 //!
-//! A token records the frame identity, the snapshot from before its set (which gives
-//! `old_value` and the fast reset path) and two change markers. The frame's change marker
-//! is a per-thread sequence number updated on every set and reset. If the frame's marker
-//! still equals the token's, nothing changed since the set, and reset simply reinstalls
-//! the old snapshot (no allocation); otherwise it path-copies the old value back (or
-//! removes the binding if there was none). Tokens are `!Send`, so the per-thread sequence
-//! is enough to make markers unique.
+//! A token records the frame identity, the variable's previous binding (which gives
+//! `old_value`, and what reset puts back), and two change markers. If its set had to
+//! path-copy (the snapshot was shared), it also keeps the replaced snapshot. Reset, in
+//! order of preference: writes the old binding back in place (the snapshot is the
+//! frame's alone); reinstalls the kept snapshot, if the frame's change marker shows that
+//! nothing changed since the set (no allocation: the common case in an observable context
+//! object); otherwise path-copies the old binding back, or removes the binding if there
+//! was none. Change markers are fresh ids from the thread's id block, updated on every set,
+//! reset and rayon per-item restore, so they stay unique when a task's frame moves
+//! between threads. Tokens are `!Send`.
 //!
 //! ## The `sync` shim
 //!
@@ -124,8 +155,14 @@
 //!
 //! ## Where `unsafe` lives
 //!
-//! * `src/current.rs`: dereferencing `HOT.root` (invariant: the root pointer is owned).
+//! * `src/current.rs`: dereferencing `HOT.root` (invariant: the root pointer is owned),
+//!   `with_hot` (a reference to the destructor-free `HOT`), the light-frame record and
+//!   its storage, and the runner copy of an entered context object (`run_entered`,
+//!   `Frame::entered`, `Frame::release`).
 //! * `src/value.rs`: `Entry::downcast_unchecked` (invariant: id → type).
-//! * `src/sync.rs`: the loom stand-in's `OnceArc::get` (loom builds only).
+//! * `src/sync.rs`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
+//!   (the value behind the entered flag), the observation registry's lock-free list, and
+//!   the loom stand-in's `OnceArc::get` (loom builds only).
 //!
 //! Every other module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage checks it.
+#![deny(unsafe_code)]
