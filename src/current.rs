@@ -217,25 +217,39 @@ struct Teardown;
 
 impl Drop for Teardown {
     fn drop(&mut self) {
-        let _ = HOT.try_with(|hot| {
-            hot.status.set(Status::TornDown);
-            // Readers that run while the values below are dropped must not follow the
-            // root, and writers are refused from here on (`with_state`).
-            hot.root.set(ptr::null());
-            hot.light.set(ptr::null());
-            let vars = hot.vars.take();
-            if let Some(shared) = hot.ctx.take() {
-                if hot.dirty.get() {
-                    drop(publish_to(&shared, || vars.clone()));
-                }
-                // SAFETY: the thread's base frame holds its object's flag (`current_shared`
-                // made it with `new_entered`); nothing borrows the runner's copy now.
-                drop(unsafe { shared.owner().leave_with(vars.clone()) });
-            }
-            // May run user destructors, which see defaults and cannot write.
-            drop(vars);
-            drop(hot.graveyard.take());
-        });
+        let _ = HOT.try_with(tear_down);
+    }
+}
+
+/// Releases the thread's frame at thread exit and refuses writes from then on.
+fn tear_down(hot: &Hot) {
+    hot.status.set(Status::TornDown);
+    // Readers that run while the values below are dropped must not follow the root, and
+    // writers are refused from here on (`with_state`).
+    hot.root.set(ptr::null());
+    hot.light.set(ptr::null());
+    let vars = hot.vars.take();
+    if let Some(shared) = hot.ctx.take() {
+        if hot.dirty.get() {
+            drop(publish_to(&shared, || vars.clone()));
+        }
+        // SAFETY: the thread's base frame holds its object's flag (`current_shared` made
+        // it with `new_entered`); nothing borrows the runner's copy now.
+        drop(unsafe { shared.owner().leave_with(vars.clone()) });
+    }
+    // May run user destructors, which see defaults and cannot write.
+    drop(vars);
+    drop(hot.graveyard.take());
+}
+
+/// Loom drops every thread-local of a finished thread, `HOT` included, in an order of
+/// its own: if `HOT` goes first, `TEARDOWN` can no longer reach it, so `HOT` releases the
+/// frame itself (the second of the two finds it empty). Normal builds keep `HOT` free of
+/// a destructor (see `with_hot`).
+#[cfg(contextvars_loom)]
+impl Drop for Hot {
+    fn drop(&mut self) {
+        tear_down(self);
     }
 }
 
@@ -251,6 +265,7 @@ thread_locals! {
 /// Taking only the address inside `with` keeps that closure trivial, so the whole access
 /// inlines to a TLS address computation.
 // `with_hot` relies on this: no destructor, hence no teardown of `HOT`'s storage.
+#[cfg(not(contextvars_loom))]
 const _: () = assert!(!std::mem::needs_drop::<Hot>());
 
 #[inline(always)]
