@@ -24,8 +24,10 @@ use std::sync::{Arc, OnceLock};
 use contextvars::{Context, ContextVar, copy_context};
 use criterion::{BenchmarkId, Criterion, criterion_group};
 
-/// Context sizes (other variables bound) for `get` / `with`.
-const GET_SIZES: [usize; 5] = [1, 8, 16, 64, 1024];
+/// Context sizes (other variables bound) for `get` / `with`. 15 others and the target are
+/// 16 variables, the most the snapshot's one-node small form holds; 16 others are the
+/// first size in the trie form.
+const GET_SIZES: [usize; 6] = [1, 8, 15, 16, 64, 1024];
 /// Context sizes for set + reset (in a context object, and in a private frame).
 const SET_SIZES: [usize; 4] = [1, 8, 64, 1024];
 /// The large context of the `copy_context` group.

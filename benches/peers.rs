@@ -152,6 +152,24 @@ fn shape(n: usize) -> (Context, Var) {
     (context_with(&pool[..n], pool[n]), pool[n])
 }
 
+/// Runs `f` in this thread's own context holding shape `n`, set variable by variable: the
+/// kind of frame a thread, a task (`in_current_context`) or a rayon job runs in, which no
+/// context object makes observable from other threads, so sets change the snapshot in
+/// place. Resets everything afterwards.
+fn in_private_shape<R>(n: usize, f: impl FnOnce(Var) -> R) -> R {
+    let pool = pool();
+    let tokens: Vec<_> = (0..=n)
+        .map(|i| pool[i].set(if i == n { 42 } else { i as u64 }))
+        .collect();
+    let result = f(pool[n]);
+    for token in tokens.into_iter().rev() {
+        if token.var().reset(token).is_err() {
+            unreachable!("reset in the context of the set");
+        }
+    }
+    result
+}
+
 fn big_shape() -> &'static (Context, Var) {
     static BIG_CTX: OnceLock<(Context, Var)> = OnceLock::new();
     BIG_CTX.get_or_init(|| {
@@ -460,6 +478,18 @@ fn set(c: &mut Criterion) {
                 assert_eq!(var.get(), 42);
             });
         });
+        group.bench_function(BenchmarkId::new("contextvars_set_reset_private", n), |b| {
+            in_private_shape(n, |var| {
+                b.iter(|| ours_set_reset(black_box(var), black_box(7)));
+                assert_eq!(var.get(), 42);
+            });
+        });
+        group.bench_function(BenchmarkId::new("contextvars_scoped_set_private", n), |b| {
+            in_private_shape(n, |var| {
+                b.iter(|| ours_scoped_set(black_box(var), black_box(7)));
+                assert_eq!(var.get(), 42);
+            });
+        });
     }
     for n in SIZES {
         let cx = otel_shape(n);
@@ -683,6 +713,19 @@ fn print_allocations() {
                 std::mem::forget(token); // not reset: the set alone
             });
             row("contextvars set (no reset)", n, per_op);
+        });
+        in_private_shape(n, |var| {
+            let per_op = allocations_per_op(|| {
+                let token = var.set(black_box(7));
+                black_box(&token);
+                std::mem::forget(token); // not reset: the set alone
+            });
+            row("contextvars set (no reset), private", n, per_op);
+            row(
+                "contextvars set + reset, private",
+                n,
+                allocations_per_op(|| ours_set_reset(var, black_box(7))),
+            );
         });
         let (ctx, var) = shape(n);
         ctx.run(|| {
