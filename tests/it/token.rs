@@ -174,3 +174,100 @@ fn scope_returns_the_closure_result() {
         assert_eq!(V.get(), "grace");
     });
 }
+
+// ----- the three ways a set and a reset change the snapshot -----------------------------
+//
+// A set in a frame that owns its snapshot alone writes into it in place; one in a shared
+// snapshot (a copy was taken, or a context object publishes it) path-copies; a reset writes
+// back in place, reinstalls the snapshot its set replaced, or path-copies. Whichever path
+// runs, every copy taken on the way must keep what it saw.
+
+#[test]
+fn copies_keep_their_values_across_in_place_sets() {
+    static V: ContextVar<u32> = ContextVar::new("v");
+    std::thread::spawn(|| {
+        let t1 = V.set(1); // the thread's own snapshot: made fresh, then in place
+        let before = copy_context(); // now shared: the next set path-copies
+        let t2 = V.set(2);
+        let middle = copy_context();
+        let t3 = V.set(3); // unshared again (the copy holds the old node): in place
+        assert_eq!(before.get(&V), Some(1));
+        assert_eq!(middle.get(&V), Some(2));
+        V.reset(t3).unwrap(); // in place
+        assert_eq!(V.get(), 2);
+        assert_eq!(middle.get(&V), Some(2));
+        V.reset(t2).unwrap();
+        assert_eq!(V.get(), 1);
+        V.reset(t1).unwrap();
+        assert!(!V.is_set());
+        assert_eq!(before.get(&V), Some(1));
+        assert_eq!(middle.get(&V), Some(2));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn out_of_order_resets_with_copies_in_between() {
+    static A: ContextVar<u32> = ContextVar::new("a");
+    static B: ContextVar<u32> = ContextVar::new("b");
+    Context::new().run(|| {
+        let ta = A.set(1);
+        let copy_a = copy_context();
+        let tb = B.set(2);
+        let copy_ab = copy_context();
+        // A's token is stale (B was set since): no reinstall shortcut, A alone goes back.
+        A.reset(ta).unwrap();
+        assert!(!A.is_set());
+        assert_eq!(B.get(), 2);
+        B.reset(tb).unwrap();
+        assert!(!B.is_set());
+        assert_eq!(copy_a.get(&A), Some(1));
+        assert_eq!(copy_a.get(&B), None);
+        assert_eq!(copy_ab.get(&A), Some(1));
+        assert_eq!(copy_ab.get(&B), Some(2));
+    });
+}
+
+#[test]
+fn observed_context_object_sees_every_set_and_reset() {
+    // A context object with a handle outside the run publishes each change; the reset's
+    // reinstall shortcut must publish too.
+    static V: ContextVar<u32> = ContextVar::new("v");
+    let ctx = Context::new();
+    ctx.run(|| {
+        let t1 = V.set(1);
+        assert_eq!(ctx.get(&V), Some(1));
+        let t2 = V.set(2);
+        assert_eq!(ctx.get(&V), Some(2));
+        V.reset(t2).unwrap();
+        assert_eq!(ctx.get(&V), Some(1));
+        V.reset(t1).unwrap();
+        assert_eq!(ctx.get(&V), None);
+        drop(V.set(5));
+    });
+    assert_eq!(ctx.get(&V), Some(5));
+    // The next run starts from the handed-back snapshot.
+    ctx.run(|| assert_eq!(V.get(), 5));
+}
+
+#[test]
+fn a_borrow_in_progress_forces_copies_and_sees_its_value() {
+    // While `with` lends a reference into the snapshot, sets inside it must not write
+    // into that snapshot, and the lent value must outlive the reset that replaces it.
+    static S: ContextVar<String> = ContextVar::new("s");
+    std::thread::spawn(|| {
+        let _outer = S.set("outer".to_owned());
+        S.with(|outer| {
+            let token = S.set("inner".to_owned());
+            assert_eq!(S.get(), "inner");
+            S.reset(token).unwrap();
+            let token = S.set("again".to_owned());
+            drop(token);
+            assert_eq!(outer, "outer");
+        });
+        assert_eq!(S.get(), "again");
+    })
+    .join()
+    .unwrap();
+}
