@@ -896,8 +896,6 @@ fn enter_light<R>(
     }
 
     impl Drop for Exit<'_> {
-        // Inline: called from every poll, job and run, often across the crate boundary.
-        #[inline]
         fn drop(&mut self) {
             if self.light.materialized.get() {
                 self.leave_materialized();
