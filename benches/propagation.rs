@@ -6,7 +6,8 @@
 //! ```
 //!
 //! * `rayon_join`: one `join` of two trivial closures on a worker of a 2-thread pool,
-//!   plain `rayon::join` against `contextvars::rayon::join` (the per-job cost).
+//!   plain `rayon::join` against `contextvars::rayon::join`; `rayon_join_one_worker`: the
+//!   same on a 1-thread pool, where nothing is stolen (the per-join cost alone).
 //! * `par_iter`: a `par_iter` over 1,000,000 items reading a variable per item with
 //!   `in_current_context`, against the same reading a non-inlined `thread_local!`.
 //! * `poll`: one poll of a future that is always pending, bare, in the [`WithContext`]
@@ -70,34 +71,44 @@ fn ours_join() -> (u64, u64) {
 }
 
 fn rayon_join(c: &mut Criterion) {
-    let pool = pool();
-    let mut group = c.benchmark_group("rayon_join");
-    let ctx = context_of(8);
-    group.bench_function("plain", |b| {
-        b.iter_custom(|iters| {
-            pool.install(|| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(plain_join());
-                }
-                start.elapsed()
-            })
-        })
-    });
-    group.bench_function("ours", |b| {
-        b.iter_custom(|iters| {
-            ctx.copy().run(|| {
-                contextvars::rayon::ThreadPoolExt::install_with_context(&pool, || {
+    // Two workers: the other worker is idle and steals `B` whenever it can, so the figure
+    // mixes the per-job cost with how often a steal (a cross-thread wake-up, about
+    // 100 ns) happens, which depends on how long `A` takes. One worker: nothing can be
+    // stolen, so the difference is the per-join cost alone.
+    for (group_name, threads) in [("rayon_join", 2), ("rayon_join_one_worker", 1)] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let mut group = c.benchmark_group(group_name);
+        let ctx = context_of(8);
+        group.bench_function("plain", |b| {
+            b.iter_custom(|iters| {
+                pool.install(|| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(ours_join());
+                        black_box(plain_join());
                     }
                     start.elapsed()
                 })
             })
-        })
-    });
-    group.finish();
+        });
+        group.bench_function("ours", |b| {
+            b.iter_custom(|iters| {
+                ctx.copy().run(|| {
+                    contextvars::rayon::ThreadPoolExt::install_with_context(&pool, || {
+                        assert_eq!(VALUE.get(), 1, "the worker runs in the caller's context");
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            black_box(ours_join());
+                        }
+                        start.elapsed()
+                    })
+                })
+            })
+        });
+        group.finish();
+    }
 }
 
 #[inline(never)]
@@ -118,27 +129,32 @@ fn par_iter(c: &mut Criterion) {
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(4));
     let ctx = context_of(8);
+    // Every item reads 1, so both sums are `ITEMS`: checked, so that a read that misses
+    // (and falls back to the default, 0) cannot pass for a fast one.
     group.bench_function("thread_local", |b| {
         b.iter(|| {
-            pool.install(|| {
+            let sum = pool.install(|| {
                 (0..black_box(ITEMS))
                     .into_par_iter()
                     .map(|_| tl_get())
                     .sum::<u64>()
-            })
+            });
+            assert_eq!(sum, ITEMS);
         })
     });
     group.bench_function("ours", |b| {
         b.iter(|| {
-            ctx.copy().run(|| {
-                pool.install(|| {
+            let sum = ctx.copy().run(|| {
+                // On the same pool as the thread-local version, in the caller's context.
+                contextvars::rayon::ThreadPoolExt::install_with_context(&pool, || {
                     (0..black_box(ITEMS))
                         .into_par_iter()
                         .map(|_| ours_get())
                         .in_current_context()
                         .sum::<u64>()
                 })
-            })
+            });
+            assert_eq!(sum, ITEMS);
         })
     });
     group.finish();
@@ -191,6 +207,7 @@ fn main() {
         started,
         &[
             ("rayon_join", &["rayon_join/plain"]),
+            ("rayon_join_one_worker", &["rayon_join_one_worker/plain"]),
             ("par_iter", &["par_iter/thread_local"]),
             ("poll", &["poll/bare", "poll/tokio_task_local"]),
         ],

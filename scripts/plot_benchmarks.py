@@ -36,8 +36,10 @@ GET_SERIES = [
 ]
 
 SET_SERIES = [
-    ("contextvars_set_reset", "contextvars: set + reset", "#d62728", "", 3.0),
-    ("contextvars_scoped_set", "contextvars: scoped_set", "#e377c2", "6 3", 2.0),
+    ("contextvars_set_reset_private", "contextvars: set + reset, private frame", "#d62728",
+     "", 3.0),
+    ("contextvars_set_reset", "contextvars: set + reset, observed context object",
+     "#e377c2", "6 3", 2.0),
     ("otel_attach", "opentelemetry: current_with_value().attach()", "#1f77b4", "", 2.0),
     ("imbl_tls_insert_restore", "imbl thread_local: insert + restore", "#2ca02c", "", 2.0),
     ("imbl_insert", "imbl: persistent insert (clone + insert)", "#8c564b", "6 3", 2.0),
@@ -220,16 +222,18 @@ def comparisons():
         for peer in ["otel_current_get", "otel_map_current_get", "imbl_tls", "rwlock_hashmap"]:
             pairs.append((ours, ("peers_get", peer, n)))
     for function in ["contextvars", "contextvars_with"]:
-        for n in [1, 8, 16, 64, 1024]:
+        for n in [1, 8, 15, 16, 64, 1024]:
             pairs.append((("get", function, n), ("get", "tokio_task_local", None)))
     for n in [1, 1024]:
         pairs.append((("get", "contextvars_miss_default", n), ("get", "tokio_task_local", None)))
     for n in SIZES:
-        for function in ["contextvars_set_reset", "contextvars_scoped_set"]:
+        for function in ["contextvars_set_reset_private", "contextvars_scoped_set_private",
+                         "contextvars_set_reset", "contextvars_scoped_set"]:
             ours = ("peers_set", function, n)
             for peer in ["otel_attach", "imbl_insert", "imbl_tls_insert_restore",
                          "rwlock_hashmap_insert_restore"]:
                 pairs.append((ours, ("peers_set", peer, n)))
+        pairs.append((("set_reset", "contextvars_private", n), ("peers_set", "otel_attach", n)))
         pairs.append((("set_reset", "contextvars", n), ("peers_set", "otel_attach", n)))
     for n in SIZES + [100_000]:
         ours = ("peers_copy", "contextvars", n)

@@ -76,6 +76,14 @@ struct Hot {
     dirty: Cell<bool>,
     /// Snapshots retired while a borrow was active, dropped when the last borrow ends.
     graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
+    /// How many light frames are running on this thread (nested `enter_light` calls).
+    depth: Cell<usize>,
+    /// Frame restorations a [`FrameGuard`] could not do when it was dropped, because a
+    /// light frame entered after it was still running (a panic unwinding through it):
+    /// each waits, with the guard's depth, until the light frames above it have exited.
+    pending: ManuallyDrop<Cell<Vec<(usize, Frame)>>>,
+    /// `pending` is not empty (checked on every light-frame exit).
+    has_pending: Cell<bool>,
 }
 
 /// Where the thread is in its life, as far as `HOT` is concerned.
@@ -106,6 +114,9 @@ impl Hot {
             last_change: Cell::new(0),
             dirty: Cell::new(false),
             graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
+            depth: Cell::new(0),
+            pending: ManuallyDrop::new(Cell::new(Vec::new())),
+            has_pending: Cell::new(false),
         }
     }
 
@@ -240,6 +251,7 @@ fn tear_down(hot: &Hot) {
     // May run user destructors, which see defaults and cannot write.
     drop(vars);
     drop(hot.graveyard.take());
+    drop(hot.pending.take());
 }
 
 /// Loom drops every thread-local of a finished thread, `HOT` included, in an order of
@@ -636,17 +648,23 @@ impl Frame {
             retire(vars);
             return;
         };
-        if self.dirty
-            && let Some(old) = publish_to(&shared, || vars.clone())
-        {
-            retire(old);
-        }
+        let published = if self.dirty {
+            publish_to(&shared, || vars.clone())
+        } else {
+            None
+        };
         // SAFETY: a frame with a context object holds its entered flag: it was made by
         // `Frame::entered` (after `try_enter`), by `current_shared` (a `new_entered`
         // object), or by materializing `run_entered`'s light frame (whose caller entered
         // and which then leaves it to this frame). No reference from `owner().get()` is
         // in use: only an unmaterialized `run_entered` frame holds one.
-        retire(unsafe { shared.owner().leave_with(vars) });
+        let handed_back = unsafe { shared.owner().leave_with(vars) };
+        // Released only after leaving: they may run destructors, and a panicking one must
+        // not leave the context entered for good.
+        if let Some(old) = published {
+            retire(old);
+        }
+        retire(handed_back);
     }
 }
 
@@ -770,10 +788,12 @@ pub(crate) fn enter(mut frame: Frame) -> Result<FrameGuard, Frame> {
         if observe::publishing() {
             observe::on_change();
         }
+        hot.depth.get()
     });
     match entered {
-        Ok(()) => Ok(FrameGuard {
+        Ok(depth) => Ok(FrameGuard {
             saved: frame,
+            depth,
             _not_send: PhantomData,
         }),
         Err(_) => Err(frame),
@@ -903,6 +923,11 @@ fn enter_light<R>(
                 self.hot.root.set(self.root);
                 self.hot.light.set(self.outer);
             }
+            let depth = self.hot.depth.get() - 1;
+            self.hot.depth.set(depth);
+            if self.hot.has_pending.get() {
+                run_pending(self.hot, depth);
+            }
             if observe::publishing() {
                 observe::on_change();
             }
@@ -915,6 +940,7 @@ fn enter_light<R>(
             root: hot.root.replace(root),
             outer: hot.light.replace(&light),
         };
+        hot.depth.set(hot.depth.get() + 1);
         if observe::publishing() {
             observe::on_change();
         }
@@ -956,6 +982,8 @@ fn restore_slow(vars: &Vars) {
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) struct FrameGuard {
     saved: Frame,
+    /// The light-frame depth the guard was made at.
+    depth: usize,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -963,11 +991,48 @@ impl Drop for FrameGuard {
     fn drop(&mut self) {
         // If the state is gone (the guard outlived the thread's storage), `saved` is
         // still released below: it leaves its context object so other threads can enter.
-        let _ = with_state(|hot| swap_frame(hot, &mut self.saved));
+        let _ = with_state(|hot| {
+            if hot.depth.get() > self.depth {
+                // A light frame entered after this guard is still running: a panic is
+                // unwinding through it, and rayon dropped the folder holding this guard
+                // inside that light frame (a pipeline with two `in_current_context`s).
+                // Restoring now would pull the frame out from under the light frame, so
+                // the restoration waits until the light frames above have exited.
+                let saved = std::mem::replace(&mut self.saved, Frame::private(Map::new()));
+                let mut pending = hot.pending.take();
+                pending.push((self.depth, saved));
+                hot.pending.set(pending);
+                hot.has_pending.set(true);
+            } else {
+                swap_frame(hot, &mut self.saved);
+            }
+        });
         if observe::publishing() {
             observe::on_change();
         }
         // The thread's state is consistent again; `saved` now holds the frame that ended
-        // and is released when the guard's fields drop.
+        // (or nothing, if the restoration waits) and is released when the guard's fields
+        // drop.
     }
+}
+
+/// Does the restorations of [`FrameGuard`]s made at `depth` or deeper that had to wait
+/// (see `FrameGuard::drop`), now that the light frames above `depth` have exited.
+#[cold]
+#[inline(never)]
+fn run_pending(hot: &Hot, depth: usize) {
+    let mut pending = hot.pending.take();
+    let mut ended = Vec::new();
+    while let Some(&(at, _)) = pending.last()
+        && at >= depth
+    {
+        if let Some((_, mut frame)) = pending.pop() {
+            swap_frame(hot, &mut frame);
+            ended.push(frame);
+        }
+    }
+    hot.has_pending.set(!pending.is_empty());
+    hot.pending.set(pending);
+    // The state is consistent: the frames that ended may run destructors now.
+    drop(ended);
 }

@@ -274,9 +274,10 @@ pub struct EnteredCell<T> {
 }
 
 // SAFETY: the value is only accessed by the flag's holder (the unsafe methods' contract),
-// one thread at a time, with the flag's Acquire/Release ordering each hand-over; so
-// sharing the cell is sound when the value may move between threads.
-unsafe impl<T: Send> Sync for EnteredCell<T> {}
+// with the flag's Acquire/Release ordering at each hand-over, so the value moves between
+// threads (`Send`); the holder may lend `&T` to several threads at once (rayon jobs
+// reading the runner's snapshot), hence `Sync` too.
+unsafe impl<T: Send + Sync> Sync for EnteredCell<T> {}
 
 impl<T> EnteredCell<T> {
     /// A cell holding `value`, already entered if `entered`.

@@ -25,7 +25,10 @@ use crate::var::ContextVar;
 /// Dropping a token without resetting keeps the value that was set. A token holds a
 /// reference to the variable's previous value (that is where
 /// [`old_value`](Self::old_value) comes from, and what `reset` puts back), so that value
-/// lives at least as long as the token.
+/// lives at least as long as the token. If the set had to copy the snapshot (because a
+/// copy of the context, or a context object that publishes it, shared it), the token also
+/// keeps the snapshot from before the set, so that a reset with nothing changed in
+/// between can reinstall it without allocating: drop tokens you no longer need.
 #[must_use = "a token does nothing unless passed to `ContextVar::reset`; drop it explicitly to keep the value"]
 pub struct Token<'v, T: 'static> {
     var: &'v ContextVar<T>,

@@ -75,7 +75,7 @@
 //! snapshot anyone else can observe is never changed; one only this frame can reach is
 //! changed without allocating a node, and the set allocates only the binding itself.
 //!
-//! //! ### Invariant: id → type
+//! ### Invariant: id → type
 //!
 //! The second `unsafe` block (`Entry::downcast_unchecked`) reads an entry as a `T`
 //! without a `TypeId` check. It is only called for the entry found under the id of a

@@ -403,3 +403,69 @@ fn jobs_can_take_a_context_handle() {
         assert_eq!(JOB.get(), 8);
     });
 }
+
+/// Two `in_current_context` in one pipeline put the outer adapter's folder (which holds
+/// the thread's frame for the job) inside the inner adapter's light frame. A panicking
+/// item makes rayon drop that folder while the light frame still runs; the frame must
+/// still come back in order (found by review: before, the worker was left with a root
+/// pointer into a snapshot it did not own, and a context object could be left twice).
+#[test]
+fn panic_with_nested_in_current_context_restores_everything() {
+    let pool = pool(2);
+    let items: Vec<u64> = (0..2000).collect();
+    // Scenario A: plain nesting, on workers.
+    for _ in 0..iterations(20) {
+        let message = expect_panic(|| {
+            pool.install_with_context(|| {
+                items
+                    .par_iter()
+                    .in_current_context()
+                    .with_min_len(1)
+                    .in_current_context()
+                    .for_each(|&n| {
+                        drop(JOB.set(n));
+                        assert!(n % 97 != 3, "item {n} failed");
+                    })
+            })
+        });
+        assert!(message.contains("failed"), "{message}");
+        assert!(workers_clean(&pool), "a worker kept a job's context");
+    }
+    // Scenario B: the same inside `ctx.run` on a worker, with a set before the panic: the
+    // run's frame must hand its snapshot back and leave the context once.
+    let ctx = Context::new();
+    for round in 0..iterations(20) {
+        let message = expect_panic(|| {
+            pool.install(|| {
+                ctx.run(|| {
+                    drop(ROOT.set("in ctx"));
+                    items
+                        .par_iter()
+                        .in_current_context()
+                        .with_min_len(1)
+                        .in_current_context()
+                        .for_each(|&n| {
+                            drop(JOB.set(n));
+                            assert!(n % 89 != 5, "item {n} failed");
+                        })
+                })
+            })
+        });
+        assert!(message.contains("failed"), "{message}");
+        assert!(
+            workers_clean(&pool),
+            "round {round}: a worker kept a context"
+        );
+        assert_eq!(
+            ctx.get(&ROOT),
+            Some("in ctx"),
+            "the run's set was handed back"
+        );
+        assert!(
+            ctx.try_run(|| ()).is_ok(),
+            "round {round}: the context stayed entered"
+        );
+        // Entered by this run, and only once: a nested entry is refused.
+        ctx.run(|| assert!(ctx.try_run(|| ()).is_err()));
+    }
+}
