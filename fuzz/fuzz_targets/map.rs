@@ -171,7 +171,10 @@ fuzz_target!(|data: &[u8]| {
                     Ok(old) => {
                         let expected = model.remove(&key);
                         assert_eq!(old.map(|v| v.0), expected, "removed value");
-                        assert!(expected.is_none() || !shared, "changed a shared root in place");
+                        assert!(
+                            expected.is_none() || !shared,
+                            "changed a shared root in place"
+                        );
                     }
                     Err(()) => assert!(model.contains_key(&key), "refused an absent key"),
                 }
