@@ -75,7 +75,7 @@ def load(root, since=None):
 
 
 def fmt_ns(value):
-    if value >= 1e6:
+    if value >= 1e5:
         return f"{value / 1e6:.2f} ms"
     if value >= 100:
         return f"{value:,.0f}"
@@ -259,7 +259,8 @@ def comparisons():
         pairs.append((ours, ("peers_poll", "otel_with_context", n)))
         for peer in ["bare", "tokio_task_local"]:
             pairs.append((("poll", "ours", n), ("poll", peer, None)))
-    pairs.append((("rayon_join", "ours", None), ("rayon_join", "plain", None)))
+    for group in ["rayon_join", "rayon_join_one_worker"]:
+        pairs.append(((group, "ours", None), (group, "plain", None)))
     pairs.append((("par_iter", "ours", None), ("par_iter", "thread_local", None)))
     for function in ["contextvars_get_threads", "contextvars_copy_context_threads",
                      "arc_clone_threads"]:
