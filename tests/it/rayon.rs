@@ -412,7 +412,8 @@ fn jobs_can_take_a_context_handle() {
 #[test]
 fn panic_with_nested_in_current_context_restores_everything() {
     let pool = pool(2);
-    let items: Vec<u64> = (0..2000).collect();
+    // Under miri, fewer items (each is a job): the failing items 3 and 5 are still there.
+    let items: Vec<u64> = (0..if cfg!(miri) { 200 } else { 2000 }).collect();
     // Scenario A: plain nesting, on workers.
     for _ in 0..iterations(20) {
         let message = expect_panic(|| {
