@@ -11,11 +11,8 @@
 //! `black_box`ed inputs, so nothing (the thread-local address, the snapshot root, the
 //! variable's id) can be hoisted out of the measurement loop.
 //!
-//! Context shapes: "N" is the number of *other* variables bound in the context the
-//! bench runs in; the variable that is read (or set) is bound after them, so it has the
-//! highest id in the context. Variables are created at runtime and leaked (there cannot
-//! be 100,000 `static`s), and ids are assigned in a fixed order at start-up, so every run
-//! measures the same shapes.
+//! Context shapes (`support/shapes.rs`): "N" is the number of *other* variables bound in
+//! the context the bench runs in; the variable that is read (or set) is bound after them.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -23,6 +20,10 @@ use std::sync::{Arc, OnceLock};
 
 use contextvars::{Context, ContextVar, copy_context};
 use criterion::{BenchmarkId, Criterion, criterion_group};
+
+#[path = "support/shapes.rs"]
+mod shapes;
+use shapes::{context_with, in_private_shape, make_vars, shape};
 
 /// Context sizes (other variables bound) for `get` / `with`. 15 others and the target are
 /// 16 variables, the most the snapshot's one-node small form holds; 16 others are the
@@ -32,62 +33,6 @@ const GET_SIZES: [usize; 6] = [1, 8, 15, 16, 64, 1024];
 const SET_SIZES: [usize; 4] = [1, 8, 64, 1024];
 /// The large context of the `copy_context` group.
 const BIG: usize = 100_000;
-
-type Var = &'static ContextVar<u64>;
-
-fn leak_var() -> Var {
-    Box::leak(Box::new(ContextVar::<u64>::new("v")))
-}
-
-/// `n` leaked variables whose ids are assigned now, in order.
-fn make_vars(n: usize) -> Vec<Var> {
-    (0..n)
-        .map(|_| {
-            let var = leak_var();
-            var.id(); // assigns the id
-            var
-        })
-        .collect()
-}
-
-/// The shared pool for the small shapes: `GET_SIZES.max() + 1` variables, so that shape
-/// `n` binds `pool[..n]` and reads `pool[n]`.
-fn pool() -> &'static [Var] {
-    static POOL: OnceLock<Vec<Var>> = OnceLock::new();
-    POOL.get_or_init(|| make_vars(1024 + 1))
-}
-
-/// A context binding `others` and then `target` (so `target` is the last one set).
-fn context_with(others: &[Var], target: Var) -> Context {
-    let mut ctx = Context::new();
-    for (i, var) in others.iter().enumerate() {
-        ctx = ctx.with_value(var, i as u64);
-    }
-    ctx.with_value(target, 42)
-}
-
-/// Shape `n` from the pool: `n` others, then the target.
-fn shape(n: usize) -> (Context, Var) {
-    let pool = pool();
-    (context_with(&pool[..n], pool[n]), pool[n])
-}
-
-/// Runs `f` in this thread's own context holding shape `n`, set variable by variable: the
-/// kind of frame a thread, a task (`in_current_context`) or a rayon job runs in, which no
-/// context object makes observable from other threads. Resets everything afterwards.
-fn in_private_shape<R>(n: usize, f: impl FnOnce(Var) -> R) -> R {
-    let pool = pool();
-    let tokens: Vec<_> = (0..=n)
-        .map(|i| pool[i].set(if i == n { 42 } else { i as u64 }))
-        .collect();
-    let result = f(pool[n]);
-    for token in tokens.into_iter().rev() {
-        if token.var().reset(token).is_err() {
-            unreachable!("reset in the context of the set");
-        }
-    }
-    result
-}
 
 // ----- contenders ------------------------------------------------------------------------
 

@@ -53,8 +53,11 @@ use criterion::{BenchmarkId, Criterion, criterion_group};
 use opentelemetry::Context as OtelContext;
 use opentelemetry::context::FutureExt as _;
 
+#[path = "support/shapes.rs"]
+mod shapes;
 #[path = "support/summary.rs"]
 mod summary;
+use shapes::{Var, context_with, in_private_shape, make_vars, shape};
 
 /// Context sizes (other values bound).
 const SIZES: [usize; 4] = [1, 8, 64, 1024];
@@ -119,56 +122,6 @@ fn allocations_per_op(mut op: impl FnMut()) -> f64 {
 }
 
 // ----- ours --------------------------------------------------------------------------------
-
-type Var = &'static ContextVar<u64>;
-
-/// `n` leaked variables whose ids are assigned now, in order.
-fn make_vars(n: usize) -> Vec<Var> {
-    (0..n)
-        .map(|_| {
-            let var: Var = Box::leak(Box::new(ContextVar::new("v")));
-            var.id(); // assigns the id
-            var
-        })
-        .collect()
-}
-
-fn pool() -> &'static [Var] {
-    static POOL: OnceLock<Vec<Var>> = OnceLock::new();
-    POOL.get_or_init(|| make_vars(1024 + 1))
-}
-
-fn context_with(others: &[Var], target: Var) -> Context {
-    let mut ctx = Context::new();
-    for (i, var) in others.iter().enumerate() {
-        ctx = ctx.with_value(var, i as u64);
-    }
-    ctx.with_value(target, 42)
-}
-
-/// `n` others, then the target (bound to 42).
-fn shape(n: usize) -> (Context, Var) {
-    let pool = pool();
-    (context_with(&pool[..n], pool[n]), pool[n])
-}
-
-/// Runs `f` in this thread's own context holding shape `n`, set variable by variable: the
-/// kind of frame a thread, a task (`in_current_context`) or a rayon job runs in, which no
-/// context object makes observable from other threads, so sets change the snapshot in
-/// place. Resets everything afterwards.
-fn in_private_shape<R>(n: usize, f: impl FnOnce(Var) -> R) -> R {
-    let pool = pool();
-    let tokens: Vec<_> = (0..=n)
-        .map(|i| pool[i].set(if i == n { 42 } else { i as u64 }))
-        .collect();
-    let result = f(pool[n]);
-    for token in tokens.into_iter().rev() {
-        if token.var().reset(token).is_err() {
-            unreachable!("reset in the context of the set");
-        }
-    }
-    result
-}
 
 fn big_shape() -> &'static (Context, Var) {
     static BIG_CTX: OnceLock<(Context, Var)> = OnceLock::new();
