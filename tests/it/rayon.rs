@@ -409,6 +409,20 @@ fn jobs_can_take_a_context_handle() {
 /// item makes rayon drop that folder while the light frame still runs; the frame must
 /// still come back in order (found by review: before, the worker was left with a root
 /// pointer into a snapshot it did not own, and a context object could be left twice).
+/// A pipeline with two `in_current_context` adapters, one job per item; each item sets
+/// `JOB`, and the items for which `fails` holds panic.
+fn nested_pipeline_failing_at(items: &[u64], fails: impl Fn(u64) -> bool + Sync) {
+    items
+        .par_iter()
+        .in_current_context()
+        .with_min_len(1)
+        .in_current_context()
+        .for_each(|&n| {
+            drop(JOB.set(n));
+            assert!(!fails(n), "item {n} failed");
+        });
+}
+
 #[test]
 fn panic_with_nested_in_current_context_restores_everything() {
     let pool = pool(2);
@@ -417,17 +431,7 @@ fn panic_with_nested_in_current_context_restores_everything() {
     // Scenario A: plain nesting, on workers.
     for _ in 0..iterations(20) {
         let message = expect_panic(|| {
-            pool.install_with_context(|| {
-                items
-                    .par_iter()
-                    .in_current_context()
-                    .with_min_len(1)
-                    .in_current_context()
-                    .for_each(|&n| {
-                        drop(JOB.set(n));
-                        assert!(n % 97 != 3, "item {n} failed");
-                    })
-            })
+            pool.install_with_context(|| nested_pipeline_failing_at(&items, |n| n % 97 == 3))
         });
         assert!(message.contains("failed"), "{message}");
         assert!(workers_clean(&pool), "a worker kept a job's context");
@@ -440,15 +444,7 @@ fn panic_with_nested_in_current_context_restores_everything() {
             pool.install(|| {
                 ctx.run(|| {
                     drop(ROOT.set("in ctx"));
-                    items
-                        .par_iter()
-                        .in_current_context()
-                        .with_min_len(1)
-                        .in_current_context()
-                        .for_each(|&n| {
-                            drop(JOB.set(n));
-                            assert!(n % 89 != 5, "item {n} failed");
-                        })
+                    nested_pipeline_failing_at(&items, |n| n % 89 == 5);
                 })
             })
         });
