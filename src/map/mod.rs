@@ -471,17 +471,9 @@ impl<V> Small<V> {
     /// A node from its bitmap and matching entries, filling in the position table.
     #[inline]
     fn from_parts(bitmap: u64, entries: [SmallEntry<V>; SMALL_MAX]) -> Self {
-        let mut pos = [0u8; 64];
-        let mut bits = bitmap;
-        let mut idx = 0;
-        while bits != 0 {
-            pos[bits.trailing_zeros() as usize] = idx;
-            idx += 1;
-            bits &= bits - 1;
-        }
         Self {
             bitmap,
-            pos,
+            pos: position_table(bitmap),
             entries,
         }
     }
@@ -602,6 +594,21 @@ impl<V: Clone> Small<V> {
     }
 }
 
+/// The position table of a node with `bitmap`: entry `b` is the index of the slot for
+/// bit `b` (the number of set bits below it), for every set bit; the rest stay 0.
+#[inline]
+fn position_table<const BITS: usize>(bitmap: u64) -> [u8; BITS] {
+    let mut pos = [0u8; BITS];
+    let mut bits = bitmap;
+    let mut idx = 0;
+    while bits != 0 {
+        pos[bits.trailing_zeros() as usize] = idx;
+        idx += 1;
+        bits &= bits - 1;
+    }
+    pos
+}
+
 /// The slot index of `key` at the level that consumes bits `shift .. shift + 5`.
 #[inline]
 fn level_bit(key: u64, shift: u32) -> u32 {
@@ -612,15 +619,11 @@ impl<V> Branch<V> {
     /// A branch from its bitmap and matching slots, filling in the position table.
     fn new(bitmap: u32, slots: Box<[Slot<V>]>) -> Self {
         debug_assert_eq!(slots.len(), bitmap.count_ones() as usize);
-        let mut pos = [0u8; 32];
-        let mut bits = bitmap;
-        let mut idx = 0;
-        while bits != 0 {
-            pos[bits.trailing_zeros() as usize] = idx;
-            idx += 1;
-            bits &= bits - 1;
+        Self {
+            bitmap,
+            pos: position_table(u64::from(bitmap)),
+            slots,
         }
-        Self { bitmap, pos, slots }
     }
 
     /// Trie lookup from this branch (level 0): at most [`MAX_DEPTH`] iterations.

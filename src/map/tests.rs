@@ -198,6 +198,16 @@ fn mixed_keys() -> impl Strategy<Value = u64> + Clone {
     ]
 }
 
+/// The model's keys in ascending order (ops name present keys by their rank).
+fn sorted_keys(model: &Model) -> Vec<u64> {
+    model
+        .keys()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// Runs `ops` against a map and the model, keeping every version with its model snapshot
 /// and rechecking them all at the end (persistence).
 fn run_ops(ops: &[Op]) {
@@ -205,12 +215,7 @@ fn run_ops(ops: &[Op]) {
     let mut model = Model::new();
     let mut versions = vec![(map.clone(), model.clone())];
     for op in ops {
-        let sorted: Vec<u64> = model
-            .keys()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let sorted = sorted_keys(&model);
         match *op {
             Op::Insert(key, value) => {
                 map = map.insert(key, value);
@@ -291,12 +296,7 @@ fn run_ops_in_place(ops: &[Op], keep_every: usize) -> usize {
     let mut versions = Vec::new();
     let mut in_place = 0;
     for (i, op) in ops.iter().enumerate() {
-        let sorted: Vec<u64> = model
-            .keys()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let sorted = sorted_keys(&model);
         let pick = |n: usize| sorted.get(n % sorted.len().max(1)).copied();
         let (old, expected, done_in_place) = match *op {
             Op::Insert(key, value) => {
