@@ -748,15 +748,15 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     // SAFETY: a non-null `HOT.light` points to the live `Light` of an active `enter_light` on
     // this thread (see `Light`).
     let light = unsafe { &*light };
-    // SAFETY: the storage is only accessed through this pointer while the light frame
-    // runs, and only read until it ends; `enter_light` holds the `&mut Frame` it came
-    // from for the whole call.
     // SAFETY: `light` is current and not yet materialized (`HOT.light` is cleared below),
     // so `borrowed` is still lent to it.
     let mut frame = match unsafe { light.borrowed.as_ref() } {
         Some(vars) => Frame::private(vars.clone()),
         None => {
-            // SAFETY: without a borrowed snapshot the storage is set (see `Light`).
+            // SAFETY: without a borrowed snapshot the storage is set (see `Light`). It is
+            // only accessed through this pointer while the light frame runs, and only read
+            // until it ends; `enter_light` holds the `&mut Frame` it came from for the
+            // whole call.
             let storage = unsafe { &*light.frame };
             Frame {
                 vars: storage.vars.clone(),
