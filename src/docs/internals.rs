@@ -9,11 +9,13 @@
 //! A snapshot is a persistent map from variable id (`u64`) to an `Entry` (an
 //! `Arc<dyn ErasedBinding>` holding the variable's id, name, formatting/equality hooks and
 //! the value). It is our own code (`src/map/`): a *small form* for up to 16 bindings (one
-//! node, indexed by a 64-bit bitmap over the low 6 bits of the id, so a lookup is a bit
-//! test, a popcount and one compare), and a 32-way HAMT beyond that. Variable ids are
+//! node, indexed by a 64-bit bitmap over the low 6 bits of the id and a position table, so
+//! a lookup is one table load, one entry load and one compare), and a 32-way HAMT beyond
+//! that. Variable ids are
 //! handed out densely from 1, so the id is its own perfect hash: no hashing, no collision
-//! nodes, and at most 13 levels for any `u64`. Every update path-copies the nodes from the
-//! root to the changed slot; older versions are never modified, so a snapshot can be read
+//! nodes, and at most 13 levels for any `u64`. An update path-copies the nodes from the
+//! root to the changed slot, unless nobody else holds them (in place, see below); a
+//! version anyone else can see is never modified, so a snapshot can be read
 //! from any thread without synchronisation once it has been published. `src/map/tests.rs`
 //! checks the map against `std::collections::HashMap` with proptest.
 //!
@@ -31,7 +33,8 @@
 //! computation with no liveness check. `with_hot` takes only the address inside
 //! `LocalKey::with`, so that the access inlines into `ContextVar::get` whatever the
 //! size of the code around it (left to LLVM, `get` was a call plus an indirect call into
-//! the TLS accessor, and cost twice as much). A zero-sized thread-local, `TEARDOWN`,
+//! the TLS accessor, and cost twice as much: 6.3 against 3.3 ns in a `get` bench run while
+//! developing). A zero-sized thread-local, `TEARDOWN`,
 //! registered the first time the thread stores something in its frame, releases the frame
 //! at thread exit and marks `HOT` torn down, after which writes are refused with an
 //! [`AccessError`].
@@ -115,8 +118,9 @@
 //! the frame itself (`Arc::strong_count == 1`: all handles were dropped, and a `&Context`
 //! cannot exist without a handle). Such a frame is marked dirty; a handle made later
 //! publishes first. Because the published cell shares the snapshot, sets in an observable
-//! context object always path-copy (two allocations); sets in a private frame are in
-//! place (one).
+//! context object always path-copy (two allocations up to 16 variables: the node and the
+//! value; more for the trie, two per copied branch). Sets in a frame nobody else holds
+//! are in place (one allocation, the value).
 //!
 //! ### The entered flag and the runner's copy
 //!
@@ -164,5 +168,6 @@
 //!   (the value behind the entered flag), the observation registry's lock-free list, and
 //!   the loom stand-in's `OnceArc::get` (loom builds only).
 //!
-//! Every other module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage checks it.
+//! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage
+//! checks it (`lib.rs` and the documentation modules, which hold no code, are exempt).
 #![deny(unsafe_code)]

@@ -1,19 +1,25 @@
 //! # Performance: the cost model
 //!
-//! "Private frame" below means a frame whose snapshot nobody else holds: a thread's own
-//! context, a task's (`in_current_context`), a rayon job's once it writes, a
-//! `Context::run` of an object no other handle observes. "Observed" means a context
-//! object some other handle can read while it runs: each change is published to it.
+//! "Private frame" below means a frame whose snapshot nobody else holds:
+//! * a thread's own context, until `Context::current` hands out a handle to it;
+//! * a task's (`in_current_context`) or a rayon job's frame, after the first set in that
+//!   poll or job. That first set path-copies, because the poll or job was lent its
+//!   snapshot; the sets after it are in place.
+//!
+//! A frame that runs a context object is never private, since the `Context` being run
+//! holds the object (`Context::run`, `in_context`, `spawn_in`). "Observed" means a
+//! context object that some other handle can read while it runs: each change is published
+//! to it.
 //!
 //! | operation | what it does | allocations | atomic RMW |
 //! |---|---|---|---|
-//! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then per level a bitmap test, a position-table load and a key compare (one level up to 16 variables, two for about a thousand, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
+//! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 16 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
 //! | `get` of a never-set variable | one relaxed load of the variable's id (0: nothing to look up) | 0 | 0 |
 //! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form; a replaced value in the trie) | 1 (the value) | 0 |
-//! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 16 variables), the value's allocation, publication if the context object is observed | 1 + copied nodes | one per entry of each copied node (reference counts), plus the publication's |
+//! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 16 variables), the value's allocation, publication if the context object is observed | 2 up to 16 variables (node + value); a copied trie branch costs 2 (the node and its slot array): 5 at 65 variables, 7 at 1,025 | one per entry of each copied node (reference counts), plus the publication's |
 //! | `reset` | in place if the snapshot is the frame's alone; else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall) | 1 (the replaced value's release) |
 //! | `copy_context`, `Context::copy` | shares the snapshot | 0 | 1 |
-//! | `Context::run` | the entered flag's CAS, a light frame over the runner's own copy of the snapshot (no reference count, no arc-swap load), the flag's release store | 0 | 1 (the CAS) |
+//! | `Context::run` | the entered flag's CAS, a light frame over the runner's own copy of the snapshot (no reference count, no arc-swap load), the flag's release store | 0 (1 the first time a `Context` is run: its shared object) | 1 (the CAS) |
 //! | a future's poll, a rayon job (`contextvars::rayon`) | a light frame: two TLS cell swaps on entry and exit; the first write materializes a copy | 0 | 0 (a job: 1 if it writes) |
 //! | `contextvars::rayon::join` | lends the current snapshot to both halves (no count inside a light frame; one count otherwise) | 0 | 0 or 2 |
 //! | `Context` iteration | walks the snapshot | 1 (`Context::iter` collects) / 0 (`Snapshot::iter`) | per entry (owning iterator) |
