@@ -4,59 +4,13 @@
 
 use std::fmt;
 
-use crate::current::{self, Frame, Vars};
+use crate::engine::{self, Frame, Shared, Vars};
 use crate::error::{AccessError, EnterError};
-use crate::map::{Map, Node};
+use crate::map::Map;
 use crate::snapshot::{IntoIter, Snapshot};
-use crate::sync::{Arc, EnteredCell, OnceArc, SnapshotCell};
+use crate::sync::{Arc, OnceArc};
 use crate::value::Entry;
 use crate::var::{ContextVar, VarId};
-
-/// The part of a [`Context`] that other threads and other handles share: its identity,
-/// its current snapshot, and whether it is entered.
-pub(crate) struct Shared {
-    pub(crate) id: u64,
-    /// The snapshot as other threads see it: replaced by the runner on every set (while
-    /// anyone else can look) and at the end of each run.
-    vars: SnapshotCell<Node<Entry>>,
-    /// Whether some frame runs this context, and the snapshot that frame starts from:
-    /// the runner's own copy, which it reads without a reference count or an arc-swap
-    /// load. Taken with an `Acquire` CAS on entry, handed back with a `Release` store
-    /// (together with the final snapshot, by `current`) when the frame ends: the pair
-    /// orders everything the previous runner did before everything the next one does.
-    owner: EnteredCell<Vars>,
-}
-
-impl Shared {
-    fn new(id: u64, vars: Vars, entered: bool) -> Self {
-        Self {
-            id,
-            vars: SnapshotCell::new(vars.clone().into_arc()),
-            owner: EnteredCell::new(vars, entered),
-        }
-    }
-
-    /// A context object for a frame that is already running (`Context::current`).
-    pub(crate) fn new_entered(id: u64, vars: Vars) -> Self {
-        Self::new(id, vars, true)
-    }
-
-    /// The entered flag and the runner's snapshot (used by `current`, which owns the
-    /// frame that holds the flag).
-    pub(crate) fn owner(&self) -> &EnteredCell<Vars> {
-        &self.owner
-    }
-
-    pub(crate) fn load_vars(&self) -> Vars {
-        Map::from_arc(self.vars.load())
-    }
-
-    /// Publishes `vars` and returns the previous snapshot, for the caller to drop when
-    /// its thread state is consistent.
-    pub(crate) fn replace_vars(&self, vars: Vars) -> Vars {
-        Map::from_arc(self.vars.swap(vars.into_arc()))
-    }
-}
 
 /// A context: a mapping from [`ContextVar`]s to values that code can run in.
 ///
@@ -157,7 +111,7 @@ impl Context {
 
     /// [`current`](Self::current), returning an [`AccessError`] during thread teardown.
     pub fn try_current() -> Result<Self, AccessError> {
-        let shared = current::current_shared()?;
+        let shared = engine::current_shared()?;
         Ok(Self {
             initial: Map::new(),
             shared: OnceArc::with_value(shared),
@@ -167,7 +121,7 @@ impl Context {
     fn shared(&self) -> &Arc<Shared> {
         self.shared.get_or_init(|| {
             Arc::new(Shared::new(
-                current::next_context_id(),
+                engine::next_context_id(),
                 self.initial.clone(),
                 false,
             ))
@@ -224,13 +178,13 @@ impl Context {
     /// [`run`](Self::run), returning an [`EnterError`] if the context is already entered.
     pub fn try_run<R>(&self, f: impl FnOnce() -> R) -> Result<R, EnterError> {
         // During thread teardown nothing can be entered (writes would have nowhere to go).
-        current::check_alive()?;
+        engine::check_alive()?;
         let shared = self.shared();
         if !shared.owner().try_enter() {
             return Err(EnterError::ALREADY_ENTERED);
         }
         // The context is left when `f` returns or unwinds.
-        Ok(current::run_entered(shared, f))
+        Ok(engine::run_entered(shared, f))
     }
 
     /// Marks the context entered and returns a frame that runs it and leaves it when
@@ -316,5 +270,5 @@ impl IntoIterator for &Context {
 /// assert_eq!(ctx.run(|| REQUEST.get()), 1);
 /// ```
 pub fn copy_context() -> Context {
-    Context::from_vars(current::vars())
+    Context::from_vars(engine::vars())
 }

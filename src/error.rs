@@ -9,24 +9,39 @@
 
 use std::fmt;
 
+use crate::engine::TornDown;
 use crate::token::Token;
 
 /// The variable has no value in the current context and no default.
 ///
 /// Python raises `LookupError(var)`; the message here names the variable the same way.
+/// Also returned when a lazy default's initialiser reads its own variable
+/// ([`is_lazy_default_cycle`](Self::is_lazy_default_cycle)): that default cannot be
+/// computed, and waiting for it would never end.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LookupError {
     name: &'static str,
+    cycle: bool,
 }
 
 impl LookupError {
     pub(crate) fn new(name: &'static str) -> Self {
-        Self { name }
+        Self { name, cycle: false }
+    }
+
+    pub(crate) fn lazy_default_cycle(name: &'static str) -> Self {
+        Self { name, cycle: true }
     }
 
     /// The name of the variable that had no value.
     pub fn var_name(&self) -> &'static str {
         self.name
+    }
+
+    /// Whether the variable has a lazy default whose initialiser read the variable
+    /// itself while this thread was computing it.
+    pub fn is_lazy_default_cycle(&self) -> bool {
+        self.cycle
     }
 
     #[track_caller]
@@ -37,19 +52,30 @@ impl LookupError {
 
 impl fmt::Debug for LookupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LookupError")
-            .field("var", &self.name)
-            .finish()
+        let mut debug = f.debug_struct("LookupError");
+        debug.field("var", &self.name);
+        if self.cycle {
+            debug.field("lazy_default_cycle", &true);
+        }
+        debug.finish()
     }
 }
 
 impl fmt::Display for LookupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "<ContextVar name={:?}> has no value in the current context and no default",
-            self.name
-        )
+        if self.cycle {
+            write!(
+                f,
+                "the lazy default of <ContextVar name={:?}> reads the variable itself while it is being computed; an initialiser must not read its own variable",
+                self.name
+            )
+        } else {
+            write!(
+                f,
+                "<ContextVar name={:?}> has no value in the current context and no default",
+                self.name
+            )
+        }
     }
 }
 
@@ -87,6 +113,12 @@ impl fmt::Display for AccessError {
 }
 
 impl std::error::Error for AccessError {}
+
+impl From<TornDown> for AccessError {
+    fn from(_: TornDown) -> Self {
+        Self::new()
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ResetErrorKind {
@@ -222,6 +254,12 @@ impl EnterError {
 
 impl From<AccessError> for EnterError {
     fn from(_: AccessError) -> Self {
+        Self::ACCESS
+    }
+}
+
+impl From<TornDown> for EnterError {
+    fn from(_: TornDown) -> Self {
         Self::ACCESS
     }
 }

@@ -65,7 +65,7 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
-use crate::current::{self, Frame};
+use crate::engine::{self, Frame};
 use crate::error::EnterError;
 
 pin_project! {
@@ -86,7 +86,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
-                current::run_in(this.frame, || this.inner.set(None));
+                engine::run_in(this.frame, || this.inner.set(None));
             }
         }
     }
@@ -102,7 +102,7 @@ impl<F> WithContext<F> {
 
     /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
     fn in_copy(inner: F) -> Self {
-        Self::new(inner, Frame::private(current::vars()))
+        Self::new(inner, Frame::private(engine::vars()))
     }
 
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).
@@ -144,7 +144,7 @@ impl<F: Future> Future for WithContext<F> {
             .inner
             .as_pin_mut()
             .expect("the inner future lives as long as the wrapper");
-        current::run_in(this.frame, || inner.poll(cx))
+        engine::run_in(this.frame, || inner.poll(cx))
     }
 }
 
@@ -158,7 +158,7 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
             .inner
             .as_pin_mut()
             .expect("the inner stream lives as long as the wrapper");
-        current::run_in(this.frame, || inner.poll_next(cx))
+        engine::run_in(this.frame, || inner.poll_next(cx))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

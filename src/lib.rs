@@ -97,8 +97,8 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod context;
-mod current;
 pub mod docs;
+mod engine;
 mod error;
 pub mod future;
 mod map;

@@ -94,17 +94,11 @@
 use std::fmt;
 use std::thread::ThreadId;
 
-use crate::current;
+use crate::engine;
 use crate::snapshot::Snapshot;
-use crate::sync::{
-    Arc, AtomicBool, AtomicList, ListEntry, OnceCell, Ordering, SnapshotCell, globals,
-    thread_locals,
-};
+use crate::sync::{Arc, AtomicList, ListEntry, OnceCell, SnapshotCell, globals, thread_locals};
 
 globals! {
-    /// Publication switch. Read `Relaxed` on every set, reset and context switch
-    /// ([`publishing`]); see [`on_change`] for why nothing stronger is needed.
-    static ENABLED: AtomicBool = const AtomicBool::new(false);
     /// The live threads' slots.
     static REGISTRY: Arc<AtomicList<ThreadSlot>> = lazy Arc::new(AtomicList::new());
 }
@@ -119,7 +113,7 @@ thread_locals! {
 /// snapshot's root node itself) because an empty context has no root node, and a thread
 /// in an empty context must still be told apart from one that has nothing published.
 struct Published {
-    vars: current::Vars,
+    vars: engine::Vars,
 }
 
 /// One thread's entry in the registry.
@@ -156,7 +150,7 @@ impl Drop for Registration {
 pub fn enable() {
     // Relaxed: other threads start publishing when they see the flag; nothing they
     // publish depends on anything written before it.
-    ENABLED.store(true, Ordering::Relaxed);
+    engine::set_announcer(on_change, true);
     on_change();
 }
 
@@ -176,7 +170,7 @@ pub fn enable() {
 /// assert!(observe::threads().is_empty());
 /// ```
 pub fn disable() {
-    ENABLED.store(false, Ordering::Relaxed);
+    engine::set_announcer(on_change, false);
     let mut released = Vec::new();
     REGISTRY.for_each(|slot| released.extend(slot.current.swap(None)));
     // Dropped after the registry pass: user destructors do not run while pinned.
@@ -185,7 +179,7 @@ pub fn disable() {
 
 /// Whether publication is on.
 pub fn is_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    engine::announcing()
 }
 
 /// Every live thread's published context, newest registered thread first.
@@ -267,17 +261,8 @@ impl fmt::Debug for ThreadInfo {
     }
 }
 
-/// Whether threads publish: the only cost of observation while it is off. The hooks in
-/// `current.rs` call [`on_change`] only if this returns `true`.
-#[inline(always)]
-pub(crate) fn publishing() -> bool {
-    // Relaxed: a thread that sees the switch late publishes its next change instead;
-    // see `on_change` for `disable`.
-    ENABLED.load(Ordering::Relaxed)
-}
-
 /// Publishes the current thread's current snapshot. Called after a change, once the
-/// thread's state is consistent again (it reads it through `current::vars`).
+/// thread's state is consistent again (it reads it through `engine::vars`).
 ///
 /// **Racing `disable`.** After storing its snapshot the thread re-reads the switch and,
 /// if it is now off, empties its slot again. The slot's `swap` is a read-modify-write
@@ -288,15 +273,15 @@ pub(crate) fn publishing() -> bool {
 /// ends up empty. (A `Relaxed` re-read is enough: the ordering comes from the swaps.)
 #[cold]
 #[inline(never)]
-pub(crate) fn on_change() {
+fn on_change() {
     let released = SLOT.try_with(|slot| {
         let registration = slot.get_or_init(register);
         let cell = &registration.0.get().current;
         let new = Arc::new(Published {
-            vars: current::vars(),
+            vars: engine::vars(),
         });
         let old = cell.swap(Some(new));
-        let withdrawn = if ENABLED.load(Ordering::Relaxed) {
+        let withdrawn = if engine::announcing() {
             None
         } else {
             cell.swap(None)

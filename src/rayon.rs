@@ -23,8 +23,8 @@
 //!
 //! let labels: Vec<String> = (0..4)
 //!     .into_par_iter()
+//!     .in_current_context() // right after the source: every closure after it sees "acme"
 //!     .map(|i| format!("{}-{i}", TENANT.get()))
-//!     .in_current_context() // last: every job of the whole chain runs in the context
 //!     .collect();
 //! assert_eq!(labels, ["acme-0", "acme-1", "acme-2", "acme-3"]);
 //! ```
@@ -42,9 +42,10 @@
 //! * `'static` spawns ([`spawn`], [`spawn_fifo`], [`Scope::spawn`]) take an owned copy:
 //!   one increment at the spawn, one decrement when the job ends.
 //! * A parallel iterator wrapped by [`ParallelIteratorExt::in_current_context`] takes
-//!   one copy when the adapter is made and one reference-count increment per job
-//!   (split), never per item; per item it only checks, with one thread-local load, that
-//!   the previous item left no `set` behind.
+//!   one copy when the adapter is made; its jobs borrow it. Each call into the adapter
+//!   enters and leaves a frame over it (two thread-local cell writes each way); the
+//!   items of one batch share that frame while they only read, and an item that wrote
+//!   (a `set`, a handle) ends it, so the next item starts in a fresh one.
 
 #![deny(unsafe_code)]
 
@@ -56,7 +57,7 @@ use ::rayon::iter::plumbing::{
 use ::rayon::iter::{IndexedParallelIterator, ParallelIterator};
 use ::rayon::{FnContext, ThreadPool};
 
-use crate::current::{self, Frame, FrameGuard, Vars};
+use crate::engine::{self as current, Frame, Vars};
 
 /// [`rayon::join`], running both closures in copies of the current context.
 ///
@@ -238,19 +239,31 @@ impl ThreadPoolExt for ThreadPool {
 
 /// Adds [`in_current_context`](Self::in_current_context) to every [`ParallelIterator`].
 pub trait ParallelIteratorExt: ParallelIterator {
-    /// Runs every job of this parallel iterator in a copy of the context current now:
-    /// the closures of the adapters before this one and of the consuming method after
-    /// it (`for_each`, `collect`, `reduce`, `fold`, ...) see the caller's values.
+    /// Runs the rest of this parallel iterator in a copy of the context current now: the
+    /// closures of the adapters after this one and of the consuming method (`filter`,
+    /// `map`, `for_each`, `collect`, `reduce`, `fold`, ...) see the caller's values.
     ///
-    /// The context is captured once, here; each job (split) then enters it, never each
-    /// item. Every item starts from the captured bindings: a `set` one item leaves
-    /// behind is undone before the next item of the same job, so what an item sees does
-    /// not depend on how rayon split the work. Sets never reach the caller.
+    /// The context is captured once, here. Every call rayon makes into the adapter's
+    /// consumer (an item, a batch of items, a split, a reduction, the end of a job)
+    /// enters the captured context and leaves it before returning, and every item starts
+    /// from the captured bindings: a `set` or a [`Context::current`](crate::Context::current)
+    /// handle one item makes is never seen by the next item of the same job, so what an
+    /// item sees does not depend on how rayon split the work. Sets never reach the
+    /// caller, nor the worker threads.
     ///
-    /// **Call it last**, right before the consuming method. Placed earlier, it still
-    /// covers adapters that fold their items (`map`, `filter`, `flat_map`, ...), but not
-    /// the closures of adapters that pull items one by one (`zip`, `enumerate`,
-    /// `chain`, ...), which then run in the worker's own state.
+    /// # Where to put it
+    ///
+    /// **Right after the source**, before the first adapter whose closures should see
+    /// the context. What runs *after* it runs inside those calls. What runs *before* it
+    /// is covered only when rayon happens to call its closures while pulling items for
+    /// this adapter (a `map` straight over a range or a `Vec` is; a `map` after a
+    /// `filter`, or a `fold`, is not), so do not rely on that.
+    ///
+    /// Adapters that pull items one at a time through an iterator (`zip`, `zip_eq`,
+    /// `enumerate`, `rev`, `step_by`, `chunks`, `interleave`, ...) run what comes after
+    /// them outside the adapter's calls: call `in_current_context()` again after such an
+    /// adapter (a pipeline may have several; each one's closures run in its own
+    /// capture).
     ///
     /// ```
     /// use contextvars::ContextVar;
@@ -261,11 +274,20 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// let _token = SCALE.set(10);
     /// let total: u64 = (1..=100u64)
     ///     .into_par_iter()
+    ///     .in_current_context()
     ///     .filter(|n| n % 2 == 0)
     ///     .map(|n| n * SCALE.get())
-    ///     .in_current_context()
     ///     .sum();
     /// assert_eq!(total, 25_500);
+    ///
+    /// // After `enumerate`, capture again.
+    /// let scaled: Vec<u64> = vec![1u64, 2, 3]
+    ///     .into_par_iter()
+    ///     .enumerate()
+    ///     .in_current_context()
+    ///     .map(|(i, n)| i as u64 + n * SCALE.get())
+    ///     .collect();
+    /// assert_eq!(scaled, [10, 21, 32]);
     /// ```
     fn in_current_context(self) -> InContext<Self> {
         InContext {
@@ -334,8 +356,11 @@ impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
     }
 }
 
-// ---- Consumer path (the adapter is the last one before the consuming method): each
-// folder, that is each job, holds an owned frame for the whole job.
+// ---- Consumer path (the adapter is the last one before the consuming method): every
+// call into a consumer, folder or reducer of ours enters the job's frame and leaves it
+// before returning. How long a folder lives, where it is completed or dropped, is up to
+// the code driving it (any safe code can implement rayon's plumbing traits), so nothing
+// here holds a frame switch across calls.
 
 struct ContextConsumer<'v, C> {
     base: C,
@@ -348,8 +373,9 @@ impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
     type Result = C::Result;
 
     fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
-        let (left, right, reducer) = self.base.split_at(index);
         let vars = self.vars;
+        let base = self.base;
+        let (left, right, reducer) = current::run_borrowed(vars, || base.split_at(index));
         (
             ContextConsumer { base: left, vars },
             ContextConsumer { base: right, vars },
@@ -361,18 +387,10 @@ impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
     }
 
     fn into_folder(self) -> Self::Folder {
-        // A folder lives on one thread (it is `!Send`) for one job. It holds an owned
-        // copy, not a borrow: how long a folder lives is up to the code driving it, and a
-        // borrowed frame must never outlive its borrow. Entered before the consumer's
-        // own `into_folder`, which may run user code (`fold`'s identity).
-        let guard = current::enter(Frame::private(self.vars.clone())).ok();
-        ContextFolder {
-            base: RestoringFolder {
-                base: self.base.into_folder(),
-                vars: self.vars,
-            },
-            _guard: guard,
-        }
+        // The consumer's own `into_folder` may run user code (`fold`'s identity).
+        let vars = self.vars;
+        let base = self.base;
+        ContextFolder::new(current::run_borrowed(vars, || base.into_folder()), vars)
     }
 
     fn full(&self) -> bool {
@@ -382,115 +400,108 @@ impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
 
 impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C> {
     fn split_off_left(&self) -> Self {
+        let base = &self.base;
         ContextConsumer {
-            base: self.base.split_off_left(),
+            base: current::run_borrowed(self.vars, || base.split_off_left()),
             vars: self.vars,
         }
     }
 
     fn to_reducer(&self) -> Self::Reducer {
+        let base = &self.base;
         ContextReducer {
-            base: self.base.to_reducer(),
+            base: current::run_borrowed(self.vars, || base.to_reducer()),
             vars: self.vars,
         }
     }
 }
 
-/// A job's folder: its items (and `complete`) run while the guard keeps the job's frame
-/// current.
+/// A folder whose every call runs in a frame over the captured snapshot, entered inside
+/// the call and left before it returns. Each item gets a frame that starts from the
+/// captured bindings ([`run_borrowed_each`](current::run_borrowed_each)): a `set` one
+/// item leaves behind, or a context handle it takes, is never seen by the next, so what
+/// an item sees does not depend on how rayon split the work. Used by both paths: as a
+/// job's folder (consumer path) and around the consumer's folder inside a producer's
+/// fold (producer path).
 struct ContextFolder<'v, F> {
-    base: RestoringFolder<'v, F>,
-    // Declared last: dropped after `base`, so the folder's own state is released in the
-    // job's frame too.
-    _guard: Option<FrameGuard>,
+    /// `None` only while a call has taken it out (and for good after `complete`, or if a
+    /// call unwound): a folder is consumed by every call, so no caller sees that state.
+    base: Option<F>,
+    vars: &'v Vars,
+}
+
+impl<'v, F> ContextFolder<'v, F> {
+    fn new(base: F, vars: &'v Vars) -> Self {
+        Self {
+            base: Some(base),
+            vars,
+        }
+    }
+
+    /// The wrapped folder. Every method takes `self` and puts the folder back before
+    /// returning, so it is there whenever a caller holds a `ContextFolder`.
+    fn take(&mut self) -> F {
+        self.base
+            .take()
+            .expect("a ContextFolder holds its folder between calls")
+    }
 }
 
 impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
     type Result = F::Result;
 
-    fn consume(self, item: T) -> Self {
-        ContextFolder {
-            base: self.base.consume(item),
-            _guard: self._guard,
-        }
+    fn consume(mut self, item: T) -> Self {
+        let base = self.take();
+        self.base = Some(current::run_borrowed(self.vars, || base.consume(item)));
+        self
     }
 
-    fn consume_iter<I: IntoIterator<Item = T>>(self, iter: I) -> Self {
-        ContextFolder {
-            base: self.base.consume_iter(iter),
-            _guard: self._guard,
-        }
-    }
-
-    fn complete(self) -> F::Result {
-        let ContextFolder { base, _guard } = self;
-        let result = base.complete();
-        drop(_guard);
-        result
-    }
-
-    fn full(&self) -> bool {
-        self.base.full()
-    }
-}
-
-/// Puts the captured bindings back after every item, so that a `set` an item leaves
-/// behind is not seen by the next item of the same job: which items share a job depends
-/// on how rayon splits the work, and must not change what an item sees. Costs one
-/// thread-local load per item when nothing was left behind.
-struct RestoringFolder<'v, F> {
-    base: F,
-    vars: &'v Vars,
-}
-
-impl<T, F: Folder<T>> Folder<T> for RestoringFolder<'_, F> {
-    type Result = F::Result;
-
-    fn consume(self, item: T) -> Self {
-        let base = self.base.consume(item);
-        current::restore(self.vars);
-        RestoringFolder {
-            base,
-            vars: self.vars,
-        }
-    }
-
-    fn consume_iter<I: IntoIterator<Item = T>>(self, iter: I) -> Self {
-        let vars = self.vars;
-        let base = self.base.consume_iter(RestoringIter {
-            base: iter.into_iter(),
-            vars,
+    fn consume_iter<I: IntoIterator<Item = T>>(mut self, iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let mut slot = Some(self.take());
+        // Pulling an item runs the closures of the adapters before this one (`map`,
+        // `filter`, ...), so it happens inside the item's frame too.
+        current::run_borrowed_each(self.vars, || {
+            let Some(base) = slot.take() else {
+                return false;
+            };
+            if base.full() {
+                slot = Some(base);
+                return false;
+            }
+            match iter.next() {
+                Some(item) => {
+                    slot = Some(base.consume(item));
+                    true
+                }
+                None => {
+                    slot = Some(base);
+                    false
+                }
+            }
         });
-        current::restore(vars);
-        RestoringFolder { base, vars }
+        self.base = slot;
+        self
     }
 
-    fn complete(self) -> F::Result {
-        self.base.complete()
+    fn complete(mut self) -> F::Result {
+        let base = self.take();
+        current::run_borrowed(self.vars, || base.complete())
     }
 
     fn full(&self) -> bool {
-        self.base.full()
+        self.base.as_ref().is_some_and(F::full)
     }
 }
 
-/// Restores the captured bindings before pulling each item, that is, after the previous
-/// item was processed.
-struct RestoringIter<'v, I> {
-    base: I,
-    vars: &'v Vars,
-}
-
-impl<I: Iterator> Iterator for RestoringIter<'_, I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        current::restore(self.vars);
-        self.base.next()
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.base.size_hint()
+impl<F> Drop for ContextFolder<'_, F> {
+    /// A folder dropped without `complete` (a panic in a job, or a driver that gave up)
+    /// releases its state in the captured context too: its destructors may read
+    /// variables.
+    fn drop(&mut self) {
+        if let Some(base) = self.base.take() {
+            current::run_borrowed(self.vars, || drop(base));
+        }
     }
 }
 
@@ -565,9 +576,7 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
     fn fold_with<F: Folder<Self::Item>>(self, folder: F) -> F {
         let vars = self.vars;
         current::run_borrowed(vars, || {
-            self.base
-                .fold_with(RestoringFolder { base: folder, vars })
-                .base
+            self.base.fold_with(ContextFolder::new(folder, vars)).take()
         })
     }
 }

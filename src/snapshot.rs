@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::current::Vars;
+use crate::engine::Vars;
 use crate::value::Entry;
 use crate::var::{ContextVar, VarId};
 

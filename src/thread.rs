@@ -40,7 +40,7 @@ use std::io;
 use std::thread::{Builder, JoinHandle, Scope, ScopedJoinHandle};
 
 use crate::context::Context;
-use crate::current::{self, Frame};
+use crate::engine::{self, Frame};
 use crate::error::EnterError;
 
 /// Wraps `f` so that it runs in `frame` wherever it is called.
@@ -48,11 +48,11 @@ fn in_frame<F, T>(frame: Frame, f: F) -> impl FnOnce() -> T + Send
 where
     F: FnOnce() -> T + Send,
 {
-    move || current::run_owned(frame, f)
+    move || engine::run_owned(frame, f)
 }
 
 fn copied() -> Frame {
-    Frame::private(current::vars())
+    Frame::private(engine::vars())
 }
 
 /// Spawns a thread that runs `f` in a copy of the current context (like

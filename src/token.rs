@@ -5,7 +5,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use crate::current::{self, ResetFailure, SetState};
+use crate::engine::{self, ResetFailure, SetState};
 use crate::error::ResetError;
 use crate::var::ContextVar;
 
@@ -61,7 +61,7 @@ impl<'v, T: Send + Sync + 'static> Token<'v, T> {
             return Err(ResetError::different_var(self));
         }
         let Self { var, state, .. } = self;
-        current::reset_binding(var.raw_id(), state).map_err(|(failure, state)| {
+        engine::reset_binding(var.raw_id(), state).map_err(|(failure, state)| {
             let token = Token::new(var, state);
             match failure {
                 ResetFailure::DifferentContext => ResetError::different_context(token),

@@ -30,7 +30,7 @@ use std::future::Future;
 
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
-use crate::current::{self, Frame};
+use crate::engine::{self, Frame};
 use crate::future::ContextFutureExt;
 
 /// [`tokio::spawn`], running the task in a copy of the current context.
@@ -58,8 +58,8 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let frame = Frame::private(current::vars());
-    tokio::task::spawn_blocking(move || current::run_owned(frame, f))
+    let frame = Frame::private(engine::vars());
+    tokio::task::spawn_blocking(move || engine::run_owned(frame, f))
 }
 
 /// [`tokio::task::spawn_local`], running the task in a copy of the current context.
@@ -128,8 +128,8 @@ impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
         F: FnOnce() -> T + Send + 'static,
         T: Send,
     {
-        let frame = Frame::private(current::vars());
-        self.spawn_blocking(move || current::run_owned(frame, f))
+        let frame = Frame::private(engine::vars());
+        self.spawn_blocking(move || engine::run_owned(frame, f))
     }
 
     #[track_caller]

@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use crate::current;
+use crate::engine;
 use crate::error::{AccessError, LookupError, ResetError};
-use crate::sync::{OnceLock, StaticCounter};
+use crate::sync::{Cell, OnceLock, StaticCounter, thread_locals};
 use crate::token::{ScopedSet, Token};
 use crate::value::{Entry, ValueTraits};
 
@@ -36,6 +36,51 @@ enum Default<T> {
     None,
     Value(T),
     Lazy(fn() -> T, OnceLock<T>),
+}
+
+// The lazy defaults this thread is computing now (their cells' addresses): a lazy
+// default that reads its own variable would otherwise wait for itself forever in
+// `OnceLock::get_or_init`.
+thread_locals! {
+    static LAZY_IN_PROGRESS: Cell<Vec<usize>> = Cell::new(Vec::new());
+}
+
+/// Computes the lazy default in `cell` with `init`, unless this thread is computing it
+/// already (`init` reads its own variable): then `Err(())`, instead of a deadlock.
+fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
+    if let Some(value) = cell.get() {
+        return Ok(value);
+    }
+    let key = std::ptr::from_ref(cell).addr();
+    // During thread teardown the list is gone; computing without the check is what
+    // `OnceLock` alone would do.
+    let entered = LAZY_IN_PROGRESS
+        .try_with(|list| {
+            let mut keys = list.take();
+            let cycle = keys.contains(&key);
+            if !cycle {
+                keys.push(key);
+            }
+            list.set(keys);
+            !cycle
+        })
+        .unwrap_or(true);
+    if !entered {
+        return Err(());
+    }
+    /// Takes the cell off the list when `init` returns or unwinds.
+    struct Done(usize);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let _ = LAZY_IN_PROGRESS.try_with(|list| {
+                let mut keys = list.take();
+                keys.retain(|&key| key != self.0);
+                list.set(keys);
+            });
+        }
+    }
+    let _done = Done(key);
+    Ok(cell.get_or_init(init))
 }
 
 /// A context variable: a typed key into the current [`Context`](crate::Context).
@@ -140,11 +185,31 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     }
 
     /// The variable's own default, if it has one (computing a lazy default now).
+    ///
+    /// # Panics
+    ///
+    /// If the initialiser of a lazy default reads this variable's default itself (a
+    /// cycle, which would otherwise never finish); [`try_default_value`](Self::try_default_value)
+    /// returns the error instead. A panic of the initialiser propagates, and the next
+    /// read tries again.
+    #[track_caller]
     pub fn default_value(&self) -> Option<&T> {
+        match self.try_default_value() {
+            Ok(default) => default,
+            Err(error) => error.panic(),
+        }
+    }
+
+    /// [`default_value`](Self::default_value), returning a [`LookupError`] (for which
+    /// [`LookupError::is_lazy_default_cycle`] is true) if a lazy default's initialiser
+    /// reads the variable itself.
+    pub fn try_default_value(&self) -> Result<Option<&T>, LookupError> {
         match &self.default {
-            Default::None => None,
-            Default::Value(value) => Some(value),
-            Default::Lazy(init, cell) => Some(cell.get_or_init(*init)),
+            Default::None => Ok(None),
+            Default::Value(value) => Ok(Some(value)),
+            Default::Lazy(init, cell) => lazy_default(cell, *init)
+                .map(Some)
+                .map_err(|()| LookupError::lazy_default_cycle(self.name)),
         }
     }
 
@@ -206,17 +271,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// no binding in the current context and no default.
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         let Some(id) = self.existing_id() else {
-            return self
-                .default_value()
-                .map(f)
-                .ok_or_else(|| self.lookup_error());
+            return self.apply_default(f);
         };
-        current::with_binding::<T, _>(id, |bound| match bound {
+        engine::with_binding::<T, _>(id, |bound| match bound {
             Some(value) => Ok(f(value)),
-            None => self
-                .default_value()
-                .map(f)
-                .ok_or_else(|| self.lookup_error()),
+            None => self.apply_default(f),
         })
     }
 
@@ -226,14 +285,14 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         let Some(id) = self.existing_id() else {
             return f(default);
         };
-        current::with_binding::<T, _>(id, |bound| f(bound.unwrap_or(default)))
+        engine::with_binding::<T, _>(id, |bound| f(bound.unwrap_or(default)))
     }
 
     /// Whether the current context binds this variable (defaults do not count).
     pub fn is_set(&self) -> bool {
         match self.existing_id() {
             None => false,
-            Some(id) => current::with_binding::<T, _>(id, |bound| bound.is_some()),
+            Some(id) => engine::with_binding::<T, _>(id, |bound| bound.is_some()),
         }
     }
 
@@ -270,14 +329,18 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         let Some(id) = self.existing_id() else {
             return default;
         };
-        current::with_binding::<T, _>(id, |bound| match bound {
+        engine::with_binding::<T, _>(id, |bound| match bound {
             Some(value) => value.clone(),
             None => default,
         })
     }
 
-    fn lookup_error(&self) -> LookupError {
-        LookupError::new(self.name)
+    /// Calls `f` with the default, or explains why there is none.
+    fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
+        match self.try_default_value()? {
+            Some(default) => Ok(f(default)),
+            None => Err(LookupError::new(self.name)),
+        }
     }
 
     // ----- writing -------------------------------------------------------------------
@@ -304,7 +367,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// [`set`](Self::set), returning an error instead of panicking during thread teardown.
     pub fn try_set(&self, value: T) -> Result<Token<'_, T>, AccessError> {
         let entry = self.make_entry(value);
-        let state = current::set_binding(self.raw_id(), entry)?;
+        let state = engine::set_binding(self.raw_id(), entry)?;
         Ok(Token::new(self, state))
     }
 

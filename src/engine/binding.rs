@@ -1,0 +1,227 @@
+//! Binding changes: reading a variable's binding in the current frame, setting it,
+//! resetting it from a token's record, and handing out the frame's context object.
+//!
+//! None of these switches frames. A set or reset changes the *bindings* of the frame
+//! that is current when it runs; a token records the frame's identity and refuses to
+//! reset in another one. So a [`SetState`] (inside a `Token` or `ScopedSet`) that user
+//! code forgets, leaks, moves or drops in any order can only ever change bindings of
+//! the frame it was made in, or be refused: it owns a snapshot and an entry, never a
+//! pointer into the thread's state.
+
+use super::Vars;
+use super::announce;
+use super::frame::materialize;
+use super::object::Shared;
+use super::thread::{Borrow, Hot, TornDown, retire, with_hot, with_state};
+use crate::sync::Arc;
+use crate::value::Entry;
+
+/// Calls `f` with the current binding of variable `key`, as a `T`.
+///
+/// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`).
+#[inline]
+pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -> R) -> R {
+    with_hot(|hot| {
+        let root = hot.root.get();
+        if root.is_null() {
+            return f(None);
+        }
+        let _borrow = Borrow::new(hot);
+        // SAFETY: `root` is owned by the current frame's snapshot (see `frame`'s module
+        // docs); `_borrow` defers the release of that snapshot until after `f` returns,
+        // even if `f` sets variables or enters contexts.
+        let node = unsafe { &*root };
+        // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is `key`.
+        let value = node
+            .get(key)
+            .map(|entry| unsafe { entry.downcast_unchecked::<T>() });
+        f(value)
+    })
+}
+
+/// Binds `key` to `entry` (or unbinds it, for `None`) by writing into the current
+/// snapshot's root node, if nobody else holds the snapshot and no borrow of it is
+/// active (`Map::insert_in_place`). Returns the entry `key` had; `Err` gives `entry`
+/// back when the change needs a new snapshot. No user code runs, and `HOT.root` stays
+/// valid: an in-place change keeps the root, except a removal that empties the map.
+#[inline(always)]
+fn rebind_in_place(
+    hot: &Hot,
+    key: u64,
+    entry: Option<Entry>,
+) -> Result<Option<Entry>, Option<Entry>> {
+    if hot.borrows.get() != 0 {
+        return Err(entry);
+    }
+    let mut vars = hot.vars.take();
+    let outcome = match entry {
+        Some(entry) => vars.insert_in_place(key, entry).map_err(Some),
+        None => vars.remove_in_place(key).map_err(|()| None),
+    };
+    hot.root.set(vars.root_ptr());
+    hot.vars.set(vars);
+    outcome
+}
+
+/// [`rebind_in_place`] by path copying: installs a new snapshot and returns the entry
+/// `key` had and the replaced snapshot, for the caller to [`retire`] once the state is
+/// consistent (a borrow in progress may point into it).
+fn rebind_copy(hot: &Hot, key: u64, entry: Option<Entry>) -> (Option<Entry>, Vars) {
+    let current = hot.vars_clone();
+    let old = current.get(key).cloned();
+    let new = match entry {
+        Some(entry) => current.insert(key, entry),
+        None => current.remove(key).unwrap_or(current),
+    };
+    (old, hot.install(new))
+}
+
+/// What a `set` leaves behind for its token.
+pub(crate) struct SetState {
+    /// The variable's entry before the set, `None` if it had none (gives
+    /// `Token::old_value`, and what `reset` puts back).
+    pub(crate) old: Option<Entry>,
+    /// The frame (context) the set happened in.
+    pub(crate) frame_id: u64,
+    /// The snapshot the set replaced, if it made a new one (the snapshot was shared):
+    /// kept instead of dropped, so that a reset with nothing changed in between can
+    /// simply reinstall it.
+    prev: Option<Vars>,
+    /// The frame's change marker right after the set, and right before it.
+    seq: u64,
+    prev_change: u64,
+}
+
+impl Drop for SetState {
+    /// The replaced snapshot may be the one a borrow in progress points into (it was
+    /// current when the borrow began, then a set inside the borrow replaced it), so it is
+    /// retired like any snapshot that stops being current, never dropped directly.
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            retire(prev);
+        }
+    }
+}
+
+/// Binds `entry` under `key` in the current frame.
+pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, TornDown> {
+    let (set, published) = with_state(|hot| {
+        materialize(hot);
+        let (old, prev) = match rebind_in_place(hot, key, Some(entry)) {
+            Ok(old) => (old, None),
+            Err(entry) => {
+                let (old, prev) = rebind_copy(hot, key, entry);
+                (old, Some(prev))
+            }
+        };
+        let seq = hot.next_id();
+        let set = SetState {
+            old,
+            frame_id: hot.frame_id(),
+            prev,
+            seq,
+            prev_change: hot.last_change.replace(seq),
+        };
+        (set, hot.publish())
+    })?;
+    announce();
+    if let Some(old) = published {
+        retire(old);
+    }
+    Ok(set)
+}
+
+/// Why [`reset_binding`] refused.
+pub(crate) enum ResetFailure {
+    DifferentContext,
+    Access,
+}
+
+/// Restores the binding `key` had before the set that produced `set`.
+///
+/// In order of preference: in place, if the snapshot is the frame's alone; by
+/// reinstalling the snapshot the set replaced, if nothing changed since the set (no
+/// allocation); otherwise by path copying. CPython raises `LookupError` when the token has
+/// no old value and the binding is already gone; that cannot happen through set and reset
+/// alone (a stale token of an outer set may have removed it first), and there is nothing
+/// to undo, so it succeeds.
+pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure, SetState)> {
+    let mut set = Some(set);
+    let outcome = with_state(|hot| {
+        materialize(hot);
+        let mut token = set.take().expect("taken once");
+        if hot.frame_id() != token.frame_id {
+            return Err(token);
+        }
+        let unchanged = hot.last_change.get() == token.seq;
+        let (replaced_entry, replaced, last_change) =
+            match rebind_in_place(hot, key, token.old.take()) {
+                Ok(entry) => (entry, None, None),
+                Err(old) => match token.prev.take() {
+                    Some(prev) if unchanged => (None, Some(hot.install(prev)), None),
+                    prev => {
+                        // Not reinstalled: retired with the token below.
+                        token.prev = prev;
+                        let (entry, replaced) = rebind_copy(hot, key, old);
+                        (entry, Some(replaced), Some(hot.next_id()))
+                    }
+                },
+            };
+        // Back to the state right after the set's predecessor: the change marker too,
+        // so an outer token can still take the reinstall shortcut.
+        let marker = match last_change {
+            Some(fresh) => fresh,
+            None if unchanged => token.prev_change,
+            None => hot.next_id(),
+        };
+        hot.last_change.set(marker);
+        Ok((replaced_entry, replaced, hot.publish(), token))
+    });
+    match outcome {
+        Ok(Ok((replaced_entry, replaced, published, token))) => {
+            announce();
+            if let Some(vars) = replaced {
+                retire(vars);
+            }
+            if let Some(vars) = published {
+                retire(vars);
+            }
+            // Dropped only now, with the state consistent: each may hold the last
+            // reference to a value, whose `Drop` may use context variables.
+            drop(replaced_entry);
+            drop(token);
+            Ok(())
+        }
+        Ok(Err(token)) => Err((ResetFailure::DifferentContext, token)),
+        Err(TornDown) => Err((
+            ResetFailure::Access,
+            set.take().expect("closure did not run"),
+        )),
+    }
+}
+
+/// The context object of the current frame, made on first request.
+///
+/// The frame keeps its identity (tokens made before stay valid) and the object counts as
+/// entered until the frame ends, as `Context::current` documents. Inside a light frame
+/// (a job, an item, a poll) the frame materializes first, so the object belongs to that
+/// frame alone and is left when the call running it returns.
+pub(crate) fn current_shared() -> Result<Arc<Shared>, TornDown> {
+    let (shared, old) = with_state(|hot| {
+        materialize(hot);
+        let existing = hot.ctx.take();
+        let shared = match existing {
+            Some(shared) => shared,
+            None => Arc::new(Shared::new(hot.frame_id(), hot.vars_clone(), true)),
+        };
+        let handle = shared.clone();
+        hot.ctx.set(Some(shared));
+        // Publish what an earlier, unobserved set left unpublished.
+        let old = if hot.dirty.get() { hot.publish() } else { None };
+        (handle, old)
+    })?;
+    if let Some(old) = old {
+        retire(old);
+    }
+    Ok(shared)
+}

@@ -1,0 +1,438 @@
+//! Frames and entering them.
+//!
+//! A [`Frame`] is the state a thread runs in: a snapshot, the context object it writes
+//! through to (if any), an identity for token checks and a change marker. The thread's
+//! current frame lives in `HOT` (`thread`); every other frame lives outside it, owned by
+//! whatever will run it next (a task wrapper between polls, a spawned job, a
+//! `Context::run` call).
+//!
+//! **Every frame switch is lexically scoped.** A frame is entered and left inside one
+//! call of this module ([`run_in`], [`run_owned`], [`run_borrowed`],
+//! [`run_borrowed_each`], [`run_entered`]), and left again when that call returns or
+//! unwinds, by a guard that lives on that call's stack and never leaves it. No value that
+//! user code can move, leak, `mem::forget` or drop out of order ever restores a frame:
+//! the folders, futures and tokens the crate hands out hold frames or snapshots as data,
+//! and enter them only inside their own methods. So the frames on a thread always form a
+//! stack that matches the call stack, and whoever owns the snapshot behind `HOT.root`
+//! (below) is a caller of the code that reads it.
+//!
+//! **Light frames.** Work that usually only reads (a rayon job, a future's poll,
+//! `Context::run`) runs in a *light* frame ([`Light`]): only `HOT.root` and `HOT.light`
+//! change on entry and exit. The first operation that needs the frame itself (a set, a
+//! reset, a context handle) *materializes* it ([`materialize`]).
+//!
+//! **Why the raw root pointer is valid.** Outside light frames, `HOT.root` equals
+//! `HOT.vars.root_ptr()`: both are written together, before anything else can observe
+//! them, so the node is kept alive by `HOT.vars` as long as the pointer is current (an
+//! in-place change keeps the node). Inside an unmaterialized light frame, `HOT.root` is
+//! that frame's snapshot, owned by the caller of the `enter_light` call running it (a
+//! task's frame, the snapshot a rayon job borrows, the runner copy of a context object),
+//! which cannot return before `enter_light` does, and `enter_light` puts the previous
+//! pointer back before it returns, also when unwinding.
+
+use std::mem::MaybeUninit;
+use std::ptr;
+
+use super::object::Shared;
+use super::thread::{Hot, Status, publish_to, retire, with_hot};
+use super::{Vars, announce};
+use crate::map::{Map, Node};
+use crate::sync::{Arc, Cell};
+use crate::value::Entry;
+
+/// A frame: the state a thread runs in, kept outside the thread-local while it is not
+/// running (owned by a task wrapper between polls, a spawned job, or the storage of a
+/// [`Light`] frame waiting for its first write).
+pub(crate) struct Frame {
+    pub(super) vars: Vars,
+    pub(super) ctx: Option<Arc<Shared>>,
+    pub(super) id: u64,
+    pub(super) last_change: u64,
+    pub(super) dirty: bool,
+}
+
+impl Frame {
+    /// A frame of its own over `vars` that writes through to no context object: a copy
+    /// of a context (a thread, job or task's private context). Its id is assigned on the
+    /// first set, so entering it costs no counter.
+    pub(crate) fn private(vars: Vars) -> Self {
+        Self {
+            vars,
+            ctx: None,
+            id: 0,
+            last_change: 0,
+            dirty: false,
+        }
+    }
+
+    /// A frame that runs the context object `shared`, which the caller has already
+    /// marked entered: the frame leaves it when it is dropped.
+    pub(crate) fn entered(shared: Arc<Shared>) -> Self {
+        Self {
+            // SAFETY: the caller entered `shared` (see the doc comment), and the reference
+            // is used only for this clone.
+            vars: unsafe { shared.owner().get() }.clone(),
+            id: shared.id,
+            ctx: Some(shared),
+            last_change: 0,
+            dirty: false,
+        }
+    }
+}
+
+impl Drop for Frame {
+    /// Releases what a frame that stopped running holds: publishes an unpublished change
+    /// to its context object and leaves that object, handing it the final snapshot as the
+    /// next runner's starting point; or, for a private frame, releases its snapshot.
+    #[inline]
+    fn drop(&mut self) {
+        if self.ctx.is_none() && self.vars.is_empty() {
+            return; // nothing to release (a light frame's unused storage)
+        }
+        self.release();
+    }
+}
+
+impl Frame {
+    /// The body of `drop` for a frame that holds something.
+    #[inline(never)]
+    fn release(&mut self) {
+        let vars = std::mem::take(&mut self.vars);
+        let Some(shared) = self.ctx.take() else {
+            retire(vars);
+            return;
+        };
+        let published = if self.dirty {
+            publish_to(&shared, || vars.clone())
+        } else {
+            None
+        };
+        // SAFETY: a frame with a context object holds its entered flag: it was made by
+        // `Frame::entered` (after `try_enter`), by `current_shared` (a `new_entered`
+        // object), or by materializing `run_entered`'s light frame (whose caller entered
+        // and which then leaves it to this frame). No reference from `owner().get()` is
+        // in use: only an unmaterialized `run_entered` frame holds one.
+        let handed_back = unsafe { shared.owner().leave_with(vars) };
+        // Released only after leaving: they may run destructors, and a panicking one must
+        // not leave the context entered for good.
+        if let Some(old) = published {
+            retire(old);
+        }
+        retire(handed_back);
+    }
+}
+
+/// Exchanges the thread's current frame with `frame`. Runs no user code.
+pub(super) fn swap_frame(hot: &Hot, frame: &mut Frame) {
+    let vars = std::mem::take(&mut frame.vars);
+    hot.root.set(vars.root_ptr());
+    frame.vars = hot.vars.replace(vars);
+    frame.ctx = hot.ctx.replace(frame.ctx.take());
+    frame.id = hot.id.replace(frame.id);
+    frame.last_change = hot.last_change.replace(frame.last_change);
+    frame.dirty = hot.dirty.replace(frame.dirty);
+}
+
+/// A *light* frame: one that is current for reads (`HOT.root` points at its snapshot)
+/// while `HOT` still holds the frame below it. Entering and leaving one touches two
+/// `HOT` cells, whatever the number of variables: this is what a rayon job or a future's
+/// poll costs when it only reads, which is almost always.
+///
+/// The first operation that needs the frame itself (a set, a reset, a context handle)
+/// *materializes* it ([`materialize`]): a copy of the frame (counted clones of its
+/// snapshot and context object) becomes the thread's frame, and the frame it displaces
+/// waits in `displaced` until the light frame ends; then the copy, with what the work
+/// made of it, is written back to the storage. The storage itself is *not* written while
+/// the light frame runs, so its snapshot can be lent to rayon jobs ([`with_captured`])
+/// even if something on this thread materializes meanwhile.
+///
+/// A light frame lives on the stack of `enter_light`, which is the only code that sets
+/// `HOT.light`, and which puts the previous value back before the `Light` goes out of
+/// scope, also when unwinding; so a non-null `HOT.light` always points to a live `Light`
+/// of an active `enter_light` on this thread.
+pub(super) struct Light {
+    /// The frame's storage: the frame the light frame runs, written back (with what the
+    /// work made of it) when a materialized light frame ends. Null for the borrowed
+    /// frames of [`run_borrowed`], whose private frame is simply released at the end;
+    /// `borrowed` is then set.
+    frame: *mut Frame,
+    /// If set, the frame's snapshot is this borrowed one, cloned into the storage only on
+    /// materialization ([`run_borrowed`], [`run_entered`]).
+    borrowed: *const Vars,
+    /// If set, the frame runs this context object, entered by the caller of
+    /// [`run_entered`]; materialization makes the storage a frame of that object, which
+    /// then leaves it when dropped.
+    object: *const Arc<Shared>,
+    materialized: Cell<bool>,
+    /// After materialization (only then initialized), the frame the light frame
+    /// displaced. `MaybeUninit`, so that entering a light frame writes nothing here and
+    /// leaving one that never materialized drops nothing.
+    displaced: Cell<MaybeUninit<Frame>>,
+}
+
+impl Light {
+    /// The snapshot the light frame runs (before materialization).
+    ///
+    /// # Safety
+    ///
+    /// `self` must be the current light frame (`HOT.light`), not yet materialized.
+    unsafe fn vars(&self) -> &Vars {
+        // SAFETY: while the light frame is current and unmaterialized, `enter_light` does
+        // not touch the storage, and the borrow behind `borrowed` outlives the
+        // `enter_light` call.
+        unsafe {
+            match self.borrowed.as_ref() {
+                Some(vars) => vars,
+                None => &(*self.frame).vars,
+            }
+        }
+    }
+}
+
+/// If the current frame is a light one, makes a copy of it the thread's frame (see
+/// [`Light`]). Called first by every operation that reads or writes `HOT`'s frame.
+#[inline]
+pub(super) fn materialize(hot: &Hot) {
+    let light = hot.light.get();
+    if !light.is_null() {
+        materialize_slow(hot, light);
+    }
+}
+
+#[cold]
+fn materialize_slow(hot: &Hot, light: *const Light) {
+    // SAFETY: a non-null `HOT.light` points to the live `Light` of an active
+    // `enter_light` on this thread (see `Light`).
+    let light = unsafe { &*light };
+    // SAFETY: `light` is current and not yet materialized (`HOT.light` is cleared below),
+    // so `borrowed` is still lent to it.
+    let mut frame = match unsafe { light.borrowed.as_ref() } {
+        Some(vars) => Frame::private(vars.clone()),
+        None => {
+            // SAFETY: without a borrowed snapshot the storage is set (see `Light`). It is
+            // only accessed through this pointer while the light frame runs, and only
+            // read until it ends; `enter_light`'s caller holds the `&mut Frame` it came
+            // from for the whole call.
+            let storage = unsafe { &*light.frame };
+            Frame {
+                vars: storage.vars.clone(),
+                ctx: storage.ctx.clone(),
+                id: storage.id,
+                last_change: storage.last_change,
+                dirty: storage.dirty,
+            }
+        }
+    };
+    // SAFETY: `run_entered` keeps the `Arc` it points to alive for the whole light frame.
+    if let Some(shared) = unsafe { light.object.as_ref() } {
+        frame.id = shared.id;
+        frame.ctx = Some(Arc::clone(shared));
+    }
+    swap_frame(hot, &mut frame);
+    light.displaced.set(MaybeUninit::new(frame));
+    light.materialized.set(true);
+    hot.light.set(ptr::null());
+}
+
+/// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
+/// holding what `f` made of it (a task's context between polls). `frame` runs as a
+/// light frame: see [`Light`].
+pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
+    let root = frame.vars.root_ptr();
+    enter_light(frame, ptr::null(), ptr::null(), root, f)
+}
+
+/// Runs `f` in `frame`, then releases the frame.
+pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
+    run_in(&mut frame, f)
+}
+
+/// Runs `f` in a private frame over `vars` without taking a reference count unless `f`
+/// writes: the structured hand-off of a rayon job, whose parent keeps `vars` alive for
+/// the whole call.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
+    enter_light(ptr::null_mut(), vars, ptr::null(), vars.root_ptr(), f)
+}
+
+/// Calls `step` until it returns `false`, each call in a private frame over `vars` that
+/// starts from `vars`' bindings: the items of a rayon job, each of which must not see
+/// what the one before it did.
+///
+/// Consecutive calls share one light frame while they only read (a read leaves nothing
+/// behind); a call that materialized the frame (a set, a reset, a context handle) ends
+/// it, and the next call gets a fresh one. So an item pays two `HOT` cell writes only
+/// when the one before it wrote, and nothing otherwise.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
+    let root = vars.root_ptr();
+    let mut more = true;
+    while more {
+        more = enter_light(ptr::null_mut(), vars, ptr::null(), root, || {
+            while step() {
+                // `HOT.light` is this frame again unless `step` materialized it (nested
+                // frames put it back when they end; materializing clears it).
+                if with_hot(|hot| hot.light.get().is_null()) {
+                    return true;
+                }
+            }
+            false
+        });
+    }
+}
+
+/// Runs `f` in the context object `shared`, which the caller has entered (`try_enter`
+/// succeeded), and leaves it when `f` returns or unwinds: `Context::run`.
+///
+/// The frame is a light one over the runner's own copy of the snapshot
+/// ([`EnteredCell`](crate::sync::EnteredCell)), borrowed with no reference count, and
+/// `shared` is borrowed too. If `f` only reads, entering and leaving cost the entry's
+/// compare-and-swap, the leaving store and two swaps of `HOT` cells. The first write
+/// materializes a frame of the object, which publishes, hands back its final snapshot and
+/// leaves when `run_entered` drops it.
+pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
+    /// Leaves `shared` unless the light frame materialized (the frame in `storage` then
+    /// leaves it instead, when it drops right after this).
+    struct Leave<'a> {
+        shared: &'a Shared,
+        storage: Frame,
+    }
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            if self.storage.ctx.is_none() {
+                // SAFETY: `run_entered`'s caller entered `shared`, and no frame took the
+                // flag over (none materialized); the light frame, which held the only
+                // reference from `owner().get()`, has ended.
+                unsafe { self.shared.owner().leave() };
+            }
+        }
+    }
+    let mut leave = Leave {
+        shared,
+        storage: Frame::private(Map::new()),
+    };
+    // SAFETY: the flag is held until `leave` drops, after the light frame (the only user
+    // of this reference) has ended; the value is replaced only by `leave_with`, which
+    // runs after that too.
+    let vars: &Vars = unsafe { shared.owner().get() };
+    enter_light(&mut leave.storage, vars, shared, vars.root_ptr(), f)
+}
+
+/// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see
+/// [`Light`]), runs `f`, and leaves the frame when `f` returns or unwinds.
+fn enter_light<R>(
+    frame: *mut Frame,
+    borrowed: *const Vars,
+    object: *const Arc<Shared>,
+    root: *const Node<Entry>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let light = Light {
+        frame,
+        borrowed,
+        object,
+        materialized: Cell::new(false),
+        displaced: Cell::new(MaybeUninit::uninit()),
+    };
+    with_hot(|hot| {
+        let _exit = Exit {
+            hot,
+            light: &light,
+            root: hot.root.replace(root),
+            outer: hot.light.replace(&light),
+        };
+        announce();
+        f()
+    })
+}
+
+/// Leaves a light frame, also when its work unwinds. Made by `enter_light` after its
+/// `Light`, on its stack, so it runs while the `Light` is still alive; it never leaves
+/// that call.
+struct Exit<'a> {
+    hot: &'a Hot,
+    light: &'a Light,
+    root: *const Node<Entry>,
+    outer: *const Light,
+}
+
+impl Exit<'_> {
+    /// Leaving a light frame that materialized: the thread's frame becomes the displaced
+    /// one again, and the light frame's copy goes back to the storage.
+    #[cold]
+    #[inline(never)]
+    fn leave_materialized(&self) {
+        let displaced = self.light.displaced.replace(MaybeUninit::uninit());
+        // SAFETY: `materialized` is set only right after `displaced` was initialized, and
+        // this is the one place that takes it out.
+        let mut frame = unsafe { displaced.assume_init() };
+        // During thread teardown there is no thread frame to restore (cannot happen: a
+        // light frame cannot materialize then); `frame` is just released.
+        if self.hot.status.get() != Status::TornDown {
+            // Put the displaced frame back, taking out the light frame's copy.
+            swap_frame(self.hot, &mut frame);
+            // SAFETY: the storage, if any, is still the `&mut Frame` `enter_light`'s
+            // caller holds, which nothing else touches until it returns, and nothing
+            // borrows its snapshot any more (work it was lent to has ended).
+            if let Some(storage) = unsafe { self.light.frame.as_mut() } {
+                let mut original = std::mem::replace(storage, frame);
+                // The copy now in the storage holds the context object and its entered
+                // flag; the original must not leave it when dropped.
+                drop(original.ctx.take());
+                frame = original;
+            }
+            // Without a storage (`run_borrowed`), the job's private frame ends here.
+        }
+        self.hot.root.set(self.root);
+        self.hot.light.set(self.outer);
+        // Released only now that the thread's frame is the outer one again: it may run
+        // destructors that use context variables.
+        drop(frame);
+    }
+}
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        if self.light.materialized.get() {
+            self.leave_materialized();
+        } else {
+            self.hot.root.set(self.root);
+            self.hot.light.set(self.outer);
+        }
+        announce();
+    }
+}
+
+/// A clone of the current snapshot (empty during thread teardown).
+pub(crate) fn vars() -> Vars {
+    let light = with_hot(|hot| hot.light.get());
+    if !light.is_null() {
+        // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame
+        // (materializing clears it), alive for the duration of its `enter_light` call
+        // (see `Light`).
+        return unsafe { (*light).vars() }.clone();
+    }
+    with_hot(Hot::vars_clone)
+}
+
+/// Calls `f` with the current snapshot, to hand to structured work that finishes before
+/// `f` returns (a rayon `join` or `scope`).
+///
+/// Inside a light frame (a rayon job, a task's poll, `Context::run`, an
+/// `install_with_context`) the frame's own snapshot is lent, so `join`s there take no
+/// reference count at all; elsewhere `f` gets a counted clone. A lent snapshot outlives
+/// `f`: it is kept alive by the code that started the enclosing light frame, which
+/// cannot return before `f` does, and a write in the frame (even by an unrelated job that
+/// rayon runs on this thread meanwhile) materializes a copy instead of replacing it.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
+    let light = with_hot(|hot| hot.light.get());
+    if light.is_null() {
+        return f(&vars());
+    }
+    // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
+    // until its `enter_light` call returns, which is below us on this thread's stack; its
+    // snapshot (borrowed, or the storage's, which is not written while the light frame
+    // runs) stays where it is until then. See `Light`.
+    f(unsafe { (*light).vars() })
+}

@@ -1,0 +1,93 @@
+//! The engine: which bindings each thread sees now, and how that changes.
+//!
+//! Everything the public API does to the current context goes through here, and nothing
+//! here knows the public API: the engine imports neither `context`, `var`, `token` nor
+//! `observe`. It is three concepts, each in its own file:
+//!
+//! * [`thread`]: the thread's state, `HOT`, one destructor-free thread-local holding the
+//!   current frame, the root pointer reads follow, ids, the borrow counter and teardown;
+//! * [`frame`]: frames, and entering them (`run_in`, `run_borrowed`, `run_entered`, ...);
+//! * [`binding`]: binding changes in the current frame (`with_binding`, `set_binding`,
+//!   `reset_binding`) and the frame's context object (`current_shared`).
+//!
+//! [`object`] is the shared cell of a context object, below the frames that run it.
+//!
+//! # The design rule
+//!
+//! > Every frame switch is lexically scoped: entered and left inside one call of the
+//! > crate (`enter(frame, f)` style), also on unwind. No value that user code can move,
+//! > leak, `mem::forget` or drop out of order ever restores a frame.
+//!
+//! The frames on a thread therefore always form a stack that matches the call stack, and
+//! the owner of the snapshot behind `HOT.root` is always a caller of whatever reads it.
+//! The integrations follow it: a future's poll, a rayon job, each call into a folder of
+//! `in_current_context()` and each `Context::run` enters its frame inside the call and
+//! leaves it before returning. Values the crate hands to user code (tokens, scoped sets,
+//! folders, futures, frames held by wrappers) hold frames and snapshots as *data*; they
+//! never switch the thread's frame when they are dropped.
+//!
+//! # Announcing changes
+//!
+//! `observe` publishes each thread's current snapshot while it is enabled. The engine
+//! announces every change of the current bindings through one hook ([`announce`]): a
+//! relaxed load of a global switch, and, when it is on, a call of the function that
+//! `observe` registered ([`set_announcer`]).
+
+mod binding;
+mod frame;
+mod object;
+mod thread;
+
+pub(crate) use binding::{
+    ResetFailure, SetState, current_shared, reset_binding, set_binding, with_binding,
+};
+pub(crate) use frame::{Frame, run_entered, run_in, run_owned, vars};
+#[cfg(feature = "rayon")]
+pub(crate) use frame::{run_borrowed, run_borrowed_each, with_captured};
+pub(crate) use object::Shared;
+pub(crate) use thread::{TornDown, check_alive, next_context_id};
+
+use crate::map::Map;
+use crate::sync::{AtomicBool, OnceLock, Ordering, globals};
+use crate::value::Entry;
+
+/// A snapshot of bindings: var id → entry.
+pub(crate) type Vars = Map<Entry>;
+
+globals! {
+    /// Whether changes are announced. Read `Relaxed` on every set, reset and frame
+    /// switch ([`announce`]); `observe` documents why nothing stronger is needed.
+    static ANNOUNCING: AtomicBool = const AtomicBool::new(false);
+}
+
+/// The function [`announce`] calls while the switch is on.
+static ANNOUNCER: OnceLock<fn()> = OnceLock::new();
+
+/// Registers `announcer` (the first registration wins; the crate has one) and turns
+/// announcements on or off. Relaxed: see `observe::on_change`.
+pub(crate) fn set_announcer(announcer: fn(), on: bool) {
+    let _ = ANNOUNCER.get_or_init(|| announcer);
+    ANNOUNCING.store(on, Ordering::Relaxed);
+}
+
+/// Whether changes are announced now.
+#[inline]
+pub(crate) fn announcing() -> bool {
+    ANNOUNCING.load(Ordering::Relaxed)
+}
+
+/// Tells the registered announcer that the current bindings changed. Called once the
+/// thread's state is consistent again (the announcer reads it through [`vars`]).
+#[inline]
+fn announce() {
+    if announcing() {
+        announce_slow();
+    }
+}
+
+#[cold]
+fn announce_slow() {
+    if let Some(announcer) = ANNOUNCER.get() {
+        announcer();
+    }
+}

@@ -1,0 +1,322 @@
+//! The thread's state: one destructor-free thread-local, `HOT`, that holds the frame the
+//! thread runs now, and everything that must not touch a shared cache line (ids, the
+//! borrow counter, the graveyard of snapshots whose release waits for a borrow to end).
+//!
+//! `HOT` has a `const` initialiser and no destructor (the owning fields are
+//! `ManuallyDrop`), so reaching it compiles to a TLS address computation with no lazy
+//! initialisation or liveness check ([`with_hot`]). The zero-sized `TEARDOWN`
+//! thread-local, registered the first time a frame is stored ([`with_state`]), releases
+//! the frame at thread exit: it nulls `HOT.root` first, so code that runs while the
+//! thread's values are dropped reads defaults instead of freed memory, and marks the
+//! thread torn down, so writes from then on fail with [`TornDown`].
+//!
+//! **No borrow across user code.** Every field is a `Cell`; state is read with
+//! `take`/`replace` and written back before any user code (a closure, a value's `Drop`)
+//! can run. Snapshots that stop being current are dropped only after the state is
+//! consistent again ([`retire`]).
+//!
+//! **Borrows.** A reader that runs user code while holding a reference into the current
+//! root node (the closure of `ContextVar::with`, or `T::clone`) counts itself in
+//! `HOT.borrows` ([`Borrow`]); while that count is non-zero, no change is made in place,
+//! and a snapshot that stops being current is parked in `HOT.graveyard` instead of
+//! dropped, so the node outlives the reference. The last borrow to end drops the parked
+//! snapshots.
+
+use std::mem::ManuallyDrop;
+use std::ptr;
+
+use super::Vars;
+use super::object::Shared;
+use crate::map::{Map, Node};
+use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
+use crate::value::Entry;
+
+/// Context and frame ids are handed out in blocks, so a thread allocates ids without
+/// touching a shared counter. 0 means "not assigned".
+static NEXT_ID_BLOCK: StaticCounter = StaticCounter::new(1);
+const ID_BLOCK: u64 = 1 << 16;
+
+/// The thread's state is gone: the thread is exiting and its thread-locals are being
+/// destroyed. The API layer turns it into [`AccessError`](crate::AccessError).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TornDown;
+
+pub(super) struct Hot {
+    /// The root node of the snapshot reads see: `vars`' root, or the current light
+    /// frame's (see `frame`'s module docs for why it is always owned).
+    pub(super) root: Cell<*const Node<Entry>>,
+    /// The light frame running now, if the current frame is one (`frame::Light`).
+    pub(super) light: Cell<*const super::frame::Light>,
+    pub(super) borrows: Cell<usize>,
+    deferred: Cell<bool>,
+    ids_next: Cell<u64>,
+    ids_end: Cell<u64>,
+    /// Whether the thread's teardown guard is registered, and whether it has run.
+    pub(super) status: Cell<Status>,
+    // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
+    // The fields that own something are `ManuallyDrop`, so that `Hot` has no destructor
+    // (one would add a liveness check to every access); `Teardown` empties them instead.
+    pub(super) vars: ManuallyDrop<Cell<Vars>>,
+    pub(super) ctx: ManuallyDrop<Cell<Option<Arc<Shared>>>>,
+    pub(super) id: Cell<u64>,
+    /// Changed (to a fresh id) by every set, reset and restore of this frame's snapshot,
+    /// so a token can tell whether anything happened since its set.
+    pub(super) last_change: Cell<u64>,
+    /// A set or reset was not published to `ctx` because nobody else could see it.
+    pub(super) dirty: Cell<bool>,
+    /// Snapshots retired while a borrow was active, dropped when the last borrow ends.
+    graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
+}
+
+/// Where the thread is in its life, as far as `HOT` is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Status {
+    /// The teardown guard (`TEARDOWN`) is not registered yet: nothing that needs
+    /// releasing has been stored.
+    Fresh,
+    /// The guard is registered and will release the frame at thread exit.
+    Alive,
+    /// The guard has run: the thread is being torn down, and writes are refused.
+    TornDown,
+}
+
+impl Hot {
+    const fn new() -> Self {
+        Self {
+            root: Cell::new(ptr::null()),
+            light: Cell::new(ptr::null()),
+            borrows: Cell::new(0),
+            deferred: Cell::new(false),
+            ids_next: Cell::new(0),
+            ids_end: Cell::new(0),
+            status: Cell::new(Status::Fresh),
+            vars: ManuallyDrop::new(Cell::new(Map::new())),
+            ctx: ManuallyDrop::new(Cell::new(None)),
+            id: Cell::new(0),
+            last_change: Cell::new(0),
+            dirty: Cell::new(false),
+            graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
+        }
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        let next = self.ids_next.get();
+        if next != self.ids_end.get() {
+            self.ids_next.set(next + 1);
+            return next;
+        }
+        let start = NEXT_ID_BLOCK.fetch_add(ID_BLOCK);
+        self.ids_next.set(start + 1);
+        self.ids_end.set(start + ID_BLOCK);
+        start
+    }
+
+    pub(super) fn frame_id(&self) -> u64 {
+        match self.id.get() {
+            0 => {
+                let id = self.next_id();
+                self.id.set(id);
+                id
+            }
+            id => id,
+        }
+    }
+
+    pub(super) fn vars_clone(&self) -> Vars {
+        let vars = self.vars.take();
+        let copy = vars.clone();
+        self.vars.set(vars);
+        copy
+    }
+
+    /// Makes `new` the current snapshot and returns the old one. No user code runs.
+    pub(super) fn install(&self, new: Vars) -> Vars {
+        self.root.set(new.root_ptr());
+        self.vars.replace(new)
+    }
+
+    /// Publishes the current snapshot to the frame's context object if anyone else can
+    /// see that object, and returns what the object held before (to be retired by the
+    /// caller). A context object referenced only by this frame (`strong_count == 1`: its
+    /// handles were all dropped) cannot be observed, so the publication is skipped and
+    /// the frame marked dirty; a handle made later publishes first
+    /// (`binding::current_shared`).
+    #[inline]
+    pub(super) fn publish(&self) -> Option<Vars> {
+        // No context object (a private frame): the cell is left holding `None`.
+        let shared = self.ctx.take()?;
+        self.publish_to_object(shared)
+    }
+
+    #[cold]
+    fn publish_to_object(&self, shared: Arc<Shared>) -> Option<Vars> {
+        let old = publish_to(&shared, || self.vars_clone());
+        self.dirty.set(old.is_none());
+        self.ctx.set(Some(shared));
+        old
+    }
+}
+
+/// Stores `vars()` in `shared` if anyone besides the running frame can see the object
+/// (`strong_count > 1`), returning the object's previous snapshot for the caller to
+/// retire; `None` if the publication was skipped.
+pub(super) fn publish_to(shared: &Arc<Shared>, vars: impl FnOnce() -> Vars) -> Option<Vars> {
+    (Arc::strong_count(shared) > 1).then(|| shared.replace_vars(vars()))
+}
+
+/// The thread's teardown guard: `HOT` has no destructor (so that reaching it is a plain
+/// TLS access), and this zero-sized thread-local, registered the first time the thread
+/// stores something in `HOT`'s frame, releases that frame at thread exit.
+struct Teardown;
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = HOT.try_with(tear_down);
+    }
+}
+
+/// Releases the thread's frame at thread exit and refuses writes from then on.
+fn tear_down(hot: &Hot) {
+    hot.status.set(Status::TornDown);
+    // Readers that run while the values below are dropped must not follow the root, and
+    // writers are refused from here on (`with_state`).
+    hot.root.set(ptr::null());
+    hot.light.set(ptr::null());
+    let vars = hot.vars.take();
+    if let Some(shared) = hot.ctx.take() {
+        if hot.dirty.get() {
+            drop(publish_to(&shared, || vars.clone()));
+        }
+        // SAFETY: the thread's base frame holds its object's flag (`current_shared` made
+        // it with `new_entered`); nothing borrows the runner's copy now: every light
+        // frame of this thread has returned (they are scoped to calls on its stack).
+        drop(unsafe { shared.owner().leave_with(vars.clone()) });
+    }
+    // May run user destructors, which see defaults and cannot write.
+    drop(vars);
+    drop(hot.graveyard.take());
+}
+
+/// Loom drops every thread-local of a finished thread, `HOT` included, in an order of
+/// its own: if `HOT` goes first, `TEARDOWN` can no longer reach it, so `HOT` releases the
+/// frame itself (the second of the two finds it empty). Normal builds keep `HOT` free of
+/// a destructor (see `with_hot`).
+#[cfg(contextvars_loom)]
+impl Drop for Hot {
+    fn drop(&mut self) {
+        tear_down(self);
+    }
+}
+
+thread_locals! {
+    static HOT: Hot = Hot::new();
+    static TEARDOWN: Teardown = Teardown;
+}
+
+// `with_hot` relies on this: no destructor, hence no teardown of `HOT`'s storage.
+#[cfg(not(contextvars_loom))]
+const _: () = assert!(!std::mem::needs_drop::<Hot>());
+
+/// Calls `f` with this thread's `Hot`.
+///
+/// `HOT.with(f)` is a generic call that LLVM often leaves out of line when `f` is large
+/// (it was, for `ContextVar::get`: a call plus an indirect call to the TLS accessor).
+/// Taking only the address inside `with` keeps that closure trivial, so the whole access
+/// inlines to a TLS address computation.
+#[inline(always)]
+pub(super) fn with_hot<R>(f: impl FnOnce(&Hot) -> R) -> R {
+    let hot: *const Hot = HOT.with(ptr::from_ref);
+    // SAFETY: `HOT` has a `const` initialiser and no destructor, so its storage is
+    // initialised before first use and stays valid until the thread's TLS block is freed,
+    // after every frame of this thread (including the caller's) has returned. `Hot` is
+    // `!Sync`, and the reference does not outlive the call, so it is used on this thread
+    // only, and only through `Cell`s.
+    f(unsafe { &*hot })
+}
+
+/// Calls `f` with the thread's state, registering the teardown guard on first use;
+/// `Err` during thread teardown.
+#[inline]
+pub(super) fn with_state<R>(f: impl FnOnce(&Hot) -> R) -> Result<R, TornDown> {
+    with_hot(|hot| {
+        if hot.status.get() != Status::Alive && !register(hot) {
+            return Err(TornDown);
+        }
+        Ok(f(hot))
+    })
+}
+
+/// Registers the teardown guard if the thread is fresh; `false` if it is torn down.
+#[cold]
+fn register(hot: &Hot) -> bool {
+    if hot.status.get() == Status::Fresh && TEARDOWN.try_with(|_| ()).is_ok() {
+        hot.status.set(Status::Alive);
+    }
+    hot.status.get() == Status::Alive
+}
+
+/// Drops `vars` now, or parks it until the last active borrow ends.
+pub(super) fn retire(vars: Vars) {
+    let parked = with_hot(|hot| {
+        if hot.borrows.get() == 0 {
+            return Some(vars);
+        }
+        if hot.status.get() == Status::TornDown {
+            // Nothing would drain the graveyard any more.
+            return Some(vars);
+        }
+        let mut graveyard = hot.graveyard.take();
+        graveyard.push(vars);
+        hot.graveyard.set(graveyard);
+        hot.deferred.set(true);
+        None
+    });
+    drop(parked);
+}
+
+#[cold]
+fn drain_graveyard() {
+    let _ = HOT.try_with(|hot| {
+        loop {
+            let dead = hot.graveyard.take();
+            if dead.is_empty() {
+                break;
+            }
+            drop(dead); // may run user destructors, which may park more snapshots
+        }
+    });
+}
+
+/// Counts an active borrow of the current snapshot; see the module docs.
+pub(super) struct Borrow<'a>(&'a Hot);
+
+impl<'a> Borrow<'a> {
+    #[inline]
+    pub(super) fn new(hot: &'a Hot) -> Self {
+        hot.borrows.set(hot.borrows.get() + 1);
+        Borrow(hot)
+    }
+}
+
+impl Drop for Borrow<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let left = self.0.borrows.get() - 1;
+        self.0.borrows.set(left);
+        if left == 0 && self.0.deferred.get() {
+            self.0.deferred.set(false);
+            drain_graveyard();
+        }
+    }
+}
+
+/// `Ok` unless the thread's state is being torn down.
+pub(crate) fn check_alive() -> Result<(), TornDown> {
+    with_state(|_| ())
+}
+
+/// A fresh context id from this thread's block. Context ids and frame ids share one
+/// space, unique across threads.
+pub(crate) fn next_context_id() -> u64 {
+    with_hot(Hot::next_id)
+}
