@@ -55,15 +55,15 @@ fn main() {
     assert_eq!(total, 500_000_500_000);
     println!("join: sum = {total}");
 
-    // A parallel iterator: captured once, entered per job; each item starts clean.
+    // A parallel iterator: captured once, right after the source; each item starts clean.
     let labels: Vec<String> = (0..8)
         .into_par_iter()
+        .in_current_context()
         .map(|i| {
             assert_eq!(DEPTH.get(), 0, "an earlier item's set leaked into item {i}");
             drop(DEPTH.set(i + 1)); // left behind on purpose: the next item does not see it
             format!("{}#{i}", BATCH.get())
         })
-        .in_current_context()
         .collect();
     println!("par_iter: {labels:?}");
     assert!(labels.iter().all(|label| label.starts_with("nightly#")));

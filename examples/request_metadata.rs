@@ -95,13 +95,13 @@ async fn work() -> String {
         // A CPU-bound step on rayon's pool, from the blocking thread.
         (0..4_000u64)
             .into_par_iter()
+            .in_current_context()
             .map(|i| {
                 if i % 1_000 == 0 {
                     log("rayon par_iter: item");
                 }
                 i
             })
-            .in_current_context()
             .sum::<u64>()
     })
     .await

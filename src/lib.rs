@@ -77,7 +77,8 @@
 //! * [`future`]: a runtime-agnostic future and stream wrapper, [`future::WithContext`];
 //! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`;
 //! * `rayon` (feature `rayon`): `join`, `scope`, `spawn`, `ThreadPool::install` and a
-//!   parallel-iterator adapter; a worker's state is saved and restored around every job.
+//!   parallel-iterator adapter; every job and every call into the adapter enters its
+//!   context and leaves it before returning, so a worker's own state is never disturbed.
 //!
 //! By hand: `let ctx = copy_context(); spawn(move || ctx.run(f))`. [`Context`] is
 //! `Send + Sync`; a [`Token`] and a [`ScopedSet`] guard are `!Send`, because they restore

@@ -57,7 +57,7 @@ use ::rayon::iter::plumbing::{
 use ::rayon::iter::{IndexedParallelIterator, ParallelIterator};
 use ::rayon::{FnContext, ThreadPool};
 
-use crate::engine::{self as current, Frame, Vars};
+use crate::engine::{self, Frame, Vars};
 
 /// [`rayon::join`], running both closures in copies of the current context.
 ///
@@ -70,10 +70,10 @@ where
     RA: Send,
     RB: Send,
 {
-    current::with_captured(move |vars| {
+    engine::with_captured(move |vars| {
         ::rayon::join(
-            move || current::run_borrowed(vars, oper_a),
-            move || current::run_borrowed(vars, oper_b),
+            move || engine::run_borrowed(vars, oper_a),
+            move || engine::run_borrowed(vars, oper_b),
         )
     })
 }
@@ -86,10 +86,10 @@ where
     RA: Send,
     RB: Send,
 {
-    current::with_captured(move |vars| {
+    engine::with_captured(move |vars| {
         ::rayon::join_context(
-            move |fn_ctx| current::run_borrowed(vars, || oper_a(fn_ctx)),
-            move |fn_ctx| current::run_borrowed(vars, || oper_b(fn_ctx)),
+            move |fn_ctx| engine::run_borrowed(vars, || oper_a(fn_ctx)),
+            move |fn_ctx| engine::run_borrowed(vars, || oper_b(fn_ctx)),
         )
     })
 }
@@ -99,8 +99,8 @@ pub fn spawn<F>(func: F)
 where
     F: FnOnce() + Send + 'static,
 {
-    let frame = Frame::private(current::vars());
-    ::rayon::spawn(move || current::run_owned(frame, func));
+    let frame = Frame::private(engine::vars());
+    ::rayon::spawn(move || engine::run_owned(frame, func));
 }
 
 /// [`rayon::spawn_fifo`], running `func` in a copy of the current context.
@@ -108,8 +108,8 @@ pub fn spawn_fifo<F>(func: F)
 where
     F: FnOnce() + Send + 'static,
 {
-    let frame = Frame::private(current::vars());
-    ::rayon::spawn_fifo(move || current::run_owned(frame, func));
+    let frame = Frame::private(engine::vars());
+    ::rayon::spawn_fifo(move || engine::run_owned(frame, func));
 }
 
 /// A [`rayon::Scope`] whose spawns run in copies of the context current at the spawn.
@@ -142,9 +142,9 @@ impl<'scope> Scope<'_, 'scope> {
     where
         BODY: for<'b> FnOnce(&Scope<'b, 'scope>) + Send + 'scope,
     {
-        let frame = Frame::private(current::vars());
+        let frame = Frame::private(engine::vars());
         self.inner.spawn(move |inner| {
-            current::run_owned(frame, || body(&Scope { inner }));
+            engine::run_owned(frame, || body(&Scope { inner }));
         });
     }
 
@@ -166,8 +166,8 @@ where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R + Send,
     R: Send,
 {
-    current::with_captured(move |vars| {
-        ::rayon::scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+    engine::with_captured(move |vars| {
+        ::rayon::scope(move |inner| engine::run_borrowed(vars, || op(&Scope { inner })))
     })
 }
 
@@ -177,8 +177,8 @@ pub fn in_place_scope<'scope, OP, R>(op: OP) -> R
 where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R,
 {
-    current::with_captured(move |vars| {
-        ::rayon::in_place_scope(move |inner| current::run_borrowed(vars, || op(&Scope { inner })))
+    engine::with_captured(move |vars| {
+        ::rayon::in_place_scope(move |inner| engine::run_borrowed(vars, || op(&Scope { inner })))
     })
 }
 
@@ -217,23 +217,23 @@ impl ThreadPoolExt for ThreadPool {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        current::with_captured(move |vars| self.install(move || current::run_borrowed(vars, op)))
+        engine::with_captured(move |vars| self.install(move || engine::run_borrowed(vars, op)))
     }
 
     fn spawn_with_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static,
     {
-        let frame = Frame::private(current::vars());
-        self.spawn(move || current::run_owned(frame, op));
+        let frame = Frame::private(engine::vars());
+        self.spawn(move || engine::run_owned(frame, op));
     }
 
     fn spawn_fifo_with_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static,
     {
-        let frame = Frame::private(current::vars());
-        self.spawn_fifo(move || current::run_owned(frame, op));
+        let frame = Frame::private(engine::vars());
+        self.spawn_fifo(move || engine::run_owned(frame, op));
     }
 }
 
@@ -292,7 +292,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
     fn in_current_context(self) -> InContext<Self> {
         InContext {
             base: self,
-            vars: current::vars(),
+            vars: engine::vars(),
         }
     }
 }
@@ -375,7 +375,7 @@ impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
     fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
         let vars = self.vars;
         let base = self.base;
-        let (left, right, reducer) = current::run_borrowed(vars, || base.split_at(index));
+        let (left, right, reducer) = engine::run_borrowed(vars, || base.split_at(index));
         (
             ContextConsumer { base: left, vars },
             ContextConsumer { base: right, vars },
@@ -390,7 +390,7 @@ impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
         // The consumer's own `into_folder` may run user code (`fold`'s identity).
         let vars = self.vars;
         let base = self.base;
-        ContextFolder::new(current::run_borrowed(vars, || base.into_folder()), vars)
+        ContextFolder::new(engine::run_borrowed(vars, || base.into_folder()), vars)
     }
 
     fn full(&self) -> bool {
@@ -402,7 +402,7 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C>
     fn split_off_left(&self) -> Self {
         let base = &self.base;
         ContextConsumer {
-            base: current::run_borrowed(self.vars, || base.split_off_left()),
+            base: engine::run_borrowed(self.vars, || base.split_off_left()),
             vars: self.vars,
         }
     }
@@ -410,7 +410,7 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C>
     fn to_reducer(&self) -> Self::Reducer {
         let base = &self.base;
         ContextReducer {
-            base: current::run_borrowed(self.vars, || base.to_reducer()),
+            base: engine::run_borrowed(self.vars, || base.to_reducer()),
             vars: self.vars,
         }
     }
@@ -418,7 +418,7 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C>
 
 /// A folder whose every call runs in a frame over the captured snapshot, entered inside
 /// the call and left before it returns. Each item gets a frame that starts from the
-/// captured bindings ([`run_borrowed_each`](current::run_borrowed_each)): a `set` one
+/// captured bindings ([`run_borrowed_each`](engine::run_borrowed_each)): a `set` one
 /// item leaves behind, or a context handle it takes, is never seen by the next, so what
 /// an item sees does not depend on how rayon split the work. Used by both paths: as a
 /// job's folder (consumer path) and around the consumer's folder inside a producer's
@@ -452,7 +452,7 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
 
     fn consume(mut self, item: T) -> Self {
         let base = self.take();
-        self.base = Some(current::run_borrowed(self.vars, || base.consume(item)));
+        self.base = Some(engine::run_borrowed(self.vars, || base.consume(item)));
         self
     }
 
@@ -461,7 +461,7 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
         let mut slot = Some(self.take());
         // Pulling an item runs the closures of the adapters before this one (`map`,
         // `filter`, ...), so it happens inside the item's frame too.
-        current::run_borrowed_each(self.vars, || {
+        engine::run_borrowed_each(self.vars, || {
             let Some(base) = slot.take() else {
                 return false;
             };
@@ -486,7 +486,7 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
 
     fn complete(mut self) -> F::Result {
         let base = self.take();
-        current::run_borrowed(self.vars, || base.complete())
+        engine::run_borrowed(self.vars, || base.complete())
     }
 
     fn full(&self) -> bool {
@@ -500,7 +500,7 @@ impl<F> Drop for ContextFolder<'_, F> {
     /// variables.
     fn drop(&mut self) {
         if let Some(base) = self.base.take() {
-            current::run_borrowed(self.vars, || drop(base));
+            engine::run_borrowed(self.vars, || drop(base));
         }
     }
 }
@@ -514,7 +514,7 @@ struct ContextReducer<'v, R> {
 impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<'_, R> {
     fn reduce(self, left: T, right: T) -> T {
         let base = self.base;
-        current::run_borrowed(self.vars, || base.reduce(left, right))
+        engine::run_borrowed(self.vars, || base.reduce(left, right))
     }
 }
 
@@ -551,7 +551,7 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
     fn into_iter(self) -> Self::IntoIter {
         let vars = self.vars;
         ContextIter {
-            base: current::run_borrowed(vars, || self.base.into_iter()),
+            base: engine::run_borrowed(vars, || self.base.into_iter()),
             vars,
         }
     }
@@ -575,7 +575,7 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
 
     fn fold_with<F: Folder<Self::Item>>(self, folder: F) -> F {
         let vars = self.vars;
-        current::run_borrowed(vars, || {
+        engine::run_borrowed(vars, || {
             self.base.fold_with(ContextFolder::new(folder, vars)).take()
         })
     }
@@ -594,7 +594,7 @@ impl<I: Iterator> Iterator for ContextIter<'_, I> {
 
     fn next(&mut self) -> Option<I::Item> {
         let base = &mut self.base;
-        current::run_borrowed(self.vars, || base.next())
+        engine::run_borrowed(self.vars, || base.next())
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -605,7 +605,7 @@ impl<I: Iterator> Iterator for ContextIter<'_, I> {
 impl<I: DoubleEndedIterator> DoubleEndedIterator for ContextIter<'_, I> {
     fn next_back(&mut self) -> Option<I::Item> {
         let base = &mut self.base;
-        current::run_borrowed(self.vars, || base.next_back())
+        engine::run_borrowed(self.vars, || base.next_back())
     }
 }
 

@@ -1,4 +1,25 @@
 //! `Token`: the receipt of a `set`, and `ScopedSet`, the guard that resets on drop.
+//!
+//! # Any drop order is memory-safe
+//!
+//! Neither type switches frames. A token records *data*: the variable's previous entry,
+//! the identity of the frame the set happened in, a change marker and perhaps the
+//! snapshot the set replaced, each owned by the token (reference-counted), never a
+//! pointer into the thread's state. Resetting (explicitly, or when a `ScopedSet` drops)
+//! changes the *bindings* of whichever frame is current, through the same checked path
+//! as a `set`, and only after checking that this is the frame the token was made in;
+//! otherwise it is refused: [`ResetError`], which a `ScopedSet` dropped in the wrong
+//! frame raises as a panic (or skips, if a panic is already unwinding).
+//!
+//! So user code can forget a token or a guard (`mem::forget`: the value just stays set,
+//! as if the token were dropped), drop guards out of order (each restores its own
+//! variable's previous binding; the frame's other bindings are untouched), drop one
+//! inside another `Context::run` (a different frame: refused, nothing changes there), or have one
+//! dropped by an unwinding panic (a normal reset in the frame the panic unwinds
+//! through), and no order can make a reader follow a freed snapshot: what is current is
+//! always owned by a frame on this thread's call stack, and what a token holds is kept
+//! alive by the token. `tests/it/hostile.rs` exercises these orders, natively and under
+//! miri.
 
 #![deny(unsafe_code)]
 

@@ -2,7 +2,7 @@
 //!
 //! This is the design essay: what the structures are, which invariants the `unsafe` code
 //! relies on, and how each atomic ordering pairs up. Read it before changing
-//! `src/current.rs`, `src/context.rs` or `src/sync.rs`.
+//! `src/engine/`, `src/context.rs` or `src/sync.rs`.
 //!
 //! ## Snapshots
 //!
@@ -27,7 +27,7 @@
 //! puts the old one back when it returns, also during unwinding: the stack of entered
 //! contexts is the call stack.
 //!
-//! The frame lives in one thread-local, `HOT` (`src/current.rs`), which has a `const`
+//! The frame lives in one thread-local, `HOT` (`src/engine/thread.rs`), which has a `const`
 //! initialiser and **no destructor** (its owning fields are `ManuallyDrop`, and a
 //! compile-time assertion checks `needs_drop`), so reaching it is a plain TLS address
 //! computation with no liveness check. `with_hot` takes only the address inside
@@ -48,6 +48,29 @@
 //! it, is written back to the light frame's storage. The storage is never written while
 //! the light frame runs, so its snapshot can be lent to rayon jobs without a reference
 //! count (`with_captured`), even if something on the same thread materializes meanwhile.
+//!
+//! ### The design rule: every frame switch is lexically scoped
+//!
+//! > Every frame switch is entered and left inside one call of the crate (`enter(frame,
+//! > f)` style), also on unwind. No value that user code can move, leak, `mem::forget`
+//! > or drop out of order ever restores a frame.
+//!
+//! The engine (`src/engine/`) enters frames only in `enter_light`, whose exit guard lives
+//! on its own stack frame, and which every entry point (`run_in`, `run_owned`,
+//! `run_borrowed`, `run_borrowed_each`, `run_entered`) calls with the work as a closure.
+//! The integrations do the same: a future's poll, a rayon job, and *each call* into the
+//! consumer, folder, reducer or producer of `in_current_context()` enters the captured
+//! frame and leaves it before returning. rayon's plumbing traits are public, so any safe
+//! code can drive those folders: move them, complete them inside some other
+//! `Context::run`, drop them anywhere or never. Before this rule the folder held a guard
+//! that restored the worker's frame when it was dropped, and driving it out of order
+//! freed a snapshot that was still current (a use-after-free from safe code), ran one
+//! context object on two threads, and let the items of one job share a context handle.
+//! Now a folder holds only a borrow of the captured snapshot and the wrapped folder; each
+//! item runs in a frame that starts from the captured bindings by construction
+//! (`run_borrowed_each` reuses a frame for the next item only if the item never
+//! materialized it), so no per-item restore is needed either. `tests/it/hostile.rs` and
+//! the `hostile` fuzz target drive the folders in arbitrary orders against a model.
 //!
 //! ### Invariant: the root pointer is owned
 //!
@@ -147,7 +170,7 @@
 //! nothing changed since the set (no allocation: the common case in an observable context
 //! object); otherwise path-copies the old binding back, or removes the binding if there
 //! was none. Change markers are fresh ids from the thread's id block, updated on every set,
-//! reset and rayon per-item restore, so they stay unique when a task's frame moves
+//! reset and reinstall, so they stay unique when a task's frame moves
 //! between threads. Tokens are `!Send`.
 //!
 //! ## The `sync` shim
@@ -159,15 +182,18 @@
 //!
 //! ## Where `unsafe` lives
 //!
-//! * `src/current.rs`: dereferencing `HOT.root` (invariant: the root pointer is owned),
-//!   `with_hot` (a reference to the destructor-free `HOT`), the light-frame record and
-//!   its storage, and the runner copy of an entered context object (`run_entered`,
-//!   `Frame::entered`, `Frame::release`).
+//! * `src/engine/thread.rs`: `with_hot` (a reference to the destructor-free `HOT`) and
+//!   handing the runner copy back at thread exit.
+//! * `src/engine/binding.rs`: dereferencing `HOT.root` in `with_binding` (invariant: the
+//!   root pointer is owned).
+//! * `src/engine/frame.rs`: the light-frame record and its storage, and the runner copy
+//!   of an entered context object (`run_entered`, `Frame::entered`, `Frame::release`).
 //! * `src/value.rs`: `Entry::downcast_unchecked` (invariant: id → type).
 //! * `src/sync.rs`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
 //!   (the value behind the entered flag), the observation registry's lock-free list, and
 //!   the loom stand-in's `OnceArc::get` (loom builds only).
 //!
 //! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage
-//! checks it (`lib.rs` and the documentation modules, which hold no code, are exempt).
+//! checks it (`lib.rs`, `engine/mod.rs` and the documentation modules, which hold no
+//! unsafe code of their own, are exempt; `#![deny]` in a parent would reach the children).
 #![deny(unsafe_code)]
