@@ -15,6 +15,8 @@ mod cpython;
 mod differential;
 mod drop_reentrancy;
 mod future;
+#[cfg(feature = "rayon")]
+mod hostile;
 mod panic_safety;
 #[cfg(feature = "rayon")]
 mod rayon;
