@@ -26,7 +26,7 @@ mod tests {
     use loom::thread;
     use loom_tests::model;
     use rayon::iter::ParallelIterator;
-    use rayon::iter::plumbing::{Consumer, Folder, UnindexedConsumer};
+    use rayon::iter::plumbing::{Folder, UnindexedConsumer};
 
     static X: ContextVar<u32> = ContextVar::new("x");
 
