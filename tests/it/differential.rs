@@ -65,19 +65,6 @@ proptest! {
     }
 }
 
-/// A tiny deterministic PRNG (xorshift64*), for byte programs independent of proptest.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
-
 /// Random byte strings (what the fuzzer feeds) decode to programs that run, and together
 /// they reach every outcome the runner distinguishes: the generators are not blind to any.
 #[test]
@@ -85,7 +72,7 @@ fn byte_programs_reach_every_outcome() {
     let (programs, len) = if cfg!(miri) { (2, 64) } else { (300, 400) };
     let mut total = Stats::default();
     for seed in 0..programs {
-        total.add(&run_bytes(&bytes(seed, len)));
+        total.add(&run_bytes(&crate::pseudo_random_bytes(seed, len)));
     }
     eprintln!("{total:?}");
     assert!(total.sets > 0, "{total:?}");

@@ -39,6 +39,19 @@ pub(crate) const fn iterations(normal: usize) -> usize {
     if cfg!(miri) { 10 } else { normal }
 }
 
+/// A tiny deterministic PRNG (xorshift64*), for the byte programs of the differential and hostile tests, independent of proptest.
+pub(crate) fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
 /// The message of a panic payload (`panic!("literal")` or `panic!("{formatted}")`).
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&'static str>() {
