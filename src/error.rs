@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::engine::TornDown;
+use crate::engine::{SetRefused, TornDown};
 use crate::token::Token;
 
 /// The variable has no value in the current context and no default.
@@ -119,6 +119,99 @@ impl From<TornDown> for AccessError {
         Self::new()
     }
 }
+
+/// [`ContextVar::try_set`](crate::ContextVar::try_set) (and `try_scoped_set`,
+/// `try_scope`) refused to bind a value.
+///
+/// Two reasons:
+///
+/// * **An unisolated tokio task** ([`is_unisolated_task`](Self::is_unisolated_task),
+///   feature `tokio`): a task is being polled on this thread, and the thread runs in its
+///   own context, not in one of the task's. A worker thread's own context outlives the
+///   poll: the value would be seen by every task the worker polls next, which in a
+///   server means another request's handler. Run the task in a context of its own: the
+///   `contextvars::tower` layer for a service's requests, the runtime hooks of
+///   `contextvars::tokio` for every task, or a wrapper (`contextvars::tokio::spawn`,
+///   `fut.in_current_context()`) for one task.
+/// * **Thread teardown** ([`is_access_error`](Self::is_access_error)): the thread's
+///   context storage is being destroyed (see [`AccessError`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SetError {
+    name: &'static str,
+    kind: SetErrorKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SetErrorKind {
+    UnisolatedTask,
+    Access,
+}
+
+impl SetError {
+    pub(crate) fn from_refusal(name: &'static str, refused: SetRefused) -> Self {
+        let kind = match refused {
+            SetRefused::UnisolatedTask => SetErrorKind::UnisolatedTask,
+            SetRefused::TornDown => SetErrorKind::Access,
+        };
+        Self { name, kind }
+    }
+
+    /// The name of the variable whose set was refused.
+    pub fn var_name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the set was refused because a tokio task is being polled in the worker
+    /// thread's own context.
+    pub fn is_unisolated_task(&self) -> bool {
+        self.kind == SetErrorKind::UnisolatedTask
+    }
+
+    /// Whether the thread's context storage is being torn down.
+    pub fn is_access_error(&self) -> bool {
+        self.kind == SetErrorKind::Access
+    }
+
+    #[track_caller]
+    pub(crate) fn panic(self) -> ! {
+        panic!("{self}")
+    }
+}
+
+impl fmt::Debug for SetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetError")
+            .field("var", &self.name)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl fmt::Display for SetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SetErrorKind::UnisolatedTask => write!(
+                f,
+                "refused to set <ContextVar name={:?}>: a tokio task is being polled in this \
+                 worker thread's own context, where the value would stay and be seen by every \
+                 task the worker polls next (another request's handler, in a server). Give the \
+                 task a context of its own: add `contextvars::tower::ContextLayer` to the \
+                 service (each request), install `contextvars::tokio::isolate_tasks` on the \
+                 runtime builder (every task; needs `--cfg tokio_unstable`), or spawn it with \
+                 `contextvars::tokio::spawn` / wrap it with `.in_current_context()` (one task)",
+                self.name
+            ),
+            SetErrorKind::Access => write!(
+                f,
+                "cannot set <ContextVar name={:?}>: {}",
+                self.name,
+                AccessError::new()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SetError {}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ResetErrorKind {

@@ -65,7 +65,7 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
-use crate::engine::{self, Frame};
+use crate::engine::{self, Frame, Vars};
 use crate::error::EnterError;
 
 pin_project! {
@@ -102,7 +102,12 @@ impl<F> WithContext<F> {
 
     /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
     fn in_copy(inner: F) -> Self {
-        Self::new(inner, Frame::private(engine::vars()))
+        Self::in_vars(inner, engine::vars())
+    }
+
+    /// `inner` in a private context over `vars`.
+    pub(crate) fn in_vars(inner: F, vars: Vars) -> Self {
+        Self::new(inner, Frame::private(vars))
     }
 
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).

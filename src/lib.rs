@@ -49,7 +49,8 @@
 //!   [`Context::run`] runs code in one, [`Context::current`] is a handle to the running one,
 //!   and it reads like a mapping (`get`, `contains`, `len`, `iter`, `==`, `Debug`).
 //! * [`Snapshot`]: an immutable view of a context's bindings, and [`Entry`], one binding.
-//! * Errors: [`LookupError`], [`ResetError`], [`EnterError`], [`AccessError`].
+//! * Errors: [`LookupError`], [`SetError`], [`ResetError`], [`EnterError`],
+//!   [`AccessError`].
 //! * [`observe`]: every thread's current context, readable from any thread without
 //!   locks (for watchdogs, profilers and debug endpoints); off unless switched on.
 //! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
@@ -124,7 +125,7 @@ mod compile_fail;
 struct ReadmeDoctests;
 
 pub use context::{Context, copy_context};
-pub use error::{AccessError, EnterError, LookupError, ResetError};
+pub use error::{AccessError, EnterError, LookupError, ResetError, SetError};
 pub use snapshot::{IntoIter, Iter, Snapshot, ValueRef};
 pub use token::{ScopedSet, Token};
 pub use value::Entry;

@@ -50,7 +50,7 @@ use crate::var::ContextVar;
 /// copy of the context, or a context object that publishes it, shared it), the token also
 /// keeps the snapshot from before the set, so that a reset with nothing changed in
 /// between can reinstall it without allocating: drop tokens you no longer need.
-#[must_use = "a token does nothing unless passed to `ContextVar::reset`; drop it explicitly to keep the value"]
+#[must_use = "the value stays set in the current context (the thread's, task's or job's) until the token is passed to `ContextVar::reset`; use `scoped_set` or `scope` to undo it at the end of a scope"]
 pub struct Token<'v, T: 'static> {
     var: &'v ContextVar<T>,
     state: SetState,
@@ -110,7 +110,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for Token<'_, T> {
 /// fn assert_send<T: Send>(_: T) {}
 /// assert_send(V.scoped_set(1)); // error: the guard restores this thread's state
 /// ```
-#[must_use = "the value is reset as soon as the guard is dropped"]
+#[must_use = "the value is reset as soon as the guard is dropped: bind it to a name (`let _guard = ...`), not to `_`"]
 pub struct ScopedSet<'v, T: Send + Sync + 'static> {
     token: Option<Token<'v, T>>,
 }

@@ -5,7 +5,8 @@
 use std::fmt;
 
 use crate::engine;
-use crate::error::{AccessError, LookupError, ResetError};
+use crate::error::{LookupError, ResetError, SetError};
+use crate::future::WithContext;
 use crate::sync::{Cell, OnceLock, StaticCounter, thread_locals};
 use crate::token::{ScopedSet, Token};
 use crate::value::{Entry, ValueTraits};
@@ -348,14 +349,32 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// Binds `value` in the current context and returns a [`Token`] that
     /// [`reset`](Self::reset) uses to restore the previous state.
     ///
-    /// The new binding is a new snapshot made by path copying; earlier copies of the
-    /// context ([`copy_context`](crate::copy_context)) keep the old value.
+    /// Earlier copies of the context ([`copy_context`](crate::copy_context)) keep the old
+    /// value. Dropping the token keeps the new one.
+    ///
+    /// # Where a set lives
+    ///
+    /// In the *current context*, which is a thread's, a task's or a job's:
+    ///
+    /// * in plain code, the thread's own context, until it is reset or the thread ends;
+    /// * inside [`Context::run`](crate::Context::run), that context object;
+    /// * in a task wrapped by `in_current_context` / `contextvars::tokio::spawn`, or under
+    ///   the `contextvars::tower` layer, the task's or request's own copy, across every
+    ///   `.await`, and never anyone else's;
+    /// * in a rayon job or item of `contextvars::rayon`, that job or item.
+    ///
+    /// A *plain* `tokio::spawn`ed task (and every connection task a server spawns) has no
+    /// context of its own: it runs in the worker thread's context, which every task that
+    /// worker polls next would see. With the `tokio` feature such a set is **refused**
+    /// (a [`SetError`] for which [`is_unisolated_task`](SetError::is_unisolated_task) is
+    /// true; `set` panics with it, naming the three fixes). Without the feature nothing
+    /// can tell, so give tasks a context of their own.
     ///
     /// # Panics
     ///
-    /// Only while the thread is being torn down (its context storage is already gone,
-    /// e.g. in a thread-local's destructor); [`try_set`](Self::try_set) returns an
-    /// [`AccessError`] instead.
+    /// If the set is refused (above), or while the thread is being torn down (its
+    /// context storage is already gone, e.g. in a thread-local's destructor);
+    /// [`try_set`](Self::try_set) returns the [`SetError`] instead.
     #[track_caller]
     pub fn set(&self, value: T) -> Token<'_, T> {
         match self.try_set(value) {
@@ -364,10 +383,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         }
     }
 
-    /// [`set`](Self::set), returning an error instead of panicking during thread teardown.
-    pub fn try_set(&self, value: T) -> Result<Token<'_, T>, AccessError> {
+    /// [`set`](Self::set), returning a [`SetError`] instead of panicking.
+    pub fn try_set(&self, value: T) -> Result<Token<'_, T>, SetError> {
         let entry = self.make_entry(value);
-        let state = engine::set_binding(self.raw_id(), entry)?;
+        let state = engine::set_binding(self.raw_id(), entry)
+            .map_err(|refused| SetError::from_refusal(self.name, refused))?;
         Ok(Token::new(self, state))
     }
 
@@ -409,6 +429,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         ScopedSet::new(self.set(value))
     }
 
+    /// [`scoped_set`](Self::scoped_set), returning a [`SetError`] if the set is refused.
+    pub fn try_scoped_set(&self, value: T) -> Result<ScopedSet<'_, T>, SetError> {
+        self.try_set(value).map(ScopedSet::new)
+    }
+
     /// Runs `f` with `value` set, then restores the previous state (also on panic).
     ///
     /// ```
@@ -418,10 +443,52 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// assert_eq!(greeting, "hello ada");
     /// assert_eq!(USER.get(), "anonymous");
     /// ```
+    ///
+    /// `f` runs synchronously: a closure that *returns a future*
+    /// (`VAR.scope(v, || next.run(req))`) gets back a future that is polled after the
+    /// scope has ended, without `v`. For a future, use
+    /// [`scope_future`](Self::scope_future).
+    ///
+    /// # Panics
+    ///
+    /// As [`set`](Self::set) (before `f` runs); [`try_scope`](Self::try_scope) returns
+    /// the error instead. Panics of `f` propagate after the value is restored.
     #[track_caller]
     pub fn scope<R>(&self, value: T, f: impl FnOnce() -> R) -> R {
         let _guard = self.scoped_set(value);
         f()
+    }
+
+    /// The async form of [`scope`](Self::scope): `future`, wrapped to run in a copy of the
+    /// current context with `value` bound (tokio's `TASK.scope(value, future)`). The copy
+    /// is taken now; every poll runs in it, wherever the future is polled, and sets inside
+    /// stay in it. Nothing is set in the caller's context, so this is never refused.
+    ///
+    /// ```
+    /// use contextvars::ContextVar;
+    /// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let id = REQUEST_ID
+    ///     .scope_future(7, async {
+    ///         tokio::task::yield_now().await;
+    ///         REQUEST_ID.get()
+    ///     })
+    ///     .await;
+    /// assert_eq!(id, 7);
+    /// assert!(!REQUEST_ID.is_set());
+    /// # });
+    /// ```
+    pub fn scope_future<F: std::future::Future>(&self, value: T, future: F) -> WithContext<F> {
+        let entry = self.make_entry(value);
+        WithContext::in_vars(future, engine::vars().insert(self.raw_id(), entry))
+    }
+
+    /// [`scope`](Self::scope), returning a [`SetError`] (without running `f`) if the set
+    /// is refused.
+    pub fn try_scope<R>(&self, value: T, f: impl FnOnce() -> R) -> Result<R, SetError> {
+        let _guard = self.try_scoped_set(value)?;
+        Ok(f())
     }
 }
 

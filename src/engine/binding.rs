@@ -103,9 +103,51 @@ impl Drop for SetState {
     }
 }
 
+/// Why [`set_binding`] refused.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SetRefused {
+    /// The thread's state is gone (thread teardown).
+    TornDown,
+    /// The thread runs in its own base frame while a tokio task is being polled on it:
+    /// the binding would stay in the worker thread's context and reach every task it
+    /// polls next.
+    UnisolatedTask,
+}
+
+impl From<TornDown> for SetRefused {
+    fn from(TornDown: TornDown) -> Self {
+        Self::TornDown
+    }
+}
+
+/// Whether a tokio task is being polled on this thread (`tokio::task::try_id`): a set
+/// in the thread's base frame would then outlive the poll. Only asked when the thread is
+/// in its base frame, so a set anywhere else (a task's or job's frame, a
+/// `Context::run`) never pays for it.
+#[inline]
+fn polling_a_task() -> bool {
+    #[cfg(feature = "tokio")]
+    {
+        tokio::task::try_id().is_some()
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        false
+    }
+}
+
 /// Binds `entry` under `key` in the current frame.
-pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, TornDown> {
-    let (set, published) = with_state(|hot| {
+///
+/// Refused in the thread's base frame while a tokio task is being polled on it (see
+/// [`SetRefused::UnisolatedTask`]); the entry is then dropped, after the state is left
+/// as it was.
+pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
+    let mut entry = Some(entry);
+    let outcome = with_state(|hot| {
+        if hot.in_base_frame() && polling_a_task() {
+            return Err(SetRefused::UnisolatedTask);
+        }
+        let entry = entry.take().expect("taken once");
         materialize(hot);
         let (old, prev) = match rebind_in_place(hot, key, Some(entry)) {
             Ok(old) => (old, None),
@@ -122,8 +164,12 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, TornDown> 
             seq,
             prev_change: hot.last_change.replace(seq),
         };
-        (set, hot.publish())
-    })?;
+        Ok((set, hot.publish()))
+    });
+    // A refused entry is dropped here, with the state consistent (its value's `Drop`
+    // may use context variables).
+    drop(entry);
+    let (set, published) = outcome??;
     announce();
     if let Some(old) = published {
         retire(old);

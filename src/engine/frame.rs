@@ -232,6 +232,7 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     light.displaced.set(MaybeUninit::new(frame));
     light.materialized.set(true);
     hot.light.set(ptr::null());
+    hot.stacked.set(hot.stacked.get() + 1);
 }
 
 /// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
@@ -385,6 +386,7 @@ impl Exit<'_> {
         }
         self.hot.root.set(self.root);
         self.hot.light.set(self.outer);
+        self.hot.stacked.set(self.hot.stacked.get() - 1);
         // Released only now that the thread's frame is the outer one again: it may run
         // destructors that use context variables.
         drop(frame);

@@ -39,7 +39,7 @@ mod object;
 mod thread;
 
 pub(crate) use binding::{
-    ResetFailure, SetState, current_shared, reset_binding, set_binding, with_binding,
+    ResetFailure, SetRefused, SetState, current_shared, reset_binding, set_binding, with_binding,
 };
 pub(crate) use frame::{Frame, run_entered, run_in, run_owned, vars};
 #[cfg(feature = "rayon")]

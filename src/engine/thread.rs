@@ -47,6 +47,10 @@ pub(super) struct Hot {
     pub(super) root: Cell<*const Node<Entry>>,
     /// The light frame running now, if the current frame is one (`frame::Light`).
     pub(super) light: Cell<*const super::frame::Light>,
+    /// How many frames that are not light sit above the thread's base frame now
+    /// (materialized light frames): with `light`, tells whether the thread runs in its
+    /// own base frame ([`Hot::in_base_frame`]).
+    pub(super) stacked: Cell<u32>,
     pub(super) borrows: Cell<usize>,
     deferred: Cell<bool>,
     ids_next: Cell<u64>,
@@ -85,6 +89,7 @@ impl Hot {
         Self {
             root: Cell::new(ptr::null()),
             light: Cell::new(ptr::null()),
+            stacked: Cell::new(0),
             borrows: Cell::new(0),
             deferred: Cell::new(false),
             ids_next: Cell::new(0),
@@ -120,6 +125,13 @@ impl Hot {
             }
             id => id,
         }
+    }
+
+    /// Whether the thread runs in its own base frame: no frame was entered on it, or all
+    /// that were have ended.
+    #[inline]
+    pub(super) fn in_base_frame(&self) -> bool {
+        self.light.get().is_null() && self.stacked.get() == 0
     }
 
     pub(super) fn vars_clone(&self) -> Vars {

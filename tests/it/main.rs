@@ -17,6 +17,8 @@ mod drop_reentrancy;
 mod future;
 #[cfg(feature = "rayon")]
 mod hostile;
+#[cfg(feature = "tokio")]
+mod isolation;
 mod panic_safety;
 #[cfg(feature = "rayon")]
 mod rayon;
