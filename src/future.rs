@@ -110,6 +110,12 @@ impl<F> WithContext<F> {
         Self::new(inner, Frame::private(vars))
     }
 
+    /// `inner` in `frame` (which may already hold what code run in it made of it).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn in_frame(inner: F, frame: Frame) -> Self {
+        Self::new(inner, frame)
+    }
+
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).
     fn try_in(inner: F, ctx: &Context) -> Result<Self, EnterError> {
         Ok(Self::new(inner, ctx.enter_frame()?))

@@ -113,6 +113,8 @@ pub mod thread;
 mod token;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod value;
 mod var;
 

@@ -22,6 +22,8 @@ mod isolation;
 mod panic_safety;
 #[cfg(feature = "rayon")]
 mod rayon;
+#[cfg(all(feature = "tower", feature = "rayon", feature = "tokio"))]
+mod server;
 mod spawn;
 mod teardown;
 mod threads;
