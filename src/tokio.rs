@@ -23,6 +23,18 @@
 //!
 //! For other executors, wrap the future yourself with
 //! [`ContextFutureExt::in_current_context`].
+//!
+//! # Where a `set` lives in async code
+//!
+//! In the context of the task that runs it, if the task has one: a task spawned by the
+//! functions here, a future wrapped with `in_current_context` / `in_context`, a request
+//! under the [`tower`](crate::tower) layer, or, with `isolate_tasks` (`--cfg
+//! tokio_unstable`), every task of the runtime. A *plain* `tokio::spawn`ed task has none:
+//! it runs in the worker thread's own context, which every task that worker polls next
+//! would see, so a `set` there is refused ([`SetError`](crate::SetError)) instead of
+//! leaking. Reads in such a task see the worker's own context (empty, unless code outside
+//! any task set something there). `block_on`'s own future is not a task: it runs in the
+//! calling thread's context.
 
 #![deny(unsafe_code)]
 
@@ -32,6 +44,12 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::engine::{self, Frame};
 use crate::future::ContextFutureExt;
+
+#[cfg(tokio_unstable)]
+#[path = "tokio_hooks.rs"]
+pub mod hooks;
+#[cfg(tokio_unstable)]
+pub use hooks::isolate_tasks;
 
 /// [`tokio::spawn`], running the task in a copy of the current context.
 ///

@@ -319,6 +319,69 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
     enter_light(&mut leave.storage, vars, shared, vars.root_ptr(), f)
 }
 
+/// Makes `frame` the thread's current frame until [`leave_detached`]: the one frame
+/// switch that is not lexically scoped, for the tokio runtime's task hooks
+/// (`contextvars::tokio::isolate_tasks`), which tokio calls right before and right after
+/// it polls a task, on the polling thread, as a pair around the poll.
+///
+/// It stays memory-safe whatever the order of calls: both frames are owned and move by
+/// value (no borrowed snapshot is involved), and [`leave_detached`] refuses to leave
+/// unless the detached frame is the thread's current frame (no light frame entered since
+/// is still running). A missing `leave_detached` would leave the thread in the task's
+/// context (a wrong value, never a dangling one); tokio's pairing rules that out.
+#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
+pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
+    let mut frame = Some(frame);
+    let entered = with_hot(|hot| {
+        if hot.status.get() == Status::TornDown {
+            return false;
+        }
+        materialize(hot);
+        let mut displaced = frame.take().expect("taken once");
+        swap_frame(hot, &mut displaced);
+        let stacked = hot.stacked.get() + 1;
+        hot.stacked.set(stacked);
+        let mut stack = hot.detached.take();
+        stack.push((stacked, displaced));
+        hot.detached.set(stack);
+        true
+    });
+    if !entered {
+        return Err(frame.take().expect("not entered"));
+    }
+    announce();
+    Ok(())
+}
+
+/// Leaves the frame the last [`enter_detached`] entered and returns it, with what the
+/// work made of it; `None` (and nothing changes) if there is none, or if a light frame
+/// entered after it is still running.
+#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
+pub(crate) fn leave_detached() -> Option<Frame> {
+    let left = with_hot(|hot| {
+        if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {
+            return None;
+        }
+        let mut stack = hot.detached.take();
+        // The detached frame must be the current one: no frame entered after it (light,
+        // or materialized) may still be running, or its exit would restore a root
+        // pointer into the frame handed back here.
+        let current = stack
+            .last()
+            .is_some_and(|(stacked, _)| *stacked == hot.stacked.get());
+        let popped = if current { stack.pop() } else { None };
+        hot.detached.set(stack);
+        let (stacked, mut frame) = popped?;
+        swap_frame(hot, &mut frame);
+        hot.stacked.set(stacked - 1);
+        Some(frame)
+    });
+    if left.is_some() {
+        announce();
+    }
+    left
+}
+
 /// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see
 /// [`Light`]), runs `f`, and leaves the frame when `f` returns or unwinds.
 fn enter_light<R>(

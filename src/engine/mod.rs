@@ -42,6 +42,8 @@ pub(crate) use binding::{
     ResetFailure, SetRefused, SetState, current_shared, reset_binding, set_binding, with_binding,
 };
 pub(crate) use frame::{Frame, run_entered, run_in, run_owned, vars};
+#[cfg(all(feature = "tokio", tokio_unstable))]
+pub(crate) use frame::{enter_detached, leave_detached};
 #[cfg(feature = "rayon")]
 pub(crate) use frame::{run_borrowed, run_borrowed_each, with_captured};
 pub(crate) use object::Shared;

@@ -70,6 +70,9 @@ pub(super) struct Hot {
     pub(super) dirty: Cell<bool>,
     /// Snapshots retired while a borrow was active, dropped when the last borrow ends.
     graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
+    /// The frames that detached frames displaced (`frame::enter_detached`), innermost
+    /// last, each with the value of `stacked` while its detached frame is current.
+    pub(super) detached: ManuallyDrop<Cell<Vec<(u32, super::Frame)>>>,
 }
 
 /// Where the thread is in its life, as far as `HOT` is concerned.
@@ -101,6 +104,7 @@ impl Hot {
             last_change: Cell::new(0),
             dirty: Cell::new(false),
             graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
+            detached: ManuallyDrop::new(Cell::new(Vec::new())),
         }
     }
 
@@ -207,6 +211,7 @@ fn tear_down(hot: &Hot) {
     // May run user destructors, which see defaults and cannot write.
     drop(vars);
     drop(hot.graveyard.take());
+    drop(hot.detached.take());
 }
 
 /// Loom drops every thread-local of a finished thread, `HOT` included, in an order of

@@ -15,6 +15,8 @@ mod cpython;
 mod differential;
 mod drop_reentrancy;
 mod future;
+#[cfg(all(feature = "tokio", tokio_unstable))]
+mod hooks;
 #[cfg(feature = "rayon")]
 mod hostile;
 #[cfg(feature = "tokio")]

@@ -11,6 +11,10 @@
 //! * Without the layer, the same middleware is refused: its `try_set` returns the error
 //!   that names the fixes.
 //!
+//! * Under the runtime's task hooks (`--cfg tokio_unstable`, `.ci/run`'s hooks run), the
+//!   same middleware without the layer is isolated too, and a plain `tokio::spawn` from
+//!   the handler carries the request's values.
+//!
 //! 10,000 requests at 256 concurrent in release builds (`.ci/run`'s release test run),
 //! fewer in debug builds; never under miri (sockets).
 
@@ -118,12 +122,24 @@ async fn handler(request: Request) -> Response {
     .into_response()
 }
 
-fn app(log: Log, with_layer: bool) -> Router {
+/// How requests get a context of their own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    /// [`ContextLayer`], added last.
+    Layer,
+    /// The runtime's task hooks (`--cfg tokio_unstable`), no layer.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    Hooks,
+    /// Neither: the naive middleware's set is refused.
+    Bare,
+}
+
+fn app(log: Log, mode: Mode) -> Router {
     let router = Router::new()
         .route("/", get(handler))
         .layer(middleware::from_fn(naive_middleware))
         .layer(axum::Extension(log));
-    if with_layer {
+    if mode == Mode::Layer {
         router.layer(
             ContextLayer::new().init(
                 RequestId::new(&LAYER_ID).header(axum::http::HeaderName::from_static("x-id")),
@@ -187,20 +203,42 @@ fn fault_of(id: u64) -> &'static str {
     }
 }
 
-async fn serve(log: Log, with_layer: bool) -> u16 {
+async fn serve(log: Log, mode: Mode) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
-        axum::serve(listener, app(log, with_layer))
-            .await
-            .expect("serve");
+        axum::serve(listener, app(log, mode)).await.expect("serve");
     });
     port
+}
+
+fn runtime(mode: Mode) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    #[cfg(tokio_unstable)]
+    if mode == Mode::Hooks {
+        contextvars::tokio::isolate_tasks(&mut builder);
+    }
+    assert!(mode != Mode::Hooks || cfg!(tokio_unstable));
+    builder.build().expect("runtime")
 }
 
 #[test]
 #[cfg_attr(miri, ignore)]
 fn naive_middleware_behind_the_layer_is_isolated() {
+    load_test(Mode::Layer);
+}
+
+/// The same load, isolated by the runtime's task hooks instead of the layer: a plain
+/// `tokio::spawn` from the handler now carries the request's values too.
+#[cfg(tokio_unstable)]
+#[test]
+#[cfg_attr(miri, ignore)]
+fn naive_middleware_under_the_task_hooks_is_isolated() {
+    load_test(Mode::Hooks);
+}
+
+fn load_test(mode: Mode) {
     let (requests, concurrency) = if cfg!(debug_assertions) {
         (2_000, 64)
     } else {
@@ -213,14 +251,10 @@ fn naive_middleware_behind_the_layer_is_isolated() {
             eprintln!("{info}");
         }
     }));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime(mode);
     let log: Log = Arc::default();
     let results = rt.block_on(async {
-        let port = serve(log.clone(), true).await;
+        let port = serve(log.clone(), mode).await;
         let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let mut clients = tokio::task::JoinSet::new();
         for id in 1..=requests {
@@ -248,8 +282,12 @@ fn naive_middleware_behind_the_layer_is_isolated() {
         match (fault_of(*id), outcome) {
             ("", Outcome::Ok(body)) => {
                 ok += 1;
+                let (plain, layer) = match mode {
+                    Mode::Hooks => (own.clone(), "-".to_owned()),
+                    _ => ("-/".to_owned(), id.to_string()),
+                };
                 let expected = format!(
-                    "handler={own};carried={own};plain=-/;blocking={own};rayon=true;layer={id}"
+                    "handler={own};carried={own};plain={plain};blocking={own};rayon=true;layer={layer}"
                 );
                 if *body != expected {
                     leaks.push(format!("request {id}: {body}"));
@@ -297,13 +335,9 @@ fn naive_middleware_behind_the_layer_is_isolated() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn naive_middleware_without_the_layer_is_refused() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime(Mode::Bare);
     let outcome = rt.block_on(async {
-        let port = serve(Arc::default(), false).await;
+        let port = serve(Arc::default(), Mode::Bare).await;
         request(port, 5, "").await
     });
     let Outcome::Status(500, body) = outcome else {

@@ -1,0 +1,190 @@
+//! Every tokio task in a context of its own, through the runtime's task hooks (feature
+//! `tokio`, built with `--cfg tokio_unstable`): [`isolate_tasks`].
+//!
+//! tokio calls the hooks of a runtime's [`Builder`]:
+//!
+//! * `on_task_spawn` on the *spawning* thread, inside `tokio::spawn` (and the runtime's
+//!   and `Handle`'s `spawn`): the spawner's current context is copied for the new task
+//!   and filed under its task id;
+//! * `on_before_task_poll` / `on_after_task_poll` on the worker thread, right before and
+//!   right after each poll of a task, as a pair around it: the task's frame is swapped in
+//!   as the thread's frame, and taken out again with what the poll made of it;
+//! * `on_task_terminate` when a task completes, is cancelled or is shut down (inside its
+//!   last poll, or on the thread that shuts it down): its frame is released.
+//!
+//! So `tokio::spawn`, a server's connection tasks and every handler start with a copy of
+//! their spawner's context and keep their `set`s, like asyncio tasks.
+//!
+//! # What is not covered
+//!
+//! * `spawn_blocking` closures: tokio runs them outside the poll hooks. Use
+//!   [`contextvars::tokio::spawn_blocking`](crate::tokio::spawn_blocking) (a plain one's
+//!   `set` is refused, as in any unisolated task).
+//! * `LocalSet` tasks (`spawn_local`): a `LocalSet` polls them without the hooks, inside
+//!   the poll of whatever task or `block_on` drives it, so they share that context. Use
+//!   [`contextvars::tokio::spawn_local`](crate::tokio::spawn_local).
+//! * `block_on`'s own future is not a task: it runs in the calling thread's context.
+//! * Requests on one HTTP/1 keep-alive connection are served by one connection task, so
+//!   they share its context; the [`tower`](crate::tower) layer isolates each request.
+//! * Runtimes built without these hooks, and other executors.
+//!
+//! # Cost
+//!
+//! Per spawn, a copy of the spawner's context (a reference-count increment) and an
+//! insertion into a sharded map; per poll, a removal and an insertion (each under a
+//! shard's mutex) and two frame swaps. `benches/propagation.rs` measures a poll.
+
+#![deny(unsafe_code)]
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::{Mutex, PoisonError};
+
+use tokio::runtime::Builder;
+use tokio::task::Id;
+
+use crate::engine::{self, Frame};
+use crate::sync::{Cell, OnceLock, thread_locals};
+
+/// The tasks' frames between polls, by task id: sharded, so polls on different workers
+/// rarely meet on a lock.
+struct Registry {
+    shards: [Mutex<HashMap<Id, Frame>>; SHARDS],
+}
+
+const SHARDS: usize = 16;
+
+impl Registry {
+    fn get() -> &'static Self {
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        REGISTRY.get_or_init(|| Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn shard(&self, id: Id) -> &Mutex<HashMap<Id, Frame>> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+        &self.shards[(hash as usize) % SHARDS]
+    }
+
+    fn insert(&self, id: Id, frame: Frame) {
+        let old = self
+            .shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, frame);
+        // Released outside the lock: a frame's values may have destructors.
+        drop(old);
+    }
+
+    fn remove(&self, id: Id) -> Option<Frame> {
+        self.shard(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    }
+}
+
+// The tasks whose frames this thread is running now (innermost last), and whether each
+// terminated during its poll (its frame is then released instead of filed again).
+thread_locals! {
+    static POLLING: Cell<Vec<(Id, bool)>> = Cell::new(Vec::new());
+}
+
+fn with_polling<R>(f: impl FnOnce(&mut Vec<(Id, bool)>) -> R) -> R {
+    POLLING.with(|cell| {
+        let mut polling = cell.take();
+        let result = f(&mut polling);
+        cell.set(polling);
+        result
+    })
+}
+
+fn on_spawn(id: Id) {
+    Registry::get().insert(id, Frame::private(engine::vars()));
+}
+
+fn before_poll(id: Id) {
+    // A task spawned before the hooks were installed, or whose frame is missing, starts
+    // from an empty context of its own rather than the worker's.
+    let frame = Registry::get()
+        .remove(id)
+        .unwrap_or_else(|| Frame::private(engine::Vars::default()));
+    match engine::enter_detached(frame) {
+        Ok(()) => with_polling(|polling| polling.push((id, false))),
+        // Thread teardown: nothing can run in a context any more.
+        Err(frame) => drop(frame),
+    }
+}
+
+fn after_poll(id: Id) {
+    let entered = with_polling(|polling| match polling.last() {
+        Some(&(top, terminated)) if top == id => {
+            polling.pop();
+            Some(terminated)
+        }
+        _ => None,
+    });
+    let Some(terminated) = entered else {
+        return; // `before_poll` did not enter (thread teardown)
+    };
+    let Some(frame) = engine::leave_detached() else {
+        return; // cannot happen: tokio calls the hooks as a pair around the poll
+    };
+    if terminated {
+        drop(frame);
+    } else {
+        Registry::get().insert(id, frame);
+    }
+}
+
+fn on_terminate(id: Id) {
+    // Inside the task's last poll the frame is the thread's now: mark it, and the
+    // after-poll hook releases it.
+    let polled_here = with_polling(|polling| match polling.last_mut() {
+        Some((top, terminated)) if *top == id => {
+            *terminated = true;
+            true
+        }
+        _ => false,
+    });
+    if !polled_here {
+        drop(Registry::get().remove(id));
+    }
+}
+
+/// Installs the task hooks that give every task of the runtime a context of its own: a
+/// copy of its spawner's context, kept across its polls, like an asyncio task. Needs
+/// `--cfg tokio_unstable` (tokio's poll hooks are unstable). See the [module
+/// docs](self) for where tokio calls each hook and what is not covered.
+///
+/// ```
+/// # #[cfg(tokio_unstable)] {
+/// use contextvars::ContextVar;
+/// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+///
+/// let mut builder = tokio::runtime::Builder::new_multi_thread();
+/// contextvars::tokio::isolate_tasks(&mut builder);
+/// let rt = builder.build().unwrap();
+/// let seen = rt.block_on(async {
+///     let _token = REQUEST_ID.set(7);
+///     // A plain `tokio::spawn` now starts with a copy of the spawner's context, and
+///     // its sets stay in it.
+///     tokio::spawn(async {
+///         drop(REQUEST_ID.set(REQUEST_ID.get() + 1));
+///         tokio::task::yield_now().await;
+///         REQUEST_ID.get()
+///     })
+///     .await
+///     .unwrap()
+/// });
+/// assert_eq!(seen, 8);
+/// # }
+/// ```
+pub fn isolate_tasks(builder: &mut Builder) -> &mut Builder {
+    builder
+        .on_task_spawn(|meta| on_spawn(meta.id()))
+        .on_before_task_poll(|meta| before_poll(meta.id()))
+        .on_after_task_poll(|meta| after_poll(meta.id()))
+        .on_task_terminate(|meta| on_terminate(meta.id()))
+}

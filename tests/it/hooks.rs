@@ -1,0 +1,123 @@
+//! Every tokio task in a context of its own through the runtime's task hooks
+//! (`contextvars::tokio::isolate_tasks`, `--cfg tokio_unstable`; issue 12): plain
+//! `tokio::spawn` behaves like an asyncio task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use contextvars::{Context, ContextVar};
+
+static ID: ContextVar<u64> = ContextVar::new("id");
+static TRACKED: ContextVar<Tracked> = ContextVar::new("tracked");
+
+/// Counts its drops: a task's frame releases its values when the task ends.
+struct Tracked(Arc<AtomicUsize>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    contextvars::tokio::isolate_tasks(&mut builder);
+    builder.enable_all().build().expect("runtime")
+}
+
+#[test]
+fn plain_spawns_inherit_and_keep_their_sets() {
+    for multi_thread in [true, false] {
+        let rt = runtime(multi_thread);
+        let seen = rt.block_on(async {
+            let _guard = ID.scoped_set(1000);
+            let mut tasks = Vec::new();
+            for i in 0..200u64 {
+                tasks.push(tokio::spawn(async move {
+                    let inherited = ID.get();
+                    drop(ID.set(i)); // the task's own context keeps it
+                    tokio::task::yield_now().await;
+                    let child = tokio::spawn(async { ID.get() }).await.unwrap();
+                    tokio::task::yield_now().await;
+                    (inherited, ID.get(), child)
+                }));
+            }
+            let mut seen = Vec::new();
+            for task in tasks {
+                seen.push(task.await.unwrap());
+            }
+            (seen, ID.get())
+        });
+        let expected: Vec<_> = (0..200).map(|i| (1000, i, i)).collect();
+        assert_eq!(seen.0, expected, "multi_thread: {multi_thread}");
+        assert_eq!(seen.1, 1000);
+        // A task spawned from a context without the value does not see it.
+        let after = rt.block_on(async { tokio::spawn(async { ID.try_get().ok() }).await });
+        assert_eq!(after.unwrap(), None);
+        assert!(!ID.is_set());
+    }
+}
+
+#[test]
+fn a_task_frame_is_released_when_the_task_ends() {
+    let rt = runtime(true);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = drops.clone();
+    rt.block_on(async move {
+        let handles: Vec<_> = (0..50)
+            .map(|_| {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    drop(TRACKED.set(Tracked(counter)));
+                    tokio::task::yield_now().await;
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        // An aborted task's frame goes too.
+        let counter = counter.clone();
+        let (was_set, set) = tokio::sync::oneshot::channel();
+        let aborted = tokio::spawn(async move {
+            drop(TRACKED.set(Tracked(counter)));
+            was_set.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+        set.await.unwrap();
+        aborted.abort();
+        assert!(aborted.await.unwrap_err().is_cancelled());
+    });
+    drop(rt);
+    assert_eq!(drops.load(Ordering::SeqCst), 51, "task frames left behind");
+}
+
+#[test]
+fn a_run_around_block_on_and_panicking_tasks() {
+    // Tasks polled inside a `Context::run` (a current-thread runtime's block_on) still
+    // get their own frames, and the run's context is intact afterwards.
+    let rt = runtime(false);
+    let ctx = Context::new();
+    let seen = ctx.run(|| {
+        drop(ID.set(1));
+        rt.block_on(async {
+            let panicked = tokio::spawn(async {
+                drop(ID.set(2));
+                panic!("injected task panic");
+            })
+            .await;
+            assert!(panicked.unwrap_err().is_panic());
+            let other = tokio::spawn(async { ID.get() }).await.unwrap();
+            (other, ID.get())
+        })
+    });
+    assert_eq!(seen, (1, 1));
+    assert_eq!(ctx.get(&ID), Some(1));
+    assert!(!ID.is_set());
+}
