@@ -29,6 +29,16 @@
 //! # }
 //! ```
 //!
+//! # Where a set lives
+//!
+//! Inside a wrapped future, in the future's own context, across every `.await` and
+//! whichever thread polls it. In an *unwrapped* future, in whatever context the poller
+//! runs: for a plain tokio task, the worker thread's own context, which the next task on
+//! that worker would see (with the `tokio` feature such a set is refused; see
+//! [`contextvars::tokio`](crate#features) and the README's propagation section).
+//! [`ContextVar::scope_future`](crate::ContextVar::scope_future) wraps a future with one
+//! more binding.
+//!
 //! # Cost
 //!
 //! A poll swaps the task's frame into the thread-local state and back: a fixed number of

@@ -76,7 +76,9 @@
 //! * [`thread`]: `std::thread` spawns (also `Builder` and `scope`) in a copy, or in a
 //!   given [`Context`] object (Python's `Thread(context=ctx)`);
 //! * [`future`]: a runtime-agnostic future and stream wrapper, [`future::WithContext`];
-//! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`;
+//! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`, and
+//!   (`--cfg tokio_unstable`) `isolate_tasks`, every task of a runtime in its own context;
+//! * `tower` (feature `tower`): a `Layer` that runs each HTTP request in its own context;
 //! * `rayon` (feature `rayon`): `join`, `scope`, `spawn`, `ThreadPool::install` and a
 //!   parallel-iterator adapter; every job and every call into the adapter enters its
 //!   context and leaves it before returning, so a worker's own state is never disturbed.
