@@ -400,3 +400,62 @@ fn request_id_headers_that_cannot_be_trusted_get_a_fresh_id() {
     let fresh: std::collections::HashSet<_> = (0..1_000).map(|_| fresh_request_id()).collect();
     assert_eq!(fresh.len(), 1_000, "fresh ids repeat");
 }
+
+/// The response body is polled in the request's context as it was when the response was
+/// made: a streaming body sees what the initializer and the handler set, wherever and
+/// whenever it is polled.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn a_streaming_body_is_polled_in_the_requests_context() {
+    use std::convert::Infallible;
+    use std::pin::Pin;
+
+    use axum::body::Body;
+    use contextvars::tower::{Layer, Service};
+    use futures_util::StreamExt;
+    use http_body::Body as _;
+
+    async fn streaming() -> Response {
+        drop(TENANT.set("from-the-handler".to_owned()));
+        let chunks = futures_util::stream::iter(0..3).map(|i| {
+            // Runs when the body is polled, long after the handler returned.
+            Ok::<_, Infallible>(format!("{i}:{}:{};", LAYER_ID.get(), TENANT.get()))
+        });
+        Body::from_stream(chunks).into_response()
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let router = Router::new().route("/", get(streaming));
+    let mut service = ContextLayer::new()
+        .init(RequestId::new(&LAYER_ID))
+        .layer(router);
+    let request = axum::http::Request::builder()
+        .uri("/")
+        .header("x-request-id", "req-9")
+        .body(Body::empty())
+        .expect("request");
+    let response = rt.block_on(service.call(request)).expect("response");
+    // Polled here, outside the request, in a context that binds other values.
+    let mut body = response.into_body();
+    let text = contextvars::Context::new()
+        .with_value(&TENANT, "outside".to_owned())
+        .run(|| {
+            rt.block_on(async {
+                let mut text = String::new();
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                {
+                    let data = frame.expect("frame").into_data().expect("data");
+                    text.push_str(std::str::from_utf8(&data).expect("utf-8"));
+                }
+                assert_eq!(TENANT.get(), "outside");
+                text
+            })
+        });
+    assert_eq!(
+        text,
+        "0:req-9:from-the-handler;1:req-9:from-the-handler;2:req-9:from-the-handler;"
+    );
+}
