@@ -33,6 +33,7 @@ fn assert_unisolated(error: SetError) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
 fn set_in_a_plain_task_is_refused_with_the_fixes() {
     let rt = runtime();
     let error = rt
@@ -63,6 +64,7 @@ fn set_in_a_plain_task_is_refused_with_the_fixes() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
 fn plain_spawn_blocking_is_refused_too() {
     let rt = runtime();
     let refused = rt
@@ -72,6 +74,7 @@ fn plain_spawn_blocking_is_refused_too() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
 fn tasks_with_a_context_of_their_own_may_set() {
     let rt = runtime();
     let seen = rt.block_on(async {
@@ -108,6 +111,7 @@ fn tasks_with_a_context_of_their_own_may_set() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
 fn code_outside_tasks_is_unaffected() {
     // A plain thread, and a current-thread runtime's block_on.
     std::thread::spawn(|| {
