@@ -108,7 +108,7 @@ impl Frame {
             None
         };
         // SAFETY: a frame with a context object holds its entered flag: it was made by
-        // `Frame::entered` (after `try_enter`), by `current_shared` (a `new_entered`
+        // `Frame::entered` (after `try_enter`), by `current_shared` (an entered
         // object), or by materializing `run_entered`'s light frame (whose caller entered
         // and which then leaves it to this frame). No reference from `owner().get()` is
         // in use: only an unmaterialized `run_entered` frame holds one.

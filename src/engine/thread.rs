@@ -204,7 +204,7 @@ fn tear_down(hot: &Hot) {
             drop(publish_to(&shared, || vars.clone()));
         }
         // SAFETY: the thread's base frame holds its object's flag (`current_shared` made
-        // it with `new_entered`); nothing borrows the runner's copy now: every light
+        // it entered, `Shared::new(.., true)`); nothing borrows the runner's copy now: every light
         // frame of this thread has returned (they are scoped to calls on its stack).
         drop(unsafe { shared.owner().leave_with(vars.clone()) });
     }

@@ -49,7 +49,7 @@
 //! also unshared. They refuse (giving the value back) otherwise, and the caller falls
 //! back to path copying. A map that was cloned is never changed in place, so versions
 //! stay immutable for everyone who can see them; this is what lets a thread that owns its
-//! context alone set and reset with no node allocation (`current::Hot::rebind_in_place`).
+//! context alone set and reset with no node allocation (`engine::binding`'s `rebind_in_place`).
 //!
 //! Nodes are only ever handled through `crate::sync::Arc::{new, clone, as_ptr, ptr_eq}`
 //! and `crate::sync::unique_mut` (no unsizing), so the module also works with loom's
