@@ -13,13 +13,21 @@
 //!
 //! Context shapes (`support/shapes.rs`): "N" is the number of *other* variables bound in
 //! the context the bench runs in; the variable that is read (or set) is bound after them.
+//!
+//! `get` is measured in each kind of frame a read happens in: `contextvars` inside
+//! `Context::run`, `contextvars_own` in the thread's own context, `contextvars_poll` in a
+//! wrapped future's poll, `contextvars_job` in a rayon job (feature `rayon`). Peers are
+//! called as users call them: their statics named directly, values and results
+//! `black_box`ed.
 
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::{Arc, OnceLock};
 
+use contextvars::future::ContextFutureExt;
 use contextvars::{Context, ContextVar, copy_context};
 use criterion::{BenchmarkId, Criterion, criterion_group};
+use std::future::Future;
 
 #[path = "support/shapes.rs"]
 mod shapes;
@@ -102,6 +110,48 @@ fn get(c: &mut Criterion) {
             ctx.run(|| {
                 assert_eq!(ours_get(var), 42);
                 b.iter(|| ours_get(black_box(var)));
+            });
+        });
+    }
+    // The other three frame kinds a read happens in: the thread's own context, a wrapped
+    // future's poll, and a rayon job (`Context::run` is `contextvars` above).
+    for n in GET_SIZES {
+        group.bench_function(BenchmarkId::new("contextvars_own", n), |b| {
+            in_private_shape(n, |var| {
+                assert_eq!(ours_get(var), 42);
+                b.iter(|| ours_get(black_box(var)));
+            });
+        });
+    }
+    for n in GET_SIZES {
+        let (ctx, var) = shape(n);
+        group.bench_function(BenchmarkId::new("contextvars_poll", n), |b| {
+            let future = ctx.run(|| {
+                std::future::poll_fn(|_| {
+                    assert_eq!(ours_get(var), 42);
+                    b.iter(|| ours_get(black_box(var)));
+                    std::task::Poll::Ready(())
+                })
+                .in_current_context()
+            });
+            let mut future = std::pin::pin!(future);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(future.as_mut().poll(&mut cx).is_ready());
+        });
+    }
+    #[cfg(feature = "rayon")]
+    for n in GET_SIZES {
+        let (ctx, var) = shape(n);
+        group.bench_function(BenchmarkId::new("contextvars_job", n), |b| {
+            ctx.run(|| {
+                // The first half of a join runs on this thread, in the job's frame.
+                contextvars::rayon::join(
+                    || {
+                        assert_eq!(ours_get(var), 42);
+                        b.iter(|| ours_get(black_box(var)));
+                    },
+                    || (),
+                );
             });
         });
     }
