@@ -72,6 +72,19 @@
 //! materialized it), so no per-item restore is needed either. `tests/it/hostile.rs` and
 //! the `hostile` fuzz target drive the folders in arbitrary orders against a model.
 //!
+//! **The one exception: tokio's task hooks.** `contextvars::tokio::isolate_tasks` can only
+//! act through tokio's `on_before_task_poll` / `on_after_task_poll`, which tokio calls as
+//! a pair around each poll, on the polling thread; no call of the crate spans the poll.
+//! The engine's `enter_detached` / `leave_detached` keep that sound by construction of a
+//! different kind: the task's frame and the frame it displaces are *owned* and move by
+//! value (no borrowed snapshot, no pointer into a stack record), and `leave_detached`
+//! refuses unless the detached frame is the thread's current one (`HOT.light` is null and
+//! the count of frames stacked above the base is the one recorded at entry), so a leave
+//! can never pull a frame out from under a light frame whose exit would restore a root
+//! pointer into it. A missing leave would leave the thread in the task's context: a wrong
+//! value, never a dangling one; tokio's pairing rules even that out. User code cannot
+//! reach the hooks: `isolate_tasks` registers closures of its own.
+//!
 //! ### Invariant: the root pointer is owned
 //!
 //! Whenever user code can run, the node behind `HOT.root` is kept alive by its owner:

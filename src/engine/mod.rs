@@ -26,6 +26,11 @@
 //! folders, futures, frames held by wrappers) hold frames and snapshots as *data*; they
 //! never switch the thread's frame when they are dropped.
 //!
+//! The one switch that cannot be scoped is tokio's task hooks (`enter_detached` /
+//! `leave_detached`, called by tokio as a pair around a poll): it moves owned frames
+//! only, and refuses to leave unless the detached frame is current; `docs::internals`
+//! gives the argument.
+//!
 //! # Announcing changes
 //!
 //! `observe` publishes each thread's current snapshot while it is enabled. The engine
