@@ -37,7 +37,7 @@
 #![deny(unsafe_code)]
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::runtime::Builder;
@@ -46,10 +46,35 @@ use tokio::task::Id;
 use crate::engine::{self, Frame};
 use crate::sync::{Cell, OnceLock, thread_locals};
 
+/// Hashes a task id (a `u64` that tokio hands out in sequence) with one multiplication:
+/// SipHash, std's default, cost more than the rest of a hook.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: spreads sequential ids over the high bits, which `HashMap`
+        // and the shard index use.
+        self.0 = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap = HashMap<Id, Frame, BuildHasherDefault<IdHasher>>;
+
 /// The tasks' frames between polls, by task id: sharded, so polls on different workers
 /// rarely meet on a lock.
 struct Registry {
-    shards: [Mutex<HashMap<Id, Frame>>; SHARDS],
+    shards: [Mutex<IdMap>; SHARDS],
 }
 
 const SHARDS: usize = 16;
@@ -58,13 +83,13 @@ impl Registry {
     fn get() -> &'static Self {
         static REGISTRY: OnceLock<Registry> = OnceLock::new();
         REGISTRY.get_or_init(|| Self {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(IdMap::default())),
         })
     }
 
-    fn shard(&self, id: Id) -> &Mutex<HashMap<Id, Frame>> {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
-        &self.shards[(hash as usize) % SHARDS]
+    fn shard(&self, id: Id) -> &Mutex<IdMap> {
+        let hash = BuildHasherDefault::<IdHasher>::default().hash_one(id);
+        &self.shards[(hash >> 60) as usize % SHARDS]
     }
 
     fn insert(&self, id: Id, frame: Frame) {
