@@ -131,9 +131,10 @@
 //! ### Thread teardown
 //!
 //! The `TEARDOWN` guard's destructor nulls `HOT.root` before it releases the frame, so
-//! values dropped at thread exit that read variables see defaults. Writing through `try_set`,
-//! `Context::try_current` or `try_run` at that point returns an [`AccessError`]; the
-//! panicking forms document that they panic only then.
+//! values dropped at thread exit that read variables see defaults. Writing through
+//! `Context::try_current` or `try_run` at that point returns an [`AccessError`], and
+//! `try_set` a `SetError` for which `is_access_error` is true; the panicking forms
+//! document when they panic.
 //!
 //! [`AccessError`]: crate::AccessError
 //!

@@ -17,7 +17,7 @@
 //! | `v.get()` | [`ContextVar::get`](crate::ContextVar::get) (clones; panics with the `LookupError` message), [`try_get`](crate::ContextVar::try_get) (returns [`LookupError`](crate::LookupError)), [`with`](crate::ContextVar::with) / [`try_with`](crate::ContextVar::try_with) (borrow, no clone) |
 //! | `v.get(default)` | [`ContextVar::get_or`](crate::ContextVar::get_or), [`with_or`](crate::ContextVar::with_or): the binding, else the call-site default; the variable's own default is **not** consulted, as in Python |
 //! | `v in copy_context()` | [`ContextVar::is_set`](crate::ContextVar::is_set): defaults do not count |
-//! | `tok = v.set(x)` | `let tok = V.set(x);` returns a [`Token`](crate::Token); [`try_set`](crate::ContextVar::try_set) during thread teardown |
+//! | `tok = v.set(x)` | `let tok = V.set(x);` returns a [`Token`](crate::Token); [`try_set`](crate::ContextVar::try_set) returns a [`SetError`](crate::SetError) during thread teardown, or (feature `tokio`) in a tokio task that has no context of its own |
 //! | `v.reset(tok)` | [`ContextVar::reset`](crate::ContextVar::reset)`(tok)`, returning a [`ResetError`](crate::ResetError) that hands the token back |
 //! | `tok.var` | [`Token::var`](crate::Token::var) |
 //! | `tok.old_value` | [`Token::old_value`](crate::Token::old_value): `Some(&old)` |
@@ -50,8 +50,14 @@
 //! * **Iteration order** is unspecified (as in CPython, where it follows hashes); it does
 //!   not depend on insertion order.
 //! * **Thread teardown** (no Python twin): while a thread's context storage is being
-//!   destroyed, reads see no bindings (defaults apply) and writes return
-//!   [`AccessError`](crate::AccessError) through the `try_*` methods.
+//!   destroyed, reads see no bindings (defaults apply) and writes return an error through
+//!   the `try_*` methods ([`SetError`](crate::SetError) from `try_set`,
+//!   [`AccessError`](crate::AccessError) from the others).
+//! * **Tasks without a context** (no Python twin; asyncio gives every task one): a plain
+//!   `tokio::spawn`ed task runs in the worker thread's own context. With the `tokio`
+//!   feature a `set` there is refused ([`SetError`](crate::SetError)) instead of leaking
+//!   into the next task; the `tower` layer, `contextvars::tokio::isolate_tasks` and the
+//!   wrappers give tasks contexts of their own.
 //!
 //! ## CPython's `ContextTest`, test by test
 //!
