@@ -116,13 +116,20 @@ thread_locals! {
     static POLLING: Cell<Vec<(Id, bool)>> = Cell::new(Vec::new());
 }
 
+/// Calls `f` with this thread's list of tasks being polled; with an empty list, which
+/// is not kept, once the thread's thread-locals are being destroyed.
 fn with_polling<R>(f: impl FnOnce(&mut Vec<(Id, bool)>) -> R) -> R {
-    POLLING.with(|cell| {
+    let mut f = Some(f);
+    let kept = POLLING.try_with(|cell| {
         let mut polling = cell.take();
-        let result = f(&mut polling);
+        let result = (f.take().expect("called once"))(&mut polling);
         cell.set(polling);
         result
-    })
+    });
+    match kept {
+        Ok(result) => result,
+        Err(_) => (f.take().expect("not called"))(&mut Vec::new()),
+    }
 }
 
 fn on_spawn(id: Id) {
