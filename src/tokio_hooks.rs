@@ -116,20 +116,17 @@ thread_locals! {
     static POLLING: Cell<Vec<(Id, bool)>> = Cell::new(Vec::new());
 }
 
-/// Calls `f` with this thread's list of tasks being polled; with an empty list, which
-/// is not kept, once the thread's thread-locals are being destroyed.
-fn with_polling<R>(f: impl FnOnce(&mut Vec<(Id, bool)>) -> R) -> R {
-    let mut f = Some(f);
-    let kept = POLLING.try_with(|cell| {
-        let mut polling = cell.take();
-        let result = (f.take().expect("called once"))(&mut polling);
-        cell.set(polling);
-        result
-    });
-    match kept {
-        Ok(result) => result,
-        Err(_) => (f.take().expect("not called"))(&mut Vec::new()),
-    }
+/// Calls `f` with this thread's list of tasks being polled; `None` once the thread's
+/// thread-locals are being destroyed.
+fn with_polling<R>(f: impl FnOnce(&mut Vec<(Id, bool)>) -> R) -> Option<R> {
+    POLLING
+        .try_with(|cell| {
+            let mut polling = cell.take();
+            let result = f(&mut polling);
+            cell.set(polling);
+            result
+        })
+        .ok()
 }
 
 fn on_spawn(id: Id) {
@@ -139,11 +136,18 @@ fn on_spawn(id: Id) {
 fn before_poll(id: Id) {
     // A task spawned before the hooks were installed, or whose frame is missing, starts
     // from an empty context of its own rather than the worker's.
+    // The after-poll hook finds the task through this list: a task that cannot be
+    // recorded (the list is gone: thread teardown) is not entered either.
+    if with_polling(|_| ()).is_none() {
+        return;
+    }
     let frame = Registry::get()
         .remove(id)
         .unwrap_or_else(|| Frame::private(engine::Vars::default()));
     match engine::enter_detached(frame) {
-        Ok(()) => with_polling(|polling| polling.push((id, false))),
+        Ok(()) => {
+            let _ = with_polling(|polling| polling.push((id, false)));
+        }
         // Thread teardown: nothing can run in a context any more.
         Err(frame) => drop(frame),
     }
@@ -156,7 +160,8 @@ fn after_poll(id: Id) {
             Some(terminated)
         }
         _ => None,
-    });
+    })
+    .flatten();
     let Some(terminated) = entered else {
         return; // `before_poll` did not enter (thread teardown)
     };
@@ -179,7 +184,8 @@ fn on_terminate(id: Id) {
             true
         }
         _ => false,
-    });
+    })
+    .unwrap_or(false);
     if !polled_here {
         drop(Registry::get().remove(id));
     }
@@ -187,7 +193,13 @@ fn on_terminate(id: Id) {
 
 /// Installs the task hooks that give every task of the runtime a context of its own: a
 /// copy of its spawner's context, kept across its polls, like an asyncio task. Needs
-/// `--cfg tokio_unstable` (tokio's poll hooks are unstable). See the [module
+/// `--cfg tokio_unstable` (tokio's poll hooks are unstable).
+///
+/// tokio keeps one function per hook: registering another `on_task_spawn`,
+/// `on_before_task_poll`, `on_after_task_poll` or `on_task_terminate` afterwards replaces
+/// this one. Without its after-poll hook a worker would stay in the last task's context
+/// (the crate keeps that memory-safe, not correct), so register your own hooks first, or
+/// call these hooks' work from yours. See the [module
 /// docs](self) for where tokio calls each hook and what is not covered.
 ///
 /// ```

@@ -412,6 +412,11 @@ fn check_request_id(value: &HeaderValue, max_len: usize) -> Result<&str, &'stati
     if value.len() > max_len {
         return Err("is longer than the limit");
     }
+    // `HeaderValue::to_str` also accepts spaces and tabs; an id is visible ASCII only.
+    let bytes = value.as_bytes();
+    if !bytes.iter().all(|byte| (0x21..=0x7e).contains(byte)) {
+        return Err("is not visible ASCII");
+    }
     value.to_str().map_err(|_| "is not visible ASCII")
 }
 

@@ -81,9 +81,16 @@
 //! refuses unless the detached frame is the thread's current one (`HOT.light` is null and
 //! the count of frames stacked above the base is the one recorded at entry), so a leave
 //! can never pull a frame out from under a light frame whose exit would restore a root
-//! pointer into it. A missing leave would leave the thread in the task's context: a wrong
-//! value, never a dangling one; tokio's pairing rules even that out. User code cannot
-//! reach the hooks: `isolate_tasks` registers closures of its own.
+//! pointer into it. The leave can also never come: tokio keeps one function per hook,
+//! so registering another `on_after_task_poll` after `isolate_tasks` replaces ours. A
+//! light frame that exits with detached frames still current inside it ends them first
+//! (`Exit::end_stranded`, found by comparing `HOT.stacked` with its value at entry), so
+//! it always leaves from the frame it materialized into, the only one that may hand
+//! back its context object's entered flag; before that fix (found in review), the
+//! stranded copy handed the flag back a second time at thread exit, while another
+//! thread ran the context: a double entry and a use-after-free. Outside any light frame
+//! a missing leave leaves the thread in the task's context: a wrong value, never a
+//! dangling one. `tests/it/hooks.rs` covers both.
 //!
 //! ### Invariant: the root pointer is owned
 //!

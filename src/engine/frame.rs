@@ -325,10 +325,13 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
 /// it polls a task, on the polling thread, as a pair around the poll.
 ///
 /// It stays memory-safe whatever the order of calls: both frames are owned and move by
-/// value (no borrowed snapshot is involved), and [`leave_detached`] refuses to leave
-/// unless the detached frame is the thread's current frame (no light frame entered since
-/// is still running). A missing `leave_detached` would leave the thread in the task's
-/// context (a wrong value, never a dangling one); tokio's pairing rules that out.
+/// value (no borrowed snapshot is involved); [`leave_detached`] refuses to leave unless
+/// the detached frame is the thread's current frame (no light frame entered since is
+/// still running); and a light frame that exits with detached frames entered inside it
+/// still current (their leave never came: the runtime's after-poll hook was replaced)
+/// ends them first, so that it leaves from its own frame, the one that holds its context
+/// object's entered flag. A missing leave outside any light frame leaves the thread in
+/// the task's context (a wrong value, never a dangling one).
 #[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
 pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
     let mut frame = Some(frame);
@@ -404,6 +407,7 @@ fn enter_light<R>(
             light: &light,
             root: hot.root.replace(root),
             outer: hot.light.replace(&light),
+            stacked: hot.stacked.get(),
         };
         announce();
         f()
@@ -418,6 +422,8 @@ struct Exit<'a> {
     light: &'a Light,
     root: *const Node<Entry>,
     outer: *const Light,
+    /// `HOT.stacked` when the light frame was entered.
+    stacked: u32,
 }
 
 impl Exit<'_> {
@@ -456,14 +462,48 @@ impl Exit<'_> {
     }
 }
 
+impl Exit<'_> {
+    /// Ends the detached frames ([`enter_detached`]) entered inside this light frame that
+    /// were never left (a runtime whose after-poll hook was replaced, say), so that the
+    /// light frame leaves from the frame it materialized into, which alone may hand back
+    /// its context object's entered flag. Returns the frames it ended, to be released
+    /// once the thread's state is consistent.
+    #[cold]
+    #[inline(never)]
+    fn end_stranded(&self, level: u32) -> Vec<Frame> {
+        let mut stack = self.hot.detached.take();
+        let mut ended = Vec::new();
+        while let Some((at, _)) = stack.last()
+            && *at > level
+        {
+            if let Some((_, mut displaced)) = stack.pop() {
+                swap_frame(self.hot, &mut displaced);
+                ended.push(displaced);
+            }
+        }
+        self.hot.detached.set(stack);
+        self.hot.stacked.set(level);
+        ended
+    }
+}
+
 impl Drop for Exit<'_> {
     fn drop(&mut self) {
+        // Frames stacked inside this one are left by the calls that entered them, except
+        // detached ones whose leave never came: end those first.
+        let level = self.stacked + u32::from(self.light.materialized.get());
+        let stranded = if self.hot.stacked.get() == level {
+            Vec::new()
+        } else {
+            self.end_stranded(level)
+        };
         if self.light.materialized.get() {
             self.leave_materialized();
         } else {
             self.hot.root.set(self.root);
             self.hot.light.set(self.outer);
         }
+        drop(stranded);
         announce();
     }
 }

@@ -28,8 +28,9 @@
 //!
 //! The one switch that cannot be scoped is tokio's task hooks (`enter_detached` /
 //! `leave_detached`, called by tokio as a pair around a poll): it moves owned frames
-//! only, and refuses to leave unless the detached frame is current; `docs::internals`
-//! gives the argument.
+//! only, refuses to leave unless the detached frame is current, and a light frame ends
+//! detached frames left stranded inside it before it exits; `docs::internals` gives the
+//! argument.
 //!
 //! # Announcing changes
 //!

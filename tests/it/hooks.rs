@@ -121,3 +121,78 @@ fn a_run_around_block_on_and_panicking_tasks() {
     assert_eq!(ctx.get(&ID), Some(1));
     assert!(!ID.is_set());
 }
+
+// ---- a replaced after-poll hook (review of issue 12): memory-safe, context left once ----
+
+static SEEN: ContextVar<u64> = ContextVar::with_default("seen", 0);
+
+/// Runs a task on a runtime whose after-poll hook was replaced after `isolate_tasks`
+/// (ordinary `Builder` use), so the task's frame is entered and never left, inside
+/// `ctx.run`.
+fn strand_a_task_frame_inside(ctx: &Context) {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    contextvars::tokio::isolate_tasks(&mut builder);
+    builder.on_after_task_poll(|_| {});
+    let rt = builder.build().expect("runtime");
+    ctx.run(|| {
+        drop(SEEN.set(1));
+        rt.block_on(async { tokio::spawn(async { drop(SEEN.set(2)) }).await.unwrap() });
+        // The stranded task frame is current here: a wrong value, never a dangling one.
+        assert_eq!(SEEN.get(), 2);
+    });
+}
+
+#[test]
+fn a_replaced_after_hook_cannot_leave_a_context_entered_twice() {
+    let ctx = Arc::new(Context::new());
+    let (ready, stranded) = std::sync::mpsc::channel();
+    let (exit, may_exit) = std::sync::mpsc::channel::<()>();
+    let thread = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            strand_a_task_frame_inside(&ctx);
+            // Back outside the run: the thread's own context, not the task's.
+            assert_eq!(SEEN.get(), 0);
+            ready.send(()).unwrap();
+            may_exit.recv().unwrap();
+        })
+    };
+    stranded.recv().unwrap();
+    // The run's set reached the context object, and the object was left exactly once.
+    assert_eq!(ctx.get(&SEEN), Some(1));
+    let inside = Arc::new(std::sync::Barrier::new(2));
+    let runner = {
+        let (ctx, inside) = (ctx.clone(), inside.clone());
+        std::thread::spawn(move || {
+            ctx.run(|| {
+                inside.wait(); // entered
+                inside.wait(); // the other thread has exited meanwhile
+                SEEN.get()
+            })
+        })
+    };
+    inside.wait();
+    exit.send(()).unwrap();
+    thread.join().unwrap(); // its teardown must not leave `ctx` a second time
+    assert!(ctx.try_run(|| ()).is_err(), "entered twice");
+    inside.wait();
+    assert_eq!(runner.join().unwrap(), 1);
+}
+
+#[test]
+fn a_replaced_after_hook_does_not_disable_the_leak_check() {
+    std::thread::spawn(|| {
+        strand_a_task_frame_inside(&Context::new());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let refused = rt.block_on(async {
+            tokio::spawn(async { SEEN.try_set(5).map(drop) })
+                .await
+                .unwrap()
+        });
+        assert!(refused.unwrap_err().is_unisolated_task());
+    })
+    .join()
+    .unwrap();
+}

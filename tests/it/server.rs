@@ -366,13 +366,15 @@ fn request_id_headers_that_cannot_be_trusted_get_a_fresh_id() {
     };
     // (header value, sent twice, the complaint if it is not trusted)
     type Case = (Option<&'static [u8]>, bool, Option<&'static str>);
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (Some(b"abc-123"), false, None),
         (None, false, None),
         (Some(b""), false, Some("is empty")),
         (Some(b"123456789"), false, Some("is longer than the limit")),
         (Some(b"caf\xc3\xa9"), false, Some("is not visible ASCII")),
         (Some(b"abc"), true, Some("appears more than once")),
+        (Some(b"   "), false, Some("is not visible ASCII")),
+        (Some(b"a\tb"), false, Some("is not visible ASCII")),
     ];
     for (value, twice, complaint) in cases {
         let request = parts(value, twice);
