@@ -84,7 +84,8 @@
 //! pointer into it. The leave can also never come: tokio keeps one function per hook,
 //! so registering another `on_after_task_poll` after `isolate_tasks` replaces ours. A
 //! light frame that exits with detached frames still current inside it ends them first
-//! (`Exit::end_stranded`, found by comparing `HOT.stacked` with its value at entry), so
+//! (`Exit::end_stranded`, found by comparing `HOT.stacked` with the level recorded when it
+//! materialized: only a materialized light frame can have them), so
 //! it always leaves from the frame it materialized into, the only one that may hand
 //! back its context object's entered flag; before that fix (found in review), the
 //! stranded copy handed the flag back a second time at thread exit, while another

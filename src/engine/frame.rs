@@ -165,9 +165,11 @@ pub(super) struct Light {
     object: *const Arc<Shared>,
     materialized: Cell<bool>,
     /// After materialization (only then initialized), the frame the light frame
-    /// displaced. `MaybeUninit`, so that entering a light frame writes nothing here and
-    /// leaving one that never materialized drops nothing.
-    displaced: Cell<MaybeUninit<Frame>>,
+    /// displaced, and `HOT.stacked` right after materializing (what it is again when the
+    /// light frame exits, unless detached frames were stranded inside it). `MaybeUninit`,
+    /// so that entering a light frame writes nothing here and leaving one that never
+    /// materialized drops nothing.
+    displaced: Cell<MaybeUninit<(u32, Frame)>>,
 }
 
 impl Light {
@@ -229,10 +231,11 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
         frame.ctx = Some(Arc::clone(shared));
     }
     swap_frame(hot, &mut frame);
-    light.displaced.set(MaybeUninit::new(frame));
+    let level = hot.stacked.get() + 1;
+    hot.stacked.set(level);
+    light.displaced.set(MaybeUninit::new((level, frame)));
     light.materialized.set(true);
     hot.light.set(ptr::null());
-    hot.stacked.set(hot.stacked.get() + 1);
 }
 
 /// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
@@ -407,7 +410,6 @@ fn enter_light<R>(
             light: &light,
             root: hot.root.replace(root),
             outer: hot.light.replace(&light),
-            stacked: hot.stacked.get(),
         };
         announce();
         f()
@@ -422,8 +424,6 @@ struct Exit<'a> {
     light: &'a Light,
     root: *const Node<Entry>,
     outer: *const Light,
-    /// `HOT.stacked` when the light frame was entered.
-    stacked: u32,
 }
 
 impl Exit<'_> {
@@ -435,7 +435,15 @@ impl Exit<'_> {
         let displaced = self.light.displaced.replace(MaybeUninit::uninit());
         // SAFETY: `materialized` is set only right after `displaced` was initialized, and
         // this is the one place that takes it out.
-        let mut frame = unsafe { displaced.assume_init() };
+        let (level, mut frame) = unsafe { displaced.assume_init() };
+        // Frames stacked inside this one are left by the calls that entered them, except
+        // detached ones whose leave never came: end those first. (Only a materialized
+        // light frame can have them: `enter_detached` materializes the current one.)
+        let stranded = if self.hot.stacked.get() == level {
+            Vec::new()
+        } else {
+            self.end_stranded(level)
+        };
         // During thread teardown there is no thread frame to restore (cannot happen: a
         // light frame cannot materialize then); `frame` is just released.
         if self.hot.status.get() != Status::TornDown {
@@ -455,10 +463,11 @@ impl Exit<'_> {
         }
         self.hot.root.set(self.root);
         self.hot.light.set(self.outer);
-        self.hot.stacked.set(self.hot.stacked.get() - 1);
-        // Released only now that the thread's frame is the outer one again: it may run
+        self.hot.stacked.set(level - 1);
+        // Released only now that the thread's frame is the outer one again: they may run
         // destructors that use context variables.
         drop(frame);
+        drop(stranded);
     }
 }
 
@@ -489,21 +498,12 @@ impl Exit<'_> {
 
 impl Drop for Exit<'_> {
     fn drop(&mut self) {
-        // Frames stacked inside this one are left by the calls that entered them, except
-        // detached ones whose leave never came: end those first.
-        let level = self.stacked + u32::from(self.light.materialized.get());
-        let stranded = if self.hot.stacked.get() == level {
-            Vec::new()
-        } else {
-            self.end_stranded(level)
-        };
         if self.light.materialized.get() {
             self.leave_materialized();
         } else {
             self.hot.root.set(self.root);
             self.hot.light.set(self.outer);
         }
-        drop(stranded);
         announce();
     }
 }
