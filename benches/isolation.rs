@@ -54,6 +54,13 @@ fn theirs() -> u64 {
     TASK_REQUEST_ID.try_with(|id| *id).unwrap_or(0)
 }
 
+/// Spawns `task` and checks that every poll read the bound request id.
+async fn spawn_checked(task: impl std::future::Future<Output = u64> + Send + 'static) -> u64 {
+    let sum = tokio::spawn(task).await.unwrap();
+    assert_eq!(sum, YIELDS);
+    black_box(sum)
+}
+
 fn task_poll(c: &mut Criterion) {
     let mut group = c.benchmark_group("task_poll");
     group.throughput(Throughput::Elements(YIELDS));
@@ -72,32 +79,16 @@ fn task_poll(c: &mut Criterion) {
             b.iter(|| {
                 hooks.block_on(async {
                     let _guard = REQUEST_ID.scoped_set(1);
-                    let sum = tokio::spawn(yielding(ours)).await.unwrap();
-                    assert_eq!(sum, YIELDS);
-                    black_box(sum)
+                    spawn_checked(yielding(ours)).await
                 })
             })
         });
     }
     group.bench_function("wrapper", |b| {
-        b.iter(|| {
-            bare.block_on(async {
-                let task = REQUEST_ID.scope_future(1, yielding(ours));
-                let sum = tokio::spawn(task).await.unwrap();
-                assert_eq!(sum, YIELDS);
-                black_box(sum)
-            })
-        })
+        b.iter(|| bare.block_on(spawn_checked(REQUEST_ID.scope_future(1, yielding(ours)))))
     });
     group.bench_function("tokio_task_local", |b| {
-        b.iter(|| {
-            bare.block_on(async {
-                let task = TASK_REQUEST_ID.scope(1, yielding(theirs));
-                let sum = tokio::spawn(task).await.unwrap();
-                assert_eq!(sum, YIELDS);
-                black_box(sum)
-            })
-        })
+        b.iter(|| bare.block_on(spawn_checked(TASK_REQUEST_ID.scope(1, yielding(theirs)))))
     });
     // `in_current_context` on a plain copy, to compare with `scope_future`.
     group.bench_function("wrapper_copy", |b| {

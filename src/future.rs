@@ -103,7 +103,8 @@ pin_project! {
 }
 
 impl<F> WithContext<F> {
-    fn new(inner: F, frame: Frame) -> Self {
+    /// `inner` in `frame` (which may already hold what code run in it made of it).
+    pub(crate) fn new(inner: F, frame: Frame) -> Self {
         Self {
             inner: Some(inner),
             frame,
@@ -118,12 +119,6 @@ impl<F> WithContext<F> {
     /// `inner` in a private context over `vars`.
     pub(crate) fn in_vars(inner: F, vars: Vars) -> Self {
         Self::new(inner, Frame::private(vars))
-    }
-
-    /// `inner` in `frame` (which may already hold what code run in it made of it).
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn in_frame(inner: F, frame: Frame) -> Self {
-        Self::new(inner, frame)
     }
 
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).

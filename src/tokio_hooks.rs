@@ -134,22 +134,20 @@ fn on_spawn(id: Id) {
 }
 
 fn before_poll(id: Id) {
-    // A task spawned before the hooks were installed, or whose frame is missing, starts
-    // from an empty context of its own rather than the worker's.
-    // The after-poll hook finds the task through this list: a task that cannot be
-    // recorded (the list is gone: thread teardown) is not entered either.
-    if with_polling(|_| ()).is_none() {
+    // The after-poll hook finds the task through this list, so the task is recorded
+    // first: one that cannot be (the list is gone: thread teardown) is not entered.
+    if with_polling(|polling| polling.push((id, false))).is_none() {
         return;
     }
+    // A task spawned before the hooks were installed, or whose frame is missing, starts
+    // from an empty context of its own rather than the worker's.
     let frame = Registry::get()
         .remove(id)
         .unwrap_or_else(|| Frame::private(engine::Vars::default()));
-    match engine::enter_detached(frame) {
-        Ok(()) => {
-            let _ = with_polling(|polling| polling.push((id, false)));
-        }
+    if let Err(frame) = engine::enter_detached(frame) {
         // Thread teardown: nothing can run in a context any more.
-        Err(frame) => drop(frame),
+        let _ = with_polling(|polling| polling.pop());
+        drop(frame);
     }
 }
 

@@ -170,7 +170,7 @@ where
             inner.call(http::Request::from_parts(parts, body))
         });
         ResponseFuture {
-            inner: WithContext::in_frame(BodyInContext { inner: future }, frame),
+            inner: WithContext::new(BodyInContext { inner: future }, frame),
         }
     }
 }
