@@ -74,6 +74,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use pin_project_lite::pin_project;
 
+use crate::carry::CarriedSpan;
 use crate::context::Context;
 use crate::engine::{self, Frame, Vars};
 use crate::error::EnterError;
@@ -90,24 +91,28 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         frame: Frame,
+        span: CarriedSpan,
     }
 
     impl<F> PinnedDrop for WithContext<F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
-                engine::run_in(this.frame, || this.inner.set(None));
+                let frame = this.frame;
+                this.span.in_span(|| engine::run_in(frame, || this.inner.set(None)));
             }
         }
     }
 }
 
 impl<F> WithContext<F> {
-    /// `inner` in `frame` (which may already hold what code run in it made of it).
+    /// `inner` in `frame` (which may already hold what code run in it made of it), under
+    /// the tracing span current now (feature `tracing`).
     pub(crate) fn new(inner: F, frame: Frame) -> Self {
         Self {
             inner: Some(inner),
             frame,
+            span: CarriedSpan::current(),
         }
     }
 
@@ -160,7 +165,9 @@ impl<F: Future> Future for WithContext<F> {
             .inner
             .as_pin_mut()
             .expect("the inner future lives as long as the wrapper");
-        engine::run_in(this.frame, || inner.poll(cx))
+        let frame = this.frame;
+        this.span
+            .in_span(|| engine::run_in(frame, || inner.poll(cx)))
     }
 }
 
@@ -174,7 +181,9 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
             .inner
             .as_pin_mut()
             .expect("the inner stream lives as long as the wrapper");
-        engine::run_in(this.frame, || inner.poll_next(cx))
+        let frame = this.frame;
+        this.span
+            .in_span(|| engine::run_in(frame, || inner.poll_next(cx)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

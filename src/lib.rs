@@ -100,6 +100,7 @@
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+mod carry;
 mod context;
 pub mod docs;
 mod engine;

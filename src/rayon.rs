@@ -57,6 +57,7 @@ use ::rayon::iter::plumbing::{
 use ::rayon::iter::{IndexedParallelIterator, ParallelIterator};
 use ::rayon::{FnContext, ThreadPool};
 
+use crate::carry::{self, CarriedSpan};
 use crate::engine::{self, Frame, Vars};
 
 /// [`rayon::join`], running both closures in copies of the current context.
@@ -70,11 +71,8 @@ where
     RA: Send,
     RB: Send,
 {
-    engine::with_captured(move |vars| {
-        ::rayon::join(
-            move || engine::run_borrowed(vars, oper_a),
-            move || engine::run_borrowed(vars, oper_b),
-        )
+    with_captured(move |capture| {
+        ::rayon::join(move || capture.run(oper_a), move || capture.run(oper_b))
     })
 }
 
@@ -86,10 +84,10 @@ where
     RA: Send,
     RB: Send,
 {
-    engine::with_captured(move |vars| {
+    with_captured(move |capture| {
         ::rayon::join_context(
-            move |fn_ctx| engine::run_borrowed(vars, || oper_a(fn_ctx)),
-            move |fn_ctx| engine::run_borrowed(vars, || oper_b(fn_ctx)),
+            move |fn_ctx| capture.run(|| oper_a(fn_ctx)),
+            move |fn_ctx| capture.run(|| oper_b(fn_ctx)),
         )
     })
 }
@@ -99,8 +97,7 @@ pub fn spawn<F>(func: F)
 where
     F: FnOnce() + Send + 'static,
 {
-    let frame = Frame::private(engine::vars());
-    ::rayon::spawn(move || engine::run_owned(frame, func));
+    ::rayon::spawn(carry::job(Frame::private(engine::vars()), func));
 }
 
 /// [`rayon::spawn_fifo`], running `func` in a copy of the current context.
@@ -108,8 +105,7 @@ pub fn spawn_fifo<F>(func: F)
 where
     F: FnOnce() + Send + 'static,
 {
-    let frame = Frame::private(engine::vars());
-    ::rayon::spawn_fifo(move || engine::run_owned(frame, func));
+    ::rayon::spawn_fifo(carry::job(Frame::private(engine::vars()), func));
 }
 
 /// A [`rayon::Scope`] whose spawns run in copies of the context current at the spawn.
@@ -143,8 +139,9 @@ impl<'scope> Scope<'_, 'scope> {
         BODY: for<'b> FnOnce(&Scope<'b, 'scope>) + Send + 'scope,
     {
         let frame = Frame::private(engine::vars());
+        let span = CarriedSpan::current();
         self.inner.spawn(move |inner| {
-            engine::run_owned(frame, || body(&Scope { inner }));
+            span.in_span(|| engine::run_owned(frame, || body(&Scope { inner })));
         });
     }
 
@@ -166,9 +163,7 @@ where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R + Send,
     R: Send,
 {
-    engine::with_captured(move |vars| {
-        ::rayon::scope(move |inner| engine::run_borrowed(vars, || op(&Scope { inner })))
-    })
+    with_captured(move |capture| ::rayon::scope(move |inner| capture.run(|| op(&Scope { inner }))))
 }
 
 /// [`rayon::in_place_scope`], running `op` and every [`Scope::spawn`] in copies of the
@@ -177,8 +172,8 @@ pub fn in_place_scope<'scope, OP, R>(op: OP) -> R
 where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R,
 {
-    engine::with_captured(move |vars| {
-        ::rayon::in_place_scope(move |inner| engine::run_borrowed(vars, || op(&Scope { inner })))
+    with_captured(move |capture| {
+        ::rayon::in_place_scope(move |inner| capture.run(|| op(&Scope { inner })))
     })
 }
 
@@ -217,23 +212,21 @@ impl ThreadPoolExt for ThreadPool {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        engine::with_captured(move |vars| self.install(move || engine::run_borrowed(vars, op)))
+        with_captured(move |capture| self.install(move || capture.run(op)))
     }
 
     fn spawn_with_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static,
     {
-        let frame = Frame::private(engine::vars());
-        self.spawn(move || engine::run_owned(frame, op));
+        self.spawn(carry::job(Frame::private(engine::vars()), op));
     }
 
     fn spawn_fifo_with_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static,
     {
-        let frame = Frame::private(engine::vars());
-        self.spawn_fifo(move || engine::run_owned(frame, op));
+        self.spawn_fifo(carry::job(Frame::private(engine::vars()), op));
     }
 }
 
@@ -293,6 +286,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
         InContext {
             base: self,
             vars: engine::vars(),
+            span: CarriedSpan::current(),
         }
     }
 }
@@ -305,6 +299,7 @@ impl<I: ParallelIterator> ParallelIteratorExt for I {}
 pub struct InContext<I> {
     base: I,
     vars: Vars,
+    span: CarriedSpan,
 }
 
 impl<I: fmt::Debug> fmt::Debug for InContext<I> {
@@ -322,10 +317,10 @@ impl<I: ParallelIterator> ParallelIterator for InContext<I> {
     where
         C: UnindexedConsumer<Self::Item>,
     {
-        let InContext { base, vars } = self;
+        let InContext { base, vars, span } = self;
         base.drive_unindexed(ContextConsumer {
             base: consumer,
-            vars: &vars,
+            capture: Borrowed::new(&vars, &span),
         })
     }
 
@@ -336,10 +331,10 @@ impl<I: ParallelIterator> ParallelIterator for InContext<I> {
 
 impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
     fn drive<C: Consumer<Self::Item>>(self, consumer: C) -> C::Result {
-        let InContext { base, vars } = self;
+        let InContext { base, vars, span } = self;
         base.drive(ContextConsumer {
             base: consumer,
-            vars: &vars,
+            capture: Borrowed::new(&vars, &span),
         })
     }
 
@@ -348,12 +343,51 @@ impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
     }
 
     fn with_producer<CB: ProducerCallback<Self::Item>>(self, callback: CB) -> CB::Output {
-        let InContext { base, vars } = self;
+        let InContext { base, vars, span } = self;
         base.with_producer(ContextCallback {
             base: callback,
-            vars: &vars,
+            capture: Borrowed::new(&vars, &span),
         })
     }
+}
+
+/// A capture borrowed by structured jobs (rayon's `join`, scopes, `install` and the
+/// parallel-iterator adapter), which all end before the capture does.
+#[derive(Clone, Copy)]
+struct Borrowed<'a> {
+    vars: &'a Vars,
+    span: &'a CarriedSpan,
+}
+
+impl<'a> Borrowed<'a> {
+    /// A capture of `vars` and `span`, owned by the caller.
+    fn new(vars: &'a Vars, span: &'a CarriedSpan) -> Self {
+        Self { vars, span }
+    }
+
+    /// Runs `f` in a frame over the captured snapshot (see [`engine::run_borrowed`]),
+    /// inside the captured span.
+    #[inline]
+    fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        self.span.in_span(|| engine::run_borrowed(self.vars, f))
+    }
+
+    /// Calls `step` until it returns `false`, each call in a frame that starts from the
+    /// captured bindings (see [`engine::run_borrowed_each`]), all inside the captured
+    /// span (entered once).
+    #[inline]
+    fn run_each(self, step: impl FnMut() -> bool) {
+        self.span
+            .in_span(|| engine::run_borrowed_each(self.vars, step));
+    }
+}
+
+/// Runs `f` with the current context and span captured; the jobs `f` starts borrow the
+/// capture.
+#[inline]
+fn with_captured<R>(f: impl FnOnce(Borrowed<'_>) -> R) -> R {
+    let span = CarriedSpan::current();
+    engine::with_captured(|vars| f(Borrowed::new(vars, &span)))
 }
 
 // ---- Consumer path (the adapter is the last one before the consuming method): every
@@ -364,7 +398,7 @@ impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
 
 struct ContextConsumer<'v, C> {
     base: C,
-    vars: &'v Vars,
+    capture: Borrowed<'v>,
 }
 
 impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
@@ -373,24 +407,30 @@ impl<'v, T, C: Consumer<T>> Consumer<T> for ContextConsumer<'v, C> {
     type Result = C::Result;
 
     fn split_at(self, index: usize) -> (Self, Self, Self::Reducer) {
-        let vars = self.vars;
+        let capture = self.capture;
         let base = self.base;
-        let (left, right, reducer) = engine::run_borrowed(vars, || base.split_at(index));
+        let (left, right, reducer) = capture.run(|| base.split_at(index));
         (
-            ContextConsumer { base: left, vars },
-            ContextConsumer { base: right, vars },
+            ContextConsumer {
+                base: left,
+                capture,
+            },
+            ContextConsumer {
+                base: right,
+                capture,
+            },
             ContextReducer {
                 base: reducer,
-                vars,
+                capture,
             },
         )
     }
 
     fn into_folder(self) -> Self::Folder {
         // The consumer's own `into_folder` may run user code (`fold`'s identity).
-        let vars = self.vars;
+        let capture = self.capture;
         let base = self.base;
-        ContextFolder::new(engine::run_borrowed(vars, || base.into_folder()), vars)
+        ContextFolder::new(capture.run(|| base.into_folder()), capture)
     }
 
     fn full(&self) -> bool {
@@ -402,16 +442,16 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C>
     fn split_off_left(&self) -> Self {
         let base = &self.base;
         ContextConsumer {
-            base: engine::run_borrowed(self.vars, || base.split_off_left()),
-            vars: self.vars,
+            base: self.capture.run(|| base.split_off_left()),
+            capture: self.capture,
         }
     }
 
     fn to_reducer(&self) -> Self::Reducer {
         let base = &self.base;
         ContextReducer {
-            base: engine::run_borrowed(self.vars, || base.to_reducer()),
-            vars: self.vars,
+            base: self.capture.run(|| base.to_reducer()),
+            capture: self.capture,
         }
     }
 }
@@ -427,14 +467,14 @@ struct ContextFolder<'v, F> {
     /// `None` only while a call has taken it out (and for good after `complete`, or if a
     /// call unwound): a folder is consumed by every call, so no caller sees that state.
     base: Option<F>,
-    vars: &'v Vars,
+    capture: Borrowed<'v>,
 }
 
 impl<'v, F> ContextFolder<'v, F> {
-    fn new(base: F, vars: &'v Vars) -> Self {
+    fn new(base: F, capture: Borrowed<'v>) -> Self {
         Self {
             base: Some(base),
-            vars,
+            capture,
         }
     }
 
@@ -452,7 +492,7 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
 
     fn consume(mut self, item: T) -> Self {
         let base = self.take();
-        self.base = Some(engine::run_borrowed(self.vars, || base.consume(item)));
+        self.base = Some(self.capture.run(|| base.consume(item)));
         self
     }
 
@@ -461,7 +501,7 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
         let mut slot = Some(self.take());
         // Pulling an item runs the closures of the adapters before this one (`map`,
         // `filter`, ...), so it happens inside the item's frame too.
-        engine::run_borrowed_each(self.vars, || {
+        self.capture.run_each(|| {
             let Some(base) = slot.take() else {
                 return false;
             };
@@ -486,7 +526,7 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
 
     fn complete(mut self) -> F::Result {
         let base = self.take();
-        engine::run_borrowed(self.vars, || base.complete())
+        self.capture.run(|| base.complete())
     }
 
     fn full(&self) -> bool {
@@ -500,7 +540,7 @@ impl<F> Drop for ContextFolder<'_, F> {
     /// variables.
     fn drop(&mut self) {
         if let Some(base) = self.base.take() {
-            engine::run_borrowed(self.vars, || drop(base));
+            self.capture.run(|| drop(base));
         }
     }
 }
@@ -508,13 +548,13 @@ impl<F> Drop for ContextFolder<'_, F> {
 /// Reductions run user code (`reduce`'s operator), so they run in the context too.
 struct ContextReducer<'v, R> {
     base: R,
-    vars: &'v Vars,
+    capture: Borrowed<'v>,
 }
 
 impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<'_, R> {
     fn reduce(self, left: T, right: T) -> T {
         let base = self.base;
-        engine::run_borrowed(self.vars, || base.reduce(left, right))
+        self.capture.run(|| base.reduce(left, right))
     }
 }
 
@@ -523,7 +563,7 @@ impl<T, R: Reducer<T>> Reducer<T> for ContextReducer<'_, R> {
 
 struct ContextCallback<'v, CB> {
     base: CB,
-    vars: &'v Vars,
+    capture: Borrowed<'v>,
 }
 
 impl<T, CB: ProducerCallback<T>> ProducerCallback<T> for ContextCallback<'_, CB> {
@@ -532,7 +572,7 @@ impl<T, CB: ProducerCallback<T>> ProducerCallback<T> for ContextCallback<'_, CB>
     fn callback<P: Producer<Item = T>>(self, producer: P) -> CB::Output {
         self.base.callback(ContextProducer {
             base: producer,
-            vars: self.vars,
+            capture: self.capture,
         })
     }
 }
@@ -541,7 +581,7 @@ impl<T, CB: ProducerCallback<T>> ProducerCallback<T> for ContextCallback<'_, CB>
 /// which outlives the producer (`with_producer` returns only after every job has).
 struct ContextProducer<'v, P> {
     base: P,
-    vars: &'v Vars,
+    capture: Borrowed<'v>,
 }
 
 impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
@@ -549,10 +589,10 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
     type IntoIter = ContextIter<'v, P::IntoIter>;
 
     fn into_iter(self) -> Self::IntoIter {
-        let vars = self.vars;
+        let capture = self.capture;
         ContextIter {
-            base: engine::run_borrowed(vars, || self.base.into_iter()),
-            vars,
+            base: capture.run(|| self.base.into_iter()),
+            capture,
         }
     }
 
@@ -566,17 +606,25 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
 
     fn split_at(self, index: usize) -> (Self, Self) {
         let (left, right) = self.base.split_at(index);
-        let vars = self.vars;
+        let capture = self.capture;
         (
-            ContextProducer { base: left, vars },
-            ContextProducer { base: right, vars },
+            ContextProducer {
+                base: left,
+                capture,
+            },
+            ContextProducer {
+                base: right,
+                capture,
+            },
         )
     }
 
     fn fold_with<F: Folder<Self::Item>>(self, folder: F) -> F {
-        let vars = self.vars;
-        engine::run_borrowed(vars, || {
-            self.base.fold_with(ContextFolder::new(folder, vars)).take()
+        let capture = self.capture;
+        capture.run(|| {
+            self.base
+                .fold_with(ContextFolder::new(folder, capture))
+                .take()
         })
     }
 }
@@ -586,7 +634,7 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
 /// afterwards runs in the caller's state, which is why the adapter should come last.
 struct ContextIter<'v, I> {
     base: I,
-    vars: &'v Vars,
+    capture: Borrowed<'v>,
 }
 
 impl<I: Iterator> Iterator for ContextIter<'_, I> {
@@ -594,7 +642,7 @@ impl<I: Iterator> Iterator for ContextIter<'_, I> {
 
     fn next(&mut self) -> Option<I::Item> {
         let base = &mut self.base;
-        engine::run_borrowed(self.vars, || base.next())
+        self.capture.run(|| base.next())
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -605,7 +653,7 @@ impl<I: Iterator> Iterator for ContextIter<'_, I> {
 impl<I: DoubleEndedIterator> DoubleEndedIterator for ContextIter<'_, I> {
     fn next_back(&mut self) -> Option<I::Item> {
         let base = &mut self.base;
-        engine::run_borrowed(self.vars, || base.next_back())
+        self.capture.run(|| base.next_back())
     }
 }
 

@@ -39,17 +39,10 @@ use std::fmt;
 use std::io;
 use std::thread::{Builder, JoinHandle, Scope, ScopedJoinHandle};
 
+use crate::carry;
 use crate::context::Context;
 use crate::engine::{self, Frame};
 use crate::error::EnterError;
-
-/// Wraps `f` so that it runs in `frame` wherever it is called.
-fn in_frame<F, T>(frame: Frame, f: F) -> impl FnOnce() -> T + Send
-where
-    F: FnOnce() -> T + Send,
-{
-    move || engine::run_owned(frame, f)
-}
 
 fn copied() -> Frame {
     Frame::private(engine::vars())
@@ -67,7 +60,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    std::thread::spawn(in_frame(copied(), f))
+    std::thread::spawn(carry::job(copied(), f))
 }
 
 /// Spawns a thread that runs `f` in the context object `ctx` (Python's
@@ -97,7 +90,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    Ok(std::thread::spawn(in_frame(ctx.enter_frame()?, f)))
+    Ok(std::thread::spawn(carry::job(ctx.enter_frame()?, f)))
 }
 
 /// Why a thread could not be spawned in a context object.
@@ -186,7 +179,7 @@ impl BuilderExt for Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn(in_frame(copied(), f))
+        self.spawn(carry::job(copied(), f))
     }
 
     fn spawn_in_context<F, T>(self, ctx: &Context, f: F) -> Result<JoinHandle<T>, SpawnError>
@@ -197,7 +190,7 @@ impl BuilderExt for Builder {
         let frame = ctx.enter_frame().map_err(SpawnError::AlreadyEntered)?;
         // If the thread cannot be created the closure, and with it the frame, is dropped,
         // which leaves the context again.
-        self.spawn(in_frame(frame, f)).map_err(SpawnError::Io)
+        self.spawn(carry::job(frame, f)).map_err(SpawnError::Io)
     }
 
     fn spawn_scoped_with_context<'scope, 'env, F, T>(
@@ -209,7 +202,7 @@ impl BuilderExt for Builder {
         F: FnOnce() -> T + Send + 'scope,
         T: Send + 'scope,
     {
-        self.spawn_scoped(scope, in_frame(copied(), f))
+        self.spawn_scoped(scope, carry::job(copied(), f))
     }
 }
 
@@ -265,7 +258,7 @@ impl<'scope> ScopeExt<'scope> for Scope<'scope, '_> {
         F: FnOnce() -> T + Send + 'scope,
         T: Send + 'scope,
     {
-        self.spawn(in_frame(copied(), f))
+        self.spawn(carry::job(copied(), f))
     }
 
     #[track_caller]
@@ -289,6 +282,6 @@ impl<'scope> ScopeExt<'scope> for Scope<'scope, '_> {
         F: FnOnce() -> T + Send + 'scope,
         T: Send + 'scope,
     {
-        Ok(self.spawn(in_frame(ctx.enter_frame()?, f)))
+        Ok(self.spawn(carry::job(ctx.enter_frame()?, f)))
     }
 }

@@ -42,6 +42,7 @@ use std::future::Future;
 
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
+use crate::carry;
 use crate::engine::{self, Frame};
 use crate::future::ContextFutureExt;
 
@@ -76,8 +77,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let frame = Frame::private(engine::vars());
-    tokio::task::spawn_blocking(move || engine::run_owned(frame, f))
+    tokio::task::spawn_blocking(carry::job(Frame::private(engine::vars()), f))
 }
 
 /// [`tokio::task::spawn_local`], running the task in a copy of the current context.
@@ -146,8 +146,7 @@ impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
         F: FnOnce() -> T + Send + 'static,
         T: Send,
     {
-        let frame = Frame::private(engine::vars());
-        self.spawn_blocking(move || engine::run_owned(frame, f))
+        self.spawn_blocking(carry::job(Frame::private(engine::vars()), f))
     }
 
     #[track_caller]

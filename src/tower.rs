@@ -69,6 +69,7 @@ pub use tower_layer::Layer;
 pub use tower_service::Service;
 
 use crate::ContextVar;
+use crate::carry::CarriedSpan;
 use crate::engine::{self, Frame};
 use crate::future::WithContext;
 use crate::sync::{OnceLock, StaticCounter};
@@ -226,6 +227,7 @@ where
                 response.map(|body| ContextBody {
                     inner: body,
                     frame: Frame::private(vars),
+                    span: CarriedSpan::current(),
                 })
             })
         })
@@ -238,6 +240,7 @@ pin_project! {
         #[pin]
         inner: B,
         frame: Frame,
+        span: CarriedSpan,
     }
 }
 
@@ -262,8 +265,9 @@ impl<B: Body> Body for ContextBody<B> {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<BodyFrame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let inner = this.inner;
-        engine::run_in(this.frame, || inner.poll_frame(cx))
+        let (inner, frame) = (this.inner, this.frame);
+        this.span
+            .in_span(|| engine::run_in(frame, || inner.poll_frame(cx)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,0 +1,73 @@
+//! What travels with a captured context besides its snapshot: the `tracing` span that was
+//! current at the capture (feature `tracing`).
+//!
+//! Every place the crate carries a context to other work (thread spawns, the future
+//! wrapper and the tokio helpers built on it, rayon's `join`, scopes, spawns, `install`
+//! and the parallel-iterator adapter, the tower layer) captures a [`CarriedSpan`] with
+//! the snapshot and enters it around each run, poll or job of the child, leaving it
+//! before returning (on unwind too: the span's guard exits it). So a log line from a
+//! rayon job or a `spawn_blocking` closure sits inside the request's span, as it does in
+//! the handler that started the work.
+//!
+//! Cost: without the feature a [`CarriedSpan`] is zero-sized and entering it is the call
+//! itself. With it, a capture asks the dispatcher for the current span (a thread-local
+//! lookup; with no subscriber installed, a check of a global), and a child whose
+//! capture found no span pays one branch per run, poll or job. A carried span costs a
+//! reference-count increment on the subscriber at capture and the subscriber's own
+//! `enter` and `exit` per run, poll or job, which is what tracing's `Instrument` does.
+//!
+//! The span is entered *outside* the context's frame: the subscriber's `enter` and
+//! `exit` run in the state of the thread that runs the child, as they would under
+//! `Instrument`.
+
+#![deny(unsafe_code)]
+
+use crate::engine::{self, Frame};
+
+/// The tracing span current at a capture, or nothing (no span current, or the feature
+/// off, where the type is zero-sized).
+#[derive(Clone, Default)]
+pub(crate) struct CarriedSpan {
+    #[cfg(feature = "tracing")]
+    span: Option<::tracing::Span>,
+}
+
+impl CarriedSpan {
+    /// The span current now, if there is one.
+    #[inline]
+    pub(crate) fn current() -> Self {
+        #[cfg(feature = "tracing")]
+        {
+            let span = ::tracing::Span::current();
+            Self {
+                span: (!span.is_none()).then_some(span),
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            Self {}
+        }
+    }
+
+    /// Runs `f` inside the carried span (entered before, exited after, also on unwind),
+    /// or just runs it if nothing was carried.
+    #[inline]
+    pub(crate) fn in_span<R>(&self, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            let _entered = span.enter();
+            return f();
+        }
+        f()
+    }
+}
+
+/// `f`, made into a job that runs in `frame` under the span current now, wherever and
+/// whenever it is called (thread spawns, `spawn_blocking`, rayon's `'static` spawns).
+pub(crate) fn job<F, T>(frame: Frame, f: F) -> impl FnOnce() -> T + Send
+where
+    F: FnOnce() -> T + Send,
+{
+    let span = CarriedSpan::current();
+    move || span.in_span(|| engine::run_owned(frame, f))
+}
