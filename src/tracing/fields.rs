@@ -382,7 +382,7 @@ fn global_combined<E>(
     fields: &ContextFields<E>,
 ) -> &'static Combined {
     let mut map = COMBINED.lock().unwrap_or_else(PoisonError::into_inner);
-    *map.entry(key)
+    map.entry(key)
         .or_insert_with(|| build_combined(original, fields))
 }
 
