@@ -1,4 +1,4 @@
-//! Context variables in [`tracing`](::tracing) output (feature `tracing`).
+//! Context variables in [`tracing`] output (feature `tracing`).
 //!
 //! # Variables as fields of every event
 //!
@@ -32,6 +32,7 @@
 //!
 //! let subscriber = tracing_subscriber::fmt()
 //!     .without_time()
+//!     .with_ansi(false)
 //!     .with_writer(move || writer.clone())
 //!     // Configure the format first, wrap it last.
 //!     .map_event_format(|format| ContextFields::new(format).var(&REQUEST_ID).var(&TENANT))
