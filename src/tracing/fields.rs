@@ -225,7 +225,10 @@ impl<E> ContextFields<E> {
             let names: Vec<&'static str> = self.var_names().collect();
             intern_layout(&names)
         });
-        let key = (callsite_addr(&original.callsite()), layout);
+        // Keyed by the metadata's address, not the callsite's: both are unique per
+        // callsite, but a zero-sized callsite type (tracing-log's, one per level) can
+        // share its address with another.
+        let key = (std::ptr::from_ref(original).addr(), layout);
         let cached = LOCAL_CALLSITES
             .try_with(|cell| {
                 let map = cell.take();
@@ -279,7 +282,7 @@ where
         let Some(metadata) = combined.metadata.get() else {
             return self.inner.format_event(ctx, writer, event);
         };
-        if combined.vars.is_empty() {
+        if combined.shape.vars.is_empty() {
             // Every variable clashes with one of the event's own fields.
             return self.inner.format_event(ctx, writer, event);
         }
@@ -289,6 +292,11 @@ where
             return self.inner.format_event(ctx, writer, event);
         }
         event.record(&mut Capture(&mut scratch));
+        let metadata = if combined.shape.log_record {
+            scratch.log_metadata(combined, metadata)
+        } else {
+            metadata
+        };
         let result = scratch.emit(|values| {
             // `value_set_all` is `#[doc(hidden)]` in tracing-core, but it is what tracing's
             // own macros and tracing-log use to build a `ValueSet` for a `FieldSet` whose
@@ -315,11 +323,20 @@ where
 struct Combined {
     /// Set right after the callsite is leaked (its `FieldSet` names the callsite itself).
     metadata: OnceLock<Metadata<'static>>,
+    shape: Shape,
+}
+
+/// The fields of a [`Combined`] callsite.
+struct Shape {
+    /// The original fields' names, then the variables'.
+    names: &'static [&'static str],
     /// For each field after the original ones: the index of its variable in the
     /// [`ContextFields`]' list. Variables whose name clashes are not here.
     vars: Box<[usize]>,
     /// How many fields the original callsite has.
     own: usize,
+    /// Whether the original callsite is one of `tracing-log`'s (see [`is_log_record`]).
+    log_record: bool,
 }
 
 impl Callsite for Combined {
@@ -354,14 +371,10 @@ impl Callsite for PlaceholderCallsite {
     }
 }
 
-fn callsite_addr(id: &Identifier) -> usize {
-    std::ptr::from_ref::<dyn Callsite>(id.0).cast::<()>().addr()
-}
-
 /// Every list of variable names a [`ContextFields`] has used; a list's id is its index.
 static LAYOUTS: Mutex<Vec<Box<[&'static str]>>> = Mutex::new(Vec::new());
 
-/// Combined callsites by (original callsite's address, layout id).
+/// Combined callsites by (original metadata's address, layout id).
 static COMBINED: Mutex<BTreeMap<(usize, u64), &'static Combined>> = Mutex::new(BTreeMap::new());
 
 fn intern_layout(names: &[&'static str]) -> u64 {
@@ -399,31 +412,157 @@ fn build_combined<E>(
             vars.push(index);
         }
     }
-    let combined: &'static Combined = Box::leak(Box::new(Combined {
-        metadata: OnceLock::new(),
+    let shape = Shape {
+        names: Box::leak(names.into_boxed_slice()),
         vars: vars.into(),
         own,
-    }));
-    let names: &'static [&'static str] = Box::leak(names.into_boxed_slice());
-    let kind = if original.is_span() {
-        Kind::SPAN
-    } else {
-        Kind::EVENT
+        log_record: is_log_record(original),
     };
-    let _ = combined.metadata.set(Metadata::new(
-        original.name(),
-        original.target(),
-        *original.level(),
-        original.file(),
-        original.line(),
-        original.module_path(),
-        FieldSet::new(names, Identifier(combined)),
-        kind,
-    ));
+    leak_combined(shape, |fields| {
+        let kind = if original.is_span() {
+            Kind::SPAN
+        } else {
+            Kind::EVENT
+        };
+        Metadata::new(
+            original.name(),
+            original.target(),
+            *original.level(),
+            original.file(),
+            original.line(),
+            original.module_path(),
+            fields,
+            kind,
+        )
+    })
+}
+
+/// Leaks a [`Combined`] of `shape`, with the metadata `metadata` makes from the
+/// callsite's own `FieldSet`.
+fn leak_combined(
+    shape: Shape,
+    metadata: impl FnOnce(FieldSet) -> Metadata<'static>,
+) -> &'static Combined {
+    let names = shape.names;
+    let combined: &'static Combined = Box::leak(Box::new(Combined {
+        metadata: OnceLock::new(),
+        shape,
+    }));
+    let _ = combined
+        .metadata
+        .set(metadata(FieldSet::new(names, Identifier(combined))));
     combined
 }
 
-/// A hasher for the per-thread cache's `(address, layout)` keys: callsite addresses are
+// ----- events bridged from `log` ------------------------------------------------------
+
+/// The field names of `tracing-log`'s callsites (the event's message, then the log
+/// record's metadata).
+const LOG_FIELDS: [&str; 5] = [
+    "message",
+    "log.target",
+    "log.module_path",
+    "log.file",
+    "log.line",
+];
+
+/// Whether `metadata` is that of one of `tracing-log`'s callsites, which carry a `log`
+/// record's target, module, file and line as fields (tracing-subscriber, with its
+/// `tracing-log` feature, shows those instead of the callsite's, recognising the
+/// callsite by its address, which a combined callsite does not have).
+fn is_log_record(metadata: &Metadata<'_>) -> bool {
+    metadata.name() == "log event"
+        && metadata.target() == "log"
+        && metadata.fields().iter().map(|f| f.name()).eq(LOG_FIELDS)
+}
+
+/// The most normalized combined callsites of log records kept: each is one distinct
+/// (log call site, variables) pair, and a program has finitely many, unless it makes
+/// targets at run time; past the limit, log records keep the target `log`.
+const MAX_LOG_CALLSITES: usize = 4096;
+
+// Normalized combined callsites of log records, by key (see `Scratch::log_key`).
+static LOG_COMBINED: Mutex<Option<HashMap<Box<str>, &'static Combined>>> = Mutex::new(None);
+
+type LocalLogMap = HashMap<Box<str>, &'static Combined>;
+
+/// The combined callsite for a log record of `base`'s callsite, with the record's own
+/// target, module path, file and line as its metadata (as tracing-log's
+/// `normalized_metadata` makes them), built once per distinct record location.
+fn log_combined(
+    base: &'static Combined,
+    base_metadata: &'static Metadata<'static>,
+    key: &str,
+    location: LogLocation<'_>,
+) -> Option<&'static Combined> {
+    let cached = LOCAL_LOG_CALLSITES
+        .try_with(|cell| {
+            let map = cell.take();
+            let found = map.as_ref().and_then(|map| map.get(key).copied());
+            cell.set(map);
+            found
+        })
+        .ok()
+        .flatten();
+    if cached.is_some() {
+        return cached;
+    }
+    let combined = {
+        let mut global = LOG_COMBINED.lock().unwrap_or_else(PoisonError::into_inner);
+        let global = global.get_or_insert_with(HashMap::new);
+        match global.get(key) {
+            Some(&combined) => combined,
+            None if global.len() >= MAX_LOG_CALLSITES => return None,
+            None => {
+                let leak = |text: Option<&str>| -> Option<&'static str> {
+                    text.map(|text| &*Box::leak(Box::<str>::from(text)))
+                };
+                let (target, module_path, file) = (
+                    leak(location.target),
+                    leak(location.module_path),
+                    leak(location.file),
+                );
+                let shape = Shape {
+                    names: base.shape.names,
+                    vars: base.shape.vars.clone(),
+                    own: base.shape.own,
+                    log_record: false,
+                };
+                let combined = leak_combined(shape, |fields| {
+                    Metadata::new(
+                        "log event",
+                        target.unwrap_or("log"),
+                        *base_metadata.level(),
+                        file,
+                        location.line,
+                        module_path,
+                        fields,
+                        Kind::EVENT,
+                    )
+                });
+                global.insert(key.into(), combined);
+                combined
+            }
+        }
+    };
+    let _ = LOCAL_LOG_CALLSITES.try_with(|cell| {
+        let mut map = cell.take().unwrap_or_default();
+        map.insert(key.into(), combined);
+        cell.set(Some(map));
+    });
+    Some(combined)
+}
+
+/// Where a log record was made, as its fields say.
+#[derive(Clone, Copy)]
+struct LogLocation<'a> {
+    target: Option<&'a str>,
+    module_path: Option<&'a str>,
+    file: Option<&'a str>,
+    line: Option<u32>,
+}
+
+/// A hasher for the per-thread cache's `(address, layout)` keys: metadata addresses are
 /// unique and not chosen by an adversary, so a multiply-rotate mix suffices.
 #[derive(Default)]
 struct KeyHasher(u64);
@@ -450,11 +589,13 @@ impl Hasher for KeyHasher {
 
 type LocalMap = HashMap<(usize, u64), &'static Combined, BuildHasherDefault<KeyHasher>>;
 
-// `LOCAL_CALLSITES`: this thread's view of `COMBINED`, so that an event takes no lock.
+// `LOCAL_CALLSITES`, `LOCAL_LOG_CALLSITES`: this thread's views of `COMBINED` and
+// `LOG_COMBINED`, so that an event takes no lock.
 // `SCRATCH`: the scratch area for the next event formatted on this thread (`None` while
 // one is being formatted).
 thread_locals! {
     static LOCAL_CALLSITES: Cell<Option<LocalMap>> = Cell::new(None);
+    static LOCAL_LOG_CALLSITES: Cell<Option<LocalLogMap>> = Cell::new(None);
     static SCRATCH: Cell<Option<Scratch>> = Cell::new(None);
 }
 
@@ -582,6 +723,8 @@ struct Scratch {
     slots: Vec<Option<Captured>>,
     text: String,
     bytes: Vec<u8>,
+    /// The cache key of a log record's location.
+    key: String,
     /// Empty; kept for their allocations (see [`recycle`]).
     emits: Vec<Option<Emit<'static>>>,
     values: Vec<Option<&'static dyn Value>>,
@@ -611,6 +754,44 @@ impl Scratch {
         let _ = SCRATCH.try_with(|cell| cell.set(Some(self)));
     }
 
+    /// The metadata for a log record's combined event: its own location's (see
+    /// [`log_combined`]), or `base_metadata` if that cannot be had.
+    fn log_metadata(
+        &mut self,
+        base: &'static Combined,
+        base_metadata: &'static Metadata<'static>,
+    ) -> &'static Metadata<'static> {
+        let text_at = |index: usize| match self.slots.get(index) {
+            Some(Some(Captured::Str(range))) => self.text.get(range.clone()),
+            _ => None,
+        };
+        let location = LogLocation {
+            target: text_at(1),
+            module_path: text_at(2),
+            file: text_at(3),
+            line: match self.slots.get(4) {
+                Some(Some(Captured::U64(line))) => u32::try_from(*line).ok(),
+                _ => None,
+            },
+        };
+        // The key: the base callsite, then each part, `None` and `Some("")` told apart.
+        self.key.clear();
+        let _ = write!(self.key, "{:x}", std::ptr::from_ref(base).addr());
+        for part in [location.target, location.module_path, location.file] {
+            match part {
+                None => self.key.push('\u{1}'),
+                Some(text) => {
+                    self.key.push('\u{2}');
+                    self.key.push_str(text);
+                }
+            }
+        }
+        let _ = write!(self.key, "\u{1}{:?}", location.line);
+        log_combined(base, base_metadata, &self.key, location)
+            .and_then(|combined| combined.metadata.get())
+            .unwrap_or(base_metadata)
+    }
+
     /// Records the variables' values into their slots; whether any had one.
     fn capture_vars<E>(
         &mut self,
@@ -619,8 +800,8 @@ impl Scratch {
         metadata: &Metadata<'static>,
     ) -> bool {
         let mut any = false;
-        let var_fields = metadata.fields().iter().skip(combined.own);
-        for (field, &index) in var_fields.zip(combined.vars.iter()) {
+        let var_fields = metadata.fields().iter().skip(combined.shape.own);
+        for (field, &index) in var_fields.zip(combined.shape.vars.iter()) {
             let Some(var) = fields.vars.get(index) else {
                 continue;
             };
@@ -646,6 +827,7 @@ impl Scratch {
             bytes,
             emits: emits_store,
             values: values_store,
+            key: _,
         } = self;
         let mut emits: Vec<Option<Emit<'_>>> = recycle(std::mem::take(emits_store));
         emits.extend(slots.iter().map(|slot| {

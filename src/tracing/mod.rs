@@ -96,9 +96,11 @@
 //! * `Debug` values of the event are captured with `{:?}`: a field formatter that asks
 //!   for the alternate form (`{:#?}`, tracing-subscriber's `debug_alt`) gets the plain
 //!   form for them.
-//! * Events bridged from the `log` crate by `tracing-log` are shown with target `log`
-//!   when wrapped (the wrapped format cannot recognise the new event as a log record, so
-//!   it does not take the record's own target, file and line).
+//! * Records of the `log` crate bridged by `tracing-log` (`LogTracer`) keep their own
+//!   target, module, file and line, as tracing-subscriber's `tracing-log` feature shows
+//!   them: the new event's metadata is made from the record's, once per record location
+//!   (and leaked, like a callsite). Past 4096 distinct locations (targets made at run
+//!   time), further ones are shown with the bridge's target, `log`.
 
 mod fields;
 

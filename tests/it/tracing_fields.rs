@@ -724,3 +724,64 @@ fn a_value_whose_display_panics_is_left_out() {
         lines[0]
     );
 }
+
+#[test]
+fn log_records_keep_their_own_target_file_and_line() {
+    // Forwards `log` records to the current tracing dispatcher (process-wide; no other
+    // test uses `log`, and a second `init` is refused harmlessly).
+    let _ = tracing_log::LogTracer::init();
+    for json in [false, true] {
+        let events = || {
+            isolated(|| {
+                let _id = REQUEST_ID.set(5);
+                log::warn!(target: "billing", "from log {}", 1);
+                log::info!("from log, default target");
+            })
+        };
+        let (plain, wrapped) = if json {
+            let ((plain, plain_out), (wrapped, wrapped_out)) = plain_and_wrapped!(
+                fmt()
+                    .json()
+                    .without_time()
+                    .with_file(true)
+                    .with_line_number(true),
+                |format| ContextFields::new(format).var(&REQUEST_ID)
+            );
+            run_both(&plain, &wrapped, events);
+            (plain_out.text(), wrapped_out.text())
+        } else {
+            let ((plain, plain_out), (wrapped, wrapped_out)) = plain_and_wrapped!(
+                fmt().without_time().with_file(true).with_line_number(true),
+                |format| ContextFields::new(format).var(&REQUEST_ID)
+            );
+            run_both(&plain, &wrapped, events);
+            (plain_out.text(), wrapped_out.text())
+        };
+        let plain: Vec<&str> = plain.lines().collect();
+        let wrapped: Vec<&str> = wrapped.lines().collect();
+        assert_eq!(plain.len(), 2);
+        assert_eq!(wrapped.len(), 2);
+        if json {
+            for (plain, wrapped) in plain.iter().zip(&wrapped) {
+                let plain: Json = serde_json::from_str(plain).unwrap();
+                let mut wrapped: Json = serde_json::from_str(wrapped).unwrap();
+                assert_eq!(wrapped["fields"]["request_id"], json!(5));
+                wrapped["fields"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("request_id");
+                assert_eq!(wrapped, plain);
+            }
+            let first: Json = serde_json::from_str(wrapped[0]).unwrap();
+            assert_eq!(first["target"], json!("billing"));
+            assert!(first["line_number"].is_u64());
+        } else {
+            // Normalized like the plain format: the record's target, file and line.
+            assert!(plain[0].contains(" billing: "), "{}", plain[0]);
+            assert!(plain[0].contains("tracing_fields.rs:"), "{}", plain[0]);
+            for (plain, wrapped) in plain.iter().zip(&wrapped) {
+                assert_eq!(*wrapped, format!("{plain} request_id=5"));
+            }
+        }
+    }
+}
