@@ -81,11 +81,14 @@ use crate::sync::{Cell, OnceLock, thread_locals};
 /// # Field names and clashes
 ///
 /// A variable is a field named after the variable ([`ContextVar::name`]: the identifier
-/// for a variable declared with [`context_var!`](crate::context_var), so declare it with
-/// `ContextVar::new("request_id")` for a field `request_id`). If the event
-/// has a field of that name, the **event's own field wins** and the variable is left
-/// out of that event (so JSON never gets a duplicate key). Of two variables with the
-/// same name, the first one added wins.
+/// for a variable declared with [`context_var!`](crate::context_var)), or as given to
+/// [`named`](Self::named). If the event has a field of that name (a raw identifier
+/// `r#type` counts as `type`, as the formats print it), the **event's own field wins**
+/// and the variable is left out of that event, so JSON never gets a duplicate key. Of
+/// two variables with the same name, the first one added wins. With JSON's
+/// `.flatten_event(true)`, do not name a variable like one of the format's own keys
+/// (`timestamp`, `level`, `target`, `filename`, `line_number`, `span`, `spans`,
+/// `threadName`, `threadId`): as for the event's own fields, the format does not check.
 pub struct ContextFields<E> {
     inner: E,
     vars: Vec<VarField>,
@@ -196,6 +199,32 @@ impl<E> ContextFields<E> {
         var: &'static ContextVar<T>,
     ) -> Self {
         self.push(var.name(), Box::new(AsDebug(var)))
+    }
+
+    /// Sets the field name of the variable added last (instead of its
+    /// [`ContextVar::name`]); has no effect before a variable is added. Useful for a
+    /// variable declared with [`context_var!`](crate::context_var), whose name is its
+    /// identifier.
+    ///
+    /// ```
+    /// use contextvars::context_var;
+    /// use contextvars::tracing::ContextFields;
+    /// use tracing_subscriber::fmt::format;
+    ///
+    /// context_var! {
+    ///     static REQUEST_ID: u64;
+    /// }
+    /// let format = ContextFields::new(format::Format::default())
+    ///     .var(&REQUEST_ID)
+    ///     .named("request_id");
+    /// assert_eq!(format.var_names().collect::<Vec<_>>(), ["request_id"]);
+    /// ```
+    pub fn named(mut self, name: &'static str) -> Self {
+        if let Some(last) = self.vars.last_mut() {
+            last.name = name;
+        }
+        self.layout = OnceLock::new();
+        self
     }
 
     fn push(mut self, name: &'static str, read: Box<dyn ReadVar>) -> Self {
@@ -406,8 +435,13 @@ fn build_combined<E>(
     let mut names: Vec<&'static str> = original.fields().iter().map(|f| f.name()).collect();
     let own = names.len();
     let mut vars = Vec::new();
+    /// A field name as the formats print it (`r#type` as `type`).
+    fn printed(name: &str) -> &str {
+        name.strip_prefix("r#").unwrap_or(name)
+    }
     for (index, var) in fields.vars.iter().enumerate() {
-        if !names.contains(&var.name) {
+        let clash = names.iter().any(|name| printed(name) == printed(var.name));
+        if !clash {
             names.push(var.name);
             vars.push(index);
         }

@@ -785,3 +785,38 @@ fn log_records_keep_their_own_target_file_and_line() {
         }
     }
 }
+
+#[test]
+fn named_renames_the_last_variable_and_raw_identifiers_clash() {
+    contextvars::context_var! {
+        static KIND: &'static str;
+        static ATTEMPT: u32;
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = fmt()
+        .json()
+        .without_time()
+        .with_writer(move || writer.clone())
+        .map_event_format(|format| {
+            ContextFields::new(format)
+                .var(&KIND)
+                .named("type")
+                .var(&ATTEMPT)
+        })
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        isolated(|| {
+            let _kind = KIND.set("from context");
+            let _attempt = ATTEMPT.set(2);
+            tracing::info!("renamed");
+            tracing::info!(r#type = "own", "raw identifier");
+        })
+    });
+    let lines = buffer.json_lines();
+    assert_eq!(lines[0]["fields"]["type"], json!("from context"));
+    assert_eq!(lines[0]["fields"]["ATTEMPT"], json!(2));
+    assert_eq!(lines[1]["fields"]["type"], json!("own"));
+    let second = buffer.lines()[1].clone();
+    assert_eq!(second.matches("\"type\"").count(), 1, "{second}");
+}
