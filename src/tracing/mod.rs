@@ -102,6 +102,8 @@
 //!   (and leaked, like a callsite). Past 4096 distinct locations (targets made at run
 //!   time), further ones are shown with the bridge's target, `log`.
 
+#![deny(unsafe_code)]
+
 mod fields;
 
 pub use fields::ContextFields;
