@@ -2,10 +2,12 @@
 //!
 //! How it works (the module docs of [`crate::tracing`] say what it does):
 //!
-//! 1. Per callsite of an original event, a *combined* callsite is built once and cached
-//!    (leaked, as `tracing-log` leaks one per log level): the original metadata with the
-//!    variables' names appended to its field names. The leak is bounded by the number of
-//!    callsites times the number of distinct variable lists.
+//! 1. Per callsite of an original event, a *combined* callsite is built once and cached:
+//!    the original metadata with the variables' names appended to its field names. It is
+//!    leaked, because a callsite must be `'static` (tracing's macros and tracing-log
+//!    declare theirs as statics); the leak is bounded by the number of callsites times
+//!    the number of distinct variable lists. A log record bridged by tracing-log gets
+//!    one per record location instead, capped (see [`log_combined`]).
 //! 2. Per event, the variables are read first; if none has a value the original event is
 //!    formatted as it is. Otherwise the original event's values are recorded into owned
 //!    copies of the same kinds (tracing's `Value` is sealed, so they cannot be borrowed
@@ -72,7 +74,7 @@ use crate::sync::{Cell, OnceLock, thread_locals};
 ///
 /// # How a value is recorded
 ///
-/// [`var`](Self::var) takes a variable whose type is a tracing [`Value`](tracing::Value)
+/// [`var`](Self::var) takes a variable whose type is a tracing [`Value`]
 /// (integers, floats, `bool`, `String`, `&'static str`, `Arc<str>`... ): it is recorded
 /// as that kind, so JSON gets a number for a `u64` and a string for a `String`.
 /// [`var_display`](Self::var_display) and [`var_debug`](Self::var_debug) take any other
@@ -147,7 +149,7 @@ impl<E> ContextFields<E> {
         }
     }
 
-    /// Adds `var`, recorded as the tracing [`Value`](tracing::Value) its type is (a
+    /// Adds `var`, recorded as the tracing [`Value`] its type is (a
     /// number stays a number in JSON).
     ///
     /// ```

@@ -77,6 +77,10 @@
 //!   third-party layers see the events as they were emitted; the fields are added only
 //!   inside the wrapped format.
 //!
+//! The values are read when the event is formatted, which `fmt` does inside the event
+//! call, on the thread that emits it (a non-blocking writer such as `tracing-appender`'s
+//! only moves the writing elsewhere), so they are the values of the event's own context.
+//!
 //! Which value a variable shows, how each kind of value is recorded, and what happens
 //! when an event has a field of a variable's name (the event's own field wins), are on
 //! [`ContextFields`].
@@ -96,6 +100,8 @@
 //! * `Debug` values of the event are captured with `{:?}`: a field formatter that asks
 //!   for the alternate form (`{:#?}`, tracing-subscriber's `debug_alt`) gets the plain
 //!   form for them.
+//! * A value recorded with `valuable` (tracing's unstable `valuable` support) is copied
+//!   as its `Debug` text.
 //! * Records of the `log` crate bridged by `tracing-log` (`LogTracer`) keep their own
 //!   target, module, file and line, as tracing-subscriber's `tracing-log` feature shows
 //!   them: the new event's metadata is made from the record's, once per record location
