@@ -75,10 +75,14 @@ use crate::sync::{Cell, OnceLock, thread_locals};
 /// # How a value is recorded
 ///
 /// [`var`](Self::var) takes a variable whose type is a tracing [`Value`]
-/// (integers, floats, `bool`, `String`, `&'static str`, `Arc<str>`... ): it is recorded
-/// as that kind, so JSON gets a number for a `u64` and a string for a `String`.
+/// (integers, floats, `bool`, `String`, `&'static str`, `Box<str>`, `Option`s of them):
+/// it is recorded as that kind, so JSON gets a number for a `u64` and a string for a
+/// `String` (an `Option` that is `None` is left out).
 /// [`var_display`](Self::var_display) and [`var_debug`](Self::var_debug) take any other
-/// type and record its `Display` or `Debug` text.
+/// type and record its `Display` or `Debug` text: a string in JSON, unquoted
+/// (`Display`) or as `Debug` prints it in text. `Arc<str>`, the type of
+/// `contextvars::tower::RequestId`'s variable, is not a tracing `Value`: add it with
+/// `var_display`.
 ///
 /// # Field names and clashes
 ///

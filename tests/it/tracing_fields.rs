@@ -542,6 +542,8 @@ fn display_and_debug_variables() {
     }
     static PEER: ContextVar<std::net::IpAddr> = ContextVar::new("peer");
     static BUDGET: ContextVar<Budget> = ContextVar::new("budget");
+    static TRACE_ID: ContextVar<Arc<str>> = ContextVar::new("trace_id");
+    static USER: ContextVar<Option<u64>> = ContextVar::new("user");
     let buffer = Buffer::default();
     let writer = buffer.clone();
     let subscriber = fmt()
@@ -552,13 +554,20 @@ fn display_and_debug_variables() {
             ContextFields::new(format)
                 .var_display(&PEER)
                 .var_debug(&BUDGET)
+                .var_display(&TRACE_ID)
+                .var(&USER)
         })
         .finish();
     tracing::subscriber::with_default(subscriber, || {
         isolated(|| {
             let _peer = PEER.set([10, 0, 0, 1].into());
             let _budget = BUDGET.set(Budget { millis: 250 });
+            let _trace = TRACE_ID.set("abc".into());
+            let user = USER.set(None);
             tracing::info!("typed");
+            USER.reset(user).unwrap();
+            let _user = USER.set(Some(12));
+            tracing::info!("typed, with a user");
         })
     });
     let lines = buffer.json_lines();
@@ -567,6 +576,10 @@ fn display_and_debug_variables() {
         lines[0]["fields"]["budget"],
         json!("Budget { millis: 250 }")
     );
+    assert_eq!(lines[0]["fields"]["trace_id"], json!("abc"));
+    // An `Option` variable that is `None` is left out; `Some` is its value.
+    assert!(lines[0]["fields"].get("user").is_none(), "{}", lines[0]);
+    assert_eq!(lines[1]["fields"]["user"], json!(12));
 }
 
 #[test]
