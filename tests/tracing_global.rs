@@ -16,7 +16,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use contextvars::tracing::ContextFields;
 use contextvars::{Context, ContextVar};
@@ -159,22 +159,49 @@ fn a_wrapped_event_allocates_no_more_than_a_plain_one() {
     });
 }
 
+/// The global subscriber (JSON, with `REQUEST_ID` and `NOISY`), installed on first use,
+/// and its buffer.
+fn global() -> &'static Buffer {
+    static BUFFER: OnceLock<Buffer> = OnceLock::new();
+    BUFFER.get_or_init(|| {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .without_time()
+            .with_writer(move || writer.clone())
+            .map_event_format(|format| {
+                ContextFields::new(format)
+                    .var(&REQUEST_ID)
+                    .var_debug(&NOISY)
+            })
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buffer
+    })
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The lines written since the buffer had `start` bytes, parsed.
+    fn json_lines_from(&self, start: usize) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner())[start..].to_vec();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+}
+
 #[test]
 fn an_event_logged_while_formatting_one_is_formatted_too() {
     let _serial = serial();
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .without_time()
-        .with_writer(move || writer.clone())
-        .map_event_format(|format| {
-            ContextFields::new(format)
-                .var(&REQUEST_ID)
-                .var_debug(&NOISY)
-        })
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let buffer = global();
+    let start = buffer.len();
 
     Context::new().run(|| {
         let _id = REQUEST_ID.set(4);
@@ -184,11 +211,7 @@ fn an_event_logged_while_formatting_one_is_formatted_too() {
         assert_eq!(REQUEST_ID.get(), 4);
     });
 
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
+    let lines = buffer.json_lines_from(start);
     // Each nested event is written before the event whose formatting logged it.
     let summary: Vec<_> = lines
         .iter()
@@ -214,12 +237,48 @@ fn an_event_logged_while_formatting_one_is_formatted_too() {
             serde_json::json!(noisy),
         )
     });
-    assert_eq!(summary, expected, "{text}");
+    assert_eq!(summary, expected, "{lines:?}");
+    let nested = lines.iter().filter(|line| line["fields"]["nested"] == true);
+    assert_eq!(nested.count(), 2);
+}
+
+/// Logs from its destructor, which runs while the thread's thread-locals (the context
+/// storage, the wrapper's caches) are being destroyed.
+struct LogsAtExit;
+
+impl Drop for LogsAtExit {
+    fn drop(&mut self) {
+        tracing::info!(at_exit = true, "thread exiting");
+    }
+}
+
+thread_local! {
+    static AT_EXIT: LogsAtExit = const { LogsAtExit };
+}
+
+#[test]
+fn an_event_logged_during_thread_teardown_is_formatted() {
+    let _serial = serial();
+    let buffer = global();
+    let start = buffer.len();
+    std::thread::spawn(|| {
+        let _id = REQUEST_ID.set(6);
+        tracing::info!("before exit");
+        AT_EXIT.with(|_| {});
+    })
+    .join()
+    .unwrap();
+    let lines = buffer.json_lines_from(start);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["fields"]["request_id"], serde_json::json!(6));
+    assert_eq!(
+        lines[1]["fields"]["message"],
+        serde_json::json!("thread exiting")
+    );
+    // The value, if the context storage was still there, or nothing; never a panic.
+    let at_exit = &lines[1]["fields"]["request_id"];
     assert!(
-        lines
-            .iter()
-            .filter(|line| line["fields"]["nested"] == true)
-            .count()
-            == 2
+        at_exit.is_null() || *at_exit == serde_json::json!(6),
+        "{at_exit}"
     );
 }
