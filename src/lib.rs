@@ -53,6 +53,8 @@
 //!   [`AccessError`].
 //! * [`observe`]: every thread's current context, readable from any thread without
 //!   locks (for watchdogs, profilers and debug endpoints); off unless switched on.
+//! * `tracing` (feature `tracing`): context variables as fields of every event that
+//!   tracing-subscriber's `fmt` formats, text or JSON, with nothing at the log call.
 //! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
 //!
 //! # Cost model
@@ -118,6 +120,8 @@ mod token;
 pub mod tokio;
 #[cfg(feature = "tower")]
 pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 mod value;
 mod var;
 

@@ -30,6 +30,8 @@ mod spawn;
 mod teardown;
 mod threads;
 mod token;
+#[cfg(feature = "tracing")]
+mod tracing_fields;
 mod var;
 
 use std::any::Any;
