@@ -15,10 +15,14 @@
 
 use std::hint::black_box;
 
+use std::future::Future;
+use std::time::Instant;
+
+use contextvars::future::ContextFutureExt;
 use contextvars::tracing::ContextFields;
 use contextvars::{Context, context_var};
 use criterion::{Criterion, criterion_group};
-use tracing::Dispatch;
+use tracing::{Dispatch, Instrument};
 
 #[path = "support/summary.rs"]
 mod summary;
@@ -138,7 +142,72 @@ fn json_event(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, json_event);
+// ----- the span that follows the work ---------------------------------------------------
+
+/// A wrapped future that is never ready, so each iteration is one whole poll.
+fn pending_in_current_context() -> contextvars::future::WithContext<std::future::Pending<()>> {
+    std::future::pending::<()>().in_current_context()
+}
+
+#[inline(never)]
+fn poll_once<F: Future<Output = ()>>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    future.poll(&mut cx).is_pending()
+}
+
+#[inline(never)]
+fn join_pair() -> (u64, u64) {
+    contextvars::rayon::join(|| black_box(1u64), || black_box(2u64))
+}
+
+/// A poll of the future wrapper and a rayon `join` (on a 1-worker pool: both closures on
+/// the calling worker), made where no span is current and where a span is current, under
+/// a subscriber that tracks spans (tracing-subscriber's `Registry`, no output). The peer
+/// is tracing's own `Instrument`, which enters a span on each poll too.
+fn span_carry(c: &mut Criterion) {
+    let mut group = c.benchmark_group("span_carry");
+    let dispatch = Dispatch::new(tracing_subscriber::registry());
+    tracing::dispatcher::with_default(&dispatch, || {
+        let span = tracing::info_span!("request");
+        let mut bare = std::pin::pin!(pending_in_current_context());
+        group.bench_function("poll/no_span", |b| {
+            b.iter(|| poll_once(bare.as_mut()));
+        });
+        let mut carried = std::pin::pin!(span.in_scope(pending_in_current_context));
+        group.bench_function("poll/span", |b| {
+            b.iter(|| poll_once(carried.as_mut()));
+        });
+        let mut instrumented =
+            std::pin::pin!(std::future::pending::<()>().instrument(span.clone()));
+        group.bench_function("poll/tracing_instrument", |b| {
+            b.iter(|| poll_once(instrumented.as_mut()));
+        });
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for (name, with_span) in [("join/no_span", false), ("join/span", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                pool.install(|| {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        let span = with_span.then(|| tracing::info_span!("request"));
+                        let _entered = span.as_ref().map(tracing::Span::enter);
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            black_box(join_pair());
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, json_event, span_carry);
 
 fn main() {
     let started = std::time::SystemTime::now();
@@ -146,6 +215,12 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     summary::print(
         started,
-        &[("tracing_json_event", &["tracing_json_event/plain"])],
+        &[
+            ("tracing_json_event", &["tracing_json_event/plain"]),
+            (
+                "span_carry",
+                &["span_carry/poll/no_span", "span_carry/join/no_span"],
+            ),
+        ],
     );
 }

@@ -1,22 +1,32 @@
-//! A small HTTP service whose middleware sets a request id and a tenant in the context
-//! the plainest way there is (`drop(REQUEST_ID.set(id))`); handlers read them, and the
-//! context follows the work into `tokio::spawn`, `spawn_blocking` and a rayon
-//! `par_iter`, so every log line carries the request id.
+//! A small HTTP service whose logs carry the request: its middleware sets a request id
+//! and a tenant in the context the plainest way there is (`drop(REQUEST_ID.set(id))`)
+//! and opens a `request` span; the handler fans work out into a `tokio::spawn`ed helper,
+//! `spawn_blocking`, a rayon `par_iter`, a `join` and a `std::thread`; and every log line
+//! from every one of them, written with a plain `tracing::info!`, names its request id,
+//! tenant and span.
 //!
-//! One line makes that safe: `.layer(ContextLayer::new())`, last on the router, runs each
-//! request in a context of its own, so a set in one request never reaches another
-//! (without it, the middleware's set is refused: it would land in the worker thread's
-//! own context, which the next request on that worker would see).
+//! Three lines make that happen:
 //!
-//! The example starts the server on 127.0.0.1, sends itself a bounded number of
-//! concurrent requests, checks every response and every log line, and exits.
+//! * `.layer(ContextLayer::new())`, last on the router, runs each request in a context
+//!   of its own, so a set in one request never reaches another (without it the
+//!   middleware's set is refused: it would land in the worker thread's own context);
+//! * `ContextFields::new(format).var(&REQUEST_ID).named("request_id")...` adds the variables to
+//!   every event, in the JSON and the text format alike;
+//! * the crate's hand-offs (`contextvars::tokio::spawn`, `spawn_blocking`, rayon's
+//!   `in_current_context`, `join`, `contextvars::thread::spawn`) carry the request's
+//!   context and its tracing span into the work.
+//!
+//! The example starts the server on 127.0.0.1, sends itself 256 requests, 64 at a time,
+//! captures both log outputs, checks every line and exits; it prints one request's lines.
+//! `tests/request_metadata.rs` runs the same with 1,000 requests.
 //!
 //! ```text
-//! cargo run --example request_metadata --features rayon,tokio,tower
+//! cargo run --example request_metadata --features rayon,tokio,tower,tracing
 //! ```
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -27,9 +37,12 @@ use axum::routing::get;
 use contextvars::context_var;
 use contextvars::rayon::ParallelIteratorExt;
 use contextvars::tower::ContextLayer;
+use contextvars::tracing::ContextFields;
 use rayon::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, info, info_span};
+use tracing_subscriber::layer::SubscriberExt;
 
 context_var! {
     /// The id of the request being served (from the `x-request-id` header).
@@ -38,26 +51,27 @@ context_var! {
     static TENANT: String = lazy String::from("public");
 }
 
-const REQUESTS: u64 = 64;
-const CONCURRENCY: usize = 16;
-/// Log lines per request: middleware in/out, handler start/end, spawn, blocking, and
-/// four from the rayon job.
-const LINES_PER_REQUEST: usize = 10;
+/// The messages every request logs, once each, and where they come from.
+pub(crate) const MESSAGES: [&str; 12] = [
+    "middleware: request in",
+    "handler: start",
+    "tokio::spawn: running",
+    "tokio::spawn: own tenant",
+    "spawn_blocking: running",
+    "rayon par_iter: item 0",
+    "rayon par_iter: item 1000",
+    "rayon join: left",
+    "rayon join: right",
+    "std::thread: running",
+    "handler: end",
+    "middleware: response out",
+];
 
-static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+// ---------------------------------------------------------------------------- the service
 
-/// A logger that needs no arguments to know which request it is working for.
-fn log(message: &str) {
-    let request = REQUEST_ID
-        .try_get()
-        .map_or_else(|_| "-".to_owned(), |id| id.to_string());
-    let line = format!("[request={request} tenant={}] {message}", TENANT.get());
-    LOG.lock().unwrap().push(line);
-}
-
-/// Middleware: read the headers and set them for the rest of the request. The request's
-/// context is its own (the layer), so dropping the tokens keeps the values for exactly
-/// this request.
+/// Middleware: read the headers, set them for the rest of the request and open the
+/// request's span. The request's context is its own (the layer), so dropping the tokens
+/// keeps the values for exactly this request.
 async fn request_context(request: Request, next: Next) -> Response {
     let (id, tenant) = {
         let header = |name: &str| {
@@ -76,45 +90,141 @@ async fn request_context(request: Request, next: Next) -> Response {
     if let Some(tenant) = tenant {
         drop(TENANT.set(tenant));
     }
-    log("middleware: request in");
-    let response = next.run(request).await;
-    log("middleware: response out");
-    response
+    async move {
+        info!("middleware: request in");
+        let response = next.run(request).await;
+        info!("middleware: response out");
+        response
+    }
+    .instrument(info_span!("request", rid = id))
+    .await
 }
 
-/// The handler: reads the context and fans work out three ways.
+/// The handler: fans work out five ways; nothing below passes the id or the span along.
 async fn work() -> String {
-    log("handler: start");
+    info!("handler: start");
     let spawned = contextvars::tokio::spawn(async {
         tokio::task::yield_now().await;
-        log("tokio::spawn: running");
+        info!("tokio::spawn: running");
+        // A set in the helper task stays in the helper: the event below shows it, the
+        // handler's next event does not.
+        drop(TENANT.set(format!("{}/helper", TENANT.get())));
+        info!("tokio::spawn: own tenant");
         REQUEST_ID.get()
     })
     .await
     .expect("spawned task");
-    let blocking = contextvars::tokio::spawn_blocking(|| {
-        log("spawn_blocking: running");
+    let sum = contextvars::tokio::spawn_blocking(|| {
+        info!("spawn_blocking: running");
         // A CPU-bound step on rayon's pool, from the blocking thread.
-        (0..4_000u64)
+        let sum = (0..4_000u64)
             .into_par_iter()
             .in_current_context()
             .map(|i| {
-                if i % 1_000 == 0 {
-                    log("rayon par_iter: item");
+                if i % 1_000 == 0 && i < 2_000 {
+                    info!("rayon par_iter: item {i}");
                 }
                 i
             })
-            .sum::<u64>()
+            .sum::<u64>();
+        contextvars::rayon::join(|| info!("rayon join: left"), || info!("rayon join: right"));
+        contextvars::thread::spawn(|| info!("std::thread: running"))
+            .join()
+            .expect("thread");
+        sum
     })
     .await
     .expect("blocking task");
-    log("handler: end");
+    info!("handler: end");
     format!(
-        "request={} tenant={} spawned={spawned} sum={blocking}",
+        "request={} tenant={} spawned={spawned} sum={sum}",
         REQUEST_ID.get(),
         TENANT.get()
     )
 }
+
+fn app() -> Router {
+    Router::new()
+        .route("/work", get(work))
+        .layer(middleware::from_fn(request_context))
+        .layer(ContextLayer::new()) // last: each request in a context of its own
+}
+
+// ---------------------------------------------------------------------------- the logs
+
+/// A log output captured in memory, one `write` per event.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// What was written, as lines.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The two outputs: JSON and tracing-subscriber's default text format.
+pub(crate) struct Logs {
+    /// `fmt::layer().json()`, one object per line.
+    pub(crate) json: Captured,
+    /// `fmt::layer()` without colours.
+    pub(crate) text: Captured,
+}
+
+/// The variables on every event: `context_var!` names a variable after its static, so
+/// each is given its field name.
+fn with_request_fields<F>(format: F) -> ContextFields<F> {
+    ContextFields::new(format)
+        .var(&REQUEST_ID)
+        .named("request_id")
+        .var(&TENANT)
+        .named("tenant")
+}
+
+/// Installs, once per process, a subscriber with a JSON layer and a text layer, both
+/// showing `REQUEST_ID` and `TENANT` on every event.
+pub(crate) fn install_logging() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs {
+            json: Captured::default(),
+            text: Captured::default(),
+        };
+        let (json, text) = (logs.json.clone(), logs.text.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || json.clone())
+                    .map_event_format(with_request_fields),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || text.clone())
+                    .map_event_format(with_request_fields),
+            );
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        logs
+    })
+}
+
+// ---------------------------------------------------------------------------- the load
 
 /// A minimal HTTP/1.1 client: one request per connection.
 async fn send(addr: std::net::SocketAddr, id: u64, tenant: &str) -> std::io::Result<String> {
@@ -134,78 +244,194 @@ async fn send(addr: std::net::SocketAddr, id: u64, tenant: &str) -> std::io::Res
     Ok(body.to_owned())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let started = Instant::now();
-    let app = Router::new()
-        .route("/work", get(work))
-        .layer(middleware::from_fn(request_context))
-        .layer(ContextLayer::new()); // last: each request in a context of its own
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+fn tenant_of(id: u64) -> String {
+    format!("tenant-{}", id % 4)
+}
+
+/// Serves `requests` requests, `concurrency` at a time, from a client in the same
+/// process; checks every response.
+pub(crate) async fn serve_and_load(requests: u64, concurrency: usize) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app())
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
             .await
     });
-    println!("serving on http://{addr}");
-
-    // Bounded concurrency: at most CONCURRENCY requests in flight.
     let mut in_flight = tokio::task::JoinSet::new();
     let mut responses = HashMap::new();
-    for id in 1..=REQUESTS {
-        if in_flight.len() == CONCURRENCY {
-            let (id, body) = in_flight.join_next().await.expect("in flight")?;
-            responses.insert(id, body?);
+    let mut record = |(id, body): (u64, std::io::Result<String>)| {
+        let body = body.map_err(|e| format!("request {id}: {e}"))?;
+        responses.insert(id, body);
+        Ok::<_, String>(())
+    };
+    for id in 1..=requests {
+        if in_flight.len() == concurrency {
+            record(
+                in_flight
+                    .join_next()
+                    .await
+                    .expect("in flight")
+                    .expect("client"),
+            )?;
         }
-        in_flight.spawn(async move {
-            let tenant = format!("tenant-{}", id % 4);
-            (id, send(addr, id, &tenant).await)
-        });
+        in_flight.spawn(async move { (id, send(addr, id, &tenant_of(id)).await) });
     }
     while let Some(done) = in_flight.join_next().await {
-        let (id, body) = done?;
-        responses.insert(id, body?);
+        record(done.expect("client"))?;
     }
     let _ = stop.send(());
-    server.await??;
-
-    // Every response names its own request and tenant.
-    for id in 1..=REQUESTS {
-        let body = &responses[&id];
+    server
+        .await
+        .expect("server task")
+        .map_err(|e| e.to_string())?;
+    for id in 1..=requests {
         let expected = format!(
-            "request={id} tenant=tenant-{} spawned={id} sum=7998000",
-            id % 4
+            "request={id} tenant={} spawned={id} sum=7998000",
+            tenant_of(id)
         );
-        assert_eq!(body, &expected, "response to request {id}");
+        if responses[&id] != expected {
+            return Err(format!("response to request {id}: {}", responses[&id]));
+        }
     }
+    Ok(())
+}
 
-    // Every log line carries the request id of the request it was written for.
-    let log = LOG.lock().unwrap();
-    let mut per_request: HashMap<u64, usize> = HashMap::new();
-    for line in log.iter() {
-        let id: u64 = line
-            .strip_prefix("[request=")
-            .and_then(|rest| rest.split_once(' '))
-            .and_then(|(id, _)| id.parse().ok())
-            .unwrap_or_else(|| panic!("a log line without a request id: {line}"));
-        let tenant = format!("tenant=tenant-{}]", id % 4);
-        assert!(line.contains(&tenant), "wrong tenant in {line}");
-        *per_request.entry(id).or_default() += 1;
+// ---------------------------------------------------------------------------- the checks
+
+/// The tenant an event of request `id` must show: the helper task set its own.
+fn expected_tenant(id: u64, message: &str) -> String {
+    if message == "tokio::spawn: own tenant" {
+        format!("{}/helper", tenant_of(id))
+    } else {
+        tenant_of(id)
     }
-    assert_eq!(per_request.len(), REQUESTS as usize);
-    for (id, lines) in &per_request {
-        assert_eq!(*lines, LINES_PER_REQUEST, "log lines of request {id}");
+}
+
+/// Counts each request's messages; every request must have logged each message once.
+fn check_counts(seen: &BTreeMap<u64, Vec<String>>, requests: u64) -> Result<(), String> {
+    if seen.len() as u64 != requests {
+        return Err(format!("{} requests logged, not {requests}", seen.len()));
     }
-    for line in log.iter().filter(|line| line.starts_with("[request=7 ")) {
-        println!("{line}");
+    let mut expected: Vec<&str> = MESSAGES.to_vec();
+    expected.sort_unstable();
+    for (id, messages) in seen {
+        let mut messages: Vec<&str> = messages.iter().map(String::as_str).collect();
+        messages.sort_unstable();
+        if messages != expected {
+            return Err(format!("request {id} logged {messages:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses every JSON line: each event is a JSON object whose `fields` hold the message,
+/// `request_id` (a number) and `tenant` (a string) of its own request, and whose
+/// `span` and `spans` name the `request` span with the same id.
+pub(crate) fn check_json(lines: &[String], requests: u64) -> Result<(), String> {
+    let mut seen: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+        let fields = &event["fields"];
+        let message = fields["message"]
+            .as_str()
+            .ok_or(format!("no message: {line}"))?;
+        let id = fields["request_id"]
+            .as_u64()
+            .ok_or(format!("no numeric request_id: {line}"))?;
+        let tenant = fields["tenant"]
+            .as_str()
+            .ok_or(format!("no tenant: {line}"))?;
+        if tenant != expected_tenant(id, message) {
+            return Err(format!("wrong tenant: {line}"));
+        }
+        let span = &event["span"];
+        if span["name"] != "request" || span["rid"].as_u64() != Some(id) {
+            return Err(format!("not in its request's span: {line}"));
+        }
+        let spans = event["spans"]
+            .as_array()
+            .ok_or(format!("no spans: {line}"))?;
+        if !spans.iter().any(|s| s["rid"].as_u64() == Some(id)) {
+            return Err(format!("its request's span is not in the list: {line}"));
+        }
+        seen.entry(id).or_default().push(message.to_owned());
+    }
+    check_counts(&seen, requests)
+}
+
+/// Reads every text line: `LEVEL request{rid=ID}: target: message request_id=ID
+/// tenant="..."`, the span prefix and the fields of its own request.
+pub(crate) fn check_text(lines: &[String], requests: u64) -> Result<(), String> {
+    let mut seen: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let (_, fields) = line
+            .split_once(" request_id=")
+            .ok_or(format!("no request_id: {line}"))?;
+        let (id, tenant) = fields
+            .split_once(" tenant=")
+            .ok_or(format!("no tenant: {line}"))?;
+        let id: u64 = id.parse().map_err(|_| format!("bad request_id: {line}"))?;
+        let (_, rest) = line
+            .split_once(&format!(" request{{rid={id}}}: "))
+            .ok_or(format!("not in its request's span: {line}"))?;
+        let (_, message) = rest.split_once(": ").ok_or(format!("no target: {line}"))?;
+        let message = message
+            .strip_suffix(&format!(" request_id={fields}"))
+            .ok_or(format!("fields not after the message: {line}"))?;
+        if tenant != format!("{:?}", expected_tenant(id, message)) {
+            return Err(format!("wrong tenant: {line}"));
+        }
+        seen.entry(id).or_default().push(message.to_owned());
+    }
+    check_counts(&seen, requests)
+}
+
+/// The whole run: serve and load, then check both logs.
+pub(crate) fn run(requests: u64, concurrency: usize) -> Result<(usize, usize), String> {
+    let logs = install_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(serve_and_load(requests, concurrency))?;
+    let (json, text) = (logs.json.lines(), logs.text.lines());
+    check_json(&json, requests)?;
+    check_text(&text, requests)?;
+    Ok((json.len(), text.len()))
+}
+
+#[allow(dead_code)] // the test includes this file as a module and calls `run`
+fn main() -> Result<(), String> {
+    let started = Instant::now();
+    let (requests, concurrency) = (256, 64);
+    let (json, text) = run(requests, concurrency)?;
+    let logs = install_logging();
+    let of_seven = |lines: Vec<String>| {
+        lines
+            .into_iter()
+            .filter(|line| line.contains("\"request_id\":7,") || line.contains("request_id=7 "))
+            .take(4)
+            .collect::<Vec<_>>()
+    };
+    println!("request 7, JSON (4 of {} lines):", MESSAGES.len());
+    for line in of_seven(logs.json.lines()) {
+        println!("  {line}");
+    }
+    println!("request 7, text:");
+    for line in of_seven(logs.text.lines()) {
+        println!("  {line}");
     }
     println!(
-        "ok: {REQUESTS} requests ({CONCURRENCY} at a time), {} log lines, each with its request id, in {:.2?}",
-        log.len(),
+        "ok: {requests} requests ({concurrency} at a time); {json} JSON and {text} text log lines, \
+         each with its request id, tenant and span, in {:.2?}",
         started.elapsed()
     );
     Ok(())

@@ -53,8 +53,9 @@
 //!   [`AccessError`].
 //! * [`observe`]: every thread's current context, readable from any thread without
 //!   locks (for watchdogs, profilers and debug endpoints); off unless switched on.
-//! * `tracing` (feature `tracing`): context variables as fields of every event that
-//!   tracing-subscriber's `fmt` formats, text or JSON, with nothing at the log call.
+//! * `tracing` (feature `tracing`): the current span follows the work into every
+//!   hand-off, and context variables are fields of every event that tracing-subscriber's
+//!   `fmt` formats, text or JSON, with nothing at the log call.
 //! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
 //!
 //! # Cost model

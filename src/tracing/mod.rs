@@ -1,4 +1,52 @@
-//! Context variables in [`tracing`] output (feature `tracing`).
+//! Context in [`tracing`] output (feature `tracing`): the request's span follows the work
+//! into threads, tasks and rayon jobs, and context variables appear on every event.
+//!
+//! # The span follows the work
+//!
+//! tracing's current span is per thread: a `tokio::spawn`, a `spawn_blocking` closure, a
+//! rayon job or a `std::thread` starts in no span, so their events lose the request span
+//! (tracing's `Instrument` covers futures only, and only where it is written). With this
+//! feature, **every hand-off of the crate carries the span that was current when it
+//! captured the context**, and enters it around each run, poll or job of the child:
+//!
+//! * [`thread::spawn`](crate::thread::spawn), `spawn_in`, and the `Builder` and `Scope`
+//!   extensions;
+//! * the future wrapper ([`in_current_context`](crate::future::ContextFutureExt::in_current_context),
+//!   `in_context`), so also `contextvars::tokio::spawn`, `spawn_local` and `JoinSetExt`,
+//!   and `spawn_blocking`;
+//! * rayon's `join`, `join_context`, `scope`, `in_place_scope`, `Scope::spawn`,
+//!   `spawn`, `spawn_fifo`, `ThreadPoolExt` and the `in_current_context`
+//!   parallel-iterator adapter (feature `rayon`);
+//! * the tower layer (`ContextLayer`, feature `tower`): the service future
+//!   and the response body are polled in the span current when the service was called.
+//!
+//! ```
+//! # #[cfg(feature = "rayon")] {
+//! use contextvars::rayon::ParallelIteratorExt;
+//! use rayon::prelude::*;
+//!
+//! let span = tracing::info_span!("request", id = 7);
+//! span.in_scope(|| {
+//!     // Each item's event sits in `request{id=7}`, on whichever worker runs it.
+//!     (0..4).into_par_iter().in_current_context().for_each(|i| tracing::info!(i, "item"));
+//!     // A thread too: no span is passed by hand.
+//!     contextvars::thread::spawn(|| tracing::info!("from a thread")).join().unwrap();
+//! });
+//! # }
+//! ```
+//!
+//! The span is entered outside the context's frame and left before the run, poll or job
+//! returns, also when it panics (its guard exits it), exactly as `span.in_scope` would;
+//! `Context::run` carries nothing of its own (it runs on the caller's thread, in the
+//! caller's span). Not carried: tasks isolated by tokio's task hooks
+//! (`contextvars::tokio::isolate_tasks`, `--cfg tokio_unstable`), because a hook-entered
+//! span would have to stay entered between two hook calls, which is not a lexical scope;
+//! wrap such a task with `.instrument(span)` or spawn it with `contextvars::tokio::spawn`.
+//!
+//! Cost (`benches/tracing.rs`, group `span_carry`): nothing is captured when no span is
+//! current, and without the feature the carried span is zero-sized. A capture that finds
+//! a span clones its handle (the subscriber's reference count); each run, poll or job
+//! then enters and exits it, which is what `Instrument` costs.
 //!
 //! # Variables as fields of every event
 //!
