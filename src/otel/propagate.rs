@@ -238,7 +238,7 @@ impl Propagation {
     /// assert_eq!(headers["baggage"], "user=5");
     /// ```
     pub fn inject_context(&self, context: &Context, headers: &mut HeaderMap) {
-        let cx = self.otel_context_of(context);
+        let cx = self.otel_context_of(context, true);
         Self::propagator().inject_context(&cx, &mut HeaderInjector(headers));
     }
 
@@ -260,10 +260,19 @@ impl Propagation {
     /// assert_eq!(cx.baggage().get("user").map(|v| v.as_str()), Some("5"));
     /// ```
     pub fn otel_context(&self) -> OtelContext {
-        self.otel_context_of(&copy_context())
+        self.otel_context_of(&copy_context(), false)
     }
 
-    fn otel_context_of(&self, context: &Context) -> OtelContext {
+    /// `for_wire`: the baggage values pre-escaped for OpenTelemetry's baggage propagator
+    /// (see [`escape_for_propagator`]).
+    fn otel_context_of(&self, context: &Context, for_wire: bool) -> OtelContext {
+        let text = |value: String| {
+            if for_wire {
+                escape_for_propagator(value)
+            } else {
+                value
+            }
+        };
         let snapshot = context.snapshot();
         let base = match snapshot.get(&OTEL_CONTEXT) {
             Some(cx) => cx.clone(),
@@ -271,13 +280,14 @@ impl Propagation {
         };
         let mut baggage = Baggage::new();
         for (declared, key) in self.declared() {
-            if let Some(text) = declared.encode_in(&snapshot) {
-                let _ = baggage.insert(key, text);
+            if let Some(text_value) = declared.encode_in(&snapshot) {
+                let _ = baggage.insert(key, text(text_value));
             }
         }
         for (key, (value, metadata)) in base.baggage() {
             if !self.is_declared(key.as_str()) {
-                let _ = baggage.insert_with_metadata(key.clone(), value.clone(), metadata.clone());
+                let value = text(value.as_str().to_owned());
+                let _ = baggage.insert_with_metadata(key.clone(), value, metadata.clone());
             }
         }
         base.with_baggage(baggage)
@@ -420,6 +430,18 @@ impl Propagation {
         }
         target.bind(&OTEL_CONTEXT, cx);
     }
+}
+
+/// OpenTelemetry's baggage propagator percent-encodes controls, space, `"`, `,`, `;`,
+/// `=` and non-ASCII, but writes `%` and `\` as they are: a `%` would then be read back
+/// as the start of an escape (or refused), and `\` is not a baggage octet. Encoding
+/// those two first makes the wire form the W3C one, which every decoder (OpenTelemetry's
+/// included) reads back as the original text.
+fn escape_for_propagator(value: String) -> String {
+    if !value.contains(['%', '\\']) {
+        return value;
+    }
+    value.replace('%', "%25").replace('\\', "%5C")
 }
 
 impl fmt::Debug for Propagation {
