@@ -115,8 +115,9 @@
 //!   declared keys first; a declared key whose value its codec refuses binds nothing.
 //! * `traceparent`: exactly one, version `00` of exactly 55 bytes or a later version
 //!   (not `ff`) read as its first 55; else no trace context.
-//! * `tracestate`: at most 8,192 bytes and what OpenTelemetry's `TraceState` accepts
-//!   (32 members), else the trace context is kept without it.
+//! * `tracestate`: at most 8,192 bytes and 32 members, all headers together, and
+//!   what OpenTelemetry's `TraceState` accepts; else the trace context is kept without
+//!   it.
 //!
 //! Nothing is an error and nothing panics: what was ignored is counted per [`Reason`] in
 //! an [`ExtractReport`] ([`Propagation::extract_with_report`]; the server layer puts it

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ::opentelemetry::Context as OtelContext;
 use ::opentelemetry::baggage::{Baggage, BaggageExt};
 use ::opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use ::opentelemetry::trace::TraceContextExt;
 use http::HeaderMap;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -410,7 +411,13 @@ impl Propagation {
 
     fn extract_otel(&self, headers: &HeaderMap, report: &mut ExtractReport) -> OtelContext {
         let checked = wire::check(headers, |key| self.is_declared(key), report);
-        Self::propagator().extract_with_context(&OtelContext::new(), &checked)
+        let cx = Self::propagator().extract_with_context(&OtelContext::new(), &checked);
+        // What the checks let through and the propagator still refused (an all-zero id,
+        // a non-hex or uppercase field).
+        if checked.has_traceparent() && !cx.span().span_context().is_valid() {
+            report.add(Reason::TraceparentInvalid);
+        }
+        cx
     }
 
     fn bind_from(&self, cx: OtelContext, target: &mut Target, report: &mut ExtractReport) {

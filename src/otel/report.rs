@@ -49,8 +49,8 @@ pub enum Reason {
     TraceparentVersion,
     /// A `traceparent` that is malformed otherwise (length, ids, flags, all-zero ids).
     TraceparentInvalid,
-    /// A `tracestate` over 8,192 bytes, not ASCII, or refused by OpenTelemetry's
-    /// `TraceState` (over 32 members, bad keys or values): the trace context is kept
+    /// A `tracestate` over 8,192 bytes or 32 list members, not ASCII, or refused by
+    /// OpenTelemetry's `TraceState` (bad keys or values): the trace context is kept
     /// without it.
     TracestateInvalid,
 }

@@ -27,6 +27,8 @@ pub(super) const MAX_BAGGAGE_MEMBERS: usize = 180;
 pub(super) const MAX_OTEL_ENTRIES: usize = 64;
 /// Our bound on all `tracestate` headers together (W3C asks for at least 512).
 pub(super) const MAX_TRACESTATE_BYTES: usize = 8192;
+/// W3C Trace Context: the most `tracestate` list members.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// W3C Trace Context: a version-00 `traceparent`'s length (later versions start with
 /// the same 55 bytes).
 const TRACEPARENT_LEN: usize = 55;
@@ -37,6 +39,13 @@ pub(super) struct Checked<'a> {
     baggage: Option<String>,
     traceparent: Option<&'a str>,
     tracestate: Option<Cow<'a, str>>,
+}
+
+impl Checked<'_> {
+    /// Whether a `traceparent` passed the checks (the propagator may still refuse it).
+    pub(super) fn has_traceparent(&self) -> bool {
+        self.traceparent.is_some()
+    }
 }
 
 impl Extractor for Checked<'_> {
@@ -342,6 +351,17 @@ fn check_tracestate<'a>(
         });
     }
     let joined = joined?;
+    // W3C: over 32 list members, the whole tracestate is discarded (OpenTelemetry's
+    // `TraceState` does not count them).
+    let members = joined
+        .split(',')
+        .filter(|member| !member.trim_matches([' ', '\t']).is_empty())
+        .take(MAX_TRACESTATE_MEMBERS + 1)
+        .count();
+    if members > MAX_TRACESTATE_MEMBERS {
+        report.add(Reason::TracestateInvalid);
+        return None;
+    }
     match joined.parse::<TraceState>() {
         Ok(_) => Some(joined),
         Err(_) => {
