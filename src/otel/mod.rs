@@ -111,7 +111,8 @@
 //!   all baggage is ignored; a member without `=`, with a key that is not an HTTP token
 //!   (or holds `%`), with bytes the grammar forbids, with bad percent-encoding or with
 //!   percent-decoded bytes that are not UTF-8 is dropped; of duplicate keys the first
-//!   counts; at most 64 members reach OpenTelemetry's `Baggage` (its own limit),
+//!   counts; properties holding `%` are dropped (OpenTelemetry would re-send them
+//!   decoded); at most 64 members reach OpenTelemetry's `Baggage` (its own limit),
 //!   declared keys first; a declared key whose value its codec refuses binds nothing.
 //! * `traceparent`: exactly one, version `00` of exactly 55 bytes or a later version
 //!   (not `ff`) read as its first 55; else no trace context.

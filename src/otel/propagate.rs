@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ::opentelemetry::Context as OtelContext;
-use ::opentelemetry::baggage::{Baggage, BaggageExt};
+use ::opentelemetry::baggage::{Baggage, BaggageExt, BaggageMetadata};
 use ::opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use ::opentelemetry::trace::TraceContextExt;
 use http::HeaderMap;
@@ -288,7 +288,12 @@ impl Propagation {
         for (key, (value, metadata)) in base.baggage() {
             if !self.is_declared(key.as_str()) {
                 let value = text(value.as_str().to_owned());
-                let _ = baggage.insert_with_metadata(key.clone(), value, metadata.clone());
+                let metadata = if for_wire && !wire_safe_metadata(metadata.as_str()) {
+                    BaggageMetadata::default()
+                } else {
+                    metadata.clone()
+                };
+                let _ = baggage.insert_with_metadata(key.clone(), value, metadata);
             }
         }
         base.with_baggage(baggage)
@@ -449,6 +454,16 @@ fn escape_for_propagator(value: String) -> String {
         return value;
     }
     value.replace('%', "%25").replace('\\', "%5C")
+}
+
+/// Whether OpenTelemetry's baggage propagator writes these properties (which it does
+/// as they are) in a form that reads back the same: W3C baggage octets, `;` and spaces,
+/// without `%` (which the reader would decode). Others are not sent.
+fn wire_safe_metadata(metadata: &str) -> bool {
+    metadata.bytes().all(|byte| {
+        byte != b'%'
+            && matches!(byte, b' ' | b'\t' | b';' | 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+    })
 }
 
 impl fmt::Debug for Propagation {

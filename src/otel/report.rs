@@ -29,6 +29,10 @@ pub enum Reason {
     /// A baggage value or property with a byte the W3C grammar does not allow (a space
     /// inside it, `"`, `\`, a control or a non-ASCII byte).
     InvalidValue,
+    /// Baggage properties (after `;`) holding `%`: dropped, the member kept.
+    /// OpenTelemetry decodes properties but does not encode them again, so they would
+    /// reach the next hop changed.
+    PropertiesDropped,
     /// A `%` in a baggage value not followed by two hex digits.
     BadPercentEncoding,
     /// A baggage value whose percent-decoded bytes are not UTF-8.
@@ -55,7 +59,7 @@ pub enum Reason {
     TracestateInvalid,
 }
 
-const REASONS: usize = 15;
+const REASONS: usize = 16;
 
 impl Reason {
     /// Every reason, in declaration order.
@@ -65,6 +69,7 @@ impl Reason {
         Reason::MissingEquals,
         Reason::InvalidKey,
         Reason::InvalidValue,
+        Reason::PropertiesDropped,
         Reason::BadPercentEncoding,
         Reason::InvalidUtf8,
         Reason::DuplicateKey,
@@ -94,6 +99,7 @@ impl Reason {
             Reason::MissingEquals => "baggage member without `=`",
             Reason::InvalidKey => "invalid baggage key",
             Reason::InvalidValue => "invalid byte in baggage value",
+            Reason::PropertiesDropped => "baggage properties with `%` dropped",
             Reason::BadPercentEncoding => "bad percent-encoding in baggage value",
             Reason::InvalidUtf8 => "baggage value not UTF-8",
             Reason::DuplicateKey => "duplicate baggage key",

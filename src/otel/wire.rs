@@ -170,7 +170,10 @@ fn check_baggage(
         }
         match parse_member(member) {
             Err(reason) => report.add(reason),
-            Ok((key, value, properties)) => {
+            Ok((key, value, properties, dropped)) => {
+                if let Some(reason) = dropped {
+                    report.add(reason);
+                }
                 if !seen.insert(key) {
                     report.add(Reason::DuplicateKey);
                 } else if is_declared(key) {
@@ -208,6 +211,10 @@ fn check_baggage(
     Some(header)
 }
 
+/// A checked baggage member: key, raw value, raw properties, and why the properties
+/// were dropped, if they were.
+type Member<'a> = (&'a str, &'a [u8], &'a str, Option<Reason>);
+
 /// A W3C `token` character (RFC 9110), which is what a baggage key is made of.
 fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
@@ -218,8 +225,9 @@ fn is_baggage_octet(byte: u8) -> bool {
     matches!(byte, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
-/// A member (trimmed, not empty): key, raw value, raw properties (after the first `;`).
-fn parse_member(member: &[u8]) -> Result<(&str, &[u8], &str), Reason> {
+/// A member (trimmed, not empty): key, raw value, raw properties (after the first `;`),
+/// and why the properties were dropped, if they were.
+fn parse_member(member: &[u8]) -> Result<Member<'_>, Reason> {
     let (pair, properties) = match member.iter().position(|byte| *byte == b';') {
         Some(at) => (&member[..at], &member[at + 1..]),
         None => (member, &[][..]),
@@ -239,17 +247,24 @@ fn parse_member(member: &[u8]) -> Result<(&str, &[u8], &str), Reason> {
         return Err(Reason::InvalidValue);
     }
     check_percent_utf8(value)?;
-    let properties = trim_ows(properties);
+    let mut properties = trim_ows(properties);
     if !properties
         .iter()
         .all(|byte| is_ows(*byte) || (0x21..=0x7E).contains(byte))
     {
         return Err(Reason::InvalidValue);
     }
+    // OpenTelemetry percent-decodes properties but writes them back as they are, so a
+    // `%2C` would come out of the next hop as a raw `,`: such properties are dropped.
+    let mut dropped = None;
+    if properties.contains(&b'%') {
+        properties = &[];
+        dropped = Some(Reason::PropertiesDropped);
+    }
     // All ASCII by the checks above.
     let key = std::str::from_utf8(key).map_err(|_| Reason::InvalidKey)?;
     let properties = std::str::from_utf8(properties).map_err(|_| Reason::InvalidValue)?;
-    Ok((key, value, properties))
+    Ok((key, value, properties, dropped))
 }
 
 fn hex(byte: u8) -> Option<u8> {

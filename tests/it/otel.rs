@@ -18,7 +18,7 @@ use contextvars::opentelemetry::{
 use contextvars::tower::{InitError, Initializer};
 use contextvars::{Context, ContextVar};
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::baggage::BaggageExt;
+use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context as OtelContext, KeyValue};
@@ -347,6 +347,40 @@ fn duplicates_equals_signs_properties_and_whitespace() {
     let (value, metadata) = cx.baggage().get_with_metadata("name").unwrap();
     assert_eq!(value.as_str(), "a=b=c");
     assert_eq!(metadata.as_str(), "p1;p2=v");
+
+    // Properties with `%`: dropped (OpenTelemetry would decode them and re-send them
+    // raw), the member kept.
+    let (context, report) = propagation().extract_with_report(&baggage("name=x;p=a%2Cb,k=v;q"));
+    assert_eq!(
+        counts(&report),
+        [(Reason::PropertiesDropped, 1), (Reason::UnknownKey, 1)]
+    );
+    assert_eq!(context.get(&NAME).as_deref(), Some("x"));
+    let cx = context.get(&OTEL_CONTEXT).unwrap();
+    assert_eq!(
+        cx.baggage().get_with_metadata("name").unwrap().1.as_str(),
+        ""
+    );
+    assert_eq!(cx.baggage().get_with_metadata("k").unwrap().1.as_str(), "q");
+    // On the way out, properties that would not read back the same are not sent.
+    isolated(|| {
+        let unsafe_metadata = OtelContext::new().with_baggage([
+            KeyValueMetadata::new("a", "1", "p=x,y"),
+            KeyValueMetadata::new("b", "2", "q=50%"),
+            KeyValueMetadata::new("c", "3", "r=ok;s"),
+        ]);
+        let _otel = OTEL_CONTEXT.scoped_set(unsafe_metadata);
+        let mut headers = HeaderMap::new();
+        propagation().inject(&mut headers);
+        let (context, report) = propagation().extract_with_report(&headers);
+        assert_eq!(counts(&report), [(Reason::UnknownKey, 3)], "{headers:?}");
+        let cx = context.get(&OTEL_CONTEXT).unwrap();
+        let metadata = |key: &str| cx.baggage().get_with_metadata(key).unwrap().1.to_string();
+        assert_eq!(
+            [metadata("a"), metadata("b"), metadata("c")],
+            ["", "", "r=ok;s"]
+        );
+    });
 }
 
 /// W3C limits: 8,192 bytes and 180 members, over all `baggage` headers together; over
