@@ -201,7 +201,8 @@ impl Propagation {
     /// are set, then the other baggage of [`OTEL_CONTEXT`]), and `traceparent` /
     /// `tracestate` for the span of [`OTEL_CONTEXT`]. When [`OTEL_CONTEXT`] is not set,
     /// OpenTelemetry's own current context (`opentelemetry::Context::current()`) stands
-    /// in for it. Headers of those names already present are replaced.
+    /// in for it. Headers of those names already present are removed first, so the
+    /// three say exactly what the context holds.
     ///
     /// Defaults are not sent: a variable counts when the context binds it. What does not
     /// fit OpenTelemetry's `Baggage` (64 entries, 8,192 bytes) is left out, declared
@@ -240,6 +241,10 @@ impl Propagation {
     /// ```
     pub fn inject_context(&self, context: &Context, headers: &mut HeaderMap) {
         let cx = self.otel_context_of(context, true);
+        // Stale headers (a forwarded request's) must not outlive an empty context.
+        for name in ["baggage", "traceparent", "tracestate"] {
+            headers.remove(name);
+        }
         Self::propagator().inject_context(&cx, &mut HeaderInjector(headers));
     }
 
