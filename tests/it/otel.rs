@@ -729,7 +729,13 @@ fn round_trip<T: Clone + Send + Sync + 'static>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
+    // No failure files: a failing case prints its input (and miri's isolation has no
+    // working directory for them).
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(miri) { 4 } else { 256 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn int_round_trips(id: u64, small: i8, big: u128) {
