@@ -31,7 +31,7 @@ use crate::{Context, ContextVar, SetError, Snapshot, copy_context};
 /// use contextvars::opentelemetry::OTEL_CONTEXT;
 /// use opentelemetry::trace::TraceContextExt;
 ///
-/// // Unset outside a request: `get_or_default`-style reading.
+/// // Unset outside an extracted request: read it with a fallback.
 /// let cx = OTEL_CONTEXT.try_get().unwrap_or_default();
 /// assert!(!cx.span().span_context().is_valid());
 /// ```
