@@ -129,7 +129,8 @@ macro_rules! int_codec {
 int_codec!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
 
 /// Text as it is (`String`, `Arc<str>`, `Box<str>`): any UTF-8, including the empty
-/// string.
+/// string. Leading and trailing whitespace does not survive the trip: OpenTelemetry's
+/// baggage propagator trims values when it writes and when it reads them.
 ///
 /// ```
 /// use std::sync::Arc;
