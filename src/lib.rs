@@ -82,6 +82,9 @@
 //! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`, and
 //!   (`--cfg tokio_unstable`) `isolate_tasks`, every task of a runtime in its own context;
 //! * `tower` (feature `tower`): a `Layer` that runs each HTTP request in its own context;
+//! * `opentelemetry` (feature `opentelemetry`): declared variables cross process
+//!   boundaries as W3C baggage, with the trace context, through OpenTelemetry's
+//!   propagators (server and client tower layers);
 //! * `rayon` (feature `rayon`): `join`, `scope`, `spawn`, `ThreadPool::install` and a
 //!   parallel-iterator adapter; every job and every call into the adapter enters its
 //!   context and leaves it before returning, so a worker's own state is never disturbed.
@@ -111,6 +114,9 @@ mod error;
 pub mod future;
 mod map;
 pub mod observe;
+#[cfg(feature = "opentelemetry")]
+#[path = "otel/mod.rs"]
+pub mod opentelemetry;
 #[cfg(feature = "rayon")]
 pub mod rayon;
 mod snapshot;

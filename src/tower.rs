@@ -165,7 +165,7 @@ where
         let (inner, init) = (&mut self.inner, &self.init);
         let future = engine::run_in(&mut frame, || {
             let (mut parts, body) = request.into_parts();
-            if let Err(error) = init.initialize(&parts) {
+            if let Err(error) = init.initialize_head(&mut parts) {
                 parts.extensions.insert(error);
             }
             inner.call(http::Request::from_parts(parts, body))
@@ -294,6 +294,14 @@ pub trait Initializer: Clone + Send + Sync + 'static {
     /// the whole request). An error does not fail the request: the layer puts it into
     /// the request's extensions.
     fn initialize(&self, request: &Parts) -> Result<(), InitError>;
+
+    /// What the layer calls: [`initialize`](Self::initialize), unless an initializer has
+    /// more to say than an [`InitError`] and puts it into the request's extensions (the
+    /// `opentelemetry` feature's `Propagation` adds its `ExtractReport`). The head is the
+    /// one the inner service receives.
+    fn initialize_head(&self, request: &mut Parts) -> Result<(), InitError> {
+        self.initialize(request)
+    }
 }
 
 /// No initializer ([`ContextLayer::new`]).
@@ -320,6 +328,12 @@ impl<A: Initializer, B: Initializer> Initializer for (A, B) {
     fn initialize(&self, request: &Parts) -> Result<(), InitError> {
         let first = self.0.initialize(request);
         let second = self.1.initialize(request);
+        first.and(second)
+    }
+
+    fn initialize_head(&self, request: &mut Parts) -> Result<(), InitError> {
+        let first = self.0.initialize_head(request);
+        let second = self.1.initialize_head(request);
         first.and(second)
     }
 }

@@ -21,6 +21,8 @@ mod hooks;
 mod hostile;
 #[cfg(feature = "tokio")]
 mod isolation;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod panic_safety;
 #[cfg(feature = "rayon")]
 mod rayon;
