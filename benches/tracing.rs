@@ -45,6 +45,37 @@ fn event(user: &str, status: u64) {
     tracing::info!(user, status, "request done");
 }
 
+/// The same event with the 2 fields written at the call (what `ContextFields` saves the
+/// user from writing): the cost of formatting the fields themselves.
+#[inline(never)]
+fn written_2_event(user: &str, status: u64) {
+    tracing::info!(
+        user,
+        status,
+        request_id = black_box(7u64),
+        tenant = black_box("acme"),
+        "request done"
+    );
+}
+
+/// The same event with the 8 fields written at the call.
+#[inline(never)]
+fn written_8_event(user: &str, status: u64) {
+    tracing::info!(
+        user,
+        status,
+        request_id = black_box(7u64),
+        tenant = black_box("acme"),
+        v2 = black_box(2u64),
+        v3 = black_box("three"),
+        v4 = black_box(4u64),
+        v5 = black_box("five"),
+        v6 = black_box(6u64),
+        v7 = black_box("seven"),
+        "request done"
+    );
+}
+
 #[inline(never)]
 fn plain_event(user: &str, status: u64) {
     event(user, status);
@@ -124,9 +155,11 @@ type Row = (&'static str, fn() -> Dispatch, fn(&str, u64));
 fn json_event(c: &mut Criterion) {
     let mut group = c.benchmark_group("tracing_json_event");
     let ctx = context();
-    let rows: [Row; 3] = [
+    let rows: [Row; 5] = [
         ("plain", plain, plain_event),
+        ("written_2", plain, written_2_event),
         ("context_fields_2", two_vars, two_vars_event),
+        ("written_8", plain, written_8_event),
         ("context_fields_8", eight_vars, eight_vars_event),
     ];
     for (name, subscriber, contender) in rows {
@@ -160,54 +193,95 @@ fn join_pair() -> (u64, u64) {
     contextvars::rayon::join(|| black_box(1u64), || black_box(2u64))
 }
 
+#[inline(never)]
+fn plain_join_pair() -> (u64, u64) {
+    rayon::join(|| black_box(1u64), || black_box(2u64))
+}
+
+/// What users write today to carry a span into rayon (rayon#1018): the span captured by
+/// hand and entered on both sides of a plain `rayon::join`.
+#[inline(never)]
+fn manual_span_join_pair() -> (u64, u64) {
+    let span = tracing::Span::current();
+    rayon::join(
+        || span.in_scope(|| black_box(1u64)),
+        || span.in_scope(|| black_box(2u64)),
+    )
+}
+
+/// Runs `join` `iters` times on `pool`'s one worker, inside an entered `request` span if
+/// `with_span`, and returns the time taken.
+fn time_joins(
+    pool: &rayon::ThreadPool,
+    iters: u64,
+    with_span: bool,
+    join: fn() -> (u64, u64),
+) -> std::time::Duration {
+    pool.install(|| {
+        let span = with_span.then(|| tracing::info_span!("request"));
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(join());
+        }
+        start.elapsed()
+    })
+}
+
 /// A poll of the future wrapper and a rayon `join` (on a 1-worker pool: both closures on
-/// the calling worker), made where no span is current and where a span is current, under
-/// a subscriber that tracks spans (tracing-subscriber's `Registry`, no output). The peer
-/// is tracing's own `Instrument`, which enters a span on each poll too.
+/// the calling worker). First with no subscriber at all (`no_subscriber`: the feature on,
+/// nothing installed), then with tracing-subscriber's `Registry` (which tracks spans,
+/// and prints nothing) installed as the global default, as an application installs its
+/// subscriber: made where no span is current (`no_span`) and where one is (`span`). The
+/// peers: tracing's own `Instrument`, which enters its span on each poll, and a plain
+/// `rayon::join` with the span carried by hand.
 fn span_carry(c: &mut Criterion) {
     let mut group = c.benchmark_group("span_carry");
-    let dispatch = Dispatch::new(tracing_subscriber::registry());
-    tracing::dispatcher::with_default(&dispatch, || {
-        let span = tracing::info_span!("request");
-        let mut bare = std::pin::pin!(pending_in_current_context());
-        group.bench_function("poll/no_span", |b| {
-            b.iter(|| poll_once(bare.as_mut()));
-        });
-        let mut carried = std::pin::pin!(span.in_scope(pending_in_current_context));
-        group.bench_function("poll/span", |b| {
-            b.iter(|| poll_once(carried.as_mut()));
-        });
-        let mut instrumented =
-            std::pin::pin!(std::future::pending::<()>().instrument(span.clone()));
-        group.bench_function("poll/tracing_instrument", |b| {
-            b.iter(|| poll_once(instrumented.as_mut()));
-        });
-    });
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .expect("pool");
-    for (name, with_span) in [("join/no_span", false), ("join/span", true)] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                pool.install(|| {
-                    tracing::dispatcher::with_default(&dispatch, || {
-                        let span = with_span.then(|| tracing::info_span!("request"));
-                        let _entered = span.as_ref().map(tracing::Span::enter);
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            black_box(join_pair());
-                        }
-                        start.elapsed()
-                    })
-                })
-            });
-        });
-    }
+    let mut bare = std::pin::pin!(pending_in_current_context());
+    group.bench_function("poll/no_subscriber", |b| {
+        b.iter(|| poll_once(bare.as_mut()));
+    });
+    group.bench_function("join/no_subscriber", |b| {
+        b.iter_custom(|iters| time_joins(&pool, iters, false, join_pair));
+    });
+    group.bench_function("join/plain_rayon", |b| {
+        b.iter_custom(|iters| time_joins(&pool, iters, false, plain_join_pair));
+    });
+
+    tracing::subscriber::set_global_default(tracing_subscriber::registry())
+        .expect("the bench's only global subscriber");
+    let span = tracing::info_span!("request");
+    let mut bare = std::pin::pin!(pending_in_current_context());
+    group.bench_function("poll/no_span", |b| {
+        b.iter(|| poll_once(bare.as_mut()));
+    });
+    let mut carried = std::pin::pin!(span.in_scope(pending_in_current_context));
+    group.bench_function("poll/span", |b| {
+        b.iter(|| poll_once(carried.as_mut()));
+    });
+    let mut instrumented = std::pin::pin!(std::future::pending::<()>().instrument(span.clone()));
+    group.bench_function("poll/tracing_instrument", |b| {
+        b.iter(|| poll_once(instrumented.as_mut()));
+    });
+    group.bench_function("join/no_span", |b| {
+        b.iter_custom(|iters| time_joins(&pool, iters, false, join_pair));
+    });
+    group.bench_function("join/span", |b| {
+        b.iter_custom(|iters| time_joins(&pool, iters, true, join_pair));
+    });
+    group.bench_function("join/manual_span", |b| {
+        b.iter_custom(|iters| time_joins(&pool, iters, true, manual_span_join_pair));
+    });
     group.finish();
 }
 
-criterion_group!(benches, json_event, span_carry);
+// `span_carry` first: its `no_subscriber` rows need a process in which no dispatcher was
+// ever installed (`json_event` installs scoped ones).
+criterion_group!(benches, span_carry, json_event);
 
 fn main() {
     let started = std::time::SystemTime::now();
@@ -216,10 +290,21 @@ fn main() {
     summary::print(
         started,
         &[
-            ("tracing_json_event", &["tracing_json_event/plain"]),
+            (
+                "tracing_json_event",
+                &[
+                    "tracing_json_event/plain",
+                    "tracing_json_event/written_2",
+                    "tracing_json_event/written_8",
+                ],
+            ),
             (
                 "span_carry",
-                &["span_carry/poll/no_span", "span_carry/join/no_span"],
+                &[
+                    "span_carry/poll_no_subscriber",
+                    "span_carry/join_plain_rayon",
+                    "span_carry/join_no_subscriber",
+                ],
             ),
         ],
     );

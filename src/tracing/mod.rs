@@ -43,10 +43,19 @@
 //! span would have to stay entered between two hook calls, which is not a lexical scope;
 //! wrap such a task with `.instrument(span)` or spawn it with `contextvars::tokio::spawn`.
 //!
-//! Cost (`benches/tracing.rs`, group `span_carry`): nothing is captured when no span is
-//! current, and without the feature the carried span is zero-sized. A capture that finds
-//! a span clones its handle (the subscriber's reference count); each run, poll or job
-//! then enters and exits it, which is what `Instrument` costs.
+//! Cost (`benches/tracing.rs`, group `span_carry`, one run; a one-worker rayon `join`
+//! of two trivial closures made from the worker's own context, and a poll of a wrapped
+//! future that is always pending):
+//!
+//! | | `join` | poll |
+//! |---|---|---|
+//! | no subscriber ever installed (one relaxed load skips the lookup) | 26.3 ns | 4.7 ns |
+//! | a subscriber (`Registry`), no span current: the current-span lookup | 35.2 ns | 4.5 ns |
+//! | a span current: its handle cloned, entered and exited per side or poll | 114 ns | 10.3 ns |
+//! | peers: a plain `rayon::join` / a span carried by hand into it; `Instrument` | 15.2 / 86.7 ns | 7.8 ns |
+//!
+//! A poll pays nothing for a capture (that happens once, when the future is wrapped);
+//! without the feature the carried span is zero-sized and no lookup is made.
 //!
 //! # Variables as fields of every event
 //!
