@@ -42,6 +42,7 @@ use rayon::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, info, info_span};
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 context_var! {
@@ -196,6 +197,12 @@ fn with_request_fields<F>(format: F) -> ContextFields<F> {
         .named("tenant")
 }
 
+/// Only this program's events: the checks expect nothing else (a dependency that logs,
+/// such as axum with its `tracing` feature, would add lines of its own).
+fn own_events() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|metadata| metadata.target().starts_with(module_path!()))
+}
+
 /// Installs, once per process, a subscriber with a JSON layer and a text layer, both
 /// showing `REQUEST_ID` and `TENANT` on every event.
 pub(crate) fn install_logging() -> &'static Logs {
@@ -211,13 +218,15 @@ pub(crate) fn install_logging() -> &'static Logs {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_writer(move || json.clone())
-                    .map_event_format(with_request_fields),
+                    .map_event_format(with_request_fields)
+                    .with_filter(own_events()),
             )
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
                     .with_writer(move || text.clone())
-                    .map_event_format(with_request_fields),
+                    .map_event_format(with_request_fields)
+                    .with_filter(own_events()),
             );
         tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
         logs

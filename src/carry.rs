@@ -35,6 +35,13 @@ pub(crate) struct CarriedSpan {
 }
 
 impl CarriedSpan {
+    /// Nothing carried: for calls made while the captured span is already entered.
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    pub(crate) const NONE: Self = Self {
+        #[cfg(feature = "tracing")]
+        span: None,
+    };
+
     /// The span current now, if there is one.
     #[inline]
     pub(crate) fn current() -> Self {
@@ -43,7 +50,10 @@ impl CarriedSpan {
             // No subscriber was ever installed (the process does not use tracing): no
             // span can be current, and one relaxed load says so. `has_been_set` is
             // `#[doc(hidden)]`, but it is what tracing's own macros use to skip their
-            // work when tracing is unused.
+            // work when tracing is unused. Like them, a capture made on another thread
+            // in the instant a global subscriber is being installed may miss a span
+            // entered through it (tracing-core publishes the subscriber before this
+            // flag); a scoped default sets the flag first on its own thread.
             if !::tracing_core::dispatcher::has_been_set() {
                 return Self { span: None };
             }

@@ -365,6 +365,16 @@ impl<'a> Borrowed<'a> {
         Self { vars, span }
     }
 
+    /// The same snapshot without the span, for calls made inside a call that entered it
+    /// (entering it again would make the subscriber record a second `enter`).
+    fn inside_span(self) -> Borrowed<'a> {
+        static NONE: CarriedSpan = CarriedSpan::NONE;
+        Borrowed {
+            vars: self.vars,
+            span: &NONE,
+        }
+    }
+
     /// Runs `f` in a frame over the captured snapshot (see [`engine::run_borrowed`]),
     /// inside the captured span.
     #[inline]
@@ -621,9 +631,10 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
 
     fn fold_with<F: Folder<Self::Item>>(self, folder: F) -> F {
         let capture = self.capture;
+        // The folder's calls happen inside this one, which entered the span.
         capture.run(|| {
             self.base
-                .fold_with(ContextFolder::new(folder, capture))
+                .fold_with(ContextFolder::new(folder, capture.inside_span()))
                 .take()
         })
     }

@@ -114,6 +114,11 @@
 //!   counts; properties holding `%` are dropped (OpenTelemetry would re-send them
 //!   decoded); at most 64 members reach OpenTelemetry's `Baggage` (its own limit),
 //!   declared keys first; a declared key whose value its codec refuses binds nothing.
+//!   (180 members is the W3C Baggage draft's limit, which OpenTelemetry's other SDKs
+//!   enforce; the current Recommendation asks receivers to keep at least 64 members and
+//!   lets them drop what is past 8,192 bytes. Ignoring *all* of the baggage past either
+//!   limit, rather than cutting it, is this crate's choice: a cut list could drop a
+//!   declared key or keep half of a duplicate pair.)
 //! * `traceparent`: exactly one, version `00` of exactly 55 bytes or a later version
 //!   (not `ff`) read as its first 55; else no trace context.
 //! * `tracestate`: at most 8,192 bytes and 32 members, all headers together, and

@@ -21,7 +21,8 @@ use super::report::{ExtractReport, Reason};
 
 /// W3C Baggage: the most bytes of all `baggage` headers together.
 pub(super) const MAX_BAGGAGE_BYTES: usize = 8192;
-/// W3C Baggage: the most list members.
+/// W3C Baggage (the draft's limit, which OpenTelemetry's SDKs enforce): the most list
+/// members.
 pub(super) const MAX_BAGGAGE_MEMBERS: usize = 180;
 /// OpenTelemetry's `Baggage`: the most entries it holds.
 pub(super) const MAX_OTEL_ENTRIES: usize = 64;
@@ -351,21 +352,24 @@ fn check_tracestate<'a>(
     headers: &'a HeaderMap,
     report: &mut ExtractReport,
 ) -> Option<Cow<'a, str>> {
-    let mut joined: Option<Cow<'a, str>> = None;
+    // The headers are checked first and joined once: the work is linear in the bytes
+    // read, which the limit bounds.
+    let mut parts: Vec<&'a str> = Vec::new();
     let mut bytes = 0usize;
     for value in headers.get_all("tracestate") {
-        bytes = bytes.saturating_add(value.len() + usize::from(joined.is_some()));
+        bytes = bytes.saturating_add(value.len() + usize::from(!parts.is_empty()));
         let text = value.to_str().ok();
         let (true, Some(text)) = (bytes <= MAX_TRACESTATE_BYTES, text) else {
             report.add(Reason::TracestateInvalid);
             return None;
         };
-        joined = Some(match joined {
-            None => Cow::Borrowed(text),
-            Some(before) => Cow::Owned(format!("{before},{text}")),
-        });
+        parts.push(text);
     }
-    let joined = joined?;
+    let joined: Cow<'a, str> = match parts.as_slice() {
+        [] => return None,
+        [one] => Cow::Borrowed(one),
+        many => Cow::Owned(many.join(",")),
+    };
     // W3C: over 32 list members, the whole tracestate is discarded (OpenTelemetry's
     // `TraceState` does not count them).
     let members = joined

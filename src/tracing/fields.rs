@@ -609,7 +609,10 @@ struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table picks buckets from the low bits, and a multiply only carries low
+        // input bits upwards: fold the high half (where the addresses' spread ends up)
+        // into the low one.
+        self.0 ^ (self.0 >> 32)
     }
 
     fn write(&mut self, bytes: &[u8]) {

@@ -12,8 +12,9 @@
 //! * [`thread::spawn`](crate::thread::spawn), `spawn_in`, and the `Builder` and `Scope`
 //!   extensions;
 //! * the future wrapper ([`in_current_context`](crate::future::ContextFutureExt::in_current_context),
-//!   `in_context`), so also `contextvars::tokio::spawn`, `spawn_local` and `JoinSetExt`,
-//!   and `spawn_blocking`;
+//!   `in_context`, [`ContextVar::scope_future`](crate::ContextVar::scope_future)), so
+//!   also `contextvars::tokio::spawn`, `spawn_local` and `JoinSetExt`, and
+//!   `spawn_blocking`;
 //! * rayon's `join`, `join_context`, `scope`, `in_place_scope`, `Scope::spawn`,
 //!   `spawn`, `spawn_fifo`, `ThreadPoolExt` and the `in_current_context`
 //!   parallel-iterator adapter (feature `rayon`);
@@ -55,7 +56,9 @@
 //! | peers: a plain `rayon::join` / a span carried by hand into it; `Instrument` | 15.2 / 86.7 ns | 7.8 ns |
 //!
 //! A poll pays nothing for a capture (that happens once, when the future is wrapped);
-//! without the feature the carried span is zero-sized and no lookup is made.
+//! without the feature the carried span is zero-sized and no lookup is made. A parallel
+//! iterator enters its span once per call rayon makes into the adapter: once per batch
+//! of items, but once per item where an adapter such as `zip` pulls them one at a time.
 //!
 //! # Variables as fields of every event
 //!
@@ -163,7 +166,10 @@
 //!   target, module, file and line, as tracing-subscriber's `tracing-log` feature shows
 //!   them: the new event's metadata is made from the record's, once per record location
 //!   (and leaked, like a callsite). Past 4096 distinct locations (targets made at run
-//!   time), further ones are shown with the bridge's target, `log`.
+//!   time), further ones are shown with the bridge's target, `log`. This matches the
+//!   unwrapped output when tracing-subscriber's `tracing-log` feature is on (one of its
+//!   default features); without it, the unwrapped format shows such records with the
+//!   target `log`, and both show the bridge's `log.*` fields.
 
 #![deny(unsafe_code)]
 

@@ -658,7 +658,7 @@ fn a_value_whose_debug_logs_and_reads_variables_neither_deadlocks_nor_panics() {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             // With a scoped dispatcher, tracing drops an event emitted while one is being
             // dispatched on this thread; the global-dispatcher case, where the event does
-            // reach the subscriber again, is in `tests/tracing_reentrant.rs`.
+            // reach the subscriber again, is in `tests/tracing_global.rs`.
             tracing::info!("from Debug");
             let _guard = TENANT.scoped_set("set in Debug".to_owned());
             write!(
