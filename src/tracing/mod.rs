@@ -173,6 +173,8 @@
 
 #![deny(unsafe_code)]
 
+mod callsite;
+mod capture;
 mod fields;
 
 pub use fields::ContextFields;
