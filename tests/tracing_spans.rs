@@ -14,7 +14,9 @@
     feature = "tower"
 ))]
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::ScopedJoinHandle;
 
@@ -25,6 +27,7 @@ use contextvars::tokio::JoinSetExt;
 use contextvars::{Context, ContextVar};
 use rayon::prelude::*;
 use tracing::field::{Field, Visit};
+use tracing::span::Id;
 use tracing::{Event, Subscriber, info, info_span};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -56,7 +59,38 @@ impl Visit for TestField {
     fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
 }
 
+/// Enters of a `reentry_check` span while it is already entered on the same thread.
+static REENTERED: AtomicUsize = AtomicUsize::new(0);
+
+std::thread_local! {
+    /// How deep each span is entered on this thread, by id.
+    static DEPTH: std::cell::RefCell<HashMap<u64, usize>> = std::cell::RefCell::default();
+}
+
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
+    fn on_enter(&self, id: &Id, ctx: LayerContext<'_, S>) {
+        let depth = DEPTH.with(|depth| {
+            let mut depth = depth.borrow_mut();
+            let entry = depth.entry(id.into_u64()).or_default();
+            *entry += 1;
+            *entry
+        });
+        let checked = ctx
+            .span(id)
+            .is_some_and(|span| span.name() == "reentry_check");
+        if depth > 1 && checked {
+            REENTERED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_exit(&self, id: &Id, _: LayerContext<'_, S>) {
+        DEPTH.with(|depth| {
+            if let Some(entry) = depth.borrow_mut().get_mut(&id.into_u64()) {
+                *entry -= 1;
+            }
+        });
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
         let mut test = TestField(None);
         event.record(&mut test);
@@ -284,6 +318,39 @@ fn rayon_jobs_carry_the_span() {
         assert_in_request(test, count);
     }
     assert_eq!(seen("rayon worker after"), vec![outside(); 2]);
+}
+
+#[test]
+fn a_parallel_iterator_never_enters_its_span_twice_on_one_thread() {
+    // A subscriber that records span enters (`FmtSpan::ENTER`) would log each twice.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    install();
+    // Captured here, consumed on the pool's workers, where the span is not entered: every
+    // enter there is the adapter's, and none may nest in another.
+    let (consumer, producer) = info_span!("reentry_check").in_scope(|| {
+        (
+            (0..256).into_par_iter().in_current_context(),
+            (0..256).into_par_iter().in_current_context(),
+        )
+    });
+    pool.install(|| {
+        // The consumer path, and the producer path (an indexed adapter after it).
+        consumer.for_each(|_| log("reentry consumer"));
+        producer
+            .map(|i| i + 1)
+            .with_min_len(1)
+            .for_each(|_| log("reentry producer"));
+    });
+    assert_eq!(REENTERED.load(Ordering::Relaxed), 0);
+    let in_span = Seen {
+        spans: vec!["reentry_check"],
+        user: "-",
+    };
+    assert_eq!(seen("reentry consumer"), vec![in_span.clone(); 256]);
+    assert_eq!(seen("reentry producer"), vec![in_span; 256]);
 }
 
 #[test]

@@ -59,6 +59,10 @@
 //! without the feature the carried span is zero-sized and no lookup is made. A parallel
 //! iterator enters its span once per call rayon makes into the adapter: once per batch
 //! of items, but once per item where an adapter such as `zip` pulls them one at a time.
+//! Where a child runs on the thread that captured it while the span is still entered
+//! there (the first closure of a `join`, the calling worker's share of a parallel
+//! iterator), the span is entered once more inside itself, as nested `in_scope` calls
+//! would; tracing allows it, but a subscriber that logs span enters logs both.
 //!
 //! # Variables as fields of every event
 //!
