@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock, RwLock};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -71,34 +71,44 @@ struct Counting;
 
 static ARMED: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated minus bytes freed while armed.
+static NET_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// Counts an allocation of `size` bytes, if armed.
+fn count_alloc(size: usize) {
+    if ARMED.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        NET_BYTES.fetch_add(size as i64, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if ARMED.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_alloc(layout.size());
         // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::alloc`'s contract.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if ARMED.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_alloc(layout.size());
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_alloc(new_size);
         if ARMED.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            NET_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         }
         // SAFETY: `ptr` came from this allocator (hence from `System`) with `layout`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if ARMED.load(Ordering::Relaxed) {
+            NET_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: `ptr` came from this allocator (hence from `System`) with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -726,6 +736,110 @@ fn print_allocations() {
     println!();
 }
 
+// ----- memory per in-flight request ----------------------------------------------------------
+
+static REQ_ID: ContextVar<u64> = ContextVar::new("request_id");
+static REQ_TENANT: ContextVar<u64> = ContextVar::new("tenant");
+static REQ_DEADLINE: ContextVar<u64> = ContextVar::new("deadline");
+
+tokio::task_local! {
+    static TASK_ID: u64;
+    static TASK_TENANT: u64;
+    static TASK_DEADLINE: u64;
+}
+
+#[derive(Debug)]
+struct OtelId(#[allow(dead_code)] u64);
+#[derive(Debug)]
+struct OtelTenant(#[allow(dead_code)] u64);
+#[derive(Debug)]
+struct OtelDeadline(#[allow(dead_code)] u64);
+
+/// Heap bytes and allocations a request holds while in flight: `start` makes the
+/// request's future (which binds 3 values to a context that had none), it is polled once
+/// (it then waits), and what was allocated and not freed by then is counted; then it is
+/// dropped. Also the future's own size (where an executor keeps it: in the task).
+fn in_flight<F: Future<Output = ()>>(start: impl Fn() -> F) -> (i64, u64, usize) {
+    let poll_once = || {
+        let mut future = pin!(start());
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        let held = (
+            NET_BYTES.load(Ordering::Relaxed),
+            ALLOCATIONS.load(Ordering::Relaxed),
+            std::mem::size_of_val(&*future),
+        );
+        ARMED.store(false, Ordering::Relaxed);
+        held
+    };
+    poll_once(); // warm: ids, thread-locals, lazily made statics
+    NET_BYTES.store(0, Ordering::Relaxed);
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    ARMED.store(true, Ordering::Relaxed);
+    poll_once()
+}
+
+/// Prints the memory a request holds while in flight, for ours and the peers.
+fn print_request_memory() {
+    println!(
+        "Memory per in-flight request (3 values bound in a request that started from an empty context):"
+    );
+    println!(
+        "  {:<58} {:>10} {:>7} {:>12}",
+        "request", "heap bytes", "allocs", "future bytes"
+    );
+    let row = |name: &str, (bytes, allocs, size): (i64, u64, usize)| {
+        println!("  {name:<58} {bytes:>10} {allocs:>7} {size:>12}");
+    };
+    row(
+        "contextvars: in_current_context, 3 sets in the task",
+        in_flight(|| {
+            Context::new().run(|| {
+                async {
+                    drop(REQ_ID.set(black_box(7)));
+                    drop(REQ_TENANT.set(black_box(3)));
+                    drop(REQ_DEADLINE.set(black_box(1_000)));
+                    std::future::pending::<()>().await;
+                }
+                .in_current_context()
+            })
+        }),
+    );
+    row(
+        "contextvars: Context::with_value x3, in_context",
+        in_flight(|| {
+            let ctx = Context::new()
+                .with_value(&REQ_ID, black_box(7))
+                .with_value(&REQ_TENANT, black_box(3))
+                .with_value(&REQ_DEADLINE, black_box(1_000));
+            std::future::pending::<()>().in_context(&ctx)
+        }),
+    );
+    row(
+        "tokio task_local!: 3 nested scopes",
+        in_flight(|| {
+            TASK_ID.scope(
+                black_box(7),
+                TASK_TENANT.scope(
+                    black_box(3),
+                    TASK_DEADLINE.scope(black_box(1_000), std::future::pending::<()>()),
+                ),
+            )
+        }),
+    );
+    row(
+        "opentelemetry: Context with 3 values, with_context",
+        in_flight(|| {
+            let cx = OtelContext::new()
+                .with_value(OtelId(black_box(7)))
+                .with_value(OtelTenant(black_box(3)))
+                .with_value(OtelDeadline(black_box(1_000)));
+            std::future::pending::<()>().with_context(cx)
+        }),
+    );
+    println!();
+}
+
 criterion_group!(benches, get, set, copy, run, with_value, poll, scaling);
 
 fn main() {
@@ -733,6 +847,7 @@ fn main() {
     // run (not when `cargo test --benches` smoke-tests the harness).
     if std::env::args().any(|arg| arg == "--bench") {
         print_allocations();
+        print_request_memory();
     }
     let started = std::time::SystemTime::now();
     benches();
