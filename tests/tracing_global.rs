@@ -16,10 +16,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use contextvars::tracing::ContextFields;
 use contextvars::{Context, ContextVar};
+
+#[path = "support/log_buffer.rs"]
+mod log_buffer;
+use log_buffer::Buffer;
 
 static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
 static NOISY: ContextVar<Noisy> = ContextVar::new("noisy");
@@ -40,23 +44,6 @@ impl fmt::Debug for Noisy {
             IN_DEBUG.set(false);
         }
         write!(f, "noisy({:?})", REQUEST_ID.try_get().ok())
-    }
-}
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -165,11 +152,10 @@ fn global() -> &'static Buffer {
     static BUFFER: OnceLock<Buffer> = OnceLock::new();
     BUFFER.get_or_init(|| {
         let buffer = Buffer::default();
-        let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
             .without_time()
-            .with_writer(move || writer.clone())
+            .with_writer(buffer.clone())
             .map_event_format(|format| {
                 ContextFields::new(format)
                     .var(&REQUEST_ID)
@@ -179,22 +165,6 @@ fn global() -> &'static Buffer {
         tracing::subscriber::set_global_default(subscriber).unwrap();
         buffer
     })
-}
-
-impl Buffer {
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// The lines written since the buffer had `start` bytes, parsed.
-    fn json_lines_from(&self, start: usize) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner())[start..].to_vec();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
 }
 
 #[test]

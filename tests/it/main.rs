@@ -21,6 +21,9 @@ mod hooks;
 mod hostile;
 #[cfg(feature = "tokio")]
 mod isolation;
+#[cfg(feature = "tracing")]
+#[path = "../support/log_buffer.rs"]
+mod log_buffer;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 mod panic_safety;

@@ -6,8 +6,7 @@
 //! the place of the event's own fields, and nothing else.
 
 use std::fmt;
-use std::io;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::thread;
 
 use contextvars::tracing::ContextFields;
@@ -19,46 +18,10 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::isolated;
+use crate::log_buffer::Buffer;
 
 static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
 static TENANT: ContextVar<String> = ContextVar::new("tenant");
-
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.text().lines().map(str::to_owned).collect()
-    }
-
-    fn json_lines(&self) -> Vec<Json> {
-        self.lines()
-            .iter()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-            })
-            .collect()
-    }
-}
 
 /// The same subscriber twice, one plain and one with `ContextFields` wrapping its event
 /// format (adding `$vars`), each writing to its own buffer.
@@ -66,12 +29,10 @@ macro_rules! plain_and_wrapped {
     ($builder:expr, |$format:ident| $wrap:expr) => {{
         let plain_buffer = Buffer::default();
         let wrapped_buffer = Buffer::default();
-        let writer = plain_buffer.clone();
-        let plain = Dispatch::new($builder.with_writer(move || writer.clone()).finish());
-        let writer = wrapped_buffer.clone();
+        let plain = Dispatch::new($builder.with_writer(plain_buffer.clone()).finish());
         let wrapped = Dispatch::new(
             $builder
-                .with_writer(move || writer.clone())
+                .with_writer(wrapped_buffer.clone())
                 .map_event_format(|$format| $wrap)
                 .finish(),
         );
@@ -225,12 +186,11 @@ fn the_layer_form_works_too() {
     use tracing_subscriber::layer::SubscriberExt;
 
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = tracing_subscriber::registry().with(
         tracing_subscriber::fmt::layer()
             .json()
             .without_time()
-            .with_writer(move || writer.clone())
+            .with_writer(buffer.clone())
             .map_event_format(|format| ContextFields::new(format).var(&REQUEST_ID)),
     );
     tracing::subscriber::with_default(subscriber, || {
@@ -248,12 +208,11 @@ fn the_layer_form_works_too() {
 /// A JSON subscriber with both variables, and its buffer.
 fn json_subscriber() -> (Dispatch, Buffer) {
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let dispatch = Dispatch::new(
         fmt()
             .json()
             .without_time()
-            .with_writer(move || writer.clone())
+            .with_writer(buffer.clone())
             .map_event_format(|format| ContextFields::new(format).var(&REQUEST_ID).var(&TENANT))
             .finish(),
     );
@@ -350,10 +309,9 @@ fn variables_without_a_value_are_left_out_and_defaults_are_shown() {
     static BROKEN: ContextVar<u64> =
         ContextVar::with_lazy_default("broken", || panic!("a lazy default that panics"));
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
         .without_time()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .map_event_format(|format| {
             ContextFields::new(format)
                 .var(&UNSET)
@@ -436,9 +394,8 @@ where
 #[test]
 fn parentage_is_kept() {
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .event_format(Parentage)
         .map_event_format(|format| ContextFields::new(format).var(&REQUEST_ID))
         .finish();
@@ -490,11 +447,10 @@ fn json_explicit_parent_is_the_span_shown() {
 fn the_events_own_field_wins_a_name_clash() {
     static SHADOW: ContextVar<u64> = ContextVar::new("request_id"); // same name, other var
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
         .json()
         .without_time()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .map_event_format(|format| {
             ContextFields::new(format)
                 .var(&REQUEST_ID)
@@ -545,11 +501,10 @@ fn display_and_debug_variables() {
     static TRACE_ID: ContextVar<Arc<str>> = ContextVar::new("trace_id");
     static USER: ContextVar<Option<u64>> = ContextVar::new("user");
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
         .json()
         .without_time()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .map_event_format(|format| {
             ContextFields::new(format)
                 .var_display(&PEER)
@@ -671,10 +626,9 @@ fn a_value_whose_debug_logs_and_reads_variables_neither_deadlocks_nor_panics() {
     }
     static NOISY: ContextVar<Noisy> = ContextVar::new("noisy");
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
         .without_time()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .map_event_format(|format| {
             ContextFields::new(format)
                 .var(&REQUEST_ID)
@@ -712,10 +666,9 @@ fn a_value_whose_display_panics_is_left_out() {
     }
     static BAD: ContextVar<Panics> = ContextVar::new("bad");
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
         .without_time()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .map_event_format(|format| {
             ContextFields::new(format)
                 .var_display(&BAD)
@@ -806,11 +759,10 @@ fn named_renames_the_last_variable_and_raw_identifiers_clash() {
         static ATTEMPT: u32;
     }
     let buffer = Buffer::default();
-    let writer = buffer.clone();
     let subscriber = fmt()
         .json()
         .without_time()
-        .with_writer(move || writer.clone())
+        .with_writer(buffer.clone())
         .map_event_format(|format| {
             ContextFields::new(format)
                 .var(&KIND)
