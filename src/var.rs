@@ -261,6 +261,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// If there is neither (Python's `LookupError`); [`try_with`](Self::try_with) returns
     /// the error instead.
     #[track_caller]
+    #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         match self.try_with(f) {
             Ok(result) => result,
@@ -270,14 +271,16 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// Calls `f` with the current value, or returns a [`LookupError`] if the variable has
     /// no binding in the current context and no default.
+    #[inline(always)]
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
-        let Some(id) = self.existing_id() else {
-            return self.apply_default(f);
+        let f = match self.existing_id() {
+            Some(id) => match engine::with_bound::<T, R, _>(id, f) {
+                Ok(result) => return Ok(result),
+                Err(f) => f,
+            },
+            None => f,
         };
-        engine::with_binding::<T, _>(id, |bound| match bound {
-            Some(value) => Ok(f(value)),
-            None => self.apply_default(f),
-        })
+        self.apply_default(f)
     }
 
     /// Calls `f` with the binding in the current context, or with `default` if there is
@@ -286,14 +289,14 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         let Some(id) = self.existing_id() else {
             return f(default);
         };
-        engine::with_binding::<T, _>(id, |bound| f(bound.unwrap_or(default)))
+        engine::with_bound::<T, R, _>(id, f).unwrap_or_else(|f| f(default))
     }
 
     /// Whether the current context binds this variable (defaults do not count).
     pub fn is_set(&self) -> bool {
         match self.existing_id() {
             None => false,
-            Some(id) => engine::with_binding::<T, _>(id, |bound| bound.is_some()),
+            Some(id) => engine::with_bound::<T, (), _>(id, |_| ()).is_ok(),
         }
     }
 
@@ -330,13 +333,12 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         let Some(id) = self.existing_id() else {
             return default;
         };
-        engine::with_binding::<T, _>(id, |bound| match bound {
-            Some(value) => value.clone(),
-            None => default,
-        })
+        engine::with_bound::<T, T, _>(id, T::clone).unwrap_or(default)
     }
 
-    /// Calls `f` with the default, or explains why there is none.
+    /// Calls `f` with the default, or explains why there is none. Out of line, so that
+    /// the hit path of a read (`try_with`) stays a few instructions with no stack frame.
+    #[inline(never)]
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),

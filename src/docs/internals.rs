@@ -100,7 +100,7 @@
 //! snapshot, which is owned by the call running it (a task's frame, the parent's
 //! snapshot that a rayon job borrows, or the context object's runner copy that
 //! `Context::run` borrows, each of which outlives the work) until that call returns, and
-//! that call restores `HOT.root` before it returns, also when unwinding. `with_binding`
+//! that call restores `HOT.root` before it returns, also when unwinding. `with_bound`
 //! dereferences it (the first `unsafe` block) and hands the caller a `&T` into the node.
 //! While that reference is in use, user code may run (the closure of `ContextVar::with`,
 //! or `T::clone` in `get`), and that code may `set`, `reset` or `run`, which replaces
@@ -206,7 +206,7 @@
 //!
 //! * `src/engine/thread.rs`: `with_hot` (a reference to the destructor-free `HOT`) and
 //!   handing the runner copy back at thread exit.
-//! * `src/engine/binding.rs`: dereferencing `HOT.root` in `with_binding` (invariant: the
+//! * `src/engine/binding.rs`: dereferencing `HOT.root` in `with_bound` (invariant: the
 //!   root pointer is owned).
 //! * `src/engine/frame.rs`: the light-frame record and its storage, and the runner copy
 //!   of an entered context object (`run_entered`, `Frame::entered`, `Frame::release`).

@@ -16,26 +16,33 @@ use super::thread::{Borrow, Hot, TornDown, retire, with_hot, with_state};
 use crate::sync::Arc;
 use crate::value::Entry;
 
-/// Calls `f` with the current binding of variable `key`, as a `T`.
+/// Calls `f` with the current binding of variable `key`, as a `T`, if there is one;
+/// gives `f` back if there is none (the caller falls back to a default).
 ///
 /// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`).
+/// The miss path returns before the borrow is counted, so a read of a default never
+/// touches the borrow counter, and the hit path calls nothing but `f` (the graveyard
+/// drain after a borrow is out of line and cold).
 #[inline]
-pub(crate) fn with_binding<T: 'static, R>(key: u64, f: impl FnOnce(Option<&T>) -> R) -> R {
+pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Result<R, F> {
     with_hot(|hot| {
         let root = hot.root.get();
         if root.is_null() {
-            return f(None);
+            return Err(f);
         }
-        let _borrow = Borrow::new(hot);
         // SAFETY: `root` is owned by the current frame's snapshot (see `frame`'s module
-        // docs); `_borrow` defers the release of that snapshot until after `f` returns,
-        // even if `f` sets variables or enters contexts.
+        // docs) and nothing has run since it was loaded.
         let node = unsafe { &*root };
+        let Some(entry) = node.get(key) else {
+            return Err(f);
+        };
+        // From here on `f` runs (user code: a closure, `T::clone`), which may set
+        // variables or enter contexts: `_borrow` defers the release of the snapshot that
+        // owns `entry` until after `f` returns, and keeps it from being changed in place.
+        let _borrow = Borrow::new(hot);
         // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is `key`.
-        let value = node
-            .get(key)
-            .map(|entry| unsafe { entry.downcast_unchecked::<T>() });
-        f(value)
+        let value = unsafe { entry.downcast_unchecked::<T>() };
+        Ok(f(value))
     })
 }
 

@@ -7,7 +7,7 @@
 //! * [`thread`]: the thread's state, `HOT`, one destructor-free thread-local holding the
 //!   current frame, the root pointer reads follow, ids, the borrow counter and teardown;
 //! * [`frame`]: frames, and entering them (`run_in`, `run_borrowed`, `run_entered`, ...);
-//! * [`binding`]: binding changes in the current frame (`with_binding`, `set_binding`,
+//! * [`binding`]: binding changes in the current frame (`with_bound`, `set_binding`,
 //!   `reset_binding`) and the frame's context object (`current_shared`).
 //!
 //! [`object`] is the shared cell of a context object, below the frames that run it.
@@ -45,7 +45,7 @@ mod object;
 mod thread;
 
 pub(crate) use binding::{
-    ResetFailure, SetRefused, SetState, current_shared, reset_binding, set_binding, with_binding,
+    ResetFailure, SetRefused, SetState, current_shared, reset_binding, set_binding, with_bound,
 };
 pub(crate) use frame::{Frame, run_entered, run_in, run_owned, vars};
 #[cfg(all(feature = "tokio", tokio_unstable))]
