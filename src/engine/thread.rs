@@ -41,22 +41,31 @@ const ID_BLOCK: u64 = 1 << 16;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TornDown;
 
+/// The thread's state.
+///
+/// **Layout.** `repr(C, align(64))` with the fields a read touches first (`root`,
+/// `borrows`, `deferred`) and those every frame switch touches next (`light`, `stacked`,
+/// `status`): they share the first cache line in every process. With the default layout
+/// the compiler orders the fields and the thread-local block's alignment decides where
+/// lines fall, so a read touched one line or two depending on where the loader put the
+/// block, and its cost differed from one process of the same binary to the next.
+#[repr(C, align(64))]
 pub(super) struct Hot {
     /// The root node of the snapshot reads see: `vars`' root, or the current light
     /// frame's (see `frame`'s module docs for why it is always owned).
     pub(super) root: Cell<*const Node<Entry>>,
+    pub(super) borrows: Cell<usize>,
     /// The light frame running now, if the current frame is one (`frame::Light`).
     pub(super) light: Cell<*const super::frame::Light>,
     /// How many frames that are not light sit above the thread's base frame now
     /// (materialized light frames): with `light`, tells whether the thread runs in its
     /// own base frame ([`Hot::in_base_frame`]).
     pub(super) stacked: Cell<u32>,
-    pub(super) borrows: Cell<usize>,
     deferred: Cell<bool>,
-    ids_next: Cell<u64>,
-    ids_end: Cell<u64>,
     /// Whether the thread's teardown guard is registered, and whether it has run.
     pub(super) status: Cell<Status>,
+    ids_next: Cell<u64>,
+    ids_end: Cell<u64>,
     // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
     // The fields that own something are `ManuallyDrop`, so that `Hot` has no destructor
     // (one would add a liveness check to every access); `Teardown` empties them instead.
