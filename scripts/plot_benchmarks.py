@@ -221,7 +221,9 @@ def comparisons():
             pairs.append((ours, ("peers_get", peer, None)))
         for peer in ["otel_current_get", "otel_map_current_get", "imbl_tls", "rwlock_hashmap"]:
             pairs.append((ours, ("peers_get", peer, n)))
-    for function in ["contextvars", "contextvars_with"]:
+    # `get` in each frame kind: `Context::run`, the thread's own context, a poll, a job.
+    for function in ["contextvars", "contextvars_own", "contextvars_poll", "contextvars_job",
+                     "contextvars_with"]:
         for n in [1, 8, 15, 16, 64, 1024]:
             pairs.append((("get", function, n), ("get", "tokio_task_local", None)))
     for n in [1, 1024]:
@@ -233,6 +235,8 @@ def comparisons():
             for peer in ["otel_attach", "imbl_insert", "imbl_tls_insert_restore",
                          "rwlock_hashmap_insert_restore"]:
                 pairs.append((ours, ("peers_set", peer, n)))
+        for function in ["contextvars_scoped_set_private", "contextvars_set_reset_private"]:
+            pairs.append((("peers_set", function, n), ("peers_run", "tokio_sync_scope", None)))
         pairs.append((("set_reset", "contextvars_private", n), ("peers_set", "otel_attach", n)))
         pairs.append((("set_reset", "contextvars", n), ("peers_set", "otel_attach", n)))
     for n in SIZES + [100_000]:
