@@ -33,10 +33,10 @@ use std::future::Future;
 mod shapes;
 use shapes::{context_with, in_private_shape, make_vars, shape};
 
-/// Context sizes (other variables bound) for `get` / `with`. 15 others and the target are
-/// 16 variables, the most the snapshot's one-node small form holds; 16 others are the
-/// first size in the trie form.
-const GET_SIZES: [usize; 6] = [1, 8, 15, 16, 64, 1024];
+/// Context sizes (other variables bound) for `get` / `with`. 3 others and the target are
+/// 4 variables, the most the snapshot's one-node small form holds; 4 others are the
+/// first size in the trie form; 15 others make the 16 variables of the target.
+const GET_SIZES: [usize; 7] = [1, 3, 4, 8, 15, 64, 1024];
 /// Context sizes for set + reset (in a context object, and in a private frame).
 const SET_SIZES: [usize; 4] = [1, 8, 64, 1024];
 /// The large context of the `copy_context` group.

@@ -224,7 +224,7 @@ def comparisons():
     # `get` in each frame kind: `Context::run`, the thread's own context, a poll, a job.
     for function in ["contextvars", "contextvars_own", "contextvars_poll", "contextvars_job",
                      "contextvars_with"]:
-        for n in [1, 8, 15, 16, 64, 1024]:
+        for n in [1, 3, 4, 8, 15, 64, 1024]:
             pairs.append((("get", function, n), ("get", "tokio_task_local", None)))
     for n in [1, 1024]:
         pairs.append((("get", "contextvars_miss_default", n), ("get", "tokio_task_local", None)))

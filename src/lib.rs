@@ -63,7 +63,7 @@
 //! | operation | cost |
 //! |---|---|
 //! | [`ContextVar::get`] / [`with`](ContextVar::with) | a thread-local load and a bounded trie lookup: no lock, no atomic read-modify-write, no allocation (wait-free) |
-//! | [`ContextVar::set`] / [`reset`](ContextVar::reset) | path copying: O(log₃₂ n) new nodes; one node for up to 16 variables |
+//! | [`ContextVar::set`] / [`reset`](ContextVar::reset) | path copying: O(log₃₂ n) new nodes; one node for up to 4 variables, two (a node and its slot array) up to 32 |
 //! | [`copy_context`], [`Context::copy`] | one reference-count increment, whatever the size |
 //! | [`Context::run`] | enter flag, one snapshot load, two thread-local swaps |
 //!

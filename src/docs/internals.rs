@@ -7,11 +7,12 @@
 //! ## Snapshots
 //!
 //! A snapshot is a persistent map from variable id (`u64`) to an `Entry` (an
-//! `Arc<dyn ErasedBinding>` holding the variable's id, name, formatting/equality hooks and
-//! the value). It is our own code (`src/map/`): a *small form* for up to 16 bindings (one
-//! node, indexed by a 64-bit bitmap over the low 6 bits of the id and a position table, so
-//! a lookup is one table load, one entry load and one compare), and a 32-way HAMT beyond
-//! that. Variable ids are
+//! `Arc<dyn ErasedBinding>`, kept in raw form, holding the variable's id, name,
+//! formatting/equality hooks and the value). It is our own code (`src/map/`): a *small
+//! form* for up to 4 bindings (one node, indexed by a 64-bit bitmap over the low 6 bits of
+//! the id and a position table, so a lookup is one table load, one entry load and one
+//! compare), and a 32-way HAMT beyond that (one level, with the same loads plus the slot
+//! array's, for up to 32 sequential ids). Variable ids are
 //! handed out densely from 1, so the id is its own perfect hash: no hashing, no collision
 //! nodes, and at most 13 levels for any `u64`. An update path-copies the nodes from the
 //! root to the changed slot, unless nobody else holds them (in place, see below); a
@@ -163,7 +164,7 @@
 //! the frame itself (`Arc::strong_count == 1`: all handles were dropped, and a `&Context`
 //! cannot exist without a handle). Such a frame is marked dirty; a handle made later
 //! publishes first. Because the published cell shares the snapshot, sets in an observable
-//! context object always path-copy (two allocations up to 16 variables: the node and the
+//! context object always path-copy (two allocations up to 4 variables: the node and the
 //! value; more for the trie, two per copied branch). Sets in a frame nobody else holds
 //! are in place (one allocation, the value).
 //!

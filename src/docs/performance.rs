@@ -13,10 +13,10 @@
 //!
 //! | operation | what it does | allocations | atomic RMW |
 //! |---|---|---|---|
-//! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 16 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
+//! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 4 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
 //! | `get` of a never-set variable | one relaxed load of the variable's id (0: nothing to look up) | 0 | 0 |
-//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form; a replaced value in the trie) | 1 (the value) | 0 |
-//! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 16 variables), the value's allocation, publication if the context object is observed | 2 up to 16 variables (node + value); a copied trie branch costs 2 (the node and its slot array): 5 at 65 variables, 7 at 1,025 | one per entry of each copied node (reference counts), plus the publication's |
+//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form; in the trie, a replaced value, or a new key whose root slot is free: a new slot array) | 1 (the value; 2 for a new key in the trie: the value and the slot array) | 0 |
+//! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 4 variables), the value's allocation, publication if the context object is observed | 2 up to 4 variables (node + value); a copied trie branch costs 2 (the node and its slot array) | one per entry of each copied node (reference counts), plus the publication's |
 //! | `reset` | in place if the snapshot is the frame's alone; else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall) | 1 (the replaced value's release) |
 //! | `copy_context`, `Context::copy` | shares the snapshot | 0 | 1 |
 //! | `Context::run` | the entered flag's CAS, a light frame over the runner's own copy of the snapshot (no reference count, no arc-swap load), the flag's release store | 0 (1 the first time a `Context` is run: its shared object) | 1 (the CAS) |

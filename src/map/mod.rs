@@ -7,10 +7,14 @@
 //! from 1, so the key is its own perfect hash: no hashing, no collision handling. The map
 //! is nevertheless correct for any `u64` keys; non-sequential keys only make it deeper.
 //!
-//! **Small form.** Almost every context holds a handful of variables, so a map with at most
-//! [`SMALL_MAX`] (16) entries whose keys have pairwise distinct low 6 bits is one node with
-//! no children: a 64-bit bitmap over `key & 63` and up to 16 entries stored inline, in
-//! bitmap order, in the same allocation as the `Arc` counts. The popcount that gives an
+//! **Small form.** Most contexts hold a handful of variables, so a map with at most
+//! [`SMALL_MAX`] (4) entries whose keys have pairwise distinct low 6 bits is one node with
+//! no children: a 64-bit bitmap over `key & 63` and up to 4 entries stored inline, in
+//! bitmap order, in the same allocation as the `Arc` counts. Why 4 and not more: every
+//! root node, of either form, is as large as the small form (the two share one type), and
+//! a request's context lives as long as the request. At 16 entries a node was 488 bytes
+//! however few it held; at 4 it is 200. A one-level trie (up to 32 sequential ids) reads
+//! as fast as the small form, within the noise of `benches/ops.rs`' `get` rows. The popcount that gives an
 //! entry's slot is precomputed into a 64-byte position table (`pos[key & 63]`), because
 //! baseline x86-64 has no `popcnt` instruction and the software fallback costs about a
 //! nanosecond. A lookup is then one byte load, one entry load and one key compare; it
@@ -39,14 +43,15 @@
 //! cannot hold an unsized `[Slot]`, and a fixed 32-slot array would waste most of each
 //! sparse deep node), plus one clone per slot of each copied node (a `V::clone` for an
 //! entry, an `Arc` increment for a child). A `remove` of an absent key allocates nothing.
-//! Form changes (17th entry, low-bit collision, shrinking back) rebuild at most 17
-//! entries.
+//! Form changes (a fifth entry, low-bit collision, shrinking back) rebuild at most
+//! `SMALL_MAX + 1` entries.
 //!
 //! **In place.** [`Map::insert_in_place`] and [`Map::remove_in_place`] change a map whose
 //! root node nobody else holds (`crate::sync::unique_mut`: a strong count of 1; nodes
 //! never have `Weak` references) without copying: for the small form any change that
-//! keeps it small, for the trie replacing a present key's value through branches that are
-//! also unshared. They refuse (giving the value back) otherwise, and the caller falls
+//! keeps it small; for the trie, replacing a present key's value through branches that
+//! are also unshared, or adding a key whose slot in the root branch is free (a new slot
+//! array, no new node). They refuse (giving the value back) otherwise, and the caller falls
 //! back to path copying. A map that was cloned is never changed in place, so versions
 //! stay immutable for everyone who can see them; this is what lets a thread that owns its
 //! context alone set and reset with no node allocation (`engine::binding`'s `rebind_in_place`).
@@ -63,7 +68,7 @@ use std::iter::FusedIterator;
 mod tests;
 
 /// Most entries a small-form node holds.
-pub(crate) const SMALL_MAX: usize = 16;
+pub(crate) const SMALL_MAX: usize = 4;
 
 /// Bits of the key consumed per trie level.
 const BITS: u32 = 5;
@@ -106,7 +111,7 @@ struct Small<V> {
     bitmap: u64,
     /// `pos[key & 63]` is the entry index of each present key: a precomputed popcount,
     /// as baseline x86-64 has no `popcnt` instruction. Values for absent groups are
-    /// unspecified (at most 16); lookups never trust them, they compare the key.
+    /// unspecified (below [`SMALL_MAX`]); lookups never trust them, they compare the key.
     pos: [u8; 64],
     /// Entries `0 .. bitmap.count_ones()` are `Some`, the rest `None`.
     entries: [SmallEntry<V>; SMALL_MAX],
@@ -260,7 +265,7 @@ impl<V: Clone> Map<V> {
                     Self::from_node(Repr::Small(small), self.len + usize::from(added))
                 }
                 Err(value) => {
-                    // The 17th key, or a key sharing `key & 63` with a present one.
+                    // One key too many, or a key sharing `key & 63` with a present one.
                     let mut entries = small.to_vec();
                     entries.push((key, value));
                     let len = entries.len();
@@ -317,7 +322,8 @@ impl<V> Map<V> {
     /// not a snapshot anyone can observe, so changing it in place is indistinguishable
     /// from replacing it. Small form: any key whose low-6-bit group is free or its own,
     /// up to [`SMALL_MAX`] keys. Trie form: replacing the value of a present key, through
-    /// branches that are also owned only by this map.
+    /// branches that are also owned only by this map, or adding a key whose slot in the
+    /// root branch is free (a new slot array; the node stays).
     #[inline(always)]
     pub(crate) fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
         let Some(node) = self.root.as_mut().and_then(unique_mut) else {
@@ -332,7 +338,14 @@ impl<V> Map<V> {
                 }
                 Ok(old)
             }
-            Repr::Trie(branch) => branch.replace_in_place(key, value).map(Some),
+            Repr::Trie(branch) => {
+                let old = branch.insert_in_place(key, value)?;
+                if old.is_none() {
+                    node.len += 1;
+                    self.len += 1;
+                }
+                Ok(old)
+            }
         }
     }
 
@@ -363,7 +376,7 @@ impl<V> Map<V> {
 
 impl<V> Small<V> {
     /// In-place twin of [`Small::insert`]: `Ok(previous value)`, or `Err(value)` when the
-    /// key does not fit (a 17th key, or its group taken by another key).
+    /// key does not fit (one key too many, or its group taken by another key).
     #[inline(always)]
     fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
         // A present key is where `get` finds it (no popcount needed).
@@ -410,6 +423,27 @@ impl<V> Small<V> {
 }
 
 impl<V> Branch<V> {
+    /// Sets `key` in this root branch in place: a present key's value through unshared
+    /// branches ([`replace_in_place`](Self::replace_in_place)), or a new key whose slot at
+    /// this level is free, by swapping in a slot array one longer (one allocation, no node
+    /// copied, no value cloned). `Err(value)` otherwise (the key's slot holds another key
+    /// or a child to descend into: the caller path-copies).
+    fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
+        let bit = level_bit(key, 0);
+        if self.bitmap & bit != 0 {
+            return self.replace_in_place(key, value).map(Some);
+        }
+        // The new entry is the shallowest with its bits, as the canonical shape wants.
+        let idx = self.position(bit);
+        let mut old = std::mem::take(&mut self.slots).into_vec().into_iter();
+        let mut slots = Vec::with_capacity(old.len() + 1);
+        slots.extend(old.by_ref().take(idx));
+        slots.push(Slot::Entry(key, value));
+        slots.extend(old);
+        *self = Self::new(self.bitmap | bit, slots.into_boxed_slice());
+        Ok(None)
+    }
+
     /// Replaces the value of a present `key` in place, through child branches that this
     /// trie owns alone; `Err(value)` if the key is absent or a branch on the way is shared.
     fn replace_in_place(&mut self, key: u64, value: V) -> Result<V, V> {
@@ -457,7 +491,7 @@ impl<V> Small<V> {
 
     /// Small-form lookup: two dependent loads and one key compare. The bitmap is not
     /// tested: if `key` is present it is at `pos[key & 63]`, and if it is absent whatever
-    /// sits there has another key (or is `None`). Positions are below 16; the mask lets
+    /// sits there has another key (or is `None`). Positions are below `SMALL_MAX`; the mask lets
     /// the compiler drop the bounds check.
     #[inline]
     fn get(&self, key: u64) -> Option<&V> {
@@ -497,7 +531,7 @@ impl<V: Clone> Small<V> {
     }
 
     /// A copy with `key` set to `value`, and whether the key is new; `Err(value)` when the
-    /// result would not be small (a 17th key, or `key & 63` taken by another key).
+    /// result would not be small (one key too many, or `key & 63` taken by another key).
     fn insert(&self, key: u64, value: V) -> Result<(Self, bool), V> {
         let bit = 1u64 << (key & 63);
         let idx = self.index(key);

@@ -501,31 +501,54 @@ fn maximum_depth_tree_from_keys_equal_in_low_60_bits() {
 }
 
 #[test]
-fn small_form_up_to_16_entries_then_trie_at_17_and_back() {
-    let sixteen = build((1..=16).map(|k| (k, k as u32)));
-    assert_eq!(check_invariants(&sixteen), Form::Small);
-    let seventeen = sixteen.insert(17, 17);
-    assert_eq!(check_invariants(&seventeen), Form::Trie(1));
-    assert_eq!(seventeen.len(), 17);
-    // Overwriting at 16 entries stays small.
-    assert_eq!(check_invariants(&sixteen.insert(16, 0)), Form::Small);
+fn small_form_up_to_small_max_entries_then_trie_and_back() {
+    let max = SMALL_MAX as u64;
+    let full = build((1..=max).map(|k| (k, k as u32)));
+    assert_eq!(check_invariants(&full), Form::Small);
+    let over = full.insert(max + 1, 17);
+    assert_eq!(check_invariants(&over), Form::Trie(1));
+    assert_eq!(over.len(), SMALL_MAX + 1);
+    // Overwriting at the most entries stays small.
+    assert_eq!(check_invariants(&full.insert(max, 0)), Form::Small);
     // The old version is untouched.
-    assert_eq!(check_invariants(&sixteen), Form::Small);
-    assert_eq!(sixteen.get(17), None);
-    for key in 1..=17 {
-        let back = seventeen.remove(key).expect("present");
+    assert_eq!(check_invariants(&full), Form::Small);
+    assert_eq!(full.get(max + 1), None);
+    for key in 1..=max + 1 {
+        let back = over.remove(key).expect("present");
         assert_eq!(check_invariants(&back), Form::Small, "after removing {key}");
-        assert_eq!(back.len(), 16);
+        assert_eq!(back.len(), SMALL_MAX);
         assert_eq!(back.get(key), None);
-        let expected: Vec<u64> = (1..=17).filter(|&k| k != key).collect();
+        let expected: Vec<u64> = (1..=max + 1).filter(|&k| k != key).collect();
         let mut got = keys(&back);
         got.sort_unstable();
         assert_eq!(got, expected);
     }
-    // Shrinking back is canonical: equal to building the 16 keys directly.
-    let back = seventeen.remove(17).expect("present");
-    assert_eq!(keys(&back), keys(&sixteen));
-    assert!(back.eq_by(&sixteen, |a, b| a == b));
+    // Shrinking back is canonical: equal to building the same keys directly.
+    let back = over.remove(max + 1).expect("present");
+    assert_eq!(keys(&back), keys(&full));
+    assert!(back.eq_by(&full, |a, b| a == b));
+}
+
+#[test]
+fn in_place_insert_adds_root_slots_to_an_unshared_trie() {
+    let max = SMALL_MAX as u64;
+    let mut map = build((1..=max + 1).map(|k| (k, 0u32)));
+    let mut model: HashMap<u64, u32> = (1..=max + 1).map(|k| (k, 0)).collect();
+    // New keys whose root slot (bits 0..5) is free go in without a new node.
+    let root = map.root_ptr();
+    for key in max + 2..=31 {
+        assert_eq!(map.insert_in_place(key, key as u32), Ok(None), "key {key}");
+        model.insert(key, key as u32);
+        assert_eq!(map.root_ptr(), root, "the node stays");
+        check_against(&map, &model);
+    }
+    // A key whose root slot holds another key needs a child: refused, value given back.
+    assert_eq!(map.insert_in_place(33, 7), Err(7));
+    // A shared trie is never changed in place.
+    let shared = map.clone();
+    assert_eq!(map.insert_in_place(0, 1), Err(1));
+    assert!(map.ptr_eq(&shared));
+    check_against(&map, &model);
 }
 
 #[test]
@@ -550,12 +573,12 @@ fn low_6_bit_collision_promotes_to_trie_and_back() {
     assert_eq!(check_invariants(&back), Form::Small);
     assert_eq!(back.get(33), Some(&330));
     assert_eq!(back.get(65), Some(&650));
-    // A trie of 16 with one collision stays a trie until the collision goes.
-    let mut map = build((0..15).map(|k| (k, 0)));
+    // A trie of SMALL_MAX with one collision stays a trie until the collision goes.
+    let mut map = build((0..SMALL_MAX as u64 - 1).map(|k| (k, 0)));
     map = map.insert(64, 0);
-    assert_eq!(map.len(), 16);
+    assert_eq!(map.len(), SMALL_MAX);
     assert!(matches!(check_invariants(&map), Form::Trie(_)));
-    let without_other = map.remove(3).expect("present");
+    let without_other = map.remove(1).expect("present");
     assert!(matches!(check_invariants(&without_other), Form::Trie(_)));
     assert_eq!(
         check_invariants(&map.remove(0).expect("present")),
@@ -617,8 +640,11 @@ fn remove_of_absent_key_returns_none() {
     assert!(trie.remove(101).is_none());
     assert!(trie.remove(1 << 40).is_none());
     assert!(trie.remove(u64::MAX).is_none());
-    let shrinkable = build((1..=17).map(|k| (k, 0)));
-    assert!(shrinkable.remove(18).is_none(), "absent while at 17");
+    let shrinkable = build((1..=SMALL_MAX as u64 + 1).map(|k| (k, 0)));
+    assert!(
+        shrinkable.remove(SMALL_MAX as u64 + 2).is_none(),
+        "absent while one over SMALL_MAX"
+    );
     assert!(shrinkable.remove(65).is_none());
 }
 
@@ -806,10 +832,11 @@ fn iterator_is_exact_size_and_fused() {
 fn in_place_changes_happen_only_on_unshared_nodes() {
     // Never keeping a version, a run of small-form changes is all in place after the
     // first insert (which allocates the root).
-    let ops: Vec<Op> = (1..=16)
+    let max = SMALL_MAX as u64;
+    let ops: Vec<Op> = (1..=max)
         .map(|k| Op::Insert(k, 1))
-        .chain((0..16).map(|i| Op::Overwrite(i, 2)))
-        .chain((0..8).map(Op::RemovePresent))
+        .chain((0..SMALL_MAX).map(|i| Op::Overwrite(i, 2)))
+        .chain((0..SMALL_MAX / 2).map(Op::RemovePresent))
         .collect();
     assert_eq!(run_ops_in_place(&ops, 0), ops.len() - 1);
     // Keeping every version, none is.
@@ -828,14 +855,14 @@ fn in_place_changes_happen_only_on_unshared_nodes() {
     drop(kept);
     let root = map.root_ptr();
     assert_eq!(map.insert_in_place(2, 20), Ok(Some(10)));
-    assert_eq!(map.insert_in_place(5, 50), Ok(None));
     assert_eq!(map.remove_in_place(1), Ok(Some(10)));
+    assert_eq!(map.insert_in_place(5, 50), Ok(None));
     assert_eq!(map.root_ptr(), root, "in place: the same root node");
     assert_eq!(map.len(), 4);
     check_invariants(&map);
 
-    // Trie form: replacing a present key goes in place through unshared branches, a new
-    // key does not.
+    // Trie form: replacing a present key goes in place through unshared branches; a new
+    // key only where its root slot is free (41's holds 9).
     let mut trie = build((1..=40).map(|k| (k, 0)));
     assert_eq!(trie.insert_in_place(33, 1), Ok(Some(0)));
     assert_eq!(trie.insert_in_place(41, 1), Err(1));
