@@ -8,7 +8,7 @@
 //! | name | normal build | loom build |
 //! |---|---|---|
 //! | `Arc` | `std::sync::Arc` | `loom::sync::Arc` (leak-checked) |
-//! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist) | `loom::sync::Arc::get_mut` |
+//! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist); `Arc::get_mut` under TSAN | `loom::sync::Arc::get_mut` |
 //! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
 //! | `OnceArc` | `std::sync::OnceLock<Arc<T>>` | `loom::sync::Mutex<Option<Arc<T>>>` |
@@ -95,6 +95,7 @@ mod imp {
     /// compare-and-swap; with no `Weak` in existence, a strong count of 1 seen through
     /// our own `&mut Arc` cannot change under us (any other thread would need a
     /// reference of its own, which would be counted), so one load suffices.
+    #[cfg(not(contextvars_sanitize_thread))]
     #[inline]
     pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
         if Arc::strong_count(arc) != 1 {
@@ -109,6 +110,18 @@ mod imp {
         // borrow stops it from being cloned while the returned reference lives. The
         // pointer comes from the `Arc`'s own allocation, with write provenance.
         Some(unsafe { &mut *Arc::as_ptr(arc).cast_mut() })
+    }
+
+    /// Under ThreadSanitizer (`--cfg contextvars_sanitize_thread`, set by `build.rs`):
+    /// `Arc::get_mut`. TSAN does not model fences: it misses the edge from another
+    /// thread's `Release` decrement (dropping its copy) to the `Acquire` fence above, and
+    /// reports that thread's earlier reads of the node against the in-place write that
+    /// follows. std's own `Arc` uses `Acquire` loads instead of fences under TSAN, and
+    /// `get_mut` reads the strong count with one.
+    #[cfg(contextvars_sanitize_thread)]
+    #[inline]
+    pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        Arc::get_mut(arc)
     }
 
     /// A lazily initialised, then immutable, `Arc<T>`.
