@@ -27,7 +27,7 @@ mod map;
 use map::Map;
 
 /// Map sizes measured; keys are `1..=size`, like sequential context-variable ids.
-const SIZES: [u64; 5] = [1, 8, 16, 64, 1024];
+const SIZES: [u64; 6] = [1, 4, 8, 16, 64, 1024];
 
 /// A map with keys `1..=size` (value = key).
 fn map_of(size: u64) -> Map<u64> {

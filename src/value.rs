@@ -99,8 +99,15 @@ pub struct Entry {
     raw: NonNull<dyn ErasedBinding>,
 }
 
+// The `Arc` an entry stands for must be `Send + Sync` for the two impls below to hold;
+// this stops compiling if it ever is not.
+const _: () = {
+    const fn send_sync<T: Send + Sync + ?Sized>() {}
+    send_sync::<Arc<dyn ErasedBinding>>();
+};
+
 // SAFETY: an `Entry` is an `Arc<dyn ErasedBinding>` in raw form, and `ErasedBinding` is
-// `Send + Sync`, so the `Arc` it stands for is `Send + Sync`.
+// `Send + Sync`, so the `Arc` it stands for is `Send + Sync` (checked above).
 unsafe impl Send for Entry {}
 // SAFETY: as above.
 unsafe impl Sync for Entry {}

@@ -121,7 +121,10 @@
 //! light frame's storage) are never the thread's current `HOT.vars`: a write in a light
 //! frame materializes a counted copy first, which then has a count of at least 2. So a
 //! snapshot anyone else can observe is never changed; one only this frame can reach is
-//! changed without allocating a node, and the set allocates only the binding itself.
+//! changed without allocating a node where the map's form allows it (any change in the
+//! small form, up to 4 bindings; a replaced value in the trie), and the set allocates only
+//! the binding itself. A new key in a trie path-copies the root (node, slot array,
+//! binding); its reset reinstalls the replaced root.
 //!
 //! ### Invariant: id → type
 //!
@@ -166,7 +169,7 @@
 //! publishes first. Because the published cell shares the snapshot, sets in an observable
 //! context object always path-copy (two allocations up to 4 variables: the node and the
 //! value; more for the trie, two per copied branch). Sets in a frame nobody else holds
-//! are in place (one allocation, the value).
+//! are in place (one allocation, the value), except a new key in the trie form.
 //!
 //! ### The entered flag and the runner's copy
 //!

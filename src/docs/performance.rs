@@ -15,7 +15,7 @@
 //! |---|---|---|---|
 //! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 4 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
 //! | `get` of a never-set variable | one relaxed load of the variable's id (0: nothing to look up) | 0 | 0 |
-//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form; in the trie, a replaced value, or a new key whose root slot is free: a new slot array) | 1 (the value; 2 for a new key in the trie: the value and the slot array) | 0 |
+//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form; a replaced value in the trie; a new key in the trie path-copies, as below) | 1 (the value; 3 for a new key in the trie: the root node, its slot array and the value) | 0 |
 //! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 4 variables), the value's allocation, publication if the context object is observed | 2 up to 4 variables (node + value); a copied trie branch costs 2 (the node and its slot array) | one per entry of each copied node (reference counts), plus the publication's |
 //! | `reset` | in place if the snapshot is the frame's alone; else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall) | 1 (the replaced value's release) |
 //! | `copy_context`, `Context::copy` | shares the snapshot | 0 | 1 |

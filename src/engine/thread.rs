@@ -43,13 +43,16 @@ pub(crate) struct TornDown;
 
 /// The thread's state.
 ///
-/// **Layout.** `repr(C, align(64))` with the fields a read touches first (`root`,
-/// `borrows`, `deferred`) and those every frame switch touches next (`light`, `stacked`,
-/// `status`): they share the first cache line in every process. With the default layout
-/// the compiler orders the fields and the thread-local block's alignment decides where
-/// lines fall, so a read touched one line or two depending on where the loader put the
-/// block, and its cost differed from one process of the same binary to the next.
-#[repr(C, align(64))]
+/// **Layout.** `repr(C)` with the fields a read touches first (`root`, `borrows`,
+/// `deferred`) and those every frame switch touches next (`light`, `stacked`, `status`),
+/// and on Linux and Android `align(64)`: there they share the first cache line in every
+/// process. With the default layout the compiler orders the fields and the thread-local
+/// block's alignment decides where lines fall, so a read touched one line or two
+/// depending on where the loader put the block. Elsewhere the 64-byte alignment is not
+/// asked for: some targets do not honour an over-aligned thread-local (rust-lang/rust#135719
+/// on windows-gnu), and a reference to a misaligned `Hot` would be undefined behaviour.
+#[repr(C)]
+#[cfg_attr(any(target_os = "linux", target_os = "android"), repr(align(64)))]
 pub(super) struct Hot {
     /// The root node of the snapshot reads see: `vars`' root, or the current light
     /// frame's (see `frame`'s module docs for why it is always owned).

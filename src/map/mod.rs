@@ -49,9 +49,8 @@
 //! **In place.** [`Map::insert_in_place`] and [`Map::remove_in_place`] change a map whose
 //! root node nobody else holds (`crate::sync::unique_mut`: a strong count of 1; nodes
 //! never have `Weak` references) without copying: for the small form any change that
-//! keeps it small; for the trie, replacing a present key's value through branches that
-//! are also unshared, or adding a key whose slot in the root branch is free (a new slot
-//! array, no new node). They refuse (giving the value back) otherwise, and the caller falls
+//! keeps it small, for the trie replacing a present key's value through branches that are
+//! also unshared. They refuse (giving the value back) otherwise, and the caller falls
 //! back to path copying. A map that was cloned is never changed in place, so versions
 //! stay immutable for everyone who can see them; this is what lets a thread that owns its
 //! context alone set and reset with no node allocation (`engine::binding`'s `rebind_in_place`).
@@ -69,6 +68,9 @@ mod tests;
 
 /// Most entries a small-form node holds.
 pub(crate) const SMALL_MAX: usize = 4;
+// The position masks (`& (SMALL_MAX - 1)`) need a power of two, and `pos` a `u8` index
+// into 64 groups.
+const _: () = assert!(SMALL_MAX.is_power_of_two() && SMALL_MAX <= 64);
 
 /// Bits of the key consumed per trie level.
 const BITS: u32 = 5;
@@ -111,7 +113,7 @@ struct Small<V> {
     bitmap: u64,
     /// `pos[key & 63]` is the entry index of each present key: a precomputed popcount,
     /// as baseline x86-64 has no `popcnt` instruction. Values for absent groups are
-    /// unspecified (below [`SMALL_MAX`]); lookups never trust them, they compare the key.
+    /// unspecified (at most [`SMALL_MAX`]); lookups never trust them, they compare the key.
     pos: [u8; 64],
     /// Entries `0 .. bitmap.count_ones()` are `Some`, the rest `None`.
     entries: [SmallEntry<V>; SMALL_MAX],
@@ -322,8 +324,7 @@ impl<V> Map<V> {
     /// not a snapshot anyone can observe, so changing it in place is indistinguishable
     /// from replacing it. Small form: any key whose low-6-bit group is free or its own,
     /// up to [`SMALL_MAX`] keys. Trie form: replacing the value of a present key, through
-    /// branches that are also owned only by this map, or adding a key whose slot in the
-    /// root branch is free (a new slot array; the node stays).
+    /// branches that are also owned only by this map.
     #[inline(always)]
     pub(crate) fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
         let Some(node) = self.root.as_mut().and_then(unique_mut) else {
@@ -338,14 +339,7 @@ impl<V> Map<V> {
                 }
                 Ok(old)
             }
-            Repr::Trie(branch) => {
-                let old = branch.insert_in_place(key, value)?;
-                if old.is_none() {
-                    node.len += 1;
-                    self.len += 1;
-                }
-                Ok(old)
-            }
+            Repr::Trie(branch) => branch.replace_in_place(key, value).map(Some),
         }
     }
 
@@ -423,27 +417,6 @@ impl<V> Small<V> {
 }
 
 impl<V> Branch<V> {
-    /// Sets `key` in this root branch in place: a present key's value through unshared
-    /// branches ([`replace_in_place`](Self::replace_in_place)), or a new key whose slot at
-    /// this level is free, by swapping in a slot array one longer (one allocation, no node
-    /// copied, no value cloned). `Err(value)` otherwise (the key's slot holds another key
-    /// or a child to descend into: the caller path-copies).
-    fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
-        let bit = level_bit(key, 0);
-        if self.bitmap & bit != 0 {
-            return self.replace_in_place(key, value).map(Some);
-        }
-        // The new entry is the shallowest with its bits, as the canonical shape wants.
-        let idx = self.position(bit);
-        let mut old = std::mem::take(&mut self.slots).into_vec().into_iter();
-        let mut slots = Vec::with_capacity(old.len() + 1);
-        slots.extend(old.by_ref().take(idx));
-        slots.push(Slot::Entry(key, value));
-        slots.extend(old);
-        *self = Self::new(self.bitmap | bit, slots.into_boxed_slice());
-        Ok(None)
-    }
-
     /// Replaces the value of a present `key` in place, through child branches that this
     /// trie owns alone; `Err(value)` if the key is absent or a branch on the way is shared.
     fn replace_in_place(&mut self, key: u64, value: V) -> Result<V, V> {

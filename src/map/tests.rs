@@ -530,28 +530,6 @@ fn small_form_up_to_small_max_entries_then_trie_and_back() {
 }
 
 #[test]
-fn in_place_insert_adds_root_slots_to_an_unshared_trie() {
-    let max = SMALL_MAX as u64;
-    let mut map = build((1..=max + 1).map(|k| (k, 0u32)));
-    let mut model: HashMap<u64, u32> = (1..=max + 1).map(|k| (k, 0)).collect();
-    // New keys whose root slot (bits 0..5) is free go in without a new node.
-    let root = map.root_ptr();
-    for key in max + 2..=31 {
-        assert_eq!(map.insert_in_place(key, key as u32), Ok(None), "key {key}");
-        model.insert(key, key as u32);
-        assert_eq!(map.root_ptr(), root, "the node stays");
-        check_against(&map, &model);
-    }
-    // A key whose root slot holds another key needs a child: refused, value given back.
-    assert_eq!(map.insert_in_place(33, 7), Err(7));
-    // A shared trie is never changed in place.
-    let shared = map.clone();
-    assert_eq!(map.insert_in_place(0, 1), Err(1));
-    assert!(map.ptr_eq(&shared));
-    check_against(&map, &model);
-}
-
-#[test]
 fn low_6_bit_collision_promotes_to_trie_and_back() {
     let one = build([(1, 10)]);
     assert_eq!(check_invariants(&one), Form::Small);
@@ -650,7 +628,7 @@ fn remove_of_absent_key_returns_none() {
 
 #[test]
 fn insert_overwrites_and_keeps_old_version() {
-    for n in [1u64, 16, 17, 100] {
+    for n in [1u64, SMALL_MAX as u64, SMALL_MAX as u64 + 1, 16, 17, 100] {
         let map = build((1..=n).map(|k| (k, 0u32)));
         let updated = map.insert(1, 7);
         assert_eq!(updated.len(), map.len());
@@ -861,8 +839,8 @@ fn in_place_changes_happen_only_on_unshared_nodes() {
     assert_eq!(map.len(), 4);
     check_invariants(&map);
 
-    // Trie form: replacing a present key goes in place through unshared branches; a new
-    // key only where its root slot is free (41's holds 9).
+    // Trie form: replacing a present key goes in place through unshared branches, a new
+    // key does not.
     let mut trie = build((1..=40).map(|k| (k, 0)));
     assert_eq!(trie.insert_in_place(33, 1), Ok(Some(0)));
     assert_eq!(trie.insert_in_place(41, 1), Err(1));

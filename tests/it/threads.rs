@@ -1,6 +1,7 @@
 //! Threads: a fresh thread starts empty, contexts move and are shared between threads,
 //! one context is entered by one thread at a time, and handles outlive their thread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -253,10 +254,26 @@ fn in_place_sets_after_a_child_dropped_its_copy() {
     static V: ContextVar<u64> = ContextVar::new("in_place_after_child");
     // The test thread's own context: a private frame, where sets are in place (inside
     // `isolated` every set would path-copy, the context object being shared).
+    //
+    // The child raises a `Relaxed` flag after its read, and the parent waits for it and a
+    // moment more (the child drops its copy as its closure returns) before it sets: so the
+    // in-place write goes into the very node the child read. Neither a relaxed flag nor a
+    // sleep is synchronisation to ThreadSanitizer, so the only edge it can see is the
+    // reference count's (the `Release` decrement, and `unique_mut`'s `Acquire`).
     thread::spawn(|| {
         drop(V.set(1));
-        for round in 0..iterations(50) {
-            let child = contextvars::thread::spawn(|| V.get());
+        for round in 0..iterations(20) {
+            let read = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&read);
+            let child = contextvars::thread::spawn(move || {
+                let value = V.get();
+                flag.store(true, Ordering::Relaxed);
+                value
+            });
+            while !read.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+            thread::sleep(std::time::Duration::from_millis(1));
             for i in 0..iterations(200) as u64 {
                 let token = V.set(i);
                 V.reset(token).expect("same context");
