@@ -14,12 +14,13 @@
 //! root node, of either form, is as large as the small form (the two share one type), and
 //! a request's context lives as long as the request. At 16 entries a node was 488 bytes
 //! however few it held; at 4 it is 200. A one-level trie (up to 32 sequential ids) reads
-//! as fast as the small form, within the noise of `benches/ops.rs`' `get` rows. The popcount that gives an
-//! entry's slot is precomputed into a 64-byte position table (`pos[key & 63]`), because
-//! baseline x86-64 has no `popcnt` instruction and the software fallback costs about a
-//! nanosecond. A lookup is then one byte load, one entry load and one key compare; it
-//! does not even test the bitmap, because the entry at that position holds the wanted key
-//! exactly when the key is present.
+//! as fast as the small form, within the noise of `benches/ops.rs`' `get` rows.
+//!
+//! The popcount that gives an entry's slot is precomputed into a 64-byte position table
+//! (`pos[key & 63]`), because baseline x86-64 has no `popcnt` instruction and the software
+//! fallback costs about a nanosecond. A lookup is then one byte load, one entry load and
+//! one key compare; it does not even test the bitmap, because the entry at that position
+//! holds the wanted key exactly when the key is present.
 //!
 //! **Large form.** Otherwise the map is a 32-way hash array mapped trie (HAMT) over the raw
 //! key: level `L` is indexed by bits `5L .. 5L + 5`, low bits first, so sequential ids fill
@@ -464,8 +465,9 @@ impl<V> Small<V> {
 
     /// Small-form lookup: two dependent loads and one key compare. The bitmap is not
     /// tested: if `key` is present it is at `pos[key & 63]`, and if it is absent whatever
-    /// sits there has another key (or is `None`). Positions are below `SMALL_MAX`; the mask lets
-    /// the compiler drop the bounds check.
+    /// sits there has another key (or is `None`). A present key's position is below
+    /// `SMALL_MAX`, an absent group's at most `SMALL_MAX`; the mask keeps the index in
+    /// bounds either way and lets the compiler drop the bounds check.
     #[inline]
     fn get(&self, key: u64) -> Option<&V> {
         let idx = usize::from(self.pos[(key & 63) as usize]) & (SMALL_MAX - 1);
