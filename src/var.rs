@@ -337,7 +337,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     }
 
     /// Calls `f` with the default, or explains why there is none. Out of line, so that
-    /// the hit path of a read (`try_with`) stays a few instructions with no stack frame.
+    /// the hit path of a read (`try_with`) inlines into its caller as a few instructions.
     #[inline(never)]
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
