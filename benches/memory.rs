@@ -276,6 +276,20 @@ async fn set_three(task: usize) {
     wait().await;
 }
 
+/// Ours, the request's 3 values bound on `base` with `Context::with_value`.
+fn with_request(base: &Context, task: usize) -> Context {
+    base.with_value(&ID, request_id(task))
+        .with_value(&NAME, request_name())
+        .with_value(&DEADLINE, Instant::now())
+}
+
+/// Opentelemetry's, the request's 3 values bound on `base` with `Context::with_value`.
+fn otel_with_request(base: &OtelContext, task: usize) -> OtelContext {
+    base.with_value(OtelId(request_id(task)))
+        .with_value(OtelName(request_name()))
+        .with_value(OtelDeadline(Instant::now()))
+}
+
 /// One contender: a name for the table and a way to spawn one request task on `rt`.
 struct Contender {
     /// The row's name (and the child's argument).
@@ -310,10 +324,7 @@ const CONTENDERS: &[Contender] = &[
     Contender {
         name: "contextvars: Context::with_value x3, in_context",
         spawn: |rt, task| {
-            let ctx = Context::new()
-                .with_value(&ID, request_id(task))
-                .with_value(&NAME, request_name())
-                .with_value(&DEADLINE, Instant::now());
+            let ctx = with_request(&Context::new(), task);
             spawn_sized(rt, wait().in_context(&ctx))
         },
     },
@@ -332,20 +343,16 @@ const CONTENDERS: &[Contender] = &[
     Contender {
         name: "opentelemetry: Context::with_value x3, with_context",
         spawn: |rt, task| {
-            let cx = OtelContext::new()
-                .with_value(OtelId(request_id(task)))
-                .with_value(OtelName(request_name()))
-                .with_value(OtelDeadline(Instant::now()));
-            spawn_sized(rt, wait().with_context(cx))
+            spawn_sized(
+                rt,
+                wait().with_context(otel_with_request(&OtelContext::new(), task)),
+            )
         },
     },
     Contender {
         name: "64 parent values, contextvars: with_value x3, in_context",
         spawn: |rt, task| {
-            let ctx = our_parent()
-                .with_value(&ID, request_id(task))
-                .with_value(&NAME, request_name())
-                .with_value(&DEADLINE, Instant::now());
+            let ctx = with_request(our_parent(), task);
             spawn_sized(rt, wait().in_context(&ctx))
         },
     },
@@ -359,11 +366,10 @@ const CONTENDERS: &[Contender] = &[
     Contender {
         name: "64 parent values, opentelemetry: with_value x3, with_context",
         spawn: |rt, task| {
-            let cx = otel_parent()
-                .with_value(OtelId(request_id(task)))
-                .with_value(OtelName(request_name()))
-                .with_value(OtelDeadline(Instant::now()));
-            spawn_sized(rt, wait().with_context(cx))
+            spawn_sized(
+                rt,
+                wait().with_context(otel_with_request(otel_parent(), task)),
+            )
         },
     },
 ];
