@@ -9,7 +9,8 @@
 
 use std::fmt;
 
-use crate::engine::{SetRefused, TornDown};
+use crate::engine::{self, SetRefused, TornDown};
+use crate::pool::{self, Pool};
 use crate::token::Token;
 
 /// The variable has no value in the current context and no default.
@@ -18,19 +19,50 @@ use crate::token::Token;
 /// Also returned when a lazy default's initialiser reads its own variable
 /// ([`is_lazy_default_cycle`](Self::is_lazy_default_cycle)): that default cannot be
 /// computed, and waiting for it would never end.
+///
+/// When the miss happens where a hand-off was probably forgotten (a tokio task, a rayon
+/// job or a pool thread running in the thread's own context, or a thread whose own
+/// context is empty), the message names the helpers that carry the context there.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LookupError {
     name: &'static str,
     cycle: bool,
+    hint: HandOffHint,
+}
+
+/// Where a miss happened, for the message: the hand-off that may have been forgotten.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HandOffHint {
+    None,
+    Pool(Pool),
+    EmptyThread,
 }
 
 impl LookupError {
-    pub(crate) fn new(name: &'static str) -> Self {
-        Self { name, cycle: false }
+    /// A miss in the current context, whose message says which hand-off may have been
+    /// forgotten (see the type's docs). Called on the cold path only.
+    pub(crate) fn in_current_context(name: &'static str) -> Self {
+        let hint = match engine::own_context_is_empty() {
+            None => HandOffHint::None,
+            Some(empty) => match pool::current() {
+                Some(pool) => HandOffHint::Pool(pool),
+                None if empty => HandOffHint::EmptyThread,
+                None => HandOffHint::None,
+            },
+        };
+        Self {
+            name,
+            cycle: false,
+            hint,
+        }
     }
 
     pub(crate) fn lazy_default_cycle(name: &'static str) -> Self {
-        Self { name, cycle: true }
+        Self {
+            name,
+            cycle: true,
+            hint: HandOffHint::None,
+        }
     }
 
     /// The name of the variable that had no value.
@@ -57,6 +89,9 @@ impl fmt::Debug for LookupError {
         if self.cycle {
             debug.field("lazy_default_cycle", &true);
         }
+        if self.hint != HandOffHint::None {
+            debug.field("hint", &self.hint);
+        }
         debug.finish()
     }
 }
@@ -74,7 +109,51 @@ impl fmt::Display for LookupError {
                 f,
                 "<ContextVar name={:?}> has no value in the current context and no default",
                 self.name
-            )
+            )?;
+            match self.hint {
+                HandOffHint::None => Ok(()),
+                HandOffHint::Pool(pool) => write!(f, "; {}", MissingHandOff(pool)),
+                HandOffHint::EmptyThread => f.write_str(
+                    "; this thread's own context is empty: if it was started with \
+                     `std::thread::spawn` (a new thread starts with an empty context, as in \
+                     Python), start it with `contextvars::thread::spawn` to carry the \
+                     spawner's values",
+                ),
+            }
+        }
+    }
+}
+
+/// Why a unit of work on a pool thread does not see its starter's values, and the
+/// helpers that hand them over.
+struct MissingHandOff(Pool);
+
+impl fmt::Display for MissingHandOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Pool::TokioTask => f.write_str(
+                "this runs in a tokio task with no context of its own (a plain \
+                 `tokio::spawn`, a server's connection task, or a plain `spawn_blocking` \
+                 closure), so the values of the code that started it were not handed over: \
+                 start it with `contextvars::tokio::spawn` / `spawn_blocking`, wrap the \
+                 future with `.in_current_context()`, serve requests behind \
+                 `contextvars::tower::ContextLayer`, or install \
+                 `contextvars::tokio::isolate_tasks` on the runtime",
+            ),
+            Pool::RayonWorker => f.write_str(
+                "this runs on a rayon worker thread in its own context (a plain \
+                 `rayon::spawn`, `join`, `scope`, `ThreadPool::install` or parallel \
+                 iterator), so the values of the code that started it were not handed over: \
+                 use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install`, or \
+                 `.in_current_context()` on the parallel iterator",
+            ),
+            Pool::Declared(name) => write!(
+                f,
+                "this runs on a thread of the pool {name:?} in the thread's own context, so \
+                 the values of the code that submitted the work were not handed over: \
+                 capture them with `copy_context()` when submitting, and run the work in \
+                 them with `Context::run`"
+            ),
         }
     }
 }
@@ -125,16 +204,38 @@ impl From<TornDown> for AccessError {
 ///
 /// Two reasons:
 ///
-/// * **An unisolated tokio task** ([`is_unisolated_task`](Self::is_unisolated_task),
-///   feature `tokio`): a task is being polled on this thread, and the thread runs in its
-///   own context, not in one of the task's. A worker thread's own context outlives the
-///   poll: the value would be seen by every task the worker polls next, which in a
-///   server means another request's handler. Run the task in a context of its own: the
-///   `contextvars::tower` layer for a service's requests, the runtime hooks of
-///   `contextvars::tokio` for every task, or a wrapper (`contextvars::tokio::spawn`,
-///   `fut.in_current_context()`) for one task.
+/// * **A pool thread's own context** ([`is_pool_thread`](Self::is_pool_thread)): the
+///   code runs on a thread that serves many unrelated units of work (a tokio worker or
+///   blocking thread while a task is polled, a rayon worker, or a thread declared with
+///   [`thread::declare_pool_thread`](crate::thread::declare_pool_thread)), and not in a
+///   context of the unit's own. The thread's own context outlives the unit: the value
+///   would be seen by the next task, job or request the thread runs. Run the unit in a
+///   context of its own; the message names the fix for where it happened (the tower
+///   layer, or its order, for a server's middleware; the hand-off helpers of
+///   `contextvars::tokio` and `contextvars::rayon`; `Context::run`). This check is part
+///   of every build, whatever the crate's features.
 /// * **Thread teardown** ([`is_access_error`](Self::is_access_error)): the thread's
 ///   context storage is being destroyed (see [`AccessError`]).
+///
+/// ```
+/// use contextvars::ContextVar;
+///
+/// static TENANT: ContextVar<&'static str> = ContextVar::new("tenant");
+///
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+/// // A plain rayon job runs in the worker's own context, shared by every job it runs.
+/// let error = pool.install(|| TENANT.try_set("alpha").map(drop)).unwrap_err();
+/// assert!(error.is_pool_thread());
+/// assert_eq!(error.pool_name(), Some("rayon"));
+/// // A context of the job's own takes the set.
+/// let seen = pool.install(|| {
+///     contextvars::Context::new().run(|| {
+///         let _token = TENANT.set("alpha");
+///         TENANT.get()
+///     })
+/// });
+/// assert_eq!(seen, "alpha");
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SetError {
     name: &'static str,
@@ -143,14 +244,22 @@ pub struct SetError {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum SetErrorKind {
-    UnisolatedTask,
+    /// `layer_seen`: the tower layer has served requests in this process (so the code
+    /// runs outside it rather than without it).
+    PoolThread {
+        pool: Pool,
+        layer_seen: bool,
+    },
     Access,
 }
 
 impl SetError {
     pub(crate) fn from_refusal(name: &'static str, refused: SetRefused) -> Self {
         let kind = match refused {
-            SetRefused::UnisolatedTask => SetErrorKind::UnisolatedTask,
+            SetRefused::PoolThread(pool) => SetErrorKind::PoolThread {
+                pool,
+                layer_seen: pool::request_layer_seen(),
+            },
             SetRefused::TornDown => SetErrorKind::Access,
         };
         Self { name, kind }
@@ -161,10 +270,24 @@ impl SetError {
         self.name
     }
 
-    /// Whether the set was refused because a tokio task is being polled in the worker
-    /// thread's own context.
-    pub fn is_unisolated_task(&self) -> bool {
-        self.kind == SetErrorKind::UnisolatedTask
+    /// Whether the set was refused because the code runs in the own context of a pool
+    /// thread (a tokio task without a context of its own, a plain rayon job, or a thread
+    /// declared with [`thread::declare_pool_thread`](crate::thread::declare_pool_thread)).
+    pub fn is_pool_thread(&self) -> bool {
+        matches!(self.kind, SetErrorKind::PoolThread { .. })
+    }
+
+    /// For a pool thread's refusal, which pool: `"tokio"`, `"rayon"`, or the name given to
+    /// [`thread::declare_pool_thread`](crate::thread::declare_pool_thread).
+    pub fn pool_name(&self) -> Option<&'static str> {
+        match self.kind {
+            SetErrorKind::PoolThread { pool, .. } => Some(match pool {
+                Pool::TokioTask => "tokio",
+                Pool::RayonWorker => "rayon",
+                Pool::Declared(name) => name,
+            }),
+            SetErrorKind::Access => None,
+        }
     }
 
     /// Whether the thread's context storage is being torn down.
@@ -189,23 +312,55 @@ impl fmt::Debug for SetError {
 
 impl fmt::Display for SetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            SetErrorKind::UnisolatedTask => write!(
-                f,
-                "refused to set <ContextVar name={:?}>: a tokio task is being polled in this \
-                 worker thread's own context, where the value would stay and be seen by every \
-                 task the worker polls next (another request's handler, in a server). Give the \
-                 task a context of its own: add `contextvars::tower::ContextLayer` to the \
-                 service (each request), install `contextvars::tokio::isolate_tasks` on the \
-                 runtime builder (every task; needs `--cfg tokio_unstable`), or spawn it with \
-                 `contextvars::tokio::spawn` / wrap it with `.in_current_context()` (one task)",
-                self.name
+        let (pool, layer_seen) = match self.kind {
+            SetErrorKind::PoolThread { pool, layer_seen } => (pool, layer_seen),
+            SetErrorKind::Access => {
+                return write!(
+                    f,
+                    "cannot set <ContextVar name={:?}>: {}",
+                    self.name,
+                    AccessError::new()
+                );
+            }
+        };
+        write!(f, "refused to set <ContextVar name={:?}>: ", self.name)?;
+        match pool {
+            Pool::TokioTask if layer_seen => f.write_str(
+                "a tokio task is being polled in this worker thread's own context, where the \
+                 value would stay and be seen by every task the worker polls next (another \
+                 request's handler, in a server). `contextvars::tower::ContextLayer` serves \
+                 requests in this process, but this code runs outside it: either a middleware \
+                 the layer does not wrap (with axum, a layer added after \
+                 `.layer(ContextLayer::new())` wraps it from outside: add the context layer \
+                 last, or first in a `ServiceBuilder`), or a task a handler spawned with a \
+                 plain `tokio::spawn` (spawn it with `contextvars::tokio::spawn` or wrap it \
+                 with `.in_current_context()`)",
             ),
-            SetErrorKind::Access => write!(
+            Pool::TokioTask => f.write_str(
+                "a tokio task is being polled in this worker thread's own context, where the \
+                 value would stay and be seen by every task the worker polls next (another \
+                 request's handler, in a server). Give the task a context of its own: add \
+                 `contextvars::tower::ContextLayer` to the service (each request; with axum, \
+                 add it last so it wraps every middleware), install \
+                 `contextvars::tokio::isolate_tasks` on the runtime builder (every task; \
+                 needs `--cfg tokio_unstable`), or spawn it with `contextvars::tokio::spawn` \
+                 / `spawn_blocking` or wrap it with `.in_current_context()` (one task)",
+            ),
+            Pool::RayonWorker => f.write_str(
+                "this runs on a rayon worker thread in its own context (a plain \
+                 `rayon::spawn`, `join`, `scope`, `ThreadPool::install` or parallel \
+                 iterator), where the value would stay and be seen by every job the worker \
+                 runs next (another request's job, in a server). Run the job in a context of \
+                 its own: use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install` \
+                 or `.in_current_context()` on the parallel iterator (each job or item gets \
+                 a copy of the caller's context), or set inside `Context::run`",
+            ),
+            Pool::Declared(name) => write!(
                 f,
-                "cannot set <ContextVar name={:?}>: {}",
-                self.name,
-                AccessError::new()
+                "this runs on a thread of the pool {name:?} in the thread's own context, where \
+                 the value would stay and be seen by the next work the thread runs. Run the \
+                 work in a context of its own: capture one with `copy_context()` when \
+                 submitting it and call `Context::run` on the pool thread"
             ),
         }
     }

@@ -117,6 +117,7 @@ pub mod observe;
 #[cfg(feature = "opentelemetry")]
 #[path = "otel/mod.rs"]
 pub mod opentelemetry;
+mod pool;
 #[cfg(feature = "rayon")]
 pub mod rayon;
 mod snapshot;

@@ -93,6 +93,43 @@ where
     Ok(std::thread::spawn(carry::job(ctx.enter_frame()?, f)))
 }
 
+/// Declares the current thread a thread of the pool `pool` for the rest of its life:
+/// from now on a `set` in the thread's **own** context is refused (a
+/// [`SetError`](crate::SetError) for which
+/// [`is_pool_thread`](crate::SetError::is_pool_thread) is true, naming `pool`), because
+/// a value bound there would outlive the work that bound it and be seen by the next work
+/// the thread runs. Work that runs in a context of its own
+/// ([`Context::run`](crate::Context::run) of a context captured when it was submitted)
+/// sets freely.
+///
+/// Call it at the start of each thread of a pool the crate does not know (tokio's
+/// runtime threads and rayon's workers are recognised without it): a thread pool crate's
+/// start handler, or the first line of a worker loop.
+///
+/// ```
+/// use contextvars::{ContextVar, copy_context};
+///
+/// static TENANT: ContextVar<&'static str> = ContextVar::new("tenant");
+///
+/// let _token = TENANT.set("alpha");
+/// let job = copy_context(); // captured when the work is submitted
+/// std::thread::spawn(move || {
+///     contextvars::thread::declare_pool_thread("my-pool");
+///     let error = TENANT.try_set("beta").map(drop).unwrap_err();
+///     assert_eq!(error.pool_name(), Some("my-pool"));
+///     // The work runs in its submitter's context, and may set there.
+///     job.run(|| {
+///         assert_eq!(TENANT.get(), "alpha");
+///         let _token = TENANT.set("beta");
+///     });
+/// })
+/// .join()
+/// .unwrap();
+/// ```
+pub fn declare_pool_thread(pool: &'static str) {
+    crate::pool::declare(pool);
+}
+
 /// Why a thread could not be spawned in a context object.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -69,7 +69,24 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap = HashMap<Id, Frame, BuildHasherDefault<IdHasher>>;
+/// A task's frame between polls, and the bindings it started with (what
+/// [`restore_task_context`] gives back to a connection task between two requests).
+struct TaskFrame {
+    frame: Frame,
+    initial: engine::Vars,
+}
+
+impl TaskFrame {
+    /// A task that starts in a copy of `vars`.
+    fn new(vars: engine::Vars) -> Self {
+        Self {
+            frame: Frame::private(vars.clone()),
+            initial: vars,
+        }
+    }
+}
+
+type IdMap = HashMap<Id, TaskFrame, BuildHasherDefault<IdHasher>>;
 
 /// The tasks' frames between polls, by task id: sharded, so polls on different workers
 /// rarely meet on a lock.
@@ -92,7 +109,7 @@ impl Registry {
         &self.shards[(hash >> 60) as usize % SHARDS]
     }
 
-    fn insert(&self, id: Id, frame: Frame) {
+    fn insert(&self, id: Id, frame: TaskFrame) {
         let old = self
             .shard(id)
             .lock()
@@ -102,7 +119,7 @@ impl Registry {
         drop(old);
     }
 
-    fn remove(&self, id: Id) -> Option<Frame> {
+    fn remove(&self, id: Id) -> Option<TaskFrame> {
         self.shard(id)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -110,15 +127,23 @@ impl Registry {
     }
 }
 
-// The tasks whose frames this thread is running now (innermost last), and whether each
-// terminated during its poll (its frame is then released instead of filed again).
+/// A task whose frame this thread is running now.
+struct Polled {
+    id: Id,
+    /// The task terminated during its poll: its frame is released instead of filed again.
+    terminated: bool,
+    /// The bindings the task started with.
+    initial: engine::Vars,
+}
+
+// The tasks whose frames this thread is running now, innermost last.
 thread_locals! {
-    static POLLING: Cell<Vec<(Id, bool)>> = Cell::new(Vec::new());
+    static POLLING: Cell<Vec<Polled>> = Cell::new(Vec::new());
 }
 
 /// Calls `f` with this thread's list of tasks being polled; `None` once the thread's
 /// thread-locals are being destroyed.
-fn with_polling<R>(f: impl FnOnce(&mut Vec<(Id, bool)>) -> R) -> Option<R> {
+fn with_polling<R>(f: impl FnOnce(&mut Vec<Polled>) -> R) -> Option<R> {
     POLLING
         .try_with(|cell| {
             let mut polling = cell.take();
@@ -130,20 +155,27 @@ fn with_polling<R>(f: impl FnOnce(&mut Vec<(Id, bool)>) -> R) -> Option<R> {
 }
 
 fn on_spawn(id: Id) {
-    Registry::get().insert(id, Frame::private(engine::vars()));
+    Registry::get().insert(id, TaskFrame::new(engine::vars()));
 }
 
 fn before_poll(id: Id) {
-    // The after-poll hook finds the task through this list, so the task is recorded
-    // first: one that cannot be (the list is gone: thread teardown) is not entered.
-    if with_polling(|polling| polling.push((id, false))).is_none() {
-        return;
-    }
     // A task spawned before the hooks were installed, or whose frame is missing, starts
     // from an empty context of its own rather than the worker's.
-    let frame = Registry::get()
+    // The after-poll hook finds the task through this list, so a task that cannot be
+    // recorded (the list is gone: thread teardown) is not entered, and keeps its frame.
+    if with_polling(|_| ()).is_none() {
+        return;
+    }
+    let TaskFrame { frame, initial } = Registry::get()
         .remove(id)
-        .unwrap_or_else(|| Frame::private(engine::Vars::default()));
+        .unwrap_or_else(|| TaskFrame::new(engine::Vars::default()));
+    let polled = Polled {
+        id,
+        terminated: false,
+        initial,
+    };
+    // Cannot fail: the list was there a moment ago, and no code of another kind ran.
+    let _ = with_polling(|polling| polling.push(polled));
     if let Err(frame) = engine::enter_detached(frame) {
         // Thread teardown: nothing can run in a context any more.
         let _ = with_polling(|polling| polling.pop());
@@ -153,14 +185,16 @@ fn before_poll(id: Id) {
 
 fn after_poll(id: Id) {
     let entered = with_polling(|polling| match polling.last() {
-        Some(&(top, terminated)) if top == id => {
-            polling.pop();
-            Some(terminated)
-        }
+        Some(top) if top.id == id => polling.pop(),
         _ => None,
     })
     .flatten();
-    let Some(terminated) = entered else {
+    let Some(Polled {
+        terminated,
+        initial,
+        ..
+    }) = entered
+    else {
         return; // `before_poll` did not enter (thread teardown)
     };
     let Some(frame) = engine::leave_detached() else {
@@ -168,8 +202,9 @@ fn after_poll(id: Id) {
     };
     if terminated {
         drop(frame);
+        drop(initial);
     } else {
-        Registry::get().insert(id, frame);
+        Registry::get().insert(id, TaskFrame { frame, initial });
     }
 }
 
@@ -177,8 +212,8 @@ fn on_terminate(id: Id) {
     // Inside the task's last poll the frame is the thread's now: mark it, and the
     // after-poll hook releases it.
     let polled_here = with_polling(|polling| match polling.last_mut() {
-        Some((top, terminated)) if *top == id => {
-            *terminated = true;
+        Some(top) if top.id == id => {
+            top.terminated = true;
             true
         }
         _ => false,
@@ -186,6 +221,23 @@ fn on_terminate(id: Id) {
     .unwrap_or(false);
     if !polled_here {
         drop(Registry::get().remove(id));
+    }
+}
+
+/// Gives the task being polled on this thread, if it is `task` and its own frame is the
+/// current one, back the bindings it started with: what the tower layer does after each
+/// response of a connection task, so that nothing code outside the layer set while
+/// serving one request reaches the next request on the connection.
+pub(crate) fn restore_task_context(task: Id) {
+    let initial = with_polling(|polling| match polling.last() {
+        Some(top) if top.id == task => Some(top.initial.clone()),
+        _ => None,
+    })
+    .flatten();
+    if let Some(initial) = initial {
+        // Not the current frame (a frame entered inside the poll is running): nothing to
+        // restore here.
+        let _ = engine::rebind_detached(initial);
     }
 }
 

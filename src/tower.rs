@@ -161,6 +161,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        crate::pool::note_request_layer();
         let mut frame = Frame::private(engine::vars());
         let (inner, init) = (&mut self.inner, &self.init);
         let future = engine::run_in(&mut frame, || {
@@ -171,7 +172,13 @@ where
             inner.call(http::Request::from_parts(parts, body))
         });
         ResponseFuture {
-            inner: WithContext::new(BodyInContext { inner: future }, frame),
+            inner: WithContext::new(
+                BodyInContext {
+                    inner: future,
+                    carrier: Carrier::current(),
+                },
+                frame,
+            ),
         }
     }
 }
@@ -210,6 +217,7 @@ pin_project! {
     pub struct BodyInContext<F> {
         #[pin]
         inner: F,
+        carrier: Carrier,
     }
 }
 
@@ -220,14 +228,17 @@ where
     type Output = Result<http::Response<ContextBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|result| {
+        let this = self.project();
+        let carrier = *this.carrier;
+        this.inner.poll(cx).map(|result| {
             // This runs inside the request's frame (`WithContext`'s poll).
             result.map(|response| {
                 let vars = engine::vars();
                 response.map(|body| ContextBody {
-                    inner: body,
+                    inner: Some(body),
                     frame: Frame::private(vars),
                     span: CarriedSpan::current(),
+                    carrier,
                 })
             })
         })
@@ -236,23 +247,76 @@ where
 
 pin_project! {
     /// A response body polled in the context its request had when the response was made.
+    ///
+    /// It is also dropped in that context: when a client goes away mid-stream, the
+    /// body's clean-up (and whatever it logs) sees the request's values, and a `set` in
+    /// its destructor stays in the request.
     pub struct ContextBody<B> {
         #[pin]
-        inner: B,
+        inner: Option<B>,
         frame: Frame,
         span: CarriedSpan,
+        carrier: Carrier,
+    }
+
+    impl<B> PinnedDrop for ContextBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let frame = this.frame;
+                this.span.in_span(|| engine::run_in(frame, || this.inner.set(None)));
+            }
+            // The response is done: the connection is ready for its next request.
+            this.carrier.restore();
+        }
     }
 }
+
+/// The task that called the service (a server's connection task), which under the
+/// runtime's task hooks (`contextvars::tokio::isolate_tasks`) has a context of its own,
+/// kept across the requests of a keep-alive connection. When a response is done, the
+/// task gets back the bindings it started with, so that nothing a middleware outside the
+/// layer set while serving one request (before or after calling the layer) reaches the
+/// next request on the connection. Without the hooks a connection task runs in its
+/// worker's own context, where such a set is refused, and there is nothing to restore.
+#[derive(Clone, Copy)]
+struct Carrier {
+    #[cfg(all(feature = "tokio", tokio_unstable))]
+    task: Option<tokio::task::Id>,
+}
+
+impl Carrier {
+    fn current() -> Self {
+        Self {
+            #[cfg(all(feature = "tokio", tokio_unstable))]
+            task: tokio::task::try_id(),
+        }
+    }
+
+    /// Restores the calling task's bindings, if the hooks run it and it is the task
+    /// being polled now (a body dropped by another task, or outside a poll, restores
+    /// nothing).
+    fn restore(self) {
+        #[cfg(all(feature = "tokio", tokio_unstable))]
+        if let Some(task) = self.task
+            && tokio::task::try_id() == Some(task)
+        {
+            crate::tokio::hooks::restore_task_context(task);
+        }
+    }
+}
+
+const BODY_GONE: &str = "the inner body lives as long as the wrapper";
 
 impl<B> ContextBody<B> {
     /// The wrapped body.
     pub fn get_ref(&self) -> &B {
-        &self.inner
+        self.inner.as_ref().expect(BODY_GONE)
     }
 
-    /// The wrapped body, unwrapped.
-    pub fn into_inner(self) -> B {
-        self.inner
+    /// The wrapped body, unwrapped (it is then dropped wherever its new owner drops it).
+    pub fn into_inner(mut self) -> B {
+        self.inner.take().expect(BODY_GONE)
     }
 }
 
@@ -265,17 +329,18 @@ impl<B: Body> Body for ContextBody<B> {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<BodyFrame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let (inner, frame) = (this.inner, this.frame);
+        let inner = this.inner.as_pin_mut().expect(BODY_GONE);
+        let frame = this.frame;
         this.span
             .in_span(|| engine::run_in(frame, || inner.poll_frame(cx)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.get_ref().is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.get_ref().size_hint()
     }
 }
 

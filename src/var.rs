@@ -342,7 +342,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),
-            None => Err(LookupError::new(self.name)),
+            None => Err(LookupError::in_current_context(self.name)),
         }
     }
 
@@ -365,12 +365,16 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///   `.await`, and never anyone else's;
     /// * in a rayon job or item of `contextvars::rayon`, that job or item.
     ///
-    /// A *plain* `tokio::spawn`ed task (and every connection task a server spawns) has no
-    /// context of its own: it runs in the worker thread's context, which every task that
-    /// worker polls next would see. With the `tokio` feature such a set is **refused**
-    /// (a [`SetError`] for which [`is_unisolated_task`](SetError::is_unisolated_task) is
-    /// true; `set` panics with it, naming the three fixes). Without the feature nothing
-    /// can tell, so give tasks a context of their own.
+    /// A thread that belongs to a pool runs many unrelated units of work in its own
+    /// context: a tokio worker or blocking thread polling a *plain* `tokio::spawn`ed task
+    /// (every connection task a server spawns is one), a rayon worker running a plain job
+    /// or parallel iterator, or a thread declared with
+    /// [`thread::declare_pool_thread`](crate::thread::declare_pool_thread). A set there
+    /// would be seen by the next unit the thread runs (another request, in a server), so
+    /// it is **refused** in every build, whatever the crate's features (a [`SetError`]
+    /// for which [`is_pool_thread`](SetError::is_pool_thread) is true; `set` panics with
+    /// it, naming the fix for where it happened). Give such work a context of its own
+    /// (the forms in the list above).
     ///
     /// # Panics
     ///

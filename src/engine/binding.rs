@@ -13,6 +13,7 @@ use super::announce;
 use super::frame::materialize;
 use super::object::Shared;
 use super::thread::{Borrow, Hot, TornDown, retire, with_hot, with_state};
+use crate::pool::{self, Pool};
 use crate::sync::Arc;
 use crate::value::Entry;
 
@@ -44,6 +45,12 @@ pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> R
         let value = unsafe { entry.downcast_unchecked::<T>() };
         Ok(f(value))
     })
+}
+
+/// Whether the thread runs in its own base frame now and, if it does, whether that
+/// frame holds no binding (for the hints of a missed lookup).
+pub(crate) fn own_context_is_empty() -> Option<bool> {
+    with_hot(|hot| hot.in_base_frame().then(|| hot.root.get().is_null()))
 }
 
 /// Binds `key` to `entry` (or unbinds it, for `None`) by writing into the current
@@ -115,10 +122,10 @@ impl Drop for SetState {
 pub(crate) enum SetRefused {
     /// The thread's state is gone (thread teardown).
     TornDown,
-    /// The thread runs in its own base frame while a tokio task is being polled on it:
-    /// the binding would stay in the worker thread's context and reach every task it
-    /// polls next.
-    UnisolatedTask,
+    /// The thread runs in its own base frame and belongs to a pool (`crate::pool`):
+    /// the binding would stay in the thread's context and reach the next unit of work
+    /// it runs.
+    PoolThread(Pool),
 }
 
 impl From<TornDown> for SetRefused {
@@ -127,32 +134,17 @@ impl From<TornDown> for SetRefused {
     }
 }
 
-/// Whether a tokio task is being polled on this thread (`tokio::task::try_id`): a set
-/// in the thread's base frame would then outlive the poll. Only asked when the thread is
-/// in its base frame, so a set anywhere else (a task's or job's frame, a
-/// `Context::run`) never pays for it.
-#[inline]
-fn polling_a_task() -> bool {
-    #[cfg(feature = "tokio")]
-    {
-        tokio::task::try_id().is_some()
-    }
-    #[cfg(not(feature = "tokio"))]
-    {
-        false
-    }
-}
-
 /// Binds `entry` under `key` in the current frame.
 ///
-/// Refused in the thread's base frame while a tokio task is being polled on it (see
-/// [`SetRefused::UnisolatedTask`]); the entry is then dropped, after the state is left
-/// as it was.
+/// Refused in the base frame of a pool thread (see [`SetRefused::PoolThread`]); the
+/// entry is then dropped, after the state is left as it was.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
     let mut entry = Some(entry);
     let outcome = with_state(|hot| {
-        if hot.in_base_frame() && polling_a_task() {
-            return Err(SetRefused::UnisolatedTask);
+        if hot.in_base_frame()
+            && let Some(pool) = pool::current()
+        {
+            return Err(SetRefused::PoolThread(pool));
         }
         let entry = entry.take().expect("taken once");
         materialize(hot);

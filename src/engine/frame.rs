@@ -388,6 +388,48 @@ pub(crate) fn leave_detached() -> Option<Frame> {
     left
 }
 
+/// Rebinds the frame the last [`enter_detached`] entered to `vars`, if it is the thread's
+/// current frame (no frame entered after it is running): the task hooks' way to give a
+/// task back the bindings it started with (`contextvars::tokio` restores a connection
+/// task between two requests). A binding change, not a frame switch: tokens made in the
+/// frame stay valid, and reset by path copying. Gives `vars` back if the detached frame
+/// is not current.
+#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
+pub(crate) fn rebind_detached(vars: Vars) -> Result<(), Vars> {
+    let mut vars = Some(vars);
+    let replaced = with_hot(|hot| {
+        if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {
+            return None;
+        }
+        let stack = hot.detached.take();
+        let current = stack
+            .last()
+            .is_some_and(|(stacked, _)| *stacked == hot.stacked.get());
+        hot.detached.set(stack);
+        if !current {
+            return None;
+        }
+        let vars = vars.take().expect("taken once");
+        if hot.root.get() == vars.root_ptr() {
+            return Some((vars, None)); // nothing changed since
+        }
+        let old = hot.install(vars);
+        hot.last_change.set(hot.next_id());
+        Some((old, hot.publish()))
+    });
+    let Some((old, published)) = replaced else {
+        return Err(vars.take().expect("not taken"));
+    };
+    announce();
+    // Retired only now, with the state consistent: they may hold the last reference to a
+    // value whose `Drop` uses context variables.
+    retire(old);
+    if let Some(published) = published {
+        retire(published);
+    }
+    Ok(())
+}
+
 /// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see
 /// [`Light`]), runs `f`, and leaves the frame when `f` returns or unwinds.
 fn enter_light<R>(

@@ -45,11 +45,12 @@ mod object;
 mod thread;
 
 pub(crate) use binding::{
-    ResetFailure, SetRefused, SetState, current_shared, reset_binding, set_binding, with_bound,
+    ResetFailure, SetRefused, SetState, current_shared, own_context_is_empty, reset_binding,
+    set_binding, with_bound,
 };
 pub(crate) use frame::{Frame, run_entered, run_in, run_owned, vars};
 #[cfg(all(feature = "tokio", tokio_unstable))]
-pub(crate) use frame::{enter_detached, leave_detached};
+pub(crate) use frame::{enter_detached, leave_detached, rebind_detached};
 #[cfg(feature = "rayon")]
 pub(crate) use frame::{run_borrowed, run_borrowed_each, with_captured};
 pub(crate) use object::Shared;

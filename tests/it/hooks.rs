@@ -191,7 +191,7 @@ fn a_replaced_after_hook_does_not_disable_the_leak_check() {
                 .await
                 .unwrap()
         });
-        assert!(refused.unwrap_err().is_unisolated_task());
+        assert!(refused.unwrap_err().is_pool_thread());
     })
     .join()
     .unwrap();

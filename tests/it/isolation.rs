@@ -1,6 +1,8 @@
-//! Isolation in async code (issue 12): a `set` that would bind in a tokio worker thread's
-//! own context while a task is being polled is refused with an error that names the
-//! fixes, and the forms that give a task a context of its own are not.
+//! Pool threads' own contexts are read-only, in every build: a `set` that would bind in
+//! a tokio worker's (or blocking thread's) own context while a task is polled, in a rayon
+//! worker's own context, or in a declared pool thread's, is refused with an error that
+//! names the fix; the forms that give the work a context of its own are not. A missed
+//! lookup there names the hand-off helpers.
 
 use contextvars::{Context, ContextVar, SetError};
 
@@ -16,7 +18,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn assert_unisolated(error: SetError) {
-    assert!(error.is_unisolated_task(), "{error:?}");
+    assert!(error.is_pool_thread(), "{error:?}");
+    assert_eq!(error.pool_name(), Some("tokio"));
     assert!(!error.is_access_error());
     assert_eq!(error.var_name(), "request_id");
     let text = error.to_string();
@@ -24,7 +27,6 @@ fn assert_unisolated(error: SetError) {
         "\"request_id\"",
         "worker thread's own context",
         "contextvars::tower::ContextLayer",
-        "contextvars::tokio::isolate_tasks",
         "contextvars::tokio::spawn",
         "in_current_context",
     ] {
@@ -74,6 +76,7 @@ fn plain_spawn_blocking_is_refused_too() {
 }
 
 #[test]
+#[cfg(feature = "tokio")]
 #[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
 fn tasks_with_a_context_of_their_own_may_set() {
     let rt = runtime();
@@ -127,4 +130,208 @@ fn code_outside_tasks_is_unaffected() {
     })
     .join()
     .expect("thread");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
+fn a_plain_task_may_set_in_a_context_of_its_own() {
+    // Without any feature: a future wrapped by the runtime-agnostic wrapper, and
+    // `Context::run`, are contexts of the task's own.
+    use contextvars::future::ContextFutureExt;
+    let rt = runtime();
+    let seen = rt.block_on(async {
+        let wrapped = tokio::spawn(
+            async {
+                drop(REQUEST_ID.set(31));
+                tokio::task::yield_now().await;
+                REQUEST_ID.get()
+            }
+            .in_current_context(),
+        );
+        let ran = tokio::spawn(async {
+            Context::new().run(|| REQUEST_ID.scope(32, || REQUEST_ID.get()))
+        });
+        (wrapped.await.unwrap(), ran.await.unwrap())
+    });
+    assert_eq!(seen, (31, 32));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes: nothing of ours miri does not see elsewhere
+fn a_missed_lookup_in_a_plain_task_names_the_hand_off_helpers() {
+    let rt = runtime();
+    let _token = REQUEST_ID.set(40); // the caller's value, not handed to the task
+    let message = rt
+        .block_on(rt.spawn(async { REQUEST_ID.try_get().unwrap_err().to_string() }))
+        .expect("task");
+    for needle in [
+        "\"request_id\"",
+        "has no value",
+        "tokio task with no context of its own",
+        "contextvars::tokio::spawn",
+        "in_current_context",
+        "ContextLayer",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from: {message}"
+        );
+    }
+    // In a context of its own, the plain message.
+    let plain = rt
+        .block_on(
+            rt.spawn(async {
+                Context::new().run(|| REQUEST_ID.try_get().unwrap_err().to_string())
+            }),
+        )
+        .expect("task");
+    assert_eq!(
+        plain,
+        "<ContextVar name=\"request_id\"> has no value in the current context and no default"
+    );
+}
+
+fn rayon_pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool")
+}
+
+fn assert_rayon_refusal(error: SetError) {
+    assert!(error.is_pool_thread(), "{error:?}");
+    assert_eq!(error.pool_name(), Some("rayon"));
+    let text = error.to_string();
+    for needle in [
+        "\"request_id\"",
+        "rayon worker thread in its own context",
+        "contextvars::rayon",
+        "in_current_context",
+        "Context::run",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // rayon's pools: slow under miri, and nothing of ours it does not see elsewhere
+fn plain_rayon_jobs_are_refused_on_every_path() {
+    use rayon::prelude::*;
+    let pool = rayon_pool();
+    // install, spawn, join, scope and a parallel iterator: each runs in a worker's own
+    // context.
+    assert_rayon_refusal(
+        pool.install(|| REQUEST_ID.try_set(1).map(drop))
+            .unwrap_err(),
+    );
+    let (sender, receiver) = std::sync::mpsc::channel();
+    pool.spawn(move || sender.send(REQUEST_ID.try_set(2).map(drop)).unwrap());
+    assert_rayon_refusal(receiver.recv().unwrap().unwrap_err());
+    let (a, b) = pool.join(
+        || REQUEST_ID.try_set(3).map(drop),
+        || REQUEST_ID.try_scope(4, || ()),
+    );
+    assert_rayon_refusal(a.unwrap_err());
+    assert_rayon_refusal(b.unwrap_err());
+    let scoped = pool.scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        scope.spawn(move |_| sender.send(REQUEST_ID.try_scoped_set(5).map(drop)).unwrap());
+        receiver.recv().unwrap()
+    });
+    assert_rayon_refusal(scoped.unwrap_err());
+    let refused: Vec<bool> = pool.install(|| {
+        (0..64u64)
+            .into_par_iter()
+            .map(|i| REQUEST_ID.try_set(i).map(drop).is_err())
+            .collect()
+    });
+    assert!(refused.iter().all(|&r| r), "{refused:?}");
+    // The panicking form says the same.
+    let message = pool.install(|| crate::expect_panic(|| drop(REQUEST_ID.set(6))));
+    assert!(message.contains("rayon worker thread"), "{message}");
+    // No worker holds a value afterwards.
+    let leaked: Vec<Option<u64>> = pool.install(|| {
+        (0..64u64)
+            .into_par_iter()
+            .map(|_| REQUEST_ID.try_get().ok())
+            .collect()
+    });
+    assert!(leaked.iter().all(Option::is_none), "{leaked:?}");
+    // A missed lookup there names the helpers.
+    let missed = pool.install(|| REQUEST_ID.try_get().unwrap_err().to_string());
+    assert!(missed.contains("contextvars::rayon"), "{missed}");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // rayon's pools: slow under miri
+fn rayon_jobs_in_a_context_of_their_own_may_set() {
+    let pool = rayon_pool();
+    let ctx = Context::new();
+    let seen = pool.install(|| {
+        ctx.run(|| {
+            let _token = REQUEST_ID.set(7);
+            REQUEST_ID.get()
+        })
+    });
+    assert_eq!(seen, 7);
+    assert_eq!(ctx.get(&REQUEST_ID), Some(7)); // made to the context object
+}
+
+#[test]
+#[cfg(feature = "rayon")]
+#[cfg_attr(miri, ignore)] // rayon's pools: slow under miri
+fn the_crates_rayon_helpers_may_set() {
+    use contextvars::rayon::ParallelIteratorExt;
+    use rayon::prelude::*;
+    let pool = rayon_pool();
+    let _token = REQUEST_ID.set(50);
+    // Captured here, consumed on the pool's workers.
+    let items = (0..16u64).into_par_iter().in_current_context().map(|i| {
+        drop(REQUEST_ID.set(REQUEST_ID.get() + i)); // stays in the item
+        REQUEST_ID.get()
+    });
+    let seen: Vec<u64> = pool.install(|| items.collect());
+    assert_eq!(seen, (50..66).collect::<Vec<_>>());
+    let joined = contextvars::rayon::join(
+        || REQUEST_ID.scope(60, || REQUEST_ID.get()),
+        || REQUEST_ID.get(),
+    );
+    assert_eq!(joined, (60, 50));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // a thread per test; cheap, but nothing miri-specific
+fn a_declared_pool_thread_refuses_sets_in_its_own_context() {
+    let submitted = Context::new().run(|| {
+        let _token = REQUEST_ID.set(70);
+        contextvars::copy_context()
+    });
+    std::thread::spawn(move || {
+        let _before = REQUEST_ID.set(1); // before the declaration: a plain thread
+        contextvars::thread::declare_pool_thread("workers");
+        let error = REQUEST_ID.try_set(2).map(drop).unwrap_err();
+        assert!(error.is_pool_thread());
+        assert_eq!(error.pool_name(), Some("workers"));
+        let text = error.to_string();
+        assert!(text.contains("pool \"workers\""), "{text}");
+        assert!(text.contains("copy_context()"), "{text}");
+        // The work runs in the submitter's context, and may set there.
+        submitted.run(|| {
+            assert_eq!(REQUEST_ID.get(), 70);
+            let _token = REQUEST_ID.set(71);
+            assert_eq!(REQUEST_ID.get(), 71);
+        });
+        assert_eq!(REQUEST_ID.get(), 1);
+    })
+    .join()
+    .expect("thread");
+}
+
+#[test]
+#[cfg_attr(miri, ignore)] // a thread per test
+fn a_missed_lookup_on_a_fresh_thread_names_the_thread_helpers() {
+    let message = std::thread::spawn(|| REQUEST_ID.try_get().unwrap_err().to_string())
+        .join()
+        .expect("thread");
+    assert!(message.contains("contextvars::thread::spawn"), "{message}");
 }

@@ -19,7 +19,6 @@ mod future;
 mod hooks;
 #[cfg(feature = "rayon")]
 mod hostile;
-#[cfg(feature = "tokio")]
 mod isolation;
 #[cfg(feature = "tracing")]
 #[path = "../support/log_buffer.rs"]
