@@ -34,8 +34,8 @@
 //! Inside a wrapped future, in the future's own context, across every `.await` and
 //! whichever thread polls it. In an *unwrapped* future, in whatever context the poller
 //! runs: for a plain tokio task, the worker thread's own context, which the next task on
-//! that worker would see (with the `tokio` feature such a set is refused; see
-//! [`contextvars::tokio`](crate#features) and the README's propagation section).
+//! that worker would see, so such a set is refused in every build (see
+//! [`SetError`](crate::SetError) and the README's propagation section).
 //! [`ContextVar::scope_future`](crate::ContextVar::scope_future) wraps a future with one
 //! more binding.
 //!

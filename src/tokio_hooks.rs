@@ -25,7 +25,17 @@
 //!   [`contextvars::tokio::spawn_local`](crate::tokio::spawn_local).
 //! * `block_on`'s own future is not a task: it runs in the calling thread's context.
 //! * Requests on one HTTP/1 keep-alive connection are served by one connection task, so
-//!   they share its context; the [`tower`](crate::tower) layer isolates each request.
+//!   they share its context: without the [`tower`](crate::tower) layer, a value a
+//!   middleware sets while serving one request is seen by the next request on the
+//!   connection. The crate cannot tell a connection task from any other task, so it
+//!   cannot refuse that set; add the layer. With the layer anywhere in the stack (also
+//!   inside a middleware that sets), each request runs in a context of its own, and
+//!   after each response the connection task gets back the bindings it started with, so
+//!   nothing set outside the layer reaches the next request either.
+//! * A task still pending when a *current-thread* runtime is dropped has its future
+//!   dropped on the dropping thread, outside the hooks (tokio calls none around that
+//!   drop), so its destructors run in that thread's context. A multi-thread runtime drops
+//!   them on its workers, in their own contexts, where a `set` is refused.
 //! * Runtimes built without these hooks, and other executors.
 //!
 //! # Cost

@@ -2,7 +2,7 @@
 //!
 //! A server runs each connection in a plain task, so without help a handler's `set`
 //! would land in the worker thread's own context and reach every request that worker
-//! serves next (with the `tokio` feature it is refused instead: see
+//! serves next; it is refused instead, in every build (see
 //! [`SetError`](crate::SetError)). [`ContextLayer`] gives each request what an asyncio
 //! task gets in Python: a **copy of the context current when the service is called**,
 //! in which

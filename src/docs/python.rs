@@ -17,7 +17,7 @@
 //! | `v.get()` | [`ContextVar::get`](crate::ContextVar::get) (clones; panics with the `LookupError` message), [`try_get`](crate::ContextVar::try_get) (returns [`LookupError`](crate::LookupError)), [`with`](crate::ContextVar::with) / [`try_with`](crate::ContextVar::try_with) (borrow, no clone) |
 //! | `v.get(default)` | [`ContextVar::get_or`](crate::ContextVar::get_or), [`with_or`](crate::ContextVar::with_or): the binding, else the call-site default; the variable's own default is **not** consulted, as in Python |
 //! | `v in copy_context()` | [`ContextVar::is_set`](crate::ContextVar::is_set): defaults do not count |
-//! | `tok = v.set(x)` | `let tok = V.set(x);` returns a [`Token`](crate::Token); [`try_set`](crate::ContextVar::try_set) returns a [`SetError`](crate::SetError) during thread teardown, or (feature `tokio`) in a tokio task that has no context of its own |
+//! | `tok = v.set(x)` | `let tok = V.set(x);` returns a [`Token`](crate::Token); [`try_set`](crate::ContextVar::try_set) returns a [`SetError`](crate::SetError) during thread teardown, or in the own context of a pool thread (a tokio task or rayon job with no context of its own) |
 //! | `v.reset(tok)` | [`ContextVar::reset`](crate::ContextVar::reset)`(tok)`, returning a [`ResetError`](crate::ResetError) that hands the token back |
 //! | `tok.var` | [`Token::var`](crate::Token::var) |
 //! | `tok.old_value` | [`Token::old_value`](crate::Token::old_value): `Some(&old)` |
@@ -54,10 +54,12 @@
 //!   the `try_*` methods ([`SetError`](crate::SetError) from `try_set`,
 //!   [`AccessError`](crate::AccessError) from the others).
 //! * **Tasks without a context** (no Python twin; asyncio gives every task one): a plain
-//!   `tokio::spawn`ed task runs in the worker thread's own context. With the `tokio`
-//!   feature a `set` there is refused ([`SetError`](crate::SetError)) instead of leaking
-//!   into the next task; the `tower` layer, `contextvars::tokio::isolate_tasks` and the
-//!   wrappers give tasks contexts of their own.
+//!   `tokio::spawn`ed task runs in the worker thread's own context, and a plain rayon job
+//!   in its worker's. A `set` there is refused in every build
+//!   ([`SetError::is_pool_thread`](crate::SetError::is_pool_thread)) instead of leaking
+//!   into the next task or job, where Python's thread pools leak; the `tower` layer,
+//!   `contextvars::tokio::isolate_tasks`, the wrappers and `contextvars::rayon` give the
+//!   work contexts of their own.
 //!
 //! ## CPython's `ContextTest`, test by test
 //!
