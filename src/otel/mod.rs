@@ -109,21 +109,36 @@
 //!
 //! * `baggage`: all headers together at most **8,192 bytes** and **180 members**, else
 //!   all baggage is ignored; a member without `=`, with a key that is not an HTTP token
-//!   (or holds `%`), with bytes the grammar forbids, with bad percent-encoding or with
-//!   percent-decoded bytes that are not UTF-8 is dropped; of duplicate keys the first
-//!   counts; properties holding `%` are dropped (OpenTelemetry would re-send them
-//!   decoded); at most 64 members reach OpenTelemetry's `Baggage` (its own limit),
-//!   declared keys first; a declared key whose value its codec refuses binds nothing.
-//!   (180 members is the W3C Baggage draft's limit, which OpenTelemetry's other SDKs
-//!   enforce; the current Recommendation asks receivers to keep at least 64 members and
-//!   lets them drop what is past 8,192 bytes. Ignoring *all* of the baggage past either
-//!   limit, rather than cutting it, is this crate's choice: a cut list could drop a
-//!   declared key or keep half of a duplicate pair.)
+//!   (or holds `%`), with bytes the grammar forbids, with properties (after `;`) that
+//!   break the grammar (an empty one, a key that is not a token), with bad
+//!   percent-encoding or with percent-decoded bytes that are not UTF-8 is dropped; of
+//!   duplicate keys the first counts (in one header or across several); properties
+//!   holding `%` are dropped (OpenTelemetry would re-send them decoded); at most 64
+//!   members reach OpenTelemetry's `Baggage` (its own limit), declared keys first; a
+//!   declared key whose value its codec refuses binds nothing. Empty members (`a=1,,b=2`)
+//!   are skipped. (180 members is the W3C Baggage draft's limit, which OpenTelemetry's
+//!   other SDKs enforce; the current Recommendation asks receivers to keep at least 64
+//!   members and lets them drop what is past 8,192 bytes. Ignoring *all* of the baggage
+//!   past either limit, rather than cutting it, is this crate's choice: a cut list could
+//!   drop a declared key or keep half of a duplicate pair.)
 //! * `traceparent`: exactly one, version `00` of exactly 55 bytes or a later version
 //!   (not `ff`) read as its first 55; else no trace context.
-//! * `tracestate`: at most 8,192 bytes and 32 members, all headers together, and
-//!   what OpenTelemetry's `TraceState` accepts; else the trace context is kept without
-//!   it.
+//! * `tracestate`: read only with a `traceparent` that is taken; all headers are one
+//!   list, in order. It is discarded **whole**, the trace context kept without it (as
+//!   the W3C test suite's strict cases expect; OpenTelemetry's `TraceState` would keep
+//!   most of these), when it is over 8,192 bytes (this crate's bound; W3C asks for at
+//!   least 512), has over 32 list-members, or holds a member that breaks the grammar:
+//!   a key other than a simple key (a lowercase letter, then up to 255 of
+//!   `a-z 0-9 _ - * /`) or `tenant@system` (both parts there, within 241 and 14
+//!   characters, the system id starting with a letter); a value that is empty, over 256
+//!   characters, or holds `=` or a byte outside printable ASCII; or a key that came
+//!   before, in the same header or an earlier one. Spaces and tabs around members, and
+//!   empty members, are ignored (a space at the start of a value is part of it). A
+//!   valid member that OpenTelemetry's `TraceState` cannot hold (a system id of exactly
+//!   14 characters) is dropped alone. The key grammar is Trace Context Level 1's, which
+//!   the test suite checks; a later draft relaxes it (any of `a-z 0-9 _ - * / @` after
+//!   a lowercase letter or digit), and the keys only it allows, such as `1foo` or
+//!   `foo@`, are refused here.
 //!
 //! Nothing is an error and nothing panics: what was ignored is counted per [`Reason`] in
 //! an [`ExtractReport`] ([`Propagation::extract_with_report`]; the server layer puts it

@@ -422,11 +422,7 @@ impl Propagation {
     fn extract_otel(&self, headers: &HeaderMap, report: &mut ExtractReport) -> OtelContext {
         let checked = wire::check(headers, |key| self.is_declared(key), report);
         let cx = Self::propagator().extract_with_context(&OtelContext::new(), &checked);
-        // What the checks let through and the propagator still refused (an all-zero id,
-        // a non-hex or uppercase field).
-        if checked.has_traceparent() && !cx.span().span_context().is_valid() {
-            report.add(Reason::TraceparentInvalid);
-        }
+        checked.settle(cx.span().span_context().is_valid(), report);
         cx
     }
 
@@ -462,13 +458,11 @@ fn escape_for_propagator(value: String) -> String {
 }
 
 /// Whether OpenTelemetry's baggage propagator writes these properties (which it does
-/// as they are) in a form that reads back the same: W3C baggage octets, `;` and spaces,
-/// without `%` (which the reader would decode). Others are not sent.
+/// as they are) in a form that reads back the same: W3C Baggage's property grammar
+/// (which the extractor checks), without `%` (which the reader would decode). Others
+/// are not sent.
 fn wire_safe_metadata(metadata: &str) -> bool {
-    metadata.bytes().all(|byte| {
-        byte != b'%'
-            && matches!(byte, b' ' | b'\t' | b';' | 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
-    })
+    !metadata.contains('%') && wire::is_properties(metadata.trim_matches([' ', '\t']).as_bytes())
 }
 
 impl fmt::Debug for Propagation {

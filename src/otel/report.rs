@@ -7,12 +7,23 @@ use std::fmt;
 /// Why the extractor ignored part of the propagation headers; counted in an
 /// [`ExtractReport`].
 ///
+/// The reasons follow the three headers. A bad `baggage` list-member is dropped alone
+/// (the others still bind), so each one counts. A bad `traceparent` means no trace
+/// context. A `tracestate` that breaks a W3C rule is discarded whole (the trace context
+/// is kept without it) and counts once, under the first rule it breaks: its length,
+/// then its number of list-members, then member by member its key, its value, and
+/// whether the key came before. Only a member that OpenTelemetry refuses
+/// ([`TracestateMemberRefused`](Self::TracestateMemberRefused)) is dropped alone, and
+/// each such member counts. The `tracestate` is read only when a `traceparent` is
+/// taken, so its reasons count only then.
+///
 /// ```
 /// use contextvars::opentelemetry::Reason;
 ///
 /// assert!(Reason::DuplicateKey.is_malformed());
 /// assert!(!Reason::UnknownKey.is_malformed());
 /// assert_eq!(Reason::UnknownKey.to_string(), "baggage key not declared");
+/// assert_eq!(Reason::TracestateDuplicateKey.header(), "tracestate");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -26,9 +37,13 @@ pub enum Reason {
     MissingEquals,
     /// A baggage key that is empty, is not an HTTP token, or holds `%`.
     InvalidKey,
-    /// A baggage value or property with a byte the W3C grammar does not allow (a space
-    /// inside it, `"`, `\`, a control or a non-ASCII byte).
+    /// A baggage value with a byte the W3C grammar does not allow (a space inside it,
+    /// `"`, `\`, a control or a non-ASCII byte).
     InvalidValue,
+    /// Baggage properties (after `;`) that break the W3C grammar: a property whose key
+    /// is empty or not an HTTP token, a property value with a byte the grammar does not
+    /// allow, or an empty property (`k=v;`, `k=v;;p`). The member is dropped.
+    InvalidProperty,
     /// Baggage properties (after `;`) holding `%`: dropped, the member kept.
     /// OpenTelemetry decodes properties but does not encode them again, so they would
     /// reach the next hop changed.
@@ -37,7 +52,9 @@ pub enum Reason {
     BadPercentEncoding,
     /// A baggage value whose percent-decoded bytes are not UTF-8.
     InvalidUtf8,
-    /// A baggage key seen before in the same request: the first one counts.
+    /// A baggage key seen before in the same request (in the same header or another):
+    /// the first one counts. W3C Baggage lets a receiver deduplicate this way, and asks
+    /// senders not to repeat keys.
     DuplicateKey,
     /// A valid baggage member beyond the 64 that OpenTelemetry's `Baggage` holds
     /// (declared keys are kept first).
@@ -53,13 +70,33 @@ pub enum Reason {
     TraceparentVersion,
     /// A `traceparent` that is malformed otherwise (length, ids, flags, all-zero ids).
     TraceparentInvalid,
-    /// A `tracestate` over 8,192 bytes or 32 list members, not ASCII, or refused by
-    /// OpenTelemetry's `TraceState` (bad keys or values): the trace context is kept
-    /// without it.
-    TracestateInvalid,
+    /// The `tracestate` headers together are over 8,192 bytes: the tracestate is
+    /// discarded.
+    TracestateTooLong,
+    /// The `tracestate` headers together have over 32 list-members (empty ones not
+    /// counted): the tracestate is discarded.
+    TracestateTooManyMembers,
+    /// A `tracestate` key that breaks the W3C grammar: the tracestate is discarded. A
+    /// key is a lowercase letter then up to 255 of `a-z 0-9 _ - * /`; or a tenant id
+    /// (a lowercase letter or a digit, then up to 240 of those) `@` a system id (a
+    /// lowercase letter, then up to 13). So `FOO`, `foo.bar`, `1foo`, `foo@`, `@foo`,
+    /// `a@b@c` and a key of 257 characters are all refused.
+    TracestateInvalidKey,
+    /// A `tracestate` list-member without `=`, or whose value breaks the W3C grammar:
+    /// empty, over 256 characters, holding `=`, or a byte outside printable ASCII. The
+    /// tracestate is discarded. (Spaces around a member are OWS and ignored; a space
+    /// at the start of a value is part of it.)
+    TracestateInvalidValue,
+    /// A `tracestate` key seen before, in the same header or another one (several
+    /// headers are one list): the tracestate is discarded.
+    TracestateDuplicateKey,
+    /// A `tracestate` list-member valid by the W3C grammar that OpenTelemetry's
+    /// `TraceState` refuses (its key check allows a system id of at most 13 characters,
+    /// the grammar 14): that member alone is dropped, the others kept.
+    TracestateMemberRefused,
 }
 
-const REASONS: usize = 16;
+const REASONS: usize = 22;
 
 impl Reason {
     /// Every reason, in declaration order.
@@ -69,6 +106,7 @@ impl Reason {
         Reason::MissingEquals,
         Reason::InvalidKey,
         Reason::InvalidValue,
+        Reason::InvalidProperty,
         Reason::PropertiesDropped,
         Reason::BadPercentEncoding,
         Reason::InvalidUtf8,
@@ -79,13 +117,61 @@ impl Reason {
         Reason::TraceparentDuplicate,
         Reason::TraceparentVersion,
         Reason::TraceparentInvalid,
-        Reason::TracestateInvalid,
+        Reason::TracestateTooLong,
+        Reason::TracestateTooManyMembers,
+        Reason::TracestateInvalidKey,
+        Reason::TracestateInvalidValue,
+        Reason::TracestateDuplicateKey,
+        Reason::TracestateMemberRefused,
     ];
 
     /// Whether the input broke a rule (everything but [`UnknownKey`](Self::UnknownKey),
     /// which is ordinary when other services add baggage of their own).
     pub fn is_malformed(self) -> bool {
         self != Reason::UnknownKey
+    }
+
+    /// The header the reason is about: `"baggage"`, `"traceparent"` or `"tracestate"`.
+    ///
+    /// ```
+    /// use contextvars::opentelemetry::{Propagation, Reason};
+    ///
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert(
+    ///     "traceparent",
+    ///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+    /// );
+    /// headers.insert("tracestate", "foo@=1,bar=2".parse().unwrap()); // an empty system id
+    /// let (_, report) = Propagation::new().extract_with_report(&headers);
+    /// let tracestate_discarded = report.iter().any(|(reason, _)| reason.header() == "tracestate");
+    /// assert!(tracestate_discarded);
+    /// assert_eq!(report.count(Reason::TracestateInvalidKey), 1);
+    /// ```
+    pub fn header(self) -> &'static str {
+        match self {
+            Reason::TraceparentDuplicate
+            | Reason::TraceparentVersion
+            | Reason::TraceparentInvalid => "traceparent",
+            Reason::TracestateTooLong
+            | Reason::TracestateTooManyMembers
+            | Reason::TracestateInvalidKey
+            | Reason::TracestateInvalidValue
+            | Reason::TracestateDuplicateKey
+            | Reason::TracestateMemberRefused => "tracestate",
+            Reason::BaggageTooLong
+            | Reason::BaggageTooManyMembers
+            | Reason::MissingEquals
+            | Reason::InvalidKey
+            | Reason::InvalidValue
+            | Reason::InvalidProperty
+            | Reason::PropertiesDropped
+            | Reason::BadPercentEncoding
+            | Reason::InvalidUtf8
+            | Reason::DuplicateKey
+            | Reason::OverEntryLimit
+            | Reason::UnknownKey
+            | Reason::CodecRejected => "baggage",
+        }
     }
 
     fn index(self) -> usize {
@@ -99,6 +185,7 @@ impl Reason {
             Reason::MissingEquals => "baggage member without `=`",
             Reason::InvalidKey => "invalid baggage key",
             Reason::InvalidValue => "invalid byte in baggage value",
+            Reason::InvalidProperty => "invalid baggage property",
             Reason::PropertiesDropped => "baggage properties with `%` dropped",
             Reason::BadPercentEncoding => "bad percent-encoding in baggage value",
             Reason::InvalidUtf8 => "baggage value not UTF-8",
@@ -109,7 +196,12 @@ impl Reason {
             Reason::TraceparentDuplicate => "more than one traceparent",
             Reason::TraceparentVersion => "unsupported traceparent version",
             Reason::TraceparentInvalid => "malformed traceparent",
-            Reason::TracestateInvalid => "invalid tracestate",
+            Reason::TracestateTooLong => "tracestate over 8192 bytes",
+            Reason::TracestateTooManyMembers => "tracestate over 32 members",
+            Reason::TracestateInvalidKey => "invalid tracestate key",
+            Reason::TracestateInvalidValue => "invalid tracestate member",
+            Reason::TracestateDuplicateKey => "duplicate tracestate key",
+            Reason::TracestateMemberRefused => "tracestate member refused by opentelemetry",
         }
     }
 }
@@ -135,6 +227,18 @@ impl fmt::Display for Reason {
 /// assert_eq!(report.count(Reason::UnknownKey), 1); // `a`: nothing declared
 /// assert_eq!(report.total(), 3);
 /// assert_eq!(report.malformed(), 2);
+///
+/// // A tracestate split over two headers is one list: a key in both is a duplicate,
+/// // and the whole tracestate is discarded (the trace context is kept).
+/// headers.clear();
+/// headers.insert(
+///     "traceparent",
+///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+/// );
+/// headers.append("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".parse().unwrap());
+/// headers.append("tracestate", "congo=1".parse().unwrap());
+/// let (_, report) = Propagation::new().extract_with_report(&headers);
+/// assert_eq!(report.to_string(), "1 × duplicate tracestate key");
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ExtractReport {
@@ -180,6 +284,13 @@ impl ExtractReport {
     pub(super) fn add(&mut self, reason: Reason) {
         let count = &mut self.counts[reason.index()];
         *count = count.saturating_add(1);
+    }
+
+    /// Adds `other`'s counts to these.
+    pub(super) fn absorb(&mut self, other: &ExtractReport) {
+        for (count, more) in self.counts.iter_mut().zip(other.counts) {
+            *count = count.saturating_add(more);
+        }
     }
 }
 

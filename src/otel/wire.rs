@@ -4,13 +4,13 @@
 //! The propagators are lenient and partly unbounded (the trace context propagator
 //! splits `traceparent` into a vector whatever its length; the baggage propagator takes
 //! the first 64 members, keeps the last of duplicate keys, and cuts a value at a raw
-//! `=`). So the extractor hands them a checked copy: the `baggage` members that are
-//! valid, declared keys first, at most 64; a `traceparent` of at most 55 bytes; a
-//! `tracestate` of at most 8,192 bytes.
+//! `=`; `TraceState` keeps duplicate keys and keys with an empty tenant or system id).
+//! So the extractor hands them a checked copy: the `baggage` members that are valid,
+//! declared keys first, at most 64; a `traceparent` of at most 55 bytes; a `tracestate`
+//! rebuilt from list-members that all passed the W3C grammar, or none.
 
 #![deny(unsafe_code)]
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
 use ::opentelemetry::propagation::{Extractor, Injector};
@@ -30,6 +30,8 @@ pub(super) const MAX_OTEL_ENTRIES: usize = 64;
 pub(super) const MAX_TRACESTATE_BYTES: usize = 8192;
 /// W3C Trace Context: the most `tracestate` list members.
 const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// W3C Trace Context: the longest `tracestate` value (`0*255(chr) nblk-chr`).
+const MAX_TRACESTATE_VALUE: usize = 256;
 /// W3C Trace Context: a version-00 `traceparent`'s length (later versions start with
 /// the same 55 bytes).
 const TRACEPARENT_LEN: usize = 55;
@@ -39,13 +41,27 @@ const TRACEPARENT_LEN: usize = 55;
 pub(super) struct Checked<'a> {
     baggage: Option<String>,
     traceparent: Option<&'a str>,
-    tracestate: Option<Cow<'a, str>>,
+    tracestate: Option<String>,
+    /// What the `tracestate` check ignored: it counts only if the propagator takes the
+    /// `traceparent` (W3C: no `traceparent`, no `tracestate` parsing).
+    tracestate_report: ExtractReport,
 }
 
 impl Checked<'_> {
-    /// Whether a `traceparent` passed the checks (the propagator may still refuse it).
-    pub(super) fn has_traceparent(&self) -> bool {
-        self.traceparent.is_some()
+    /// Counts into `report` what depends on the propagator's verdict on the
+    /// `traceparent` (`valid`: it produced a valid span context): a `traceparent` that
+    /// passed these checks and was still refused, or else what the `tracestate` check
+    /// ignored.
+    pub(super) fn settle(self, valid: bool, report: &mut ExtractReport) {
+        if self.traceparent.is_none() {
+            return;
+        }
+        if valid {
+            report.absorb(&self.tracestate_report);
+        } else {
+            // An all-zero id, a non-hex or uppercase field.
+            report.add(Reason::TraceparentInvalid);
+        }
     }
 }
 
@@ -95,11 +111,13 @@ pub(super) fn check<'a>(
 ) -> Checked<'a> {
     let baggage = check_baggage(headers, is_declared, report);
     let traceparent = check_traceparent(headers, report);
-    let tracestate = traceparent.and_then(|_| check_tracestate(headers, report));
+    let mut tracestate_report = ExtractReport::new();
+    let tracestate = traceparent.and_then(|_| check_tracestate(headers, &mut tracestate_report));
     Checked {
         baggage,
         traceparent,
         tracestate,
+        tracestate_report,
     }
 }
 
@@ -226,12 +244,36 @@ fn is_baggage_octet(byte: u8) -> bool {
     matches!(byte, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
+/// W3C Baggage's `key`: an HTTP token. `%` is a token character, but OpenTelemetry
+/// percent-decodes keys, so a key with `%` would change its meaning on the way
+/// through: refused too.
+fn is_baggage_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.iter().all(|byte| is_tchar(*byte) && *byte != b'%')
+}
+
+/// The properties of a baggage member (what follows its first `;`, trimmed), by W3C
+/// Baggage's grammar: `property *( OWS ";" OWS property )`, each `property` a token key
+/// alone or `key OWS "=" OWS value` with a value of baggage octets (possibly empty).
+/// An empty property (`k=v;` or `k=v;;p`) breaks it.
+pub(super) fn is_properties(properties: &[u8]) -> bool {
+    properties.split(|byte| *byte == b';').all(|property| {
+        let property = trim_ows(property);
+        let (key, value) = match property.iter().position(|byte| *byte == b'=') {
+            Some(at) => (trim_ows(&property[..at]), trim_ows(&property[at + 1..])),
+            None => (property, &[][..]),
+        };
+        !key.is_empty()
+            && key.iter().all(|byte| is_tchar(*byte))
+            && value.iter().all(|byte| is_baggage_octet(*byte))
+    })
+}
+
 /// A member (trimmed, not empty): key, raw value, raw properties (after the first `;`),
 /// and why the properties were dropped, if they were.
 fn parse_member(member: &[u8]) -> Result<Member<'_>, Reason> {
-    let (pair, properties) = match member.iter().position(|byte| *byte == b';') {
-        Some(at) => (&member[..at], &member[at + 1..]),
-        None => (member, &[][..]),
+    let (pair, properties, has_properties) = match member.iter().position(|byte| *byte == b';') {
+        Some(at) => (&member[..at], &member[at + 1..], true),
+        None => (member, &[][..], false),
     };
     let at = pair
         .iter()
@@ -239,9 +281,7 @@ fn parse_member(member: &[u8]) -> Result<Member<'_>, Reason> {
         .ok_or(Reason::MissingEquals)?;
     let key = trim_ows(&pair[..at]);
     let value = trim_ows(&pair[at + 1..]);
-    // `%` is a token character, but OpenTelemetry percent-decodes keys, so a key with
-    // `%` would change its meaning on the way through: refused.
-    if key.is_empty() || !key.iter().all(|byte| is_tchar(*byte) && *byte != b'%') {
+    if !is_baggage_key(key) {
         return Err(Reason::InvalidKey);
     }
     if !value.iter().all(|byte| is_baggage_octet(*byte)) {
@@ -249,11 +289,8 @@ fn parse_member(member: &[u8]) -> Result<Member<'_>, Reason> {
     }
     check_percent_utf8(value)?;
     let mut properties = trim_ows(properties);
-    if !properties
-        .iter()
-        .all(|byte| is_ows(*byte) || (0x21..=0x7E).contains(byte))
-    {
-        return Err(Reason::InvalidValue);
+    if has_properties && !is_properties(properties) {
+        return Err(Reason::InvalidProperty);
     }
     // OpenTelemetry percent-decodes properties but writes them back as they are, so a
     // `%2C` would come out of the next hop as a raw `,`: such properties are dropped.
@@ -346,46 +383,140 @@ fn check_traceparent<'a>(headers: &'a HeaderMap, report: &mut ExtractReport) -> 
     }
 }
 
-/// The `tracestate` to hand on: every header joined with `,`, if within the bound and
-/// accepted by OpenTelemetry's `TraceState`.
-fn check_tracestate<'a>(
-    headers: &'a HeaderMap,
-    report: &mut ExtractReport,
-) -> Option<Cow<'a, str>> {
-    // The headers are checked first and joined once: the work is linear in the bytes
-    // read, which the limit bounds.
-    let mut parts: Vec<&'a str> = Vec::new();
+/// The `tracestate` to hand on, rebuilt as `key=value` list-members joined with `,`
+/// (OWS and empty members gone); or none, when there is none or it is discarded. All
+/// `tracestate` headers are one list, in order (W3C: combined as RFC 9110 combines
+/// fields).
+///
+/// The rules, checked in this order; the first one broken discards the whole
+/// tracestate and is counted once: at most 8,192 bytes in all (this crate's bound);
+/// at most 32 list-members (empty ones do not count); then, member by member, a key by
+/// the grammar, a value by the grammar, a key not seen before. A member that passes
+/// them all and that OpenTelemetry's `TraceState` still refuses is dropped alone and
+/// counted.
+fn check_tracestate(headers: &HeaderMap, report: &mut ExtractReport) -> Option<String> {
+    // Limits first, on the raw bytes: no allocation until both hold.
     let mut bytes = 0usize;
+    let mut any = false;
     for value in headers.get_all("tracestate") {
-        bytes = bytes.saturating_add(value.len() + usize::from(!parts.is_empty()));
-        let text = value.to_str().ok();
-        let (true, Some(text)) = (bytes <= MAX_TRACESTATE_BYTES, text) else {
-            report.add(Reason::TracestateInvalid);
+        bytes = bytes.saturating_add(value.len() + usize::from(any));
+        any = true;
+        if bytes > MAX_TRACESTATE_BYTES {
+            report.add(Reason::TracestateTooLong);
             return None;
-        };
-        parts.push(text);
+        }
     }
-    let joined: Cow<'a, str> = match parts.as_slice() {
-        [] => return None,
-        [one] => Cow::Borrowed(one),
-        many => Cow::Owned(many.join(",")),
-    };
-    // W3C: over 32 list members, the whole tracestate is discarded (OpenTelemetry's
-    // `TraceState` does not count them).
-    let members = joined
-        .split(',')
-        .filter(|member| !member.trim_matches([' ', '\t']).is_empty())
-        .take(MAX_TRACESTATE_MEMBERS + 1)
-        .count();
-    if members > MAX_TRACESTATE_MEMBERS {
-        report.add(Reason::TracestateInvalid);
+    if !any {
         return None;
     }
-    match joined.parse::<TraceState>() {
-        Ok(_) => Some(joined),
-        Err(_) => {
-            report.add(Reason::TracestateInvalid);
-            None
+    let list_members = || {
+        headers
+            .get_all("tracestate")
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+            .map(trim_ows)
+            .filter(|member| !member.is_empty())
+    };
+    let count = list_members().take(MAX_TRACESTATE_MEMBERS + 1).count();
+    if count > MAX_TRACESTATE_MEMBERS {
+        report.add(Reason::TracestateTooManyMembers);
+        return None;
+    }
+
+    // Then each member; at most 32, so the duplicate check is a scan.
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(count);
+    for member in list_members() {
+        let (key, value) = match member.iter().position(|byte| *byte == b'=') {
+            Some(at) => (&member[..at], &member[at + 1..]),
+            None => (member, &[][..]),
+        };
+        if !is_tracestate_key(key) {
+            report.add(Reason::TracestateInvalidKey);
+            return None;
         }
+        if !is_tracestate_value(value) {
+            report.add(Reason::TracestateInvalidValue);
+            return None;
+        }
+        // ASCII by the checks above.
+        let (Ok(key), Ok(value)) = (std::str::from_utf8(key), std::str::from_utf8(value)) else {
+            report.add(Reason::TracestateInvalidValue);
+            return None;
+        };
+        if pairs.iter().any(|(seen, _)| *seen == key) {
+            report.add(Reason::TracestateDuplicateKey);
+            return None;
+        }
+        pairs.push((key, value));
+    }
+
+    let join = |pairs: &[(&str, &str)]| {
+        let mut header = String::with_capacity(bytes);
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                header.push(',');
+            }
+            header.push_str(key);
+            header.push('=');
+            header.push_str(value);
+        }
+        header
+    };
+    let mut header = join(&pairs);
+    // OpenTelemetry's `TraceState` holds every valid list-member but one kind: it
+    // refuses a system id of 14 characters, one more than its check allows. Such a
+    // member is dropped alone (a W3C receiver may delete members) so that the others,
+    // another vendor's, are kept.
+    if header.parse::<TraceState>().is_err() {
+        pairs.retain(|(key, value)| {
+            let held = TraceState::from_key_value([(*key, *value)]).is_ok();
+            if !held {
+                report.add(Reason::TracestateMemberRefused);
+            }
+            held
+        });
+        header = join(&pairs);
+    }
+    (!header.is_empty()).then_some(header)
+}
+
+/// W3C Trace Context's `tracestate` key character, after the first: `lcalpha / DIGIT /
+/// "_" / "-" / "*" / "/"`.
+fn is_tracestate_key_char(byte: u8) -> bool {
+    byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'_' | b'-' | b'*' | b'/')
+}
+
+/// W3C Trace Context's `tracestate` key: a `simple-key` (`lcalpha 0*255(keychar)`) or
+/// a `multi-tenant-key`, `tenant-id "@" system-id` with `tenant-id = (lcalpha / DIGIT)
+/// 0*240(keychar)` and `system-id = lcalpha 0*13(keychar)`. So at most 256 characters,
+/// and at most one `@`, with something on both sides.
+fn is_tracestate_key(key: &[u8]) -> bool {
+    let part = |part: &[u8], digit_first: bool, max_rest: usize| match part {
+        [first, rest @ ..] => {
+            (first.is_ascii_lowercase() || (digit_first && first.is_ascii_digit()))
+                && rest.len() <= max_rest
+                && rest.iter().all(|byte| is_tracestate_key_char(*byte))
+        }
+        [] => false,
+    };
+    match key.iter().position(|byte| *byte == b'@') {
+        None => part(key, false, 255),
+        Some(at) => part(&key[..at], true, 240) && part(&key[at + 1..], false, 13),
+    }
+}
+
+/// W3C Trace Context's `tracestate` value: `0*255(chr) nblk-chr`, with `chr = %x20 /
+/// nblk-chr` and `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`. So 1 to 256 printable ASCII
+/// characters, no `,` or `=`, not ending in a space (a space there is OWS, trimmed
+/// before; a leading space is part of the value).
+fn is_tracestate_value(value: &[u8]) -> bool {
+    let nblk = |byte: u8| matches!(byte, 0x21..=0x2B | 0x2D..=0x3C | 0x3E..=0x7E);
+    match value {
+        [rest @ .., last] => {
+            value.len() <= MAX_TRACESTATE_VALUE
+                && nblk(*last)
+                && rest.iter().all(|byte| *byte == b' ' || nblk(*byte))
+        }
+        [] => false,
     }
 }

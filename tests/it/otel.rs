@@ -6,6 +6,9 @@
 //! * Interop: headers written by OpenTelemetry's own propagators read by ours, and ours
 //!   read by theirs; OpenTelemetry's `Context` both ways.
 //! * Bad input: every kind the issue lists is ignored and counted, never a panic.
+//! * W3C strictness: the `tracestate` cases of the W3C Trace Context test suite (strict
+//!   ones included: duplicate keys, also across headers; vendor format; key and value
+//!   grammar and lengths; 32 members) and the baggage property grammar.
 //! * Round trips: inject → extract for every provided codec (proptest).
 
 use std::collections::HashMap;
@@ -316,7 +319,13 @@ fn malformed_baggage_members_are_dropped_and_counted() {
         (b"name=a\"b", Reason::InvalidValue),
         (b"name=a\\b", Reason::InvalidValue),
         (b"name=\xc3\xbc", Reason::InvalidValue),
-        (b"name=x;prop=\xff", Reason::InvalidValue),
+        (b"name=x;prop=\xff", Reason::InvalidProperty),
+        (b"name=x;", Reason::InvalidProperty),
+        (b"name=x;p;;q", Reason::InvalidProperty),
+        (b"name=x;=v", Reason::InvalidProperty),
+        (b"name=x;p q", Reason::InvalidProperty),
+        (b"name=x;p=\"q\"", Reason::InvalidProperty),
+        (b"name=x;p(=1", Reason::InvalidProperty),
         (b"small=128", Reason::CodecRejected),
         (b"debug=yes", Reason::CodecRejected),
         (b"big=+1", Reason::CodecRejected),
@@ -382,17 +391,19 @@ fn duplicates_equals_signs_properties_and_whitespace() {
             KeyValueMetadata::new("a", "1", "p=x,y"),
             KeyValueMetadata::new("b", "2", "q=50%"),
             KeyValueMetadata::new("c", "3", "r=ok;s"),
+            KeyValueMetadata::new("d", "4", "t u"),
+            KeyValueMetadata::new("e", "5", "v;"),
         ]);
         let _otel = OTEL_CONTEXT.scoped_set(unsafe_metadata);
         let mut headers = HeaderMap::new();
         propagation().inject(&mut headers);
         let (context, report) = propagation().extract_with_report(&headers);
-        assert_eq!(counts(&report), [(Reason::UnknownKey, 3)], "{headers:?}");
+        assert_eq!(counts(&report), [(Reason::UnknownKey, 5)], "{headers:?}");
         let cx = context.get(&OTEL_CONTEXT).unwrap();
         let metadata = |key: &str| cx.baggage().get_with_metadata(key).unwrap().1.to_string();
         assert_eq!(
-            [metadata("a"), metadata("b"), metadata("c")],
-            ["", "", "r=ok;s"]
+            ["a", "b", "c", "d", "e"].map(metadata),
+            ["", "", "r=ok;s", "", ""]
         );
     });
 }
@@ -575,45 +586,278 @@ fn bad_trace_context() {
         }
     }
 
-    // tracestate: dropped when invalid, the trace context kept.
+    // tracestate: dropped when invalid, the trace context kept (the strict cases are
+    // in `tracestate_w3c_strict_cases`).
     let too_long = format!("a={}", "x".repeat(8_200));
     let too_many = (0..33)
         .map(|i| format!("k{i}=v"))
         .collect::<Vec<_>>()
         .join(",");
-    for (state, valid) in [
-        ("vendor=abc", true),
-        (too_long.as_str(), false),
-        (too_many.as_str(), false),
-        ("UPPER=x", false),
-        ("a=b=c", false),
+    for (state, reason) in [
+        ("vendor=abc", None),
+        (too_long.as_str(), Some(Reason::TracestateTooLong)),
+        (too_many.as_str(), Some(Reason::TracestateTooManyMembers)),
+        ("UPPER=x", Some(Reason::TracestateInvalidKey)),
+        ("a=b=c", Some(Reason::TracestateInvalidValue)),
     ] {
-        let headers = headers_of(&[
-            ("traceparent", good.as_bytes()),
-            ("tracestate", state.as_bytes()),
-        ]);
-        let (context, report) = propagation().extract_with_report(&headers);
-        let remote = context
-            .get(&OTEL_CONTEXT)
-            .unwrap()
-            .span()
-            .span_context()
-            .clone();
-        assert!(remote.is_valid());
-        if valid {
-            assert!(report.is_empty(), "{report}");
-            assert_eq!(remote.trace_state().get("vendor"), Some("abc"));
-        } else {
-            assert_eq!(
-                counts(&report),
-                [(Reason::TracestateInvalid, 1)],
-                "{state:.40}"
-            );
-            assert_eq!(remote.trace_state().header(), "");
+        let (header, report) = tracestate_of(&[state.as_bytes()]);
+        match reason {
+            None => {
+                assert!(report.is_empty(), "{report}");
+                assert_eq!(header, "vendor=abc");
+            }
+            Some(reason) => {
+                assert_eq!(counts(&report), [(reason, 1)], "{state:.40}");
+                assert_eq!(header, "");
+            }
         }
     }
 }
 
+/// Extracts a valid `traceparent` with these `tracestate` headers: the tracestate
+/// OpenTelemetry then holds (as it would send it on), and the report.
+fn tracestate_of(states: &[&[u8]]) -> (String, ExtractReport) {
+    let good = format!("00-{TRACE_ID}-{SPAN_ID}-01");
+    let mut pairs: Vec<(&str, &[u8])> = vec![("traceparent", good.as_bytes())];
+    pairs.extend(states.iter().map(|state| ("tracestate", *state)));
+    let (context, report) = propagation().extract_with_report(&headers_of(&pairs));
+    let remote = context
+        .get(&OTEL_CONTEXT)
+        .unwrap()
+        .span()
+        .span_context()
+        .clone();
+    // W3C: a bad tracestate never costs the traceparent.
+    assert!(remote.is_valid(), "{report}");
+    (remote.trace_state().header(), report)
+}
+
+/// The `tracestate` cases of the W3C Trace Context test suite (`test/test.py`, the
+/// strict ones included) and the grammar's edges: a tracestate that breaks a rule is
+/// discarded whole, once counted, the trace context kept; a valid one reaches
+/// OpenTelemetry as one list, OWS and empty members gone.
+#[test]
+fn tracestate_w3c_strict_cases() {
+    let z256 = format!("{}=1", "z".repeat(256));
+    let z257 = format!("{}=1", "z".repeat(257));
+    let foo_z256 = format!("foo=1,{z256}");
+    let tenant241_v14 = format!("foo=1,{}@{}=1", "t".repeat(241), "v".repeat(14));
+    let tenant241_v13 = format!("{}@{}=1", "t".repeat(241), "v".repeat(13));
+    let tenant242 = format!("{}@v=1", "t".repeat(242));
+    let system15 = format!("t@{}=1", "v".repeat(15));
+    let value256 = format!("foo={}", "v".repeat(256));
+    let value257 = format!("foo={}", "v".repeat(257));
+    // The suite's "all allowed characters": every key character, and a value of every
+    // allowed byte (which starts with a space, part of the value).
+    let key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/";
+    let value: String = (0x20u8..=0x7E)
+        .filter(|byte| *byte != b',' && *byte != b'=')
+        .map(char::from)
+        .collect();
+    let all_plain = format!("{key}={value}");
+    let all_tenant = format!("{key}@a-z0-9_-*/={value}");
+    let bars = |range: std::ops::RangeInclusive<u32>| {
+        range
+            .map(|i| format!("bar{i:02}={i:02}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let bars32 = bars(1..=32);
+    let bars33 = [bars(1..=10), bars(11..=20), bars(21..=30), bars(31..=33)];
+    let bars32_split = [bars(1..=10), bars(11..=20), bars(21..=30), bars(31..=32)];
+
+    use Reason::{
+        TracestateDuplicateKey as Duplicate, TracestateInvalidKey as Key,
+        TracestateInvalidValue as Value, TracestateMemberRefused as Refused,
+        TracestateTooManyMembers as TooMany,
+    };
+    /// The `tracestate` headers; then the tracestate OpenTelemetry holds and the report
+    /// (empty when `None`), or the reason it was all discarded for.
+    type Case<'a> = (
+        Vec<&'a str>,
+        Result<(&'a str, Option<(Reason, u32)>), Reason>,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        // Duplicate keys, in one header or split across two.
+        (vec!["foo=1,foo=1"], Err(Duplicate)),
+        (vec!["foo=1,foo=2"], Err(Duplicate)),
+        (vec!["foo=1", "foo=1"], Err(Duplicate)),
+        (vec!["foo=1", "foo=2"], Err(Duplicate)),
+        (vec!["a=1,foo=1", " b=2 , foo=3"], Err(Duplicate)),
+        // Keys: vendor format.
+        (vec!["foo@=1,bar=2"], Err(Key)),
+        (vec!["@foo=1,bar=2"], Err(Key)),
+        (vec!["foo@@bar=1,bar=2"], Err(Key)),
+        (vec!["foo@bar@baz=1,bar=2"], Err(Key)),
+        (vec!["t@1v=1"], Err(Key)),
+        (vec!["t@V=1"], Err(Key)),
+        // Keys: characters.
+        (vec!["foo =1"], Err(Key)),
+        (vec!["FOO=1"], Err(Key)),
+        (vec!["fOo=1"], Err(Key)),
+        (vec!["foo.bar=1"], Err(Key)),
+        (vec!["1foo=1"], Err(Key)),
+        (vec!["_foo=1"], Err(Key)),
+        (vec!["=1"], Err(Key)),
+        // Keys: lengths (256 characters, tenant 241, system 14).
+        (vec!["foo=1", &z256], Ok((&foo_z256, None))),
+        (vec!["foo=1", &z257], Err(Key)),
+        (vec![&tenant242], Err(Key)),
+        (vec![&system15], Err(Key)),
+        (vec![&tenant241_v13], Ok((&tenant241_v13, None))),
+        // W3C-valid, but OpenTelemetry's TraceState refuses a 14-character system id:
+        // that member alone is dropped.
+        (vec![&tenant241_v14], Ok(("foo=1", Some((Refused, 1))))),
+        // Valid multi-tenant keys.
+        (
+            vec!["tenant@vendor=1,0tenant@v=2"],
+            Ok(("tenant@vendor=1,0tenant@v=2", None)),
+        ),
+        (
+            vec!["a-b_c*d/e@x-y_z*/=v"],
+            Ok(("a-b_c*d/e@x-y_z*/=v", None)),
+        ),
+        (vec![&all_plain], Ok((&all_plain, None))),
+        (vec![&all_tenant], Ok((&all_tenant, None))),
+        // Values.
+        (vec!["foo=bar=baz"], Err(Value)),
+        (vec!["foo=,bar=3"], Err(Value)),
+        (vec!["foo="], Err(Value)),
+        (vec!["foo= \t"], Err(Value)),
+        (vec!["foo"], Err(Value)),
+        (vec!["foo=a,b"], Err(Value)),
+        (vec!["foo=a\tb"], Err(Value)),
+        (vec![&value257], Err(Value)),
+        (vec![&value256], Ok((&value256, None))),
+        // A trailing space is OWS, a leading one part of the value.
+        (vec!["foo=1 "], Ok(("foo=1", None))),
+        (vec!["foo= 1  , bar=x y"], Ok(("foo= 1,bar=x y", None))),
+        // 32 members (across headers, empty ones not counted) and 33.
+        (vec![&bars32], Ok((&bars32, None))),
+        (
+            bars32_split.iter().map(String::as_str).collect(),
+            Ok((&bars32, None)),
+        ),
+        (vec![&bars32, ",, ,\t"], Ok((&bars32, None))),
+        (bars33.iter().map(String::as_str).collect(), Err(TooMany)),
+        // OWS and empty members and headers.
+        (
+            vec!["foo=1 \t , \t bar=2, \t baz=3"],
+            Ok(("foo=1,bar=2,baz=3", None)),
+        ),
+        (
+            vec!["foo=1\t \t,\t \tbar=2,\t \tbaz=3"],
+            Ok(("foo=1,bar=2,baz=3", None)),
+        ),
+        (vec![" foo=1"], Ok(("foo=1", None))),
+        (vec!["\t foo=1 \t"], Ok(("foo=1", None))),
+        (vec!["foo=1", ""], Ok(("foo=1", None))),
+        (vec!["", "foo=1"], Ok(("foo=1", None))),
+        (vec![",foo=1,,bar=2,"], Ok(("foo=1,bar=2", None))),
+        (vec![""], Ok(("", None))),
+        // Several headers: one list, in order.
+        (
+            vec!["foo=1,bar=2", "rojo=1,congo=2", "baz=3"],
+            Ok(("foo=1,bar=2,rojo=1,congo=2,baz=3", None)),
+        ),
+        // The first rule broken is the one counted.
+        (vec!["a=1,a=2,B=3"], Err(Duplicate)),
+        (vec!["B=3,a=1,a=2"], Err(Key)),
+        (vec!["a=,B=3"], Err(Value)),
+    ];
+    for (states, expected) in cases {
+        let raw: Vec<&[u8]> = states.iter().map(|state| state.as_bytes()).collect();
+        let (header, report) = tracestate_of(&raw);
+        let shown = format!("{states:?}");
+        match expected {
+            Ok((kept, counted)) => {
+                assert_eq!(header, kept, "{shown}");
+                assert_eq!(
+                    counts(&report),
+                    counted.into_iter().collect::<Vec<_>>(),
+                    "{shown}"
+                );
+            }
+            Err(reason) => {
+                assert_eq!(header, "", "{shown}");
+                assert_eq!(counts(&report), [(reason, 1)], "{shown}");
+            }
+        }
+    }
+
+    // Bytes outside printable ASCII, in a key or a value.
+    for state in [&b"foo=\xc3\xbc"[..], b"f\xc3\xbco=1", b"foo=a\xffb"] {
+        let (header, report) = tracestate_of(&[state]);
+        assert_eq!(header, "");
+        assert_eq!(report.total(), 1, "{report}");
+        assert!(
+            report
+                .iter()
+                .all(|(reason, _)| reason.header() == "tracestate")
+        );
+    }
+}
+
+/// The tracestate is read only with a traceparent that is taken (W3C: a vendor that
+/// failed to parse `traceparent` must not parse `tracestate`): no tracestate reason is
+/// counted otherwise.
+#[test]
+fn tracestate_is_read_only_with_a_traceparent() {
+    let (context, report) = propagation().extract_with_report(&headers_of(&[
+        ("tracestate", b"FOO=1,foo=1"),
+        ("baggage", b"request_id=2"),
+    ]));
+    assert!(report.is_empty(), "{report}");
+    assert_eq!(context.get(&REQUEST_ID), Some(2));
+    // A traceparent that passes the shape checks and that OpenTelemetry refuses.
+    let zeros = format!("00-{}-{SPAN_ID}-01", "0".repeat(32));
+    let (_, report) = propagation().extract_with_report(&headers_of(&[
+        ("traceparent", zeros.as_bytes()),
+        ("tracestate", b"foo=1,foo=1"),
+    ]));
+    assert_eq!(counts(&report), [(Reason::TraceparentInvalid, 1)]);
+}
+
+/// What the report says about a request with both headers bad: each reason counted,
+/// each under its header, and the summary.
+#[test]
+fn report_counts_both_headers() {
+    let good = format!("00-{TRACE_ID}-{SPAN_ID}-01");
+    let headers = headers_of(&[
+        ("baggage", b"request_id=1,tenant=a;;p"),
+        ("baggage", b"request_id=2, name = x ; p = 1"),
+        ("traceparent", good.as_bytes()),
+        ("tracestate", b"rojo=1,congo=2"),
+        ("tracestate", b"rojo=3"),
+    ]);
+    let (context, report) = propagation().extract_with_report(&headers);
+    assert_eq!(
+        counts(&report),
+        [
+            (Reason::InvalidProperty, 1),
+            (Reason::DuplicateKey, 1),
+            (Reason::TracestateDuplicateKey, 1),
+        ]
+    );
+    assert_eq!(report.malformed(), 3);
+    assert_eq!(
+        report.to_string(),
+        "1 × invalid baggage property, 1 × duplicate baggage key, 1 × duplicate tracestate key"
+    );
+    assert_eq!(context.get(&REQUEST_ID), Some(1));
+    assert!(!context.contains(&TENANT));
+    assert_eq!(context.get(&NAME).as_deref(), Some("x"));
+    let headers_of_reasons: Vec<&str> = report.iter().map(|(reason, _)| reason.header()).collect();
+    assert_eq!(headers_of_reasons, ["baggage", "baggage", "tracestate"]);
+
+    // Every reason names its header and reads as text of its own.
+    let mut seen = std::collections::HashSet::new();
+    for reason in Reason::ALL {
+        assert!(["baggage", "traceparent", "tracestate"].contains(&reason.header()));
+        assert!(reason.to_string().contains(reason.header()), "{reason}");
+        assert!(seen.insert(reason.to_string()), "{reason}");
+    }
+}
 /// Through the server layer: the request's handler sees the values, and the report
 /// (and an InitError) in its extensions.
 #[test]
