@@ -339,6 +339,26 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// Calls `f` with the default, or explains why there is none. Out of line, so that
     /// the hit path of a read (`try_with`) inlines into its caller as a few instructions.
     #[inline(never)]
+    /// [`try_with`](Self::try_with), except that a lazy default not computed yet is not
+    /// computed (`None`, as for a variable with no value): runs no code of the program's
+    /// but `f`, for readers that must not, such as the formatting of an event inside a
+    /// panic hook.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn with_computed<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let f = match self.existing_id() {
+            Some(id) => match engine::with_bound::<T, R, _>(id, f) {
+                Ok(result) => return Some(result),
+                Err(f) => f,
+            },
+            None => f,
+        };
+        match &self.default {
+            Default::None => None,
+            Default::Value(value) => Some(f(value)),
+            Default::Lazy(_, cell) => cell.get().map(f),
+        }
+    }
+
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),

@@ -214,12 +214,18 @@ impl Scratch {
     }
 
     /// Records the variables' values into their slots; whether any had one.
+    ///
+    /// A panic while a value is recorded is caught and the value left out. That cannot
+    /// help while the thread is panicking already: in a panic hook, a second panic aborts
+    /// the process before it unwinds, so there only values whose recording runs no code
+    /// of the program's are recorded (see `ReadVar::record`).
     pub(super) fn capture_vars<E>(
         &mut self,
         fields: &ContextFields<E>,
         combined: &Combined,
         metadata: &Metadata<'static>,
     ) -> bool {
+        let panicking = std::thread::panicking();
         let mut any = false;
         let var_fields = metadata.fields().iter().skip(combined.shape.own);
         for (field, &index) in var_fields.zip(combined.shape.vars.iter()) {
@@ -227,7 +233,7 @@ impl Scratch {
                 continue;
             };
             let recorded = catch_unwind(AssertUnwindSafe(|| {
-                var.read.record(&field, &mut Capture(self));
+                var.read.record(&field, &mut Capture(self), panicking);
             }));
             let slot = self.slots.get_mut(field.index());
             match (recorded, slot) {

@@ -33,6 +33,7 @@ use crate::sync::OnceLock;
 
 use super::callsite::{self, Combined, intern_layout};
 use super::capture::{Capture, Scratch};
+use super::value::FieldValue;
 
 /// An event format that adds the values of chosen [`ContextVar`]s to every event, as
 /// fields of the event itself, and leaves all formatting to the format it wraps.
@@ -68,15 +69,40 @@ use super::capture::{Capture, Scratch};
 ///
 /// # How a value is recorded
 ///
-/// [`var`](Self::var) takes a variable whose type is a tracing [`Value`]
-/// (integers, floats, `bool`, `String`, `&'static str`, `Box<str>`, `Option`s of them):
-/// it is recorded as that kind, so JSON gets a number for a `u64` and a string for a
-/// `String` (an `Option` that is `None` is left out).
+/// [`var`](Self::var) takes a variable whose type is a [`FieldValue`]: numbers, `bool`,
+/// text (`String`, `&'static str`, `Box<str>`, `Arc<str>`, `Cow<'static, str>`),
+/// `Duration`, `Instant`, and `Option`s of them, among others; every type that
+/// `contextvars::tower::RequestId` or a codec of `contextvars::opentelemetry` produces
+/// is one. It is recorded as that kind, so JSON gets a number for a `u64` and a string
+/// for an `Arc<str>` (an `Option` that is `None` is left out).
 /// [`var_display`](Self::var_display) and [`var_debug`](Self::var_debug) take any other
 /// type and record its `Display` or `Debug` text: a string in JSON, unquoted
-/// (`Display`) or as `Debug` prints it in text. `Arc<str>`, the type of
-/// `contextvars::tower::RequestId`'s variable, is not a tracing `Value`: add it with
-/// `var_display`.
+/// (`Display`) or as `Debug` prints it in text.
+///
+/// # While the thread panics
+///
+/// A panic hook that logs the panic through `tracing` formats an event while the thread
+/// is panicking, and there a second panic cannot be caught: the standard library aborts
+/// the process ("panicked while processing panic") before anything unwinds. So while
+/// [`std::thread::panicking`] is true, an event shows only the variables whose
+/// recording runs no code of the program's, and leaves the others out as if they had
+/// no value:
+///
+/// * shown: the variables added with [`var`](Self::var) whose type is recorded by the
+///   standard library and this crate alone (numbers, `bool`, text, bytes, `Duration`,
+///   `Instant`, and `Option`s, `Box`es and `Arc`s of them), with their binding or their
+///   default, or their lazy default if it has been computed already;
+/// * left out: the variables added with [`var_display`](Self::var_display) or
+///   [`var_debug`](Self::var_debug) (their `Display` or `Debug` may panic: it is not
+///   called, even if it would not have), a [`FieldValue`] that records an error or a
+///   `tracing::field::display`/`debug` wrapper, and a lazy default not computed yet
+///   (its initialiser is not run).
+///
+/// So a panic stays a panic, whatever the variables' `Display` and `Debug` do, and the
+/// panic's event still carries a request id or a tenant held as text or a number. This
+/// also holds in destructors that run while a panic unwinds (the thread is panicking
+/// there too), where a second panic could have been caught: the standard library does
+/// not tell the two apart.
 ///
 /// # Field names and clashes
 ///
@@ -103,25 +129,38 @@ pub(super) struct VarField {
     pub(super) read: Box<dyn ReadVar>,
 }
 
-/// Records a variable's current value, type-erased: the kind of recording (as a tracing
-/// `Value`, as `Display` text, as `Debug` text) is chosen when the variable is added.
+/// Records a variable's current value, type-erased: the kind of recording (as a
+/// [`FieldValue`], as `Display` text, as `Debug` text) is chosen when the variable is
+/// added.
 pub(super) trait ReadVar: Send + Sync {
     /// Records the current value as `field` into `visitor`; nothing if there is none.
-    fn record(&self, field: &Field, visitor: &mut dyn Visit);
+    ///
+    /// While the thread is `panicking`, nothing of the program's may run (a panic
+    /// inside a panic hook aborts the process, before any `catch_unwind` can help): a
+    /// lazy default not computed yet is not computed, and a value whose recording would
+    /// run a `Display`, `Debug` or `Error` impl is not recorded.
+    fn record(&self, field: &Field, visitor: &mut dyn Visit, panicking: bool);
 }
 
 struct AsValue<T: 'static>(&'static ContextVar<T>);
 struct AsDisplay<T: 'static>(&'static ContextVar<T>);
 struct AsDebug<T: 'static>(&'static ContextVar<T>);
 
-impl<T: Value + Send + Sync + 'static> ReadVar for AsValue<T> {
-    fn record(&self, field: &Field, visitor: &mut dyn Visit) {
-        let _ = self.0.try_with(|value| value.record(field, visitor));
+impl<T: FieldValue> ReadVar for AsValue<T> {
+    fn record(&self, field: &Field, visitor: &mut dyn Visit, panicking: bool) {
+        if !panicking {
+            let _ = self.0.try_with(|value| value.record(field, visitor));
+        } else if !T::RUNS_PROGRAM_CODE {
+            let _ = self.0.with_computed(|value| value.record(field, visitor));
+        }
     }
 }
 
 impl<T: fmt::Display + Send + Sync + 'static> ReadVar for AsDisplay<T> {
-    fn record(&self, field: &Field, visitor: &mut dyn Visit) {
+    fn record(&self, field: &Field, visitor: &mut dyn Visit, panicking: bool) {
+        if panicking {
+            return;
+        }
         let _ = self
             .0
             .try_with(|value| ::tracing_core::field::display(value).record(field, visitor));
@@ -129,7 +168,10 @@ impl<T: fmt::Display + Send + Sync + 'static> ReadVar for AsDisplay<T> {
 }
 
 impl<T: fmt::Debug + Send + Sync + 'static> ReadVar for AsDebug<T> {
-    fn record(&self, field: &Field, visitor: &mut dyn Visit) {
+    fn record(&self, field: &Field, visitor: &mut dyn Visit, panicking: bool) {
+        if panicking {
+            return;
+        }
         let _ = self
             .0
             .try_with(|value| ::tracing_core::field::debug(value).record(field, visitor));
@@ -147,8 +189,10 @@ impl<E> ContextFields<E> {
         }
     }
 
-    /// Adds `var`, recorded as the tracing [`Value`] its type is (a
-    /// number stays a number in JSON).
+    /// Adds `var`, recorded as a field of its own kind: a number stays a number in JSON,
+    /// text is a string. Its type is a [`FieldValue`]: numbers, `bool`, text (`String`,
+    /// `&'static str`, `Box<str>`, `Arc<str>`, `Cow<'static, str>`), `Duration`,
+    /// `Instant`, and `Option`s of them, among others (the list is on the trait).
     ///
     /// ```
     /// use contextvars::ContextVar;
@@ -159,7 +203,7 @@ impl<E> ContextFields<E> {
     /// let format = ContextFields::new(format::Format::default()).var(&ATTEMPT);
     /// assert_eq!(format.var_names().collect::<Vec<_>>(), ["attempt"]);
     /// ```
-    pub fn var<T: Value + Send + Sync + 'static>(self, var: &'static ContextVar<T>) -> Self {
+    pub fn var<T: FieldValue>(self, var: &'static ContextVar<T>) -> Self {
         self.push(var.name(), Box::new(AsValue(var)))
     }
 

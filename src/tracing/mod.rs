@@ -145,9 +145,11 @@
 //! call, on the thread that emits it (a non-blocking writer such as `tracing-appender`'s
 //! only moves the writing elsewhere), so they are the values of the event's own context.
 //!
-//! Which value a variable shows, how each kind of value is recorded, and what happens
-//! when an event has a field of a variable's name (the event's own field wins), are on
-//! [`ContextFields`].
+//! Which value a variable shows, how each kind of value is recorded (the types that are
+//! recorded as their own kind are the [`FieldValue`]s), what an event shows while the
+//! thread panics (in a panic hook that logs, only what cannot panic again), and what
+//! happens when an event has a field of a variable's name (the event's own field wins),
+//! are on [`ContextFields`].
 //!
 //! # Cost
 //!
@@ -180,5 +182,7 @@
 mod callsite;
 mod capture;
 mod fields;
+mod value;
 
 pub use fields::ContextFields;
+pub use value::FieldValue;

@@ -785,3 +785,232 @@ fn named_renames_the_last_variable_and_raw_identifiers_clash() {
     let second = buffer.lines()[1].clone();
     assert_eq!(second.matches("\"type\"").count(), 1, "{second}");
 }
+
+/// `tower::RequestId`'s variable type, `Arc<str>`, is named in `var` directly and
+/// recorded as text: a string in JSON, quoted in the text formats, as a `String` is.
+#[test]
+fn an_arc_str_request_id_is_text_in_json_and_in_text() {
+    static ARC_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
+    let ((plain, plain_buffer), (wrapped, wrapped_buffer)) =
+        plain_and_wrapped!(fmt().without_time(), |format| ContextFields::new(format)
+            .var(&ARC_ID));
+    run_both(&plain, &wrapped, || {
+        isolated(|| {
+            let _id = ARC_ID.set(Arc::from("4f2a"));
+            tracing::info!(user = "ada", "hello");
+        })
+    });
+    let plain = plain_buffer.text();
+    assert_eq!(
+        wrapped_buffer.text(),
+        insert_after(&plain, "user=\"ada\"", " request_id=\"4f2a\"")
+    );
+
+    let buffer = Buffer::default();
+    let json = Dispatch::new(
+        fmt()
+            .json()
+            .without_time()
+            .with_writer(buffer.clone())
+            .map_event_format(|format| ContextFields::new(format).var(&ARC_ID))
+            .finish(),
+    );
+    tracing::dispatcher::with_default(&json, || {
+        isolated(|| {
+            let _id = ARC_ID.set(Arc::from("4f2a"));
+            tracing::info!("hello");
+        })
+    });
+    let lines = buffer.json_lines();
+    assert_eq!(
+        lines[0]["fields"]["request_id"],
+        json!("4f2a"),
+        "{}",
+        lines[0]
+    );
+}
+
+/// Text of every owned and borrowed kind, `Option`s, `Box`es and `NonZero`s: each is the
+/// field its contents would be at a log call.
+#[test]
+fn text_numbers_and_wrappers_are_fields_of_their_own_kind() {
+    use std::borrow::Cow;
+    use std::num::NonZero;
+    static BOXED: ContextVar<Box<str>> = ContextVar::new("boxed");
+    static COW: ContextVar<Cow<'static, str>> = ContextVar::new("cow");
+    static STATIC: ContextVar<&'static str> = ContextVar::with_default("static", "fixed");
+    static MAYBE: ContextVar<Option<Arc<str>>> = ContextVar::new("maybe");
+    static BYTES: ContextVar<Arc<[u8]>> = ContextVar::new("bytes");
+    static NONZERO: ContextVar<NonZero<u32>> = ContextVar::new("nonzero");
+    static RATIO: ContextVar<f32> = ContextVar::new("ratio");
+    static BOXED_NUMBER: ContextVar<Box<i64>> = ContextVar::new("boxed_number");
+    let buffer = Buffer::default();
+    let dispatch = Dispatch::new(
+        fmt()
+            .json()
+            .without_time()
+            .with_writer(buffer.clone())
+            .map_event_format(|format| {
+                ContextFields::new(format)
+                    .var(&BOXED)
+                    .var(&COW)
+                    .var(&STATIC)
+                    .var(&MAYBE)
+                    .var(&BYTES)
+                    .var(&NONZERO)
+                    .var(&RATIO)
+                    .var(&BOXED_NUMBER)
+            })
+            .finish(),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        isolated(|| {
+            let _boxed = BOXED.set("boxed".into());
+            let _cow = COW.set(Cow::Owned("owned".to_owned()));
+            let _maybe = MAYBE.set(Some("some".into()));
+            let _bytes = BYTES.set(Arc::from(&b"ab"[..]));
+            let _nonzero = NONZERO.set(NonZero::new(9).unwrap());
+            let _ratio = RATIO.set(0.5);
+            let _number = BOXED_NUMBER.set(Box::new(-3));
+            tracing::info!("all");
+            let _cow = COW.set(Cow::Borrowed("borrowed"));
+            let _maybe = MAYBE.set(None);
+            // The same values written at the call, for comparison.
+            tracing::info!(bytes = &b"ab"[..], "at the call");
+        })
+    });
+    let lines = buffer.json_lines();
+    let fields = &lines[0]["fields"];
+    assert_eq!(fields["boxed"], json!("boxed"), "{fields}");
+    assert_eq!(fields["cow"], json!("owned"), "{fields}");
+    assert_eq!(fields["static"], json!("fixed"), "{fields}");
+    assert_eq!(fields["maybe"], json!("some"), "{fields}");
+    assert_eq!(fields["bytes"], lines[1]["fields"]["bytes"], "{fields}");
+    assert_eq!(fields["nonzero"], json!(9), "{fields}");
+    assert_eq!(fields["ratio"], json!(0.5), "{fields}");
+    assert_eq!(fields["boxed_number"], json!(-3), "{fields}");
+    assert_eq!(lines[1]["fields"]["cow"], json!("borrowed"));
+    assert!(lines[1]["fields"].get("maybe").is_none(), "{}", lines[1]);
+}
+
+/// Every type a codec of `contextvars::opentelemetry` decodes baggage into is named in
+/// `var` directly: integers stay numbers, text is a string, a `Duration` its `Debug`
+/// text, an `Instant` the time from the event to it.
+#[cfg(feature = "opentelemetry")]
+#[test]
+fn every_codecs_type_is_named_in_var_directly() {
+    use std::time::{Duration, Instant};
+
+    use contextvars::opentelemetry::{Bool, Codec, Deadline, Int, Millis, Text};
+    use contextvars::tracing::FieldValue;
+
+    /// What `codec` decodes `text` into, for a type `var` takes.
+    fn decoded<T: FieldValue>(codec: &impl Codec<T>, text: &str) -> T {
+        codec.decode(text).unwrap()
+    }
+
+    macro_rules! int_vars {
+        ($($name:ident: $t:ty = $text:literal,)*) => {
+            $(static $name: ContextVar<$t> = ContextVar::new(stringify!($t));)*
+            /// Adds the integer variables.
+            fn add_ints<E>(fields: ContextFields<E>) -> ContextFields<E> {
+                fields$(.var(&$name))*
+            }
+            /// Sets each integer variable to its codec's reading of its text, for `f`.
+            fn with_ints(f: impl FnOnce()) {
+                let tokens = ($($name.set(decoded(&Int, $text)),)*);
+                f();
+                drop(tokens);
+            }
+            /// Each integer variable's field name and its text.
+            fn int_fields() -> Vec<(&'static str, &'static str)> {
+                vec![$((stringify!($t), $text),)*]
+            }
+        };
+    }
+    int_vars! {
+        U8: u8 = "8",
+        U16: u16 = "16",
+        U32: u32 = "32",
+        U64: u64 = "64",
+        U128: u128 = "128",
+        USIZE: usize = "7",
+        I8: i8 = "-8",
+        I16: i16 = "-16",
+        I32: i32 = "-32",
+        I64: i64 = "-64",
+        I128: i128 = "-128",
+        ISIZE: isize = "-7",
+    }
+    static STRING: ContextVar<String> = ContextVar::new("string");
+    static ARC: ContextVar<Arc<str>> = ContextVar::new("arc");
+    static BOXED: ContextVar<Box<str>> = ContextVar::new("boxed");
+    static FLAG: ContextVar<bool> = ContextVar::new("flag");
+    static BUDGET: ContextVar<Duration> = ContextVar::new("budget");
+    static DEADLINE: ContextVar<Instant> = ContextVar::new("deadline");
+    static STARTED: ContextVar<Instant> = ContextVar::new("started");
+
+    let buffer = Buffer::default();
+    let dispatch = Dispatch::new(
+        fmt()
+            .json()
+            .without_time()
+            .with_writer(buffer.clone())
+            .map_event_format(|format| {
+                add_ints(ContextFields::new(format))
+                    .var(&STRING)
+                    .var(&ARC)
+                    .var(&BOXED)
+                    .var(&FLAG)
+                    .var(&BUDGET)
+                    .var(&DEADLINE)
+                    .var(&STARTED)
+            })
+            .finish(),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        isolated(|| {
+            with_ints(|| {
+                let _string = STRING.set(decoded(&Text, "acme"));
+                let _arc = ARC.set(decoded(&Text, "4f2a"));
+                let _boxed = BOXED.set(decoded(&Text, "eu"));
+                let _flag = FLAG.set(decoded(&Bool, "true"));
+                let _budget = BUDGET.set(decoded(&Millis, "250"));
+                let _deadline = DEADLINE.set(decoded(&Deadline, "3600000"));
+                let _started = STARTED.set(Instant::now() - Duration::from_secs(3600));
+                tracing::info!("decoded");
+            })
+        });
+        // 128-bit integers at a log call, for comparison.
+        tracing::info!(wide = 128u128, negative = -128i128, "at the call");
+    });
+    let lines = buffer.json_lines();
+    let fields = &lines[0]["fields"];
+    assert_eq!(lines[1]["fields"]["wide"], json!("128"), "{}", lines[1]);
+    for (name, text) in int_fields() {
+        let expected = match name {
+            // tracing-subscriber's JSON writes 128-bit integers as strings, as it does
+            // at a log call.
+            "u128" => lines[1]["fields"]["wide"].clone(),
+            "i128" => lines[1]["fields"]["negative"].clone(),
+            _ => serde_json::from_str(text).unwrap(),
+        };
+        assert_eq!(fields[name], expected, "{name}: {fields}");
+    }
+    assert_eq!(fields["string"], json!("acme"), "{fields}");
+    assert_eq!(fields["arc"], json!("4f2a"), "{fields}");
+    assert_eq!(fields["boxed"], json!("eu"), "{fields}");
+    assert_eq!(fields["flag"], json!(true), "{fields}");
+    assert_eq!(fields["budget"], json!("250ms"), "{fields}");
+    // `Duration`'s `Debug` text in seconds, as a number.
+    let seconds = |name: &str| -> f64 {
+        let text = fields[name].as_str().unwrap();
+        text.strip_suffix('s').unwrap().parse().unwrap()
+    };
+    // An hour ahead, read a little later: just under an hour (`3599.99...s`).
+    let deadline = seconds("deadline");
+    assert!((3_500.0..=3_600.0).contains(&deadline), "{fields}");
+    // An hour ago: a little over an hour, negative (`-3600.00...s`).
+    let started = seconds("started");
+    assert!((-3_700.0..=-3_600.0).contains(&started), "{fields}");
+}
