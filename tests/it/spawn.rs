@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use contextvars::thread::{BuilderExt, ScopeExt, SpawnError};
 use contextvars::{Context, ContextVar};
 
-use crate::{isolated, iterations};
+use crate::isolated;
 
 static REQUEST: ContextVar<u64> = ContextVar::new("request");
 static TENANT: ContextVar<&str> = ContextVar::with_default("tenant", "none");
@@ -127,6 +127,7 @@ fn scoped_threads() {
 #[cfg(feature = "tokio")]
 mod tokio_tasks {
     use super::*;
+    use crate::iterations;
     use contextvars::tokio::JoinSetExt;
 
     fn runtime() -> tokio::runtime::Runtime {
