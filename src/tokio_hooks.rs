@@ -28,7 +28,9 @@
 //!   they share its context: without the [`tower`](crate::tower) layer, a value a
 //!   middleware sets while serving one request is seen by the next request on the
 //!   connection. The crate cannot tell a connection task from any other task, so it
-//!   cannot refuse that set; add the layer. With the layer anywhere in the stack (also
+//!   cannot refuse that set; add the layer. The first time a task sets a variable in its
+//!   own context while no layer has served a request, the crate prints a note saying so
+//!   to stderr, once per process. With the layer anywhere in the stack (also
 //!   inside a middleware that sets), each request runs in a context of its own, and
 //!   after each response the connection task gets back the bindings it started with, so
 //!   nothing set outside the layer reaches the next request either.
@@ -54,7 +56,7 @@ use tokio::runtime::Builder;
 use tokio::task::Id;
 
 use crate::engine::{self, Frame};
-use crate::sync::{Cell, OnceLock, thread_locals};
+use crate::sync::{AtomicBool, Cell, OnceLock, Ordering, globals, thread_locals};
 
 /// Hashes a task id (a `u64` that tokio hands out in sequence) with one multiplication:
 /// SipHash, std's default, cost more than the rest of a hook.
@@ -210,6 +212,7 @@ fn after_poll(id: Id) {
     let Some(frame) = engine::leave_detached() else {
         return; // cannot happen: tokio calls the hooks as a pair around the poll
     };
+    note_set_without_layer(&frame);
     if terminated {
         drop(frame);
         drop(initial);
@@ -217,6 +220,39 @@ fn after_poll(id: Id) {
         Registry::get().insert(id, TaskFrame { frame, initial });
     }
 }
+
+globals! {
+    /// Whether [`note_set_without_layer`] has spoken (once per process).
+    static NOTED_SET_WITHOUT_LAYER: AtomicBool = const AtomicBool::new(false);
+}
+
+/// The one configuration the crate cannot protect, said once per process: a task set a
+/// variable in its own context, and no tower layer has served a request. If the task is a
+/// server's connection task, the requests of its keep-alive connection share that
+/// context. The crate cannot tell a connection task from any other task, so the set is
+/// not refused; this note on stderr says what to add. Cost per poll once said: one
+/// relaxed load.
+fn note_set_without_layer(frame: &Frame) {
+    if NOTED_SET_WITHOUT_LAYER.load(Ordering::Relaxed)
+        || !frame.bindings_changed()
+        || crate::pool::request_layer_seen()
+    {
+        return;
+    }
+    if NOTED_SET_WITHOUT_LAYER.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    eprintln!("{SET_WITHOUT_LAYER}");
+}
+
+/// What [`note_set_without_layer`] prints.
+pub(crate) const SET_WITHOUT_LAYER: &str = "contextvars: a task of a runtime with \
+    `contextvars::tokio::isolate_tasks` set a context variable in its own context, and no \
+    `contextvars::tower::ContextLayer` has served a request in this process. If the task \
+    serves HTTP connections (a server's connection task), the requests of a keep-alive \
+    connection share its context, and a value set while serving one request is seen by \
+    the next: add `ContextLayer` to the service (with axum, last). This note is printed \
+    once.";
 
 fn on_terminate(id: Id) {
     // Inside the task's last poll the frame is the thread's now: mark it, and the

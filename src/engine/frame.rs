@@ -80,6 +80,14 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Whether a set or reset ever changed this frame's bindings while it ran.
+    #[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
+    pub(crate) fn bindings_changed(&self) -> bool {
+        self.last_change != 0
+    }
+}
+
 impl Drop for Frame {
     /// Releases what a frame that stopped running holds: publishes an unpublished change
     /// to its context object and leaves that object, handing it the final snapshot as the

@@ -196,3 +196,47 @@ fn a_replaced_after_hook_does_not_disable_the_leak_check() {
     .join()
     .unwrap();
 }
+
+/// The environment variable that makes [`a_set_without_any_layer_is_noted_once`]'s child
+/// run the scenario.
+const NOTE_SCENARIO: &str = "CONTEXTVARS_TEST_NOTE_SCENARIO";
+
+/// The child's half: tasks that set in their own contexts, no tower layer anywhere in the
+/// process (a fresh process: the flag that records a layer is process-wide).
+#[test]
+fn note_scenario_child() {
+    if std::env::var_os(NOTE_SCENARIO).is_none() {
+        return;
+    }
+    let rt = runtime(true);
+    rt.block_on(async {
+        for i in 0..8 {
+            tokio::spawn(async move { drop(ID.set(i)) }).await.unwrap();
+        }
+    });
+}
+
+/// Hooks without any layer cannot protect a keep-alive connection task's requests from
+/// each other (the crate cannot tell a connection task), so the crate says so on stderr,
+/// once per process, at the first set in a task's own context.
+#[test]
+#[cfg_attr(miri, ignore)] // starts a process
+fn a_set_without_any_layer_is_noted_once() {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "hooks::note_scenario_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(NOTE_SCENARIO, "1")
+        .output()
+        .expect("child");
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let note = "contextvars: a task of a runtime with `contextvars::tokio::isolate_tasks` set";
+    assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
+    for needle in ["keep-alive", "add `ContextLayer`", "printed once"] {
+        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+    }
+}
