@@ -171,13 +171,13 @@ fn on_spawn(id: Id) {
 }
 
 fn before_poll(id: Id) {
-    // A task spawned before the hooks were installed, or whose frame is missing, starts
-    // from an empty context of its own rather than the worker's.
     // The after-poll hook finds the task through this list, so a task that cannot be
     // recorded (the list is gone: thread teardown) is not entered, and keeps its frame.
     if with_polling(|_| ()).is_none() {
         return;
     }
+    // A task spawned before the hooks were installed, or whose frame is missing, starts
+    // from an empty context of its own rather than the worker's.
     let TaskFrame { frame, initial } = Registry::get()
         .remove(id)
         .unwrap_or_else(|| TaskFrame::new(engine::Vars::default()));
