@@ -326,19 +326,22 @@ impl fmt::Display for SetError {
         write!(f, "refused to set <ContextVar name={:?}>: ", self.name)?;
         match pool {
             Pool::TokioTask if layer_seen => f.write_str(
-                "a tokio task is being polled in this worker thread's own context, where the \
-                 value would stay and be seen by every task the worker polls next (another \
-                 request's handler, in a server). `contextvars::tower::ContextLayer` serves \
-                 requests in this process, but this code runs outside it: either a middleware \
-                 the layer does not wrap (with axum, a layer added after \
-                 `.layer(ContextLayer::new())` wraps it from outside: add the context layer \
-                 last, or first in a `ServiceBuilder`), or a task a handler spawned with a \
-                 plain `tokio::spawn` (spawn it with `contextvars::tokio::spawn` or wrap it \
-                 with `.in_current_context()`)",
+                "this runs in a tokio task with no context of its own, in the worker \
+                 thread's own context, where the value would stay and be seen by whatever \
+                 the thread runs next (another request's handler, in a server). \
+                 `contextvars::tower::ContextLayer` serves requests in this process, but this \
+                 code runs outside it: a middleware the layer does not wrap (with axum, a \
+                 layer added after `.layer(ContextLayer::new())` wraps it from outside: add \
+                 the context layer last, or first in a `ServiceBuilder`); a task a handler \
+                 spawned with a plain `tokio::spawn` (spawn it with \
+                 `contextvars::tokio::spawn` or wrap it with `.in_current_context()`); or a \
+                 plain `spawn_blocking` closure (use `contextvars::tokio::spawn_blocking`)",
             ),
             Pool::TokioTask => f.write_str(
-                "a tokio task is being polled in this worker thread's own context, where the \
-                 value would stay and be seen by every task the worker polls next (another \
+                "this runs in a tokio task with no context of its own (a plain \
+                 `tokio::spawn`ed task, a server's connection task, or a plain \
+                 `spawn_blocking` closure), in the worker thread's own context, where the \
+                 value would stay and be seen by whatever the thread runs next (another \
                  request's handler, in a server). Give the task a context of its own: add \
                  `contextvars::tower::ContextLayer` to the service (each request; with axum, \
                  add it last so it wraps every middleware), install \

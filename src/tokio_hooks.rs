@@ -50,7 +50,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Builder;
 use tokio::task::Id;
@@ -98,10 +99,30 @@ impl TaskFrame {
     }
 }
 
-type IdMap = HashMap<Id, TaskFrame, BuildHasherDefault<IdHasher>>;
+/// A task's place in the registry.
+enum Slot {
+    /// Between polls: the task's frame waits here.
+    Filed(TaskFrame),
+    /// A poll took the frame out, and its after-poll hook has not filed it back yet.
+    CheckedOut,
+}
+
+type IdMap = HashMap<Id, Slot, BuildHasherDefault<IdHasher>>;
+
+/// How long a poll waits for the previous poll of the same task to file the task's frame
+/// back before it gives up and starts from an empty context (values lost, none leaked).
+/// The wait is the gap between tokio marking the task idle and calling the after-poll
+/// hook: a few instructions, unless that thread is descheduled right there. Giving up
+/// only happens when the after-poll hook never comes (it was replaced).
+const CHECK_OUT_PATIENCE: Duration = Duration::from_millis(200);
 
 /// The tasks' frames between polls, by task id: sharded, so polls on different workers
 /// rarely meet on a lock.
+///
+/// tokio marks a task idle *before* it calls the after-poll hook, so a task woken from
+/// another thread can be polled on a second worker while the first is still about to
+/// file the frame back. A poll therefore checks the frame out ([`Registry::check_out`])
+/// and waits while it is still out; the after-poll hook checks it back in.
 struct Registry {
     shards: [Mutex<IdMap>; SHARDS],
 }
@@ -121,21 +142,64 @@ impl Registry {
         &self.shards[(hash >> 60) as usize % SHARDS]
     }
 
-    fn insert(&self, id: Id, frame: TaskFrame) {
-        let old = self
-            .shard(id)
+    fn lock(&self, id: Id) -> MutexGuard<'_, IdMap> {
+        self.shard(id)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, frame);
+    }
+
+    /// Files a new task's frame.
+    fn file_new(&self, id: Id, frame: TaskFrame) {
+        let old = self.lock(id).insert(id, Slot::Filed(frame));
         // Released outside the lock: a frame's values may have destructors.
         drop(old);
     }
 
-    fn remove(&self, id: Id) -> Option<TaskFrame> {
-        self.shard(id)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)
+    /// Takes the task's frame out for a poll, waiting while a previous poll still has it
+    /// out; `None` if the task has no frame (spawned before the hooks were installed) or
+    /// the wait gave up ([`CHECK_OUT_PATIENCE`]). The slot is marked checked out either
+    /// way, for [`check_in`](Self::check_in).
+    fn check_out(&self, id: Id) -> Option<TaskFrame> {
+        let mut spins = 0u32;
+        let mut since: Option<Instant> = None;
+        loop {
+            {
+                let mut map = self.lock(id);
+                if !matches!(map.get(&id), Some(Slot::CheckedOut)) {
+                    return match map.insert(id, Slot::CheckedOut) {
+                        Some(Slot::Filed(frame)) => Some(frame),
+                        _ => None,
+                    };
+                }
+            }
+            if spins < 64 {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let since = *since.get_or_insert_with(Instant::now);
+            if since.elapsed() > CHECK_OUT_PATIENCE {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Files the frame back after a poll; gives it back (to be released by the caller,
+    /// outside the lock) if the slot is no longer checked out: the task terminated
+    /// elsewhere meanwhile, or a later poll gave up waiting and filed its own.
+    fn check_in(&self, id: Id, frame: TaskFrame) -> Option<TaskFrame> {
+        let mut map = self.lock(id);
+        if matches!(map.get(&id), Some(Slot::CheckedOut)) {
+            map.insert(id, Slot::Filed(frame));
+            None
+        } else {
+            Some(frame)
+        }
+    }
+
+    fn remove(&self, id: Id) -> Option<Slot> {
+        self.lock(id).remove(&id)
     }
 }
 
@@ -167,7 +231,7 @@ fn with_polling<R>(f: impl FnOnce(&mut Vec<Polled>) -> R) -> Option<R> {
 }
 
 fn on_spawn(id: Id) {
-    Registry::get().insert(id, TaskFrame::new(engine::vars()));
+    Registry::get().file_new(id, TaskFrame::new(engine::vars()));
 }
 
 fn before_poll(id: Id) {
@@ -179,7 +243,7 @@ fn before_poll(id: Id) {
     // A task spawned before the hooks were installed, or whose frame is missing, starts
     // from an empty context of its own rather than the worker's.
     let TaskFrame { frame, initial } = Registry::get()
-        .remove(id)
+        .check_out(id)
         .unwrap_or_else(|| TaskFrame::new(engine::Vars::default()));
     let polled = Polled {
         id,
@@ -191,6 +255,7 @@ fn before_poll(id: Id) {
     if let Err(frame) = engine::enter_detached(frame) {
         // Thread teardown: nothing can run in a context any more.
         let _ = with_polling(|polling| polling.pop());
+        drop(Registry::get().remove(id));
         drop(frame);
     }
 }
@@ -210,14 +275,18 @@ fn after_poll(id: Id) {
         return; // `before_poll` did not enter (thread teardown)
     };
     let Some(frame) = engine::leave_detached() else {
-        return; // cannot happen: tokio calls the hooks as a pair around the poll
+        // Cannot happen (tokio calls the hooks as a pair around the poll); the next poll
+        // starts from an empty context rather than wait for this one.
+        drop(Registry::get().remove(id));
+        return;
     };
     note_set_without_layer(&frame);
     if terminated {
+        drop(Registry::get().remove(id));
         drop(frame);
         drop(initial);
     } else {
-        Registry::get().insert(id, TaskFrame { frame, initial });
+        drop(Registry::get().check_in(id, TaskFrame { frame, initial }));
     }
 }
 
