@@ -23,12 +23,22 @@ use crate::token::Token;
 /// When the miss happens where a hand-off was probably forgotten (a tokio task, a rayon
 /// job or a pool thread running in the thread's own context, or a thread whose own
 /// context is empty), the message names the helpers that carry the context there.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct LookupError {
     name: &'static str,
     cycle: bool,
     hint: HandOffHint,
 }
+
+/// Two errors are equal when they are about the same variable for the same reason; the
+/// hint (where the miss happened) does not count.
+impl PartialEq for LookupError {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.cycle == other.cycle
+    }
+}
+
+impl Eq for LookupError {}
 
 /// Where a miss happened, for the message: the hand-off that may have been forgotten.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -326,23 +336,27 @@ impl fmt::Display for SetError {
         write!(f, "refused to set <ContextVar name={:?}>: ", self.name)?;
         match pool {
             Pool::TokioTask if layer_seen => f.write_str(
-                "this runs in a tokio task with no context of its own, in the worker \
-                 thread's own context, where the value would stay and be seen by whatever \
-                 the thread runs next (another request's handler, in a server). \
+                "this runs in a tokio task with no context of its own, in the thread's own \
+                 context (a tokio worker's or blocking thread's), where the value would stay \
+                 and be seen by whatever the thread runs next (another request's handler, in \
+                 a server). \
                  `contextvars::tower::ContextLayer` serves requests in this process, but this \
                  code runs outside it: a middleware the layer does not wrap (with axum, a \
                  layer added after `.layer(ContextLayer::new())` wraps it from outside: add \
                  the context layer last, or first in a `ServiceBuilder`); a task a handler \
                  spawned with a plain `tokio::spawn` (spawn it with \
                  `contextvars::tokio::spawn` or wrap it with `.in_current_context()`); or a \
-                 plain `spawn_blocking` closure (use `contextvars::tokio::spawn_blocking`)",
+                 plain `spawn_blocking` closure (use `contextvars::tokio::spawn_blocking`). \
+                 (A task's destructor run while a runtime shuts down is refused the same way: \
+                 that task is over)",
             ),
             Pool::TokioTask => f.write_str(
                 "this runs in a tokio task with no context of its own (a plain \
                  `tokio::spawn`ed task, a server's connection task, or a plain \
-                 `spawn_blocking` closure), in the worker thread's own context, where the \
-                 value would stay and be seen by whatever the thread runs next (another \
-                 request's handler, in a server). Give the task a context of its own: add \
+                 `spawn_blocking` closure), in the thread's own context (a tokio worker's or \
+                 blocking thread's), where the value would stay and be seen by whatever the \
+                 thread runs next (another request's handler, in a server). Give the task a \
+                 context of its own: add \
                  `contextvars::tower::ContextLayer` to the service (each request; with axum, \
                  add it last so it wraps every middleware), install \
                  `contextvars::tokio::isolate_tasks` on the runtime builder (every task; \
@@ -352,9 +366,10 @@ impl fmt::Display for SetError {
             Pool::RayonWorker => f.write_str(
                 "this runs on a rayon worker thread in its own context (a plain \
                  `rayon::spawn`, `join`, `scope`, `ThreadPool::install` or parallel \
-                 iterator), where the value would stay and be seen by every job the worker \
-                 runs next (another request's job, in a server). Run the job in a context of \
-                 its own: use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install` \
+                 iterator, or any code on a thread that joined a pool with \
+                 `use_current_thread`), where the value would stay and be seen by every job \
+                 the worker runs next (another request's job, in a server). Run the job in a \
+                 context of its own: use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install` \
                  or `.in_current_context()` on the parallel iterator (each job or item gets \
                  a copy of the caller's context), or set inside `Context::run`",
             ),

@@ -98,9 +98,13 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
-                let frame = this.frame;
+                let frame = &mut *this.frame;
                 this.span.in_span(|| engine::run_in(frame, || this.inner.set(None)));
             }
+            // The task is over: what its context held is released where no other code can
+            // see what its destructors do (a set there must not land in the dropper's
+            // context, a server's connection task or a worker's own).
+            engine::drop_isolated(std::mem::replace(this.frame, Frame::private(Vars::default())));
         }
     }
 }

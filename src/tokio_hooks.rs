@@ -57,7 +57,7 @@ use tokio::runtime::Builder;
 use tokio::task::Id;
 
 use crate::engine::{self, Frame};
-use crate::sync::{AtomicBool, Cell, OnceLock, Ordering, globals, thread_locals};
+use crate::sync::{AtomicBool, Cell, OnceLock, Ordering, StaticCounter, globals, thread_locals};
 
 /// Hashes a task id (a `u64` that tokio hands out in sequence) with one multiplication:
 /// SipHash, std's default, cost more than the rest of a hook.
@@ -103,18 +103,47 @@ impl TaskFrame {
 enum Slot {
     /// Between polls: the task's frame waits here.
     Filed(TaskFrame),
-    /// A poll took the frame out, and its after-poll hook has not filed it back yet.
-    CheckedOut,
+    /// A poll on the thread with this [`poller_id`] took the frame out, and its
+    /// after-poll hook has not filed it back yet.
+    CheckedOut(u64),
 }
 
 type IdMap = HashMap<Id, Slot, BuildHasherDefault<IdHasher>>;
 
-/// How long a poll waits for the previous poll of the same task to file the task's frame
-/// back before it gives up and starts from an empty context (values lost, none leaked).
-/// The wait is the gap between tokio marking the task idle and calling the after-poll
-/// hook: a few instructions, unless that thread is descheduled right there. Giving up
-/// only happens when the after-poll hook never comes (it was replaced).
-const CHECK_OUT_PATIENCE: Duration = Duration::from_millis(200);
+/// How long a poll waits for the previous poll of the same task, on another thread, to
+/// file the task's frame back before it gives up and starts from an empty context
+/// (values lost, none leaked). The wait is the gap between tokio marking the task idle
+/// and calling the after-poll hook: a few instructions, unless that thread is
+/// descheduled right there. A poll does not wait at all when the frame was taken out on
+/// its own thread, or when no after-poll hook has ever run (both mean the after-poll
+/// hook was replaced and will never come).
+const CHECK_OUT_PATIENCE: Duration = Duration::from_secs(2);
+
+globals! {
+    /// Whether any after-poll hook of `isolate_tasks` has run in this process.
+    static AFTER_POLL_SEEN: AtomicBool = const AtomicBool::new(false);
+    /// Hands out [`poller_id`]s.
+    static NEXT_POLLER: StaticCounter = const StaticCounter::new(1);
+}
+
+// This thread's poller id (0: not assigned yet).
+thread_locals! {
+    static POLLER: Cell<u64> = Cell::new(0);
+}
+
+/// A number for this thread, unique in the process: which thread took a task's frame out.
+fn poller_id() -> u64 {
+    POLLER
+        .try_with(|id| match id.get() {
+            0 => {
+                let fresh = NEXT_POLLER.fetch_add(1);
+                id.set(fresh);
+                fresh
+            }
+            assigned => assigned,
+        })
+        .unwrap_or(u64::MAX)
+}
 
 /// The tasks' frames between polls, by task id: sharded, so polls on different workers
 /// rarely meet on a lock.
@@ -152,7 +181,7 @@ impl Registry {
     fn file_new(&self, id: Id, frame: TaskFrame) {
         let old = self.lock(id).insert(id, Slot::Filed(frame));
         // Released outside the lock: a frame's values may have destructors.
-        drop(old);
+        release(old);
     }
 
     /// Takes the task's frame out for a poll, waiting while a previous poll still has it
@@ -160,13 +189,20 @@ impl Registry {
     /// the wait gave up ([`CHECK_OUT_PATIENCE`]). The slot is marked checked out either
     /// way, for [`check_in`](Self::check_in).
     fn check_out(&self, id: Id) -> Option<TaskFrame> {
+        let me = poller_id();
         let mut spins = 0u32;
         let mut since: Option<Instant> = None;
         loop {
             {
                 let mut map = self.lock(id);
-                if !matches!(map.get(&id), Some(Slot::CheckedOut)) {
-                    return match map.insert(id, Slot::CheckedOut) {
+                let wait = match map.get(&id) {
+                    Some(&Slot::CheckedOut(by)) => {
+                        by != me && AFTER_POLL_SEEN.load(Ordering::Relaxed)
+                    }
+                    _ => false,
+                };
+                if !wait {
+                    return match map.insert(id, Slot::CheckedOut(me)) {
                         Some(Slot::Filed(frame)) => Some(frame),
                         _ => None,
                     };
@@ -190,7 +226,7 @@ impl Registry {
     /// elsewhere meanwhile, or a later poll gave up waiting and filed its own.
     fn check_in(&self, id: Id, frame: TaskFrame) -> Option<TaskFrame> {
         let mut map = self.lock(id);
-        if matches!(map.get(&id), Some(Slot::CheckedOut)) {
+        if matches!(map.get(&id), Some(Slot::CheckedOut(_))) {
             map.insert(id, Slot::Filed(frame));
             None
         } else {
@@ -230,6 +266,16 @@ fn with_polling<R>(f: impl FnOnce(&mut Vec<Polled>) -> R) -> Option<R> {
         .ok()
 }
 
+/// Releases what a task held, outside the lock and in a frame of its own
+/// (`engine::drop_isolated`): this runs in a hook, outside the task's poll, and a value's
+/// destructor that sets must not bind in the thread's own context (or whatever context
+/// the thread runs), where the next task could see it.
+fn release<T>(held: Option<T>) {
+    if let Some(held) = held {
+        engine::drop_isolated(held);
+    }
+}
+
 fn on_spawn(id: Id) {
     Registry::get().file_new(id, TaskFrame::new(engine::vars()));
 }
@@ -254,13 +300,16 @@ fn before_poll(id: Id) {
     let _ = with_polling(|polling| polling.push(polled));
     if let Err(frame) = engine::enter_detached(frame) {
         // Thread teardown: nothing can run in a context any more.
-        let _ = with_polling(|polling| polling.pop());
-        drop(Registry::get().remove(id));
-        drop(frame);
+        let polled = with_polling(|polling| polling.pop()).flatten();
+        release(Registry::get().remove(id));
+        drop((frame, polled));
     }
 }
 
 fn after_poll(id: Id) {
+    if !AFTER_POLL_SEEN.load(Ordering::Relaxed) {
+        AFTER_POLL_SEEN.store(true, Ordering::Relaxed);
+    }
     let entered = with_polling(|polling| match polling.last() {
         Some(top) if top.id == id => polling.pop(),
         _ => None,
@@ -277,16 +326,17 @@ fn after_poll(id: Id) {
     let Some(frame) = engine::leave_detached() else {
         // Cannot happen (tokio calls the hooks as a pair around the poll); the next poll
         // starts from an empty context rather than wait for this one.
-        drop(Registry::get().remove(id));
+        release(Registry::get().remove(id));
+        release(Some(initial));
         return;
     };
     note_set_without_layer(&frame);
+    let task = TaskFrame { frame, initial };
     if terminated {
-        drop(Registry::get().remove(id));
-        drop(frame);
-        drop(initial);
+        release(Registry::get().remove(id));
+        release(Some(task));
     } else {
-        drop(Registry::get().check_in(id, TaskFrame { frame, initial }));
+        release(Registry::get().check_in(id, task));
     }
 }
 
@@ -335,7 +385,7 @@ fn on_terminate(id: Id) {
     })
     .unwrap_or(false);
     if !polled_here {
-        drop(Registry::get().remove(id));
+        release(Registry::get().remove(id));
     }
 }
 

@@ -172,13 +172,8 @@ where
             inner.call(http::Request::from_parts(parts, body))
         });
         ResponseFuture {
-            inner: WithContext::new(
-                BodyInContext {
-                    inner: future,
-                    carrier: Carrier::current(),
-                },
-                frame,
-            ),
+            inner: Some(WithContext::new(BodyInContext { inner: future }, frame)),
+            carrier: Some(Carrier::current()),
         }
     }
 }
@@ -189,7 +184,21 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: WithContext<BodyInContext<F>>,
+        inner: Option<WithContext<BodyInContext<F>>>,
+        // Handed to the response's body; restored here if there is none (an error, or
+        // the future dropped before it finished).
+        carrier: Option<Carrier>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // The request's future first (inside its context), then the connection.
+            this.inner.set(None);
+            if let Some(carrier) = this.carrier.take() {
+                carrier.restore();
+            }
+        }
     }
 }
 
@@ -200,7 +209,20 @@ where
     type Output = Result<http::Response<ContextBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let inner = this
+            .inner
+            .as_pin_mut()
+            .expect("the inner future lives as long as the wrapper");
+        let carrier = this.carrier;
+        inner.poll(cx).map(|result| {
+            result.map(|response| {
+                response.map(|mut body| {
+                    body.carrier = carrier.take();
+                    body
+                })
+            })
+        })
     }
 }
 
@@ -217,7 +239,6 @@ pin_project! {
     pub struct BodyInContext<F> {
         #[pin]
         inner: F,
-        carrier: Carrier,
     }
 }
 
@@ -228,9 +249,7 @@ where
     type Output = Result<http::Response<ContextBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let carrier = *this.carrier;
-        this.inner.poll(cx).map(|result| {
+        self.project().inner.poll(cx).map(|result| {
             // This runs inside the request's frame (`WithContext`'s poll).
             result.map(|response| {
                 let vars = engine::vars();
@@ -238,7 +257,7 @@ where
                     inner: Some(body),
                     frame: Frame::private(vars),
                     span: CarriedSpan::current(),
-                    carrier,
+                    carrier: None,
                 })
             })
         })
@@ -256,29 +275,39 @@ pin_project! {
         inner: Option<B>,
         frame: Frame,
         span: CarriedSpan,
-        carrier: Carrier,
+        // Set by `ResponseFuture` when it hands the body out.
+        carrier: Option<Carrier>,
     }
 
     impl<B> PinnedDrop for ContextBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
-                let frame = this.frame;
+                let frame = &mut *this.frame;
                 this.span.in_span(|| engine::run_in(frame, || this.inner.set(None)));
             }
+            // The request is over: what its context held is released where no other
+            // request can see what its destructors do, before the connection is restored.
+            engine::drop_isolated(std::mem::replace(
+                this.frame,
+                Frame::private(engine::Vars::default()),
+            ));
             // The response is done: the connection is ready for its next request.
-            this.carrier.restore();
+            if let Some(carrier) = this.carrier.take() {
+                carrier.restore();
+            }
         }
     }
 }
 
 /// The task that called the service (a server's connection task), which under the
 /// runtime's task hooks (`contextvars::tokio::isolate_tasks`) has a context of its own,
-/// kept across the requests of a keep-alive connection. When a response is done, the
-/// task gets back the bindings it started with, so that nothing a middleware outside the
-/// layer set while serving one request (before or after calling the layer) reaches the
-/// next request on the connection. Without the hooks a connection task runs in its
-/// worker's own context, where such a set is refused, and there is nothing to restore.
+/// kept across the requests of a keep-alive connection. When a request is done (its
+/// response body dropped, or its future dropped without a response), the task gets back
+/// the bindings it started with, so that nothing a middleware outside the layer set
+/// while serving one request (before or after calling the layer) reaches the next
+/// request on the connection. Without the hooks a connection task runs in its worker's
+/// own context, where such a set is refused, and there is nothing to restore.
 #[derive(Clone, Copy)]
 struct Carrier {
     #[cfg(all(feature = "tokio", tokio_unstable))]

@@ -336,9 +336,6 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         engine::with_bound::<T, T, _>(id, T::clone).unwrap_or(default)
     }
 
-    /// Calls `f` with the default, or explains why there is none. Out of line, so that
-    /// the hit path of a read (`try_with`) inlines into its caller as a few instructions.
-    #[inline(never)]
     /// [`try_with`](Self::try_with), except that a lazy default not computed yet is not
     /// computed (`None`, as for a variable with no value): runs no code of the program's
     /// but `f`, for readers that must not, such as the formatting of an event inside a
@@ -359,6 +356,9 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         }
     }
 
+    /// Calls `f` with the default, or explains why there is none. Out of line, so that
+    /// the hit path of a read (`try_with`) inlines into its caller as a few instructions.
+    #[inline(never)]
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),

@@ -254,6 +254,32 @@ pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
     enter_light(frame, ptr::null(), ptr::null(), root, f)
 }
 
+/// Runs `f` in a fresh, empty private frame: for releasing what a unit of work (a
+/// request, a task) held once the unit is over, so that a value's destructor that reads
+/// sees no other unit's values and one that sets changes nothing any other code sees.
+/// What such destructors set is released the same way, a few rounds deep (a destructor
+/// that sets a value whose destructor sets again, forever, is let go after that).
+pub(crate) fn isolated(f: impl FnOnce()) {
+    /// Rounds of destructors that set, released in frames of their own.
+    const ROUNDS: usize = 4;
+    let mut frame = Frame::private(Vars::default());
+    run_in(&mut frame, f);
+    for _ in 0..ROUNDS {
+        if frame.ctx.is_none() && frame.vars.is_empty() {
+            return;
+        }
+        let leftover = std::mem::replace(&mut frame, Frame::private(Vars::default()));
+        run_in(&mut frame, move || drop(leftover));
+    }
+}
+
+/// Drops `value` in a fresh, empty private frame ([`isolated`]). `value` must not own the
+/// snapshot of the thread's current frame (a borrow may point into it: such a snapshot
+/// is retired, see `rebind_detached`); frames and task state never do.
+pub(crate) fn drop_isolated<T>(value: T) {
+    isolated(move || drop(value));
+}
+
 /// Runs `f` in `frame`, then releases the frame.
 pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
     run_in(&mut frame, f)
@@ -429,12 +455,15 @@ pub(crate) fn rebind_detached(vars: Vars) -> Result<(), Vars> {
         return Err(vars.take().expect("not taken"));
     };
     announce();
-    // Retired only now, with the state consistent: they may hold the last reference to a
-    // value whose `Drop` uses context variables.
-    retire(old);
-    if let Some(published) = published {
-        retire(published);
-    }
+    // Retired only now, with the state consistent, and in a frame of their own: they may
+    // hold the last reference to a value of the request that just ended, whose `Drop`
+    // may use context variables (a set there must not reach the next request).
+    isolated(move || {
+        retire(old);
+        if let Some(published) = published {
+            retire(published);
+        }
+    });
     Ok(())
 }
 

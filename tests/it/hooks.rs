@@ -240,3 +240,125 @@ fn a_set_without_any_layer_is_noted_once() {
         assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
     }
 }
+
+// ---- a connection task that calls the tower layer: restored after every request ----
+
+#[cfg(feature = "tower")]
+mod connection {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context as TaskContext, Poll};
+
+    use contextvars::ContextVar;
+    use contextvars::tower::{ContextLayer, Layer, Service};
+
+    use super::runtime;
+
+    static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
+
+    /// Sets `closed:<tenant>` when dropped: a destructor that sets.
+    struct SetsOnDrop;
+
+    impl Drop for SetsOnDrop {
+        fn drop(&mut self) {
+            let _ = TENANT.try_set(format!("closed:{}", TENANT.get())).map(drop);
+        }
+    }
+
+    /// Answers with the tenant it sees, fails for `/err`, never answers for `/pending`;
+    /// every request's context holds a value whose destructor sets.
+    #[derive(Clone)]
+    struct Inner;
+
+    static DROPS_IN_REQUEST: ContextVar<std::sync::Arc<SetsOnDrop>> =
+        ContextVar::new("drops_in_request");
+
+    impl Service<http::Request<()>> for Inner {
+        type Response = http::Response<String>;
+        type Error = &'static str;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            drop(DROPS_IN_REQUEST.set(std::sync::Arc::new(SetsOnDrop)));
+            let path = request.uri().path().to_owned();
+            Box::pin(async move {
+                match path.as_str() {
+                    "/err" => Err("failed"),
+                    "/pending" => std::future::pending().await,
+                    _ => Ok(http::Response::new(TENANT.get())),
+                }
+            })
+        }
+    }
+
+    /// One "connection": a task that, like a middleware outside the layer, sets the
+    /// tenant before each request and reads it after each; returns what each request's
+    /// handler and the middleware's next request saw.
+    async fn connection(paths: &[&'static str]) -> Vec<(String, String)> {
+        let mut service = ContextLayer::new().layer(Inner);
+        let mut seen = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let before = TENANT.get(); // what this request's middleware sees first
+            drop(TENANT.set(format!("t{i}")));
+            let request = http::Request::builder().uri(*path).body(()).unwrap();
+            let future = service.call(request);
+            let answer = match *path {
+                "/pending" => {
+                    // Cancelled: polled once, then dropped without an answer.
+                    let mut future = Box::pin(future);
+                    let polled = std::future::poll_fn(|cx| {
+                        Poll::Ready(future.as_mut().poll(cx).is_pending())
+                    })
+                    .await;
+                    assert!(polled);
+                    drop(future);
+                    "cancelled".to_owned()
+                }
+                _ => match future.await {
+                    Ok(response) => {
+                        let body = response.into_body();
+                        let text = http_body_util_text(&body);
+                        drop(body);
+                        text
+                    }
+                    Err(error) => error.to_owned(),
+                },
+            };
+            seen.push((before, answer));
+        }
+        seen.push((TENANT.get(), String::new()));
+        seen
+    }
+
+    fn http_body_util_text(body: &contextvars::tower::ContextBody<String>) -> String {
+        body.get_ref().clone()
+    }
+
+    #[test]
+    fn a_connection_task_is_restored_after_every_kind_of_request_end() {
+        let _: Option<Infallible> = None;
+        let rt = runtime(true);
+        let seen = rt.block_on(async {
+            tokio::spawn(connection(&["/", "/err", "/pending", "/", "/"]))
+                .await
+                .unwrap()
+        });
+        // Each request's middleware starts from the connection's own (empty) value: not the
+        // previous request's tenant, not a destructor's `closed:..`.
+        let expected = [
+            ("", "t0"),
+            ("", "failed"),
+            ("", "cancelled"),
+            ("", "t3"),
+            ("", "t4"),
+            ("", ""),
+        ];
+        let seen: Vec<(&str, &str)> = seen.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(seen, expected);
+    }
+}

@@ -25,7 +25,7 @@ fn assert_unisolated(error: SetError) {
     let text = error.to_string();
     for needle in [
         "\"request_id\"",
-        "worker thread's own context",
+        "thread's own context (a tokio worker's or blocking thread's)",
         "contextvars::tower::ContextLayer",
         "contextvars::tokio::spawn",
         "in_current_context",
