@@ -32,8 +32,8 @@
 //! tokio_unstable`), every task of the runtime. A *plain* `tokio::spawn`ed task has none:
 //! it runs in the worker thread's own context, which every task that worker polls next
 //! would see, so a `set` there is refused ([`SetError`](crate::SetError)) instead of
-//! leaking, in every build (the check does not need this feature). Reads in such a task see the worker's own context (empty, unless code outside
-//! any task set something there). `block_on`'s own future is not a task: it runs in the
+//! leaking, in every build (the check does not need this feature). Reads in such a task
+//! see the worker's own context (empty: nothing can be set there). `block_on`'s own future is not a task: it runs in the
 //! calling thread's context.
 
 #![deny(unsafe_code)]

@@ -413,9 +413,9 @@ pub(crate) fn restore_task_context(task: Id) {
 /// tokio keeps one function per hook: registering another `on_task_spawn`,
 /// `on_before_task_poll`, `on_after_task_poll` or `on_task_terminate` afterwards replaces
 /// this one. Without its after-poll hook a worker would stay in the last task's context
-/// (the crate keeps that memory-safe, not correct), so register your own hooks first, or
-/// call these hooks' work from yours. See the [module
-/// docs](self) for where tokio calls each hook and what is not covered.
+/// (the crate keeps that memory-safe, not correct), so register your own hooks first and
+/// call `isolate_tasks` last. See the [module docs](self) for where tokio calls each
+/// hook and what is not covered.
 ///
 /// ```
 /// # #[cfg(tokio_unstable)] {

@@ -1427,10 +1427,12 @@ fn runtime_shutdown_current_thread_inside_run() {
 /// once by another thread (as a socket's readiness or a channel does), and checks the
 /// value after each wake-up.
 ///
-/// The hooks file a task's frame in `on_after_task_poll`, which tokio calls after the
-/// poll has returned and the task has gone back to idle (`task.run()` in its worker
-/// loop); a task woken in between can be polled by the other worker first, whose
-/// `on_before_task_poll` finds no frame and starts the task from an empty context.
+/// The hooks file a task's frame back in `on_after_task_poll`, which tokio calls after
+/// the poll has returned and the task has gone back to idle (`task.run()` in its worker
+/// loop); a task woken in between can be polled by the other worker first. Before the
+/// registry checked frames out and in, that poll found no frame and started the task
+/// from an empty context (2 to 9 of the 960,000 wake-ups per run); now it waits for the
+/// check-in.
 #[cfg(all(feature = "tokio", tokio_unstable))]
 #[test]
 #[cfg_attr(miri, ignore)]

@@ -94,6 +94,20 @@
 //! a missing leave leaves the thread in the task's context: a wrong value, never a
 //! dangling one. `tests/it/hooks.rs` covers both.
 //!
+//! Two more facts of tokio's shape the hooks: tokio marks a task idle *before* it calls
+//! the after-poll hook, so a task woken from another thread can be polled on a second
+//! worker while the first has not filed its frame back yet. The registry therefore
+//! checks a task's frame out for a poll and in after it, and a poll that finds it still
+//! out waits for the check-in (not when it was taken out on its own thread, nor before
+//! any after-poll hook has run: both mean a replaced hook that will never come). And a
+//! connection task that calls the tower layer is given back the bindings it started
+//! with when each request ends (`rebind_detached`: a binding change in the detached
+//! frame, if it is current, never a frame switch), so that a middleware outside the
+//! layer cannot carry one keep-alive request's values into the next. What a finished
+//! unit held (a request's context, a task's frame released by a hook, the snapshot a
+//! restore replaces) is released inside a fresh empty frame (`isolated`), so a value's
+//! destructor that sets cannot bind anywhere another unit could see.
+//!
 //! ### Invariant: the root pointer is owned
 //!
 //! Whenever user code can run, the node behind `HOT.root` is kept alive by its owner:
