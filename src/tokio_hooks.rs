@@ -370,8 +370,9 @@ pub(crate) const SET_WITHOUT_LAYER: &str = "contextvars: a task of a runtime wit
     `contextvars::tower::ContextLayer` has served a request in this process. If the task \
     serves HTTP connections (a server's connection task), the requests of a keep-alive \
     connection share its context, and a value set while serving one request is seen by \
-    the next: add `ContextLayer` to the service (with axum, last). This note is printed \
-    once.";
+    the next: add `ContextLayer` to the service (feature `tower`; with axum, add it \
+    last). A task that serves no HTTP connection is isolated as it is: then ignore this \
+    note, which is printed once.";
 
 fn on_terminate(id: Id) {
     // Inside the task's last poll the frame is the thread's now: mark it, and the
