@@ -104,7 +104,7 @@ pin_project! {
             // The task is over: what its context held is released where no other code can
             // see what its destructors do (a set there must not land in the dropper's
             // context, a server's connection task or a worker's own).
-            engine::drop_isolated(std::mem::replace(this.frame, Frame::private(Vars::default())));
+            engine::release_isolated(this.frame);
         }
     }
 }

@@ -195,17 +195,19 @@ impl Registry {
         loop {
             {
                 let mut map = self.lock(id);
-                let wait = match map.get(&id) {
-                    Some(&Slot::CheckedOut(by)) => {
-                        by != me && AFTER_POLL_SEEN.load(Ordering::Relaxed)
+                match map.get_mut(&id) {
+                    Some(&mut Slot::CheckedOut(by))
+                        if by != me && AFTER_POLL_SEEN.load(Ordering::Relaxed) => {}
+                    Some(slot) => {
+                        return match std::mem::replace(slot, Slot::CheckedOut(me)) {
+                            Slot::Filed(frame) => Some(frame),
+                            Slot::CheckedOut(_) => None,
+                        };
                     }
-                    _ => false,
-                };
-                if !wait {
-                    return match map.insert(id, Slot::CheckedOut(me)) {
-                        Some(Slot::Filed(frame)) => Some(frame),
-                        _ => None,
-                    };
+                    None => {
+                        map.insert(id, Slot::CheckedOut(me));
+                        return None;
+                    }
                 }
             }
             if spins < 64 {
@@ -225,12 +227,12 @@ impl Registry {
     /// outside the lock) if the slot is no longer checked out: the task terminated
     /// elsewhere meanwhile, or a later poll gave up waiting and filed its own.
     fn check_in(&self, id: Id, frame: TaskFrame) -> Option<TaskFrame> {
-        let mut map = self.lock(id);
-        if matches!(map.get(&id), Some(Slot::CheckedOut(_))) {
-            map.insert(id, Slot::Filed(frame));
-            None
-        } else {
-            Some(frame)
+        match self.lock(id).get_mut(&id) {
+            Some(slot @ Slot::CheckedOut(_)) => {
+                *slot = Slot::Filed(frame);
+                None
+            }
+            _ => Some(frame),
         }
     }
 
@@ -266,13 +268,23 @@ fn with_polling<R>(f: impl FnOnce(&mut Vec<Polled>) -> R) -> Option<R> {
         .ok()
 }
 
-/// Releases what a task held, outside the lock and in a frame of its own
-/// (`engine::drop_isolated`): this runs in a hook, outside the task's poll, and a value's
-/// destructor that sets must not bind in the thread's own context (or whatever context
-/// the thread runs), where the next task could see it.
-fn release<T>(held: Option<T>) {
-    if let Some(held) = held {
-        engine::drop_isolated(held);
+/// Releases what a task held, outside the lock and in a frame of its own where that may
+/// run a value's destructor (`engine::release_isolated`): this runs in a hook, outside
+/// the task's poll, and a destructor that sets must not bind in the thread's own context
+/// (or whatever context the thread runs), where the next task could see it.
+fn release(held: Option<impl Into<Option<TaskFrame>>>) {
+    if let Some(TaskFrame { mut frame, initial }) = held.and_then(Into::into) {
+        engine::release_isolated(&mut frame);
+        engine::release_isolated(&mut Frame::private(initial));
+    }
+}
+
+impl From<Slot> for Option<TaskFrame> {
+    fn from(slot: Slot) -> Self {
+        match slot {
+            Slot::Filed(task) => Some(task),
+            Slot::CheckedOut(_) => None,
+        }
     }
 }
 
@@ -327,7 +339,7 @@ fn after_poll(id: Id) {
         // Cannot happen (tokio calls the hooks as a pair around the poll); the next poll
         // starts from an empty context rather than wait for this one.
         release(Registry::get().remove(id));
-        release(Some(initial));
+        engine::release_isolated(&mut Frame::private(initial));
         return;
     };
     note_set_without_layer(&frame);

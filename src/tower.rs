@@ -288,10 +288,7 @@ pin_project! {
             }
             // The request is over: what its context held is released where no other
             // request can see what its destructors do, before the connection is restored.
-            engine::drop_isolated(std::mem::replace(
-                this.frame,
-                Frame::private(engine::Vars::default()),
-            ));
+            engine::release_isolated(this.frame);
             // The response is done: the connection is ready for its next request.
             if let Some(carrier) = this.carrier.take() {
                 carrier.restore();

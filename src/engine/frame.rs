@@ -280,6 +280,36 @@ pub(crate) fn drop_isolated<T>(value: T) {
     isolated(move || drop(value));
 }
 
+impl Frame {
+    /// Whether releasing this frame now may run a value's destructor: it is the last
+    /// owner of its snapshot, or it holds a context object (leaving it may release the
+    /// object's previous snapshot). A frame that only read still shares its snapshot
+    /// with the context it was copied from: the common case, and a cheap check.
+    #[inline]
+    fn release_may_run_destructors(&self) -> bool {
+        self.ctx.is_some() || !self.vars.is_shared_or_empty()
+    }
+}
+
+/// Releases the frame in `slot`, which a unit of work (a request, a wrapped future) ran
+/// in and which is over, in a frame of its own ([`drop_isolated`]) if that may run a
+/// value's destructor; otherwise leaves it for its owner's drop, which releases it
+/// without running any.
+#[inline]
+pub(crate) fn release_isolated(slot: &mut Frame) {
+    if slot.release_may_run_destructors() {
+        release_isolated_now(slot);
+    }
+}
+
+/// The rare half of [`release_isolated`], out of line so that the common half stays a
+/// few instructions in every destructor that calls it.
+#[cold]
+#[inline(never)]
+fn release_isolated_now(slot: &mut Frame) {
+    drop_isolated(std::mem::replace(slot, Frame::private(Vars::default())));
+}
+
 /// Runs `f` in `frame`, then releases the frame.
 pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
     run_in(&mut frame, f)

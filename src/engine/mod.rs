@@ -48,7 +48,7 @@ pub(crate) use binding::{
     ResetFailure, SetRefused, SetState, current_shared, own_context_is_empty, reset_binding,
     set_binding, with_bound,
 };
-pub(crate) use frame::{Frame, drop_isolated, run_entered, run_in, run_owned, vars};
+pub(crate) use frame::{Frame, release_isolated, run_entered, run_in, run_owned, vars};
 #[cfg(all(feature = "tokio", tokio_unstable))]
 pub(crate) use frame::{enter_detached, leave_detached, rebind_detached};
 #[cfg(feature = "rayon")]

@@ -167,6 +167,16 @@ impl<V> Map<V> {
         self.len == 0
     }
 
+    /// Whether dropping this map now would drop no value: it is empty, or its root node
+    /// has other owners. A relaxed reading of the count: another owner may let go right
+    /// after it, and then this map's drop is the one that drops the values.
+    #[inline]
+    pub(crate) fn is_shared_or_empty(&self) -> bool {
+        self.root
+            .as_ref()
+            .is_none_or(|root| Arc::strong_count(root) > 1)
+    }
+
     /// The value stored under `key`: wait-free, bounded, no allocation, no atomic operation.
     #[inline]
     pub(crate) fn get(&self, key: u64) -> Option<&V> {

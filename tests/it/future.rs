@@ -198,3 +198,37 @@ fn streams_poll_in_their_context() {
         assert_eq!(seen, [3, 4, 5, 6]);
     });
 }
+
+/// Sets `TASK` to 999 when dropped: a destructor that sets.
+struct SetsWhenDropped;
+
+impl Drop for SetsWhenDropped {
+    fn drop(&mut self) {
+        let _ = TASK.try_set(999).map(drop);
+    }
+}
+
+static HELD: ContextVar<std::sync::Arc<SetsWhenDropped>> = ContextVar::new("held");
+
+/// What a wrapped future's context held is released where no one sees what its
+/// destructors do: a set in such a destructor reaches neither the code that drops the
+/// future nor anything else.
+#[test]
+fn a_finished_task_s_values_are_released_in_a_frame_of_their_own() {
+    isolated(|| {
+        let _outer = TASK.set(1);
+        let mut future = Box::pin(
+            async {
+                drop(HELD.set(std::sync::Arc::new(SetsWhenDropped)));
+                TASK.get()
+            }
+            .in_current_context(),
+        );
+        let waker = std::task::Waker::noop();
+        let seen = future.as_mut().poll(&mut TaskContext::from_waker(waker));
+        assert_eq!(seen, Poll::Ready(1));
+        // The task's context is the last owner of its value: dropping the wrapper drops it.
+        drop(future);
+        assert_eq!(TASK.get(), 1, "a destructor's set reached the dropper");
+    });
+}
