@@ -112,6 +112,7 @@ pin_project! {
 impl<F> WithContext<F> {
     /// `inner` in `frame` (which may already hold what code run in it made of it), under
     /// the tracing span current now (feature `tracing`).
+    #[inline]
     pub(crate) fn new(inner: F, frame: Frame) -> Self {
         Self {
             inner: Some(inner),
@@ -121,11 +122,13 @@ impl<F> WithContext<F> {
     }
 
     /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
+    #[inline]
     fn in_copy(inner: F) -> Self {
         Self::in_vars(inner, engine::vars())
     }
 
     /// `inner` in a private context over `vars`.
+    #[inline]
     pub(crate) fn in_vars(inner: F, vars: Vars) -> Self {
         Self::new(inner, Frame::private(vars))
     }

@@ -618,6 +618,7 @@ impl Drop for Exit<'_> {
 }
 
 /// A clone of the current snapshot (empty during thread teardown).
+#[inline]
 pub(crate) fn vars() -> Vars {
     let light = with_hot(|hot| hot.light.get());
     if !light.is_null() {

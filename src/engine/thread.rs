@@ -150,6 +150,7 @@ impl Hot {
         self.light.get().is_null() && self.stacked.get() == 0
     }
 
+    #[inline]
     pub(super) fn vars_clone(&self) -> Vars {
         let vars = self.vars.take();
         let copy = vars.clone();
