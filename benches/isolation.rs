@@ -1,4 +1,4 @@
-//! What isolating tasks and requests costs (issue 12), each row against its peer in the
+//! What isolating tasks and requests costs, each row against its peer in the
 //! same run:
 //!
 //! * `task_poll`: a task that yields 1,000 times on a current-thread runtime, so a row

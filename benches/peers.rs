@@ -1,4 +1,4 @@
-//! Ours against every peer, row by row, in one run (issue 5):
+//! Ours against every peer, row by row, in one run:
 //!
 //! * `peers_get`: a read of the last-bound variable. Ours (`VAR.get()`), opentelemetry
 //!   (`Context::current()` + `get::<T>()`, and its cheaper `Context::map_current`), an

@@ -1,4 +1,4 @@
-//! The request-metadata example under load (issue 14): 1,000 requests, 64 at a time, to
+//! The request-metadata example under load: 1,000 requests, 64 at a time, to
 //! an axum service on 127.0.0.1; every event from the middleware, the handler, a
 //! `tokio::spawn`ed helper, `spawn_blocking`, a rayon `par_iter` and `join`, and a
 //! `std::thread` is parsed back from the JSON output (each line a JSON object) and read

@@ -1,5 +1,5 @@
 //! Every tokio task in a context of its own through the runtime's task hooks
-//! (`contextvars::tokio::isolate_tasks`, `--cfg tokio_unstable`; issue 12): plain
+//! (`contextvars::tokio::isolate_tasks`, `--cfg tokio_unstable`): plain
 //! `tokio::spawn` behaves like an asyncio task.
 
 use std::sync::Arc;
@@ -122,7 +122,7 @@ fn a_run_around_block_on_and_panicking_tasks() {
     assert!(!ID.is_set());
 }
 
-// ---- a replaced after-poll hook (review of issue 12): memory-safe, context left once ----
+// ---- a replaced after-poll hook: memory-safe, context left once ----
 
 static SEEN: ContextVar<u64> = ContextVar::with_default("seen", 0);
 

@@ -1,4 +1,4 @@
-//! Hostile use of the rayon adapter and of the binding guards (issue 11): what safe code
+//! Hostile use of the rayon adapter and of the binding guards: what safe code
 //! can do with rayon's public plumbing traits and with `Token` / `ScopedSet` must stay
 //! memory-safe and must not change what anyone reads.
 //!

@@ -11,7 +11,7 @@
 //! dropped: inside or outside `Context::run`s, after changing its own bindings, after
 //! leaking them with `mem::forget`, while a consuming closure panics, or on another
 //! thread. None of that may break memory safety, leak a binding into the driver, or change
-//! what the consuming closures see (issue 11).
+//! what the consuming closures see.
 //!
 //! **The driver** ([`Driver`]) interprets a program ([`Program`]: a consuming [`Mode`], the
 //! [`Place`] the consuming call runs in, and a flat list of [`Op`]s) over pools of the consumers, folders, reducers, results and

@@ -1,4 +1,4 @@
-//! Context across processes (issue 15): the `opentelemetry` feature.
+//! Context across processes: the `opentelemetry` feature.
 //!
 //! * The two services of `examples/across_processes.rs` under load: 1,000 requests, 64
 //!   at a time; B's handler, spawned task and rayon job see A's values, B's spans are

@@ -1,4 +1,4 @@
-//! Request isolation in a real server (issue 12): an axum service on 127.0.0.1 whose
+//! Request isolation in a real server: an axum service on 127.0.0.1 whose
 //! middleware does the most natural thing (`drop(REQUEST_ID.set(..))`), under load, with
 //! faults injected, must never let one request's values reach another.
 //!
