@@ -179,6 +179,7 @@ impl<F: Future> Future for WithContext<F> {
 }
 
 #[cfg(feature = "stream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
 impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
     type Item = S::Item;
 
@@ -277,6 +278,7 @@ impl<F: Future> ContextFutureExt for F {}
 /// assert_eq!(collected, [11, 12, 13]);
 /// ```
 #[cfg(feature = "stream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
 pub trait ContextStreamExt: futures_core::Stream + Sized {
     /// Runs every poll in a copy of the context current now; see
     /// [`ContextFutureExt::in_current_context`].
@@ -303,4 +305,5 @@ pub trait ContextStreamExt: futures_core::Stream + Sized {
 }
 
 #[cfg(feature = "stream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
 impl<S: futures_core::Stream> ContextStreamExt for S {}

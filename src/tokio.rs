@@ -47,9 +47,11 @@ use crate::engine::{self, Frame};
 use crate::future::ContextFutureExt;
 
 #[cfg(tokio_unstable)]
+#[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
 #[path = "tokio_hooks.rs"]
 pub mod hooks;
 #[cfg(tokio_unstable)]
+#[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
 pub use hooks::isolate_tasks;
 
 /// [`tokio::spawn`], running the task in a copy of the current context.
