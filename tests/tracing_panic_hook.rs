@@ -285,6 +285,7 @@ fn check(events: &[serde_json::Map<String, Json>], bad: Bad) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // starts a process: miri's isolation forbids it
 fn text_a_display_that_panics() {
     let (format, bad) = (Format::Text, Bad::Display);
     if let Some(events) = scenario("text_a_display_that_panics", format, bad) {
@@ -293,6 +294,7 @@ fn text_a_display_that_panics() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // starts a process: miri's isolation forbids it
 fn text_a_debug_that_panics() {
     let (format, bad) = (Format::Text, Bad::Debug);
     if let Some(events) = scenario("text_a_debug_that_panics", format, bad) {
@@ -301,6 +303,7 @@ fn text_a_debug_that_panics() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // starts a process: miri's isolation forbids it
 fn json_a_display_that_panics() {
     let (format, bad) = (Format::Json, Bad::Display);
     if let Some(events) = scenario("json_a_display_that_panics", format, bad) {
@@ -309,6 +312,7 @@ fn json_a_display_that_panics() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // starts a process: miri's isolation forbids it
 fn json_a_debug_that_panics() {
     let (format, bad) = (Format::Json, Bad::Debug);
     if let Some(events) = scenario("json_a_debug_that_panics", format, bad) {
