@@ -8,7 +8,10 @@
 //! * every job sees the values of the code that created it,
 //! * a job's `set`s stay in the job: they reach neither the caller nor sibling jobs
 //!   (CPython's rule for concurrent work, as for asyncio tasks), and
-//! * a stolen job never sees the state of the job it interrupted, nor the reverse.
+//! * a stolen job made here never sees the state of the job it interrupted, nor the
+//!   reverse. A *plain* rayon job stolen by a worker that waits inside one of these jobs
+//!   runs in that job's context: it reads its values, and its sets land there (the job
+//!   sees them after its `join`). Hand work to rayon through this module everywhere.
 //!
 //! ```
 //! use contextvars::ContextVar;
