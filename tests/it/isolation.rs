@@ -335,3 +335,33 @@ fn a_missed_lookup_on_a_fresh_thread_names_the_thread_helpers() {
         .expect("thread");
     assert!(message.contains("contextvars::thread::spawn"), "{message}");
 }
+
+/// Not covered, and documented so in the README's isolation table: the tasks of a
+/// current-thread runtime driven by `block_on` inside `Context::run` are polled in that
+/// context, not in the thread's own, so a plain task's set is accepted there and seen by
+/// the next task.
+#[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes
+fn tasks_of_a_runtime_driven_inside_a_run_share_its_context() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let ctx = Context::new();
+    let (first, second) = ctx.run(|| {
+        rt.block_on(async {
+            let first = tokio::spawn(async { REQUEST_ID.try_set(80).map(drop).is_ok() })
+                .await
+                .unwrap();
+            let second = tokio::spawn(async { REQUEST_ID.try_get().ok() })
+                .await
+                .unwrap();
+            (first, second)
+        })
+    });
+    assert!(
+        first,
+        "the set is accepted (not refused): the task runs in the run's context"
+    );
+    assert_eq!(second, Some(80), "and the next task sees it");
+    assert_eq!(ctx.get(&REQUEST_ID), Some(80));
+}
