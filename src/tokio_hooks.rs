@@ -33,7 +33,10 @@
 //!   to stderr, once per process. With the layer anywhere in the stack (also
 //!   inside a middleware that sets), each request runs in a context of its own, and
 //!   after each response the connection task gets back the bindings it started with, so
-//!   nothing set outside the layer reaches the next request either.
+//!   nothing set outside the layer reaches the next request either, except after a
+//!   request that such a middleware answers itself without calling the layer (no code
+//!   of the crate runs for it). The first time a restore finds the connection's bindings
+//!   changed, the crate prints a note saying so to stderr, once per process.
 //! * A task still pending when a *current-thread* runtime is dropped has its future
 //!   dropped on the dropping thread, outside the hooks (tokio calls none around that
 //!   drop), so its destructors run in that thread's context. A multi-thread runtime drops
@@ -412,12 +415,42 @@ pub(crate) fn restore_task_context(task: Id) {
         _ => None,
     })
     .flatten();
-    if let Some(initial) = initial {
-        // Not the current frame (a frame entered inside the poll is running): nothing to
-        // restore here.
-        let _ = engine::rebind_detached(initial);
+    // Not the current frame (a frame entered inside the poll is running): nothing to
+    // restore here.
+    if let Some(initial) = initial
+        && let Ok(true) = engine::rebind_detached(initial)
+    {
+        note_set_outside_layer();
     }
 }
+
+globals! {
+    /// Whether [`note_set_outside_layer`] has spoken (once per process).
+    static NOTED_SET_OUTSIDE_LAYER: AtomicBool = const AtomicBool::new(false);
+}
+
+/// Said once per process: a connection task's own bindings changed while it served a
+/// request through the tower layer, so code outside the layer (a middleware the layer
+/// does not wrap) sets variables. The restore after each request keeps that from
+/// reaching the next request, but only for requests that reach the layer: a request the
+/// middleware answers itself leaves its values for the next one. Without the hooks the
+/// same set is refused with a message that names the layer's order.
+fn note_set_outside_layer() {
+    if NOTED_SET_OUTSIDE_LAYER.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    eprintln!("{SET_OUTSIDE_LAYER}");
+}
+
+/// What [`note_set_outside_layer`] prints.
+pub(crate) const SET_OUTSIDE_LAYER: &str = "contextvars: code outside \
+    `contextvars::tower::ContextLayer` (a middleware the layer does not wrap) set a context \
+    variable in a connection task's own context, on a runtime with \
+    `contextvars::tokio::isolate_tasks`. The crate gives the connection back its starting \
+    bindings after each request that reaches the layer, but a request that middleware \
+    answers itself (a rejection) leaves its values to the next request on the \
+    connection. Add the context layer last (with axum) or first in a `ServiceBuilder`, so \
+    it wraps every middleware. This note is printed once.";
 
 /// Installs the task hooks that give every task of the runtime a context of its own: a
 /// copy of its spawner's context, kept across its polls, like an asyncio task. Needs

@@ -456,10 +456,11 @@ pub(crate) fn leave_detached() -> Option<Frame> {
 /// current frame (no frame entered after it is running): the task hooks' way to give a
 /// task back the bindings it started with (`contextvars::tokio` restores a connection
 /// task between two requests). A binding change, not a frame switch: tokens made in the
-/// frame stay valid, and reset by path copying. Gives `vars` back if the detached frame
-/// is not current.
+/// frame stay valid, and reset by path copying. `Ok(true)` if the bindings had changed
+/// (something set in the frame since it held `vars`); gives `vars` back if the detached
+/// frame is not current.
 #[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
-pub(crate) fn rebind_detached(vars: Vars) -> Result<(), Vars> {
+pub(crate) fn rebind_detached(vars: Vars) -> Result<bool, Vars> {
     let mut vars = Some(vars);
     let replaced = with_hot(|hot| {
         if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {
@@ -475,13 +476,13 @@ pub(crate) fn rebind_detached(vars: Vars) -> Result<(), Vars> {
         }
         let vars = vars.take().expect("taken once");
         if hot.root.get() == vars.root_ptr() {
-            return Some((vars, None)); // nothing changed since
+            return Some((vars, None, false)); // nothing changed since
         }
         let old = hot.install(vars);
         hot.last_change.set(hot.next_id());
-        Some((old, hot.publish()))
+        Some((old, hot.publish(), true))
     });
-    let Some((old, published)) = replaced else {
+    let Some((old, published, changed)) = replaced else {
         return Err(vars.take().expect("not taken"));
     };
     announce();
@@ -494,7 +495,7 @@ pub(crate) fn rebind_detached(vars: Vars) -> Result<(), Vars> {
             retire(published);
         }
     });
-    Ok(())
+    Ok(changed)
 }
 
 /// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see

@@ -339,6 +339,50 @@ mod connection {
         body.get_ref().clone()
     }
 
+    const OUTSIDE_SCENARIO: &str = "CONTEXTVARS_TEST_OUTSIDE_LAYER_SCENARIO";
+
+    /// The child's half of [`a_set_outside_the_layer_is_noted_once`].
+    #[test]
+    fn outside_scenario_child() {
+        if std::env::var_os(OUTSIDE_SCENARIO).is_none() {
+            return;
+        }
+        let rt = runtime(true);
+        rt.block_on(async {
+            for _ in 0..4 {
+                tokio::spawn(connection(&["/", "/"])).await.unwrap();
+            }
+        });
+    }
+
+    /// Under the hooks a middleware outside the layer that sets is restored after each
+    /// request, not refused; the crate says once that a request answered without the
+    /// layer would keep its values, and how to order the layer.
+    #[test]
+    #[cfg_attr(miri, ignore)] // starts a process
+    fn a_set_outside_the_layer_is_noted_once() {
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "hooks::connection::outside_scenario_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(OUTSIDE_SCENARIO, "1")
+            .output()
+            .expect("child");
+        assert!(output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let note = "contextvars: code outside `contextvars::tower::ContextLayer`";
+        assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
+        assert!(stderr.contains("Add the context layer last"), "{stderr}");
+        // A layer served requests: the note about hooks without any layer stays silent.
+        assert!(
+            !stderr.contains("no `contextvars::tower::ContextLayer` has served"),
+            "{stderr}"
+        );
+    }
+
     #[test]
     fn a_connection_task_is_restored_after_every_kind_of_request_end() {
         let _: Option<Infallible> = None;
