@@ -90,3 +90,19 @@ where
     let span = CarriedSpan::current();
     move || span.in_span(|| engine::run_owned(frame, f))
 }
+
+/// Ends a unit of work that is being dropped (a wrapped future, a response body): drops
+/// `inner` inside `frame` under `span`, so its destructors see the unit's values and a
+/// `set` in them stays in the unit, then releases the frame where no other code can see
+/// what the destructors of its values do (`engine::release_isolated`).
+pub(crate) fn drop_in_frame<T>(
+    mut inner: std::pin::Pin<&mut Option<T>>,
+    frame: &mut Frame,
+    span: &CarriedSpan,
+) {
+    if inner.is_some() {
+        let in_frame = &mut *frame;
+        span.in_span(|| engine::run_in(in_frame, || inner.set(None)));
+    }
+    engine::release_isolated(frame);
+}

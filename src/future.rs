@@ -74,7 +74,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::carry::CarriedSpan;
+use crate::carry::{self, CarriedSpan};
 use crate::context::Context;
 use crate::engine::{self, Frame, Vars};
 use crate::error::EnterError;
@@ -96,15 +96,10 @@ pin_project! {
 
     impl<F> PinnedDrop for WithContext<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
-            if this.inner.is_some() {
-                let frame = &mut *this.frame;
-                this.span.in_span(|| engine::run_in(frame, || this.inner.set(None)));
-            }
-            // The task is over: what its context held is released where no other code can
-            // see what its destructors do (a set there must not land in the dropper's
-            // context, a server's connection task or a worker's own).
-            engine::release_isolated(this.frame);
+            let this = this.project();
+            // A set in a destructor must not land in the dropper's context (a server's
+            // connection task, or a worker's own).
+            carry::drop_in_frame(this.inner, this.frame, this.span);
         }
     }
 }

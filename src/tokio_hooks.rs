@@ -373,14 +373,19 @@ fn note_set_without_layer(frame: &Frame) {
     {
         return;
     }
-    if NOTED_SET_WITHOUT_LAYER.swap(true, Ordering::Relaxed) {
-        return;
+    say_once(&NOTED_SET_WITHOUT_LAYER, SET_WITHOUT_LAYER);
+}
+
+/// Prints `note` to stderr unless `said` says it was printed already (relaxed: two
+/// threads racing here print it once between them, as `swap` hands `false` to one).
+fn say_once(said: &AtomicBool, note: &str) {
+    if !said.swap(true, Ordering::Relaxed) {
+        eprintln!("{note}");
     }
-    eprintln!("{SET_WITHOUT_LAYER}");
 }
 
 /// What [`note_set_without_layer`] prints.
-pub(crate) const SET_WITHOUT_LAYER: &str = "contextvars: a task of a runtime with \
+const SET_WITHOUT_LAYER: &str = "contextvars: a task of a runtime with \
     `contextvars::tokio::isolate_tasks` set a context variable in its own context, and no \
     `contextvars::tower::ContextLayer` has served a request in this process. If the task \
     serves HTTP connections (a server's connection task), the requests of a keep-alive \
@@ -436,14 +441,11 @@ globals! {
 /// middleware answers itself leaves its values for the next one. Without the hooks the
 /// same set is refused with a message that names the layer's order.
 fn note_set_outside_layer() {
-    if NOTED_SET_OUTSIDE_LAYER.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    eprintln!("{SET_OUTSIDE_LAYER}");
+    say_once(&NOTED_SET_OUTSIDE_LAYER, SET_OUTSIDE_LAYER);
 }
 
 /// What [`note_set_outside_layer`] prints.
-pub(crate) const SET_OUTSIDE_LAYER: &str = "contextvars: code outside \
+const SET_OUTSIDE_LAYER: &str = "contextvars: code outside \
     `contextvars::tower::ContextLayer` (a middleware the layer does not wrap) set a context \
     variable in a connection task's own context, on a runtime with \
     `contextvars::tokio::isolate_tasks`. The crate gives the connection back its starting \

@@ -197,6 +197,19 @@ fn a_replaced_after_hook_does_not_disable_the_leak_check() {
     .unwrap();
 }
 
+/// Runs the test `name` of this binary alone in a child process with `switch` set (a
+/// fresh process: the crate's once-per-process notes and its layer flag start unset),
+/// checks that it succeeded, and returns what it printed to stderr.
+fn stderr_of_child(name: &str, switch: &str) -> String {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(switch, "1")
+        .output()
+        .expect("child");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// The environment variable that makes [`a_set_without_any_layer_is_noted_once`]'s child
 /// run the scenario.
 const NOTE_SCENARIO: &str = "CONTEXTVARS_TEST_NOTE_SCENARIO";
@@ -222,18 +235,7 @@ fn note_scenario_child() {
 #[test]
 #[cfg_attr(miri, ignore)] // starts a process
 fn a_set_without_any_layer_is_noted_once() {
-    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "hooks::note_scenario_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(NOTE_SCENARIO, "1")
-        .output()
-        .expect("child");
-    assert!(output.status.success(), "{output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_child("hooks::note_scenario_child", NOTE_SCENARIO);
     let note = "contextvars: a task of a runtime with `contextvars::tokio::isolate_tasks` set";
     assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
     for needle in ["keep-alive", "add `ContextLayer`", "printed once"] {
@@ -361,18 +363,10 @@ mod connection {
     #[test]
     #[cfg_attr(miri, ignore)] // starts a process
     fn a_set_outside_the_layer_is_noted_once() {
-        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "hooks::connection::outside_scenario_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(OUTSIDE_SCENARIO, "1")
-            .output()
-            .expect("child");
-        assert!(output.status.success(), "{output:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = super::stderr_of_child(
+            "hooks::connection::outside_scenario_child",
+            OUTSIDE_SCENARIO,
+        );
         let note = "contextvars: code outside `contextvars::tower::ContextLayer`";
         assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
         assert!(stderr.contains("Add the context layer last"), "{stderr}");
