@@ -86,6 +86,13 @@ pin_project! {
     /// asyncio task) or [`ContextFutureExt::in_context`] (a given [`Context`] object, which
     /// stays entered until the wrapper is dropped). The inner future is also dropped
     /// inside the context, so its destructors see the task's values.
+    ///
+    /// A copy made by `in_current_context` remembers the bindings it started with: if
+    /// the wrapped future serves HTTP connections through
+    /// `contextvars::tower::ContextLayer` (feature `tower`), the layer gives
+    /// them back when each request ends, so nothing set outside the layer while serving
+    /// one keep-alive request reaches the next. That costs nothing until the context's
+    /// first set, which keeps a counted reference to the starting snapshot.
     #[must_use = "futures do nothing unless polled"]
     pub struct WithContext<F> {
         #[pin]
@@ -125,7 +132,7 @@ impl<F> WithContext<F> {
     /// `inner` in a private context over `vars`.
     #[inline]
     pub(crate) fn in_vars(inner: F, vars: Vars) -> Self {
-        Self::new(inner, Frame::private(vars))
+        Self::new(inner, Frame::with_origin(vars))
     }
 
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).

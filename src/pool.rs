@@ -86,3 +86,16 @@ pub(crate) fn note_request_layer() {
 pub(crate) fn request_layer_seen() -> bool {
     REQUEST_LAYER_SEEN.load(Ordering::Relaxed)
 }
+
+/// Prints `note` to stderr unless `said` says it was printed already: the crate's
+/// once-per-process notes about configurations it cannot refuse. Relaxed: two threads
+/// racing here print it once between them, as `swap` hands `false` to one.
+#[cfg_attr(
+    not(any(feature = "tower", all(feature = "tokio", tokio_unstable))),
+    allow(dead_code)
+)]
+pub(crate) fn say_once(said: &AtomicBool, note: &str) {
+    if !said.swap(true, Ordering::Relaxed) {
+        eprintln!("{note}");
+    }
+}

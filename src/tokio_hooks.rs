@@ -85,27 +85,10 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A task's frame between polls, and the bindings it started with (what
-/// [`restore_task_context`] gives back to a connection task between two requests).
-struct TaskFrame {
-    frame: Frame,
-    initial: engine::Vars,
-}
-
-impl TaskFrame {
-    /// A task that starts in a copy of `vars`.
-    fn new(vars: engine::Vars) -> Self {
-        Self {
-            frame: Frame::private(vars.clone()),
-            initial: vars,
-        }
-    }
-}
-
 /// A task's place in the registry.
 enum Slot {
     /// Between polls: the task's frame waits here.
-    Filed(TaskFrame),
+    Filed(Frame),
     /// A poll on the thread with this [`poller_id`] took the frame out, and its
     /// after-poll hook has not filed it back yet.
     CheckedOut(u64),
@@ -181,7 +164,7 @@ impl Registry {
     }
 
     /// Files a new task's frame.
-    fn file_new(&self, id: Id, frame: TaskFrame) {
+    fn file_new(&self, id: Id, frame: Frame) {
         let old = self.lock(id).insert(id, Slot::Filed(frame));
         // Released outside the lock: a frame's values may have destructors.
         release(old);
@@ -191,7 +174,7 @@ impl Registry {
     /// out; `None` if the task has no frame (spawned before the hooks were installed) or
     /// the wait gave up ([`CHECK_OUT_PATIENCE`]). The slot is marked checked out either
     /// way, for [`check_in`](Self::check_in).
-    fn check_out(&self, id: Id) -> Option<TaskFrame> {
+    fn check_out(&self, id: Id) -> Option<Frame> {
         let me = poller_id();
         let mut spins = 0u32;
         let mut since: Option<Instant> = None;
@@ -229,7 +212,7 @@ impl Registry {
     /// Files the frame back after a poll; gives it back (to be released by the caller,
     /// outside the lock) if the slot is no longer checked out: the task terminated
     /// elsewhere meanwhile, or a later poll gave up waiting and filed its own.
-    fn check_in(&self, id: Id, frame: TaskFrame) -> Option<TaskFrame> {
+    fn check_in(&self, id: Id, frame: Frame) -> Option<Frame> {
         match self.lock(id).get_mut(&id) {
             Some(slot @ Slot::CheckedOut(_)) => {
                 *slot = Slot::Filed(frame);
@@ -249,8 +232,6 @@ struct Polled {
     id: Id,
     /// The task terminated during its poll: its frame is released instead of filed again.
     terminated: bool,
-    /// The bindings the task started with.
-    initial: engine::Vars,
 }
 
 // The tasks whose frames this thread is running now, innermost last.
@@ -275,14 +256,13 @@ fn with_polling<R>(f: impl FnOnce(&mut Vec<Polled>) -> R) -> Option<R> {
 /// run a value's destructor (`engine::release_isolated`): this runs in a hook, outside
 /// the task's poll, and a destructor that sets must not bind in the thread's own context
 /// (or whatever context the thread runs), where the next task could see it.
-fn release(held: Option<impl Into<Option<TaskFrame>>>) {
-    if let Some(TaskFrame { mut frame, initial }) = held.and_then(Into::into) {
+fn release(held: Option<impl Into<Option<Frame>>>) {
+    if let Some(mut frame) = held.and_then(Into::into) {
         engine::release_isolated(&mut frame);
-        engine::release_isolated(&mut Frame::private(initial));
     }
 }
 
-impl From<Slot> for Option<TaskFrame> {
+impl From<Slot> for Option<Frame> {
     fn from(slot: Slot) -> Self {
         match slot {
             Slot::Filed(task) => Some(task),
@@ -292,7 +272,7 @@ impl From<Slot> for Option<TaskFrame> {
 }
 
 fn on_spawn(id: Id) {
-    Registry::get().file_new(id, TaskFrame::new(engine::vars()));
+    Registry::get().file_new(id, Frame::with_origin(engine::vars()));
 }
 
 fn before_poll(id: Id) {
@@ -303,13 +283,12 @@ fn before_poll(id: Id) {
     }
     // A task spawned before the hooks were installed, or whose frame is missing, starts
     // from an empty context of its own rather than the worker's.
-    let TaskFrame { frame, initial } = Registry::get()
+    let frame = Registry::get()
         .check_out(id)
-        .unwrap_or_else(|| TaskFrame::new(engine::Vars::default()));
+        .unwrap_or_else(|| Frame::with_origin(engine::Vars::default()));
     let polled = Polled {
         id,
         terminated: false,
-        initial,
     };
     // Cannot fail: the list was there a moment ago, and no code of another kind ran.
     let _ = with_polling(|polling| polling.push(polled));
@@ -330,23 +309,16 @@ fn after_poll(id: Id) {
         _ => None,
     })
     .flatten();
-    let Some(Polled {
-        terminated,
-        initial,
-        ..
-    }) = entered
-    else {
+    let Some(Polled { terminated, .. }) = entered else {
         return; // `before_poll` did not enter (thread teardown)
     };
-    let Some(frame) = engine::leave_detached() else {
+    let Some(task) = engine::leave_detached() else {
         // Cannot happen (tokio calls the hooks as a pair around the poll); the next poll
         // starts from an empty context rather than wait for this one.
         release(Registry::get().remove(id));
-        engine::release_isolated(&mut Frame::private(initial));
         return;
     };
-    note_set_without_layer(&frame);
-    let task = TaskFrame { frame, initial };
+    note_set_without_layer(&task);
     if terminated {
         release(Registry::get().remove(id));
         release(Some(task));
@@ -373,15 +345,7 @@ fn note_set_without_layer(frame: &Frame) {
     {
         return;
     }
-    say_once(&NOTED_SET_WITHOUT_LAYER, SET_WITHOUT_LAYER);
-}
-
-/// Prints `note` to stderr unless `said` says it was printed already (relaxed: two
-/// threads racing here print it once between them, as `swap` hands `false` to one).
-fn say_once(said: &AtomicBool, note: &str) {
-    if !said.swap(true, Ordering::Relaxed) {
-        eprintln!("{note}");
-    }
+    crate::pool::say_once(&NOTED_SET_WITHOUT_LAYER, SET_WITHOUT_LAYER);
 }
 
 /// What [`note_set_without_layer`] prints.
@@ -409,50 +373,6 @@ fn on_terminate(id: Id) {
         release(Registry::get().remove(id));
     }
 }
-
-/// Gives the task being polled on this thread, if it is `task` and its own frame is the
-/// current one, back the bindings it started with: what the tower layer does after each
-/// response of a connection task, so that nothing code outside the layer set while
-/// serving one request reaches the next request on the connection.
-pub(crate) fn restore_task_context(task: Id) {
-    let initial = with_polling(|polling| match polling.last() {
-        Some(top) if top.id == task => Some(top.initial.clone()),
-        _ => None,
-    })
-    .flatten();
-    // Not the current frame (a frame entered inside the poll is running): nothing to
-    // restore here.
-    if let Some(initial) = initial
-        && let Ok(true) = engine::rebind_detached(initial)
-    {
-        note_set_outside_layer();
-    }
-}
-
-globals! {
-    /// Whether [`note_set_outside_layer`] has spoken (once per process).
-    static NOTED_SET_OUTSIDE_LAYER: AtomicBool = const AtomicBool::new(false);
-}
-
-/// Said once per process: a connection task's own bindings changed while it served a
-/// request through the tower layer, so code outside the layer (a middleware the layer
-/// does not wrap) sets variables. The restore after each request keeps that from
-/// reaching the next request, but only for requests that reach the layer: a request the
-/// middleware answers itself leaves its values for the next one. Without the hooks the
-/// same set is refused with a message that names the layer's order.
-fn note_set_outside_layer() {
-    say_once(&NOTED_SET_OUTSIDE_LAYER, SET_OUTSIDE_LAYER);
-}
-
-/// What [`note_set_outside_layer`] prints.
-const SET_OUTSIDE_LAYER: &str = "contextvars: code outside \
-    `contextvars::tower::ContextLayer` (a middleware the layer does not wrap) set a context \
-    variable in a connection task's own context, on a runtime with \
-    `contextvars::tokio::isolate_tasks`. The crate gives the connection back its starting \
-    bindings after each request that reaches the layer, but a request that middleware \
-    answers itself (a rejection) leaves its values to the next request on the \
-    connection. Add the context layer last (with axum) or first in a `ServiceBuilder`, so \
-    it wraps every middleware. This note is printed once.";
 
 /// Installs the task hooks that give every task of the runtime a context of its own: a
 /// copy of its spawner's context, kept across its polls, like an asyncio task. Needs

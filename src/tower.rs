@@ -14,6 +14,18 @@
 //! * the response body is polled too (a streaming body sees the request's values as
 //!   they were when the response was made).
 //!
+//! When the task that calls the service has a context of its own (a connection task
+//! spawned with [`contextvars::tokio::spawn`](crate::tokio::spawn) or wrapped with
+//! [`in_current_context`](crate::future::ContextFutureExt::in_current_context), or any
+//! task of a runtime with the task hooks), that context is kept across the requests of a
+//! keep-alive connection. When each request ends (its response body dropped, or its
+//! future dropped without one), the layer gives that task back the bindings it started
+//! with, so a value a middleware *outside* the layer set while serving one request does
+//! not reach the next. A request such a middleware answers itself, without calling the
+//! layer, runs no code of the crate and keeps its values for the next request: the crate
+//! says so once on stderr, the first time a restore finds the task's bindings changed.
+//! Add the layer last.
+//!
 //! It works for any service of `http::Request` to `http::Response` (axum, hyper-util;
 //! tonic's servers take the same shape). With axum, add it **last**, so that it wraps
 //! every route and every middleware added before it:
@@ -73,7 +85,7 @@ use crate::ContextVar;
 use crate::carry::{self, CarriedSpan};
 use crate::engine::{self, Frame};
 use crate::future::WithContext;
-use crate::sync::{OnceLock, StaticCounter};
+use crate::sync::{AtomicBool, OnceLock, StaticCounter, globals};
 
 /// A tower [`Layer`] that runs each request in a copy of the context current when the
 /// service is called; see the [module docs](self).
@@ -293,40 +305,66 @@ pin_project! {
     }
 }
 
-/// The task that called the service (a server's connection task), which under the
-/// runtime's task hooks (`contextvars::tokio::isolate_tasks`) has a context of its own,
-/// kept across the requests of a keep-alive connection. When a request is done (its
+/// The task that called the service (a server's connection task), if it runs in a
+/// context of its own that remembers its starting bindings: a task spawned with
+/// [`contextvars::tokio::spawn`](crate::tokio::spawn) or
+/// [`in_current_context`](crate::future::ContextFutureExt::in_current_context), or any task of a
+/// runtime with the task hooks (`contextvars::tokio::isolate_tasks`). Such a context is
+/// kept across the requests of a keep-alive connection; when a request is done (its
 /// response body dropped, or its future dropped without a response), the task gets back
 /// the bindings it started with, so that nothing a middleware outside the layer set
 /// while serving one request (before or after calling the layer) reaches the next
-/// request on the connection. Without the hooks a connection task runs in its worker's
-/// own context, where such a set is refused, and there is nothing to restore.
+/// request on the connection. A connection task in its worker's own context has
+/// nothing to restore: such a set is refused there.
 #[derive(Clone, Copy)]
 struct Carrier {
-    #[cfg(all(feature = "tokio", tokio_unstable))]
-    task: Option<tokio::task::Id>,
+    /// The task's frame (`engine::origin_frame`), 0 if it has none to restore.
+    frame: u64,
 }
 
 impl Carrier {
+    #[inline]
     fn current() -> Self {
         Self {
-            #[cfg(all(feature = "tokio", tokio_unstable))]
-            task: tokio::task::try_id(),
+            frame: engine::origin_frame(),
         }
     }
 
-    /// Restores the calling task's bindings, if the hooks run it and it is the task
-    /// being polled now (a body dropped by another task, or outside a poll, restores
-    /// nothing).
+    /// Restores the calling task's bindings, if its frame is the current one (a body
+    /// dropped by another task, or outside a poll, restores nothing).
+    #[inline]
     fn restore(self) {
-        #[cfg(all(feature = "tokio", tokio_unstable))]
-        if let Some(task) = self.task
-            && tokio::task::try_id() == Some(task)
-        {
-            crate::tokio::hooks::restore_task_context(task);
+        if self.frame != 0 && engine::restore_origin(self.frame) {
+            note_set_outside_layer();
         }
     }
 }
+
+globals! {
+    /// Whether [`note_set_outside_layer`] has spoken (once per process).
+    static NOTED_SET_OUTSIDE_LAYER: AtomicBool = const AtomicBool::new(false);
+}
+
+/// Said once per process: a connection task's own bindings changed while it served a
+/// request through the layer, so code outside the layer (a middleware the layer does not
+/// wrap) sets variables. The restore after each request keeps that from reaching the
+/// next request, but only for requests that reach the layer: a request the middleware
+/// answers itself leaves its values for the next one. In a worker's own context the
+/// same set is refused with a message that names the layer's order.
+#[cold]
+fn note_set_outside_layer() {
+    crate::pool::say_once(&NOTED_SET_OUTSIDE_LAYER, SET_OUTSIDE_LAYER);
+}
+
+/// What [`note_set_outside_layer`] prints.
+const SET_OUTSIDE_LAYER: &str = "contextvars: code outside \
+    `contextvars::tower::ContextLayer` (a middleware the layer does not wrap) set a context \
+    variable in the context of the task that called the layer (a server's connection \
+    task). The crate gives that task back its starting bindings after each request that \
+    reaches the layer, but a request that middleware answers itself (a rejection) leaves \
+    its values to the next request on the connection. Add the context layer last (with \
+    axum) or first in a `ServiceBuilder`, so it wraps every middleware. This note is \
+    printed once.";
 
 const BODY_GONE: &str = "the inner body lives as long as the wrapper";
 

@@ -27,7 +27,7 @@
 //! | `body_destructor` (layer) | isolated | isolated |
 //! | `body_destructor_no_layer` | refused | not covered: leaks on keep-alive |
 //! | `middleware_short_circuit` | refused (layer-order message) | not covered: leaks after a rejection |
-//! | `connection_task_with_its_own_context` | not covered: leaks on keep-alive | not covered: leaks on keep-alive |
+//! | `connection_task_with_its_own_context` | isolated | isolated |
 //! | `stolen_plain_rayon_job` (no HTTP) | not covered: reads and sets the waiting job's context | (the same) |
 //!
 //! `middleware_short_circuit`: the middleware outside the layer answers every fourth
@@ -928,13 +928,12 @@ fn expectation(pattern: Pattern, mode: Mode) -> Expect {
             leaks: Leaks::No,
         },
         // The connection task runs in a context of its own (the wrapper's, inside the
-        // hooks' one in `hooks` mode), so the set is accepted and stays for the next
-        // request on the connection: the layer's restore (hooks only) rebinds the hooks'
-        // frame only when it is the current one, and the wrapper's is.
+        // hooks' one in `hooks` mode), so the set is accepted; the layer gives that
+        // context back its starting bindings when each request ends.
         Pattern::ConnectionTaskWithItsOwnContext => Expect {
             views: middleware(true),
             sets: vec![accepted],
-            leaks: Leaks::OnKeepAlive,
+            leaks: Leaks::No,
         },
     }
 }

@@ -99,11 +99,16 @@
 //! worker while the first has not filed its frame back yet. The registry therefore
 //! checks a task's frame out for a poll and in after it, and a poll that finds it still
 //! out waits for the check-in (not when it was taken out on its own thread, nor before
-//! any after-poll hook has run: both mean a replaced hook that will never come). And a
-//! connection task that calls the tower layer is given back the bindings it started
-//! with when each request ends (`rebind_detached`: a binding change in the detached
-//! frame, if it is current, never a frame switch), so that a middleware outside the
-//! layer cannot carry one keep-alive request's values into the next. What a finished
+//! any after-poll hook has run: both mean a replaced hook that will never come).
+//!
+//! A task's frame (the hooks', or a wrapped future's) remembers the bindings it started
+//! with (`Frame::with_origin`: an id from the thread's counter, and nothing else until
+//! the frame's first set or reset keeps a counted clone of its starting snapshot). The
+//! tower layer records which such frame called it (`origin_frame`), and when the request
+//! ends gives that frame back its starting bindings if it is the current one
+//! (`restore_origin`: a binding change, never a frame switch; tokens made in the frame
+//! stay valid), so that a middleware outside the layer cannot carry one keep-alive
+//! request's values into the next. What a finished
 //! unit held (a request's context, a task's frame released by a hook, the snapshot a
 //! restore replaces) is released inside a fresh empty frame (`isolated`), so a value's
 //! destructor that sets cannot bind anywhere another unit could see.

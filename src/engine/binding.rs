@@ -10,7 +10,7 @@
 
 use super::Vars;
 use super::announce;
-use super::frame::materialize;
+use super::frame::{Origin, materialize};
 use super::object::Shared;
 use super::thread::{Borrow, Hot, TornDown, retire, with_hot, with_state};
 use crate::pool::{self, Pool};
@@ -148,6 +148,7 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused
         }
         let entry = entry.take().expect("taken once");
         materialize(hot);
+        keep_origin(hot);
         let (old, prev) = match rebind_in_place(hot, key, Some(entry)) {
             Ok(old) => (old, None),
             Err(entry) => {
@@ -176,6 +177,24 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused
     Ok(set)
 }
 
+/// Before the first change of a frame that remembers its starting bindings
+/// (`Frame::with_origin`), keeps them: a counted clone, so the change that follows
+/// path-copies rather than writing in place.
+#[inline]
+fn keep_origin(hot: &Hot) {
+    if hot.origin.get() == Origin::Unchanged {
+        keep_origin_now(hot);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn keep_origin_now(hot: &Hot) {
+    // The cell holds an empty map while the frame is unchanged: nothing is dropped.
+    hot.origin_vars.set(hot.vars_clone());
+    hot.origin.set(Origin::Kept);
+}
+
 /// Why [`reset_binding`] refused.
 pub(crate) enum ResetFailure {
     DifferentContext,
@@ -194,6 +213,7 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
     let mut set = Some(set);
     let outcome = with_state(|hot| {
         materialize(hot);
+        keep_origin(hot);
         let mut token = set.take().expect("taken once");
         if hot.frame_id() != token.frame_id {
             return Err(token);

@@ -34,7 +34,7 @@ use std::mem::MaybeUninit;
 use std::ptr;
 
 use super::object::Shared;
-use super::thread::{Hot, Status, publish_to, retire, with_hot};
+use super::thread::{Hot, Status, publish_to, retire, with_hot, with_state};
 use super::{Vars, announce};
 use crate::map::{Map, Node};
 use crate::sync::{Arc, Cell};
@@ -49,6 +49,26 @@ pub(crate) struct Frame {
     pub(super) id: u64,
     pub(super) last_change: u64,
     pub(super) dirty: bool,
+    /// Whether the frame remembers the bindings it started with ([`Frame::with_origin`]),
+    /// and whether `origin_vars` holds them.
+    pub(super) origin: Origin,
+    /// The bindings the frame started with, kept from its first change on
+    /// ([`Origin::Kept`]); empty otherwise.
+    pub(super) origin_vars: Vars,
+}
+
+/// What a frame remembers of the bindings it started with, so that [`restore_origin`]
+/// can give them back (a server's connection task, between two requests).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Origin {
+    /// Nothing: a request's, a job's, a thread's or a context object's frame.
+    None,
+    /// The frame's bindings are still the ones it started with (no set or reset has
+    /// changed them since it started or was last restored), so nothing is kept.
+    Unchanged,
+    /// The frame has changed since it started: its starting bindings are in
+    /// `origin_vars`, kept by the first change (`binding::set_binding`).
+    Kept,
 }
 
 impl Frame {
@@ -62,6 +82,25 @@ impl Frame {
             id: 0,
             last_change: 0,
             dirty: false,
+            origin: Origin::None,
+            origin_vars: Vars::default(),
+        }
+    }
+
+    /// A private frame over `vars` (see [`Frame::private`]) that remembers them as the
+    /// bindings it started with: a task's frame, which the tower layer gives back its
+    /// starting bindings when a request it served ends ([`restore_origin`]). It gets its
+    /// id now (a thread-local counter), so that the layer can tell it from other frames;
+    /// the starting bindings cost nothing until the frame's first change keeps them.
+    pub(crate) fn with_origin(vars: Vars) -> Self {
+        Self {
+            vars,
+            ctx: None,
+            id: super::next_context_id(),
+            last_change: 0,
+            dirty: false,
+            origin: Origin::Unchanged,
+            origin_vars: Vars::default(),
         }
     }
 
@@ -76,6 +115,8 @@ impl Frame {
             ctx: Some(shared),
             last_change: 0,
             dirty: false,
+            origin: Origin::None,
+            origin_vars: Vars::default(),
         }
     }
 }
@@ -94,7 +135,7 @@ impl Drop for Frame {
     /// next runner's starting point; or, for a private frame, releases its snapshot.
     #[inline]
     fn drop(&mut self) {
-        if self.ctx.is_none() && self.vars.is_empty() {
+        if self.ctx.is_none() && self.vars.is_empty() && self.origin_vars.is_empty() {
             return; // nothing to release (a light frame's unused storage)
         }
         self.release();
@@ -105,6 +146,7 @@ impl Frame {
     /// The body of `drop` for a frame that holds something.
     #[inline(never)]
     fn release(&mut self) {
+        retire(std::mem::take(&mut self.origin_vars));
         let vars = std::mem::take(&mut self.vars);
         let Some(shared) = self.ctx.take() else {
             retire(vars);
@@ -139,6 +181,9 @@ pub(super) fn swap_frame(hot: &Hot, frame: &mut Frame) {
     frame.id = hot.id.replace(frame.id);
     frame.last_change = hot.last_change.replace(frame.last_change);
     frame.dirty = hot.dirty.replace(frame.dirty);
+    frame.origin = hot.origin.replace(frame.origin);
+    let origin_vars = std::mem::take(&mut frame.origin_vars);
+    frame.origin_vars = hot.origin_vars.replace(origin_vars);
 }
 
 /// A *light* frame: one that is current for reads (`HOT.root` points at its snapshot)
@@ -230,6 +275,8 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
                 id: storage.id,
                 last_change: storage.last_change,
                 dirty: storage.dirty,
+                origin: storage.origin,
+                origin_vars: storage.origin_vars.clone(),
             }
         }
     };
@@ -287,7 +334,9 @@ impl Frame {
     /// with the context it was copied from: the common case, and a cheap check.
     #[inline]
     fn release_may_run_destructors(&self) -> bool {
-        self.ctx.is_some() || !self.vars.is_shared_or_empty()
+        self.ctx.is_some()
+            || !self.vars.is_shared_or_empty()
+            || !self.origin_vars.is_shared_or_empty()
     }
 }
 
@@ -452,38 +501,72 @@ pub(crate) fn leave_detached() -> Option<Frame> {
     left
 }
 
-/// Rebinds the frame the last [`enter_detached`] entered to `vars`, if it is the thread's
-/// current frame (no frame entered after it is running): the task hooks' way to give a
-/// task back the bindings it started with (`contextvars::tokio` restores a connection
-/// task between two requests). A binding change, not a frame switch: tokens made in the
-/// frame stay valid, and reset by path copying. `Ok(true)` if the bindings had changed
-/// (something set in the frame since it held `vars`); gives `vars` back if the detached
-/// frame is not current.
-#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
-pub(crate) fn rebind_detached(vars: Vars) -> Result<bool, Vars> {
-    let mut vars = Some(vars);
-    let replaced = with_hot(|hot| {
-        if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {
+/// The id of the current frame if it remembers the bindings it started with
+/// ([`Frame::with_origin`]: a task's frame), for [`restore_origin`]; 0 otherwise (a
+/// request's, job's, thread's or context object's frame, or a borrowed one).
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+#[inline]
+pub(crate) fn origin_frame() -> u64 {
+    with_hot(origin_frame_of)
+}
+
+fn origin_frame_of(hot: &Hot) -> u64 {
+    let light = hot.light.get();
+    if light.is_null() {
+        return match hot.origin.get() {
+            Origin::None => 0,
+            Origin::Unchanged | Origin::Kept => hot.id.get(),
+        };
+    }
+    // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
+    // for its `enter_light` call; its storage, if any, is only read while it runs (see
+    // `Light`).
+    let light = unsafe { &*light };
+    if !light.borrowed.is_null() {
+        return 0; // a job's or a context object's frame
+    }
+    // SAFETY: as above.
+    match unsafe { light.frame.as_ref() } {
+        Some(storage) if storage.origin != Origin::None => storage.id,
+        _ => 0,
+    }
+}
+
+/// Gives the current frame back the bindings it started with, if it is the frame `id`
+/// names ([`origin_frame`]): what the tower layer does to a connection task when a
+/// request it served ends, so that nothing code outside the layer set while serving one
+/// request reaches the next request on the connection. A binding change, not a frame
+/// switch: tokens made in the frame stay valid, and reset by path copying. `true` if the
+/// bindings had changed since the frame started (or was last restored); `false` if they
+/// had not, or if the current frame is another one (a frame entered inside it is
+/// running, or the request ended on another task or thread).
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) fn restore_origin(id: u64) -> bool {
+    if id == 0 {
+        return false;
+    }
+    let restored = with_state(|hot| {
+        if origin_frame_of(hot) != id || unchanged_light(hot) {
             return None;
         }
-        let stack = hot.detached.take();
-        let current = stack
-            .last()
-            .is_some_and(|(stacked, _)| *stacked == hot.stacked.get());
-        hot.detached.set(stack);
-        if !current {
+        materialize(hot);
+        if hot.origin.get() != Origin::Kept {
             return None;
         }
-        let vars = vars.take().expect("taken once");
-        if hot.root.get() == vars.root_ptr() {
-            return Some((vars, None, false)); // nothing changed since
+        hot.origin.set(Origin::Unchanged);
+        let origin = hot.origin_vars.take();
+        if hot.root.get() == origin.root_ptr() {
+            // Changed and changed back: the same snapshot, which `HOT.vars` also holds,
+            // so dropping this clone runs no destructor.
+            drop(origin);
+            return None;
         }
-        let old = hot.install(vars);
+        let old = hot.install(origin);
         hot.last_change.set(hot.next_id());
-        Some((old, hot.publish(), true))
+        Some((old, hot.publish()))
     });
-    let Some((old, published, changed)) = replaced else {
-        return Err(vars.take().expect("not taken"));
+    let Ok(Some((old, published))) = restored else {
+        return false;
     };
     announce();
     // Retired only now, with the state consistent, and in a frame of their own: they may
@@ -495,7 +578,24 @@ pub(crate) fn rebind_detached(vars: Vars) -> Result<bool, Vars> {
             retire(published);
         }
     });
-    Ok(changed)
+    true
+}
+
+/// Whether the current frame is a light one whose storage has its starting bindings
+/// (nothing to restore, and no need to materialize).
+fn unchanged_light(hot: &Hot) -> bool {
+    let light = hot.light.get();
+    if light.is_null() {
+        return false;
+    }
+    // SAFETY: as in `origin_frame_of`, which found the storage.
+    match unsafe { (*light).frame.as_ref() } {
+        Some(storage) => {
+            storage.origin == Origin::Unchanged
+                || storage.origin_vars.root_ptr() == storage.vars.root_ptr()
+        }
+        None => true,
+    }
 }
 
 /// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see

@@ -50,7 +50,9 @@ pub(crate) use binding::{
 };
 pub(crate) use frame::{Frame, release_isolated, run_entered, run_in, run_owned, vars};
 #[cfg(all(feature = "tokio", tokio_unstable))]
-pub(crate) use frame::{enter_detached, leave_detached, rebind_detached};
+pub(crate) use frame::{enter_detached, leave_detached};
+#[cfg(feature = "tower")]
+pub(crate) use frame::{origin_frame, restore_origin};
 #[cfg(feature = "rayon")]
 pub(crate) use frame::{run_borrowed, run_borrowed_each, with_captured};
 pub(crate) use object::Shared;

@@ -80,6 +80,10 @@ pub(super) struct Hot {
     pub(super) last_change: Cell<u64>,
     /// A set or reset was not published to `ctx` because nobody else could see it.
     pub(super) dirty: Cell<bool>,
+    /// Whether the frame remembers its starting bindings, and keeps them in
+    /// `origin_vars` (see `frame::Origin`).
+    pub(super) origin: Cell<super::frame::Origin>,
+    pub(super) origin_vars: ManuallyDrop<Cell<Vars>>,
     /// Snapshots retired while a borrow was active, dropped when the last borrow ends.
     graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
     /// The frames that detached frames displaced (`frame::enter_detached`), innermost
@@ -115,6 +119,8 @@ impl Hot {
             id: Cell::new(0),
             last_change: Cell::new(0),
             dirty: Cell::new(false),
+            origin: Cell::new(super::frame::Origin::None),
+            origin_vars: ManuallyDrop::new(Cell::new(Map::new())),
             graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
             detached: ManuallyDrop::new(Cell::new(Vec::new())),
         }
@@ -223,6 +229,7 @@ fn tear_down(hot: &Hot) {
     }
     // May run user destructors, which see defaults and cannot write.
     drop(vars);
+    drop(hot.origin_vars.take());
     drop(hot.graveyard.take());
     drop(hot.detached.take());
 }

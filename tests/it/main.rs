@@ -10,6 +10,8 @@
 //! Every test runs its body in a fresh context ([`isolated`], CPython's
 //! `isolated_context`) or in a fresh thread, so no test sees another's bindings.
 
+#[cfg(feature = "tower")]
+mod connection;
 mod context;
 mod cpython;
 mod differential;
@@ -117,4 +119,18 @@ pub(crate) fn was_dropped(address: usize) -> bool {
 /// The address of a value, as tracked by [`record_drop`].
 pub(crate) fn addr<T>(value: &T) -> usize {
     value as *const T as usize
+}
+
+/// Runs the test `name` of this binary alone in a child process with `switch` set (a
+/// fresh process: the crate's once-per-process notes and its layer flag start unset),
+/// checks that it succeeded, and returns what it printed to stderr.
+#[cfg(any(feature = "tower", all(feature = "tokio", tokio_unstable)))]
+pub(crate) fn stderr_of_child(name: &str, switch: &str) -> String {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(switch, "1")
+        .output()
+        .expect("child");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
