@@ -165,6 +165,51 @@ impl<F> WithContext<F> {
     }
 }
 
+impl<F> WithContext<F> {
+    /// Ends the unit now, as dropping the wrapper would: drops the inner future inside
+    /// its context, then releases the context (see `carry::drop_in_frame`). The wrapper
+    /// is left empty: a later drop does nothing.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn end(self: Pin<&mut Self>) {
+        let this = self.project();
+        carry::drop_in_frame(this.inner, this.frame, this.span);
+    }
+}
+
+impl<F: Future> WithContext<F> {
+    /// Polls the inner future in its context; when it is ready, drops it inside the same
+    /// entry of the context and hands out the context (with what the future made of it)
+    /// and its span, leaving the wrapper empty: what a request's context becomes when its
+    /// response is made (the tower layer polls the response body in it). One entry of
+    /// the context instead of two, and no copy of its snapshot.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn poll_to_end(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<(F::Output, Frame, CarriedSpan)> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let frame = &mut *this.frame;
+        let polled = this.span.in_span(|| {
+            engine::run_in(frame, || {
+                let polled = inner
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("polled after it completed")
+                    .poll(cx);
+                if polled.is_ready() {
+                    inner.set(None);
+                }
+                polled
+            })
+        });
+        polled.map(|output| {
+            let frame = std::mem::replace(this.frame, Frame::private(Vars::default()));
+            (output, frame, std::mem::take(this.span))
+        })
+    }
+}
+
 impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 

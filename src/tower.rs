@@ -185,7 +185,7 @@ where
             inner.call(http::Request::from_parts(parts, body))
         });
         ResponseFuture {
-            inner: Some(WithContext::new(BodyInContext { inner: future }, frame)),
+            inner: WithContext::new(future, frame),
             carrier: Some(Carrier::current()),
         }
     }
@@ -197,7 +197,7 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<WithContext<BodyInContext<F>>>,
+        inner: WithContext<F>,
         // Handed to the response's body; restored here if there is none (an error, or
         // the future dropped before it finished).
         carrier: Option<Carrier>,
@@ -205,9 +205,9 @@ pin_project! {
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
+            let this = this.project();
             // The request's future first (inside its context), then the connection.
-            this.inner.set(None);
+            this.inner.end();
             if let Some(carrier) = this.carrier.take() {
                 carrier.restore();
             }
@@ -223,57 +223,28 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let inner = this
-            .inner
-            .as_pin_mut()
-            .expect("the inner future lives as long as the wrapper");
-        let carrier = this.carrier;
-        inner.poll(cx).map(|result| {
-            result.map(|response| {
-                response.map(|mut body| {
-                    body.carrier = carrier.take();
-                    body
-                })
+        // The request's context, as the response left it, goes to the body: it is polled
+        // and dropped in it.
+        this.inner
+            .poll_to_end(cx)
+            .map(|(result, mut frame, span)| match result {
+                Ok(response) => Ok(response.map(|body| ContextBody {
+                    inner: Some(body),
+                    frame,
+                    span,
+                    carrier: this.carrier.take(),
+                })),
+                Err(error) => {
+                    engine::release_isolated(&mut frame);
+                    Err(error)
+                }
             })
-        })
     }
 }
 
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-pin_project! {
-    /// Polled inside the request's frame: when the response is ready, captures the
-    /// frame's bindings for its body.
-    #[doc(hidden)]
-    pub struct BodyInContext<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, B, E> Future for BodyInContext<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-{
-    type Output = Result<http::Response<ContextBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|result| {
-            // This runs inside the request's frame (`WithContext`'s poll).
-            result.map(|response| {
-                let vars = engine::vars();
-                response.map(|body| ContextBody {
-                    inner: Some(body),
-                    frame: Frame::private(vars),
-                    span: CarriedSpan::current(),
-                    carrier: None,
-                })
-            })
-        })
     }
 }
 

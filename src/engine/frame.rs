@@ -89,19 +89,14 @@ impl Frame {
 
     /// A private frame over `vars` (see [`Frame::private`]) that remembers them as the
     /// bindings it started with: a task's frame, which the tower layer gives back its
-    /// starting bindings when a request it served ends ([`restore_origin`]). It gets its
-    /// id now (a thread-local counter), so that the layer can tell it from other frames;
-    /// the starting bindings cost nothing until the frame's first change keeps them.
+    /// starting bindings when a request it served ends ([`restore_origin`]). Costs
+    /// nothing more than a private frame: the frame gets its id when the layer first asks
+    /// for it ([`origin_frame`]), and its starting bindings are kept by its first change.
+    #[inline]
     pub(crate) fn with_origin(vars: Vars) -> Self {
-        Self {
-            vars,
-            ctx: None,
-            id: super::next_context_id(),
-            last_change: 0,
-            dirty: false,
-            origin: Origin::Unchanged,
-            origin_vars: Vars::default(),
-        }
+        let mut frame = Self::private(vars);
+        frame.origin = Origin::Unchanged;
+        frame
     }
 
     /// A frame that runs the context object `shared`, which the caller has already
@@ -146,7 +141,9 @@ impl Frame {
     /// The body of `drop` for a frame that holds something.
     #[inline(never)]
     fn release(&mut self) {
-        retire(std::mem::take(&mut self.origin_vars));
+        if !self.origin_vars.is_empty() {
+            retire(std::mem::take(&mut self.origin_vars));
+        }
         let vars = std::mem::take(&mut self.vars);
         let Some(shared) = self.ctx.take() else {
             retire(vars);
@@ -296,6 +293,7 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
 /// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
 /// holding what `f` made of it (a task's context between polls). `frame` runs as a
 /// light frame: see [`Light`].
+#[inline]
 pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
     let root = frame.vars.root_ptr();
     enter_light(frame, ptr::null(), ptr::null(), root, f)
@@ -503,7 +501,8 @@ pub(crate) fn leave_detached() -> Option<Frame> {
 
 /// The id of the current frame if it remembers the bindings it started with
 /// ([`Frame::with_origin`]: a task's frame), for [`restore_origin`]; 0 otherwise (a
-/// request's, job's, thread's or context object's frame, or a borrowed one).
+/// request's, job's, thread's or context object's frame, or a borrowed one). A frame
+/// that has no id yet gets one now.
 #[cfg_attr(not(feature = "tower"), allow(dead_code))]
 #[inline]
 pub(crate) fn origin_frame() -> u64 {
@@ -515,20 +514,30 @@ fn origin_frame_of(hot: &Hot) -> u64 {
     if light.is_null() {
         return match hot.origin.get() {
             Origin::None => 0,
-            Origin::Unchanged | Origin::Kept => hot.id.get(),
+            Origin::Unchanged | Origin::Kept => hot.frame_id(),
         };
     }
     // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
-    // for its `enter_light` call; its storage, if any, is only read while it runs (see
-    // `Light`).
+    // for its `enter_light` call (see `Light`).
     let light = unsafe { &*light };
-    if !light.borrowed.is_null() {
+    if !light.borrowed.is_null() || light.frame.is_null() {
         return 0; // a job's or a context object's frame
     }
-    // SAFETY: as above.
-    match unsafe { light.frame.as_ref() } {
-        Some(storage) if storage.origin != Origin::None => storage.id,
-        _ => 0,
+    let storage = light.frame;
+    // SAFETY: the storage is the `&mut Frame` that `enter_light`'s caller holds for the
+    // whole call, reached only through this pointer while the light frame runs. Only
+    // its snapshot is ever lent out meanwhile (`with_captured`), and no reference to
+    // its other fields outlives the statement that makes it (`materialize_slow`); so
+    // reading `origin` and `id` and writing `id` here, through the pointer, conflicts
+    // with no live reference.
+    unsafe {
+        if (*storage).origin == Origin::None {
+            return 0;
+        }
+        if (*storage).id == 0 {
+            (*storage).id = hot.next_id();
+        }
+        (*storage).id
     }
 }
 
@@ -600,6 +609,7 @@ fn unchanged_light(hot: &Hot) -> bool {
 
 /// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see
 /// [`Light`]), runs `f`, and leaves the frame when `f` returns or unwinds.
+#[inline]
 fn enter_light<R>(
     frame: *mut Frame,
     borrowed: *const Vars,
@@ -707,6 +717,7 @@ impl Exit<'_> {
 }
 
 impl Drop for Exit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.light.materialized.get() {
             self.leave_materialized();
