@@ -22,6 +22,7 @@
 //! | `copy_context`, `Context::copy` | shares the snapshot | 0 | 1 |
 //! | `Context::run` | the entered flag's CAS, a light frame over the runner's own copy of the snapshot (no reference count, no arc-swap load), the flag's release store | 0 (1 the first time a `Context` is run: its shared object) | 1 (the CAS) |
 //! | a future's poll, a rayon job (`contextvars::rayon`) | a light frame: two TLS cell swaps on entry and exit; the first write materializes a copy | 0 | 0 (a job: 1 if it writes) |
+//! | a task's starting bindings (a wrapped future's or hooked task's frame, for the tower layer's restore) | nothing at creation; one check on each set or reset; at the frame's first change, a counted clone of its starting snapshot, held until the frame ends or is restored | 0 | 1 at the first change |
 //! | a wrapped future's or request's end | its inner future (or body) dropped inside its frame; its frame released in a fresh empty frame only if it is the last owner of its snapshot (a reference-count load decides), so a destructor that sets reaches no one | 0 | 1 (the snapshot's release) |
 //! | an `in_current_context()` item | runs in the frame of its batch (one light frame per call rayon makes into the adapter); an item that wrote (a set, a handle) ends that frame, and the next item enters a fresh one | 0 | 0 (1 if it writes) |
 //! | `contextvars::rayon::join` | lends the current snapshot to both halves (no count inside a light frame; one count otherwise) | 0 | 0 or 2 |
