@@ -126,13 +126,16 @@ impl<F> WithContext<F> {
     /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
     #[inline]
     fn in_copy(inner: F) -> Self {
-        Self::in_vars(inner, engine::vars())
+        // A task's context: it remembers its starting bindings, for the tower layer's
+        // restore of a connection task.
+        Self::new(inner, Frame::with_origin(engine::vars()))
     }
 
-    /// `inner` in a private context over `vars`.
+    /// `inner` in a private context over `vars` (a scope's future: not a task, so
+    /// nothing restores it).
     #[inline]
     pub(crate) fn in_vars(inner: F, vars: Vars) -> Self {
-        Self::new(inner, Frame::with_origin(vars))
+        Self::new(inner, Frame::private(vars))
     }
 
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).

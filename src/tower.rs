@@ -234,7 +234,9 @@ where
             .map(|(result, mut frame, span)| match result {
                 Ok(response) => Ok(response.map(|body| ContextBody {
                     inner: Some(body),
-                    frame,
+                    // A context object the handler made (`Context::current`) is left
+                    // now, as its future ended: the body runs in a private copy.
+                    frame: frame.into_private(),
                     span,
                     carrier: this.carrier.take(),
                 })),

@@ -213,11 +213,11 @@ pub(crate) fn reset_binding(key: u64, set: SetState) -> Result<(), (ResetFailure
     let mut set = Some(set);
     let outcome = with_state(|hot| {
         materialize(hot);
-        keep_origin(hot);
         let mut token = set.take().expect("taken once");
         if hot.frame_id() != token.frame_id {
             return Err(token);
         }
+        keep_origin(hot);
         let unchanged = hot.last_change.get() == token.seq;
         let (replaced_entry, replaced, last_change) =
             match rebind_in_place(hot, key, token.old.take()) {

@@ -141,12 +141,15 @@ impl Frame {
     /// The body of `drop` for a frame that holds something.
     #[inline(never)]
     fn release(&mut self) {
-        if !self.origin_vars.is_empty() {
-            retire(std::mem::take(&mut self.origin_vars));
-        }
+        // Retired last, after the context object is left: its values' destructors may
+        // panic, and must not leave the object entered for good.
+        let origin = std::mem::take(&mut self.origin_vars);
         let vars = std::mem::take(&mut self.vars);
         let Some(shared) = self.ctx.take() else {
             retire(vars);
+            if !origin.is_empty() {
+                retire(origin);
+            }
             return;
         };
         let published = if self.dirty {
@@ -166,6 +169,9 @@ impl Frame {
             retire(old);
         }
         retire(handed_back);
+        if !origin.is_empty() {
+            retire(origin);
+        }
     }
 }
 
@@ -332,9 +338,9 @@ impl Frame {
     /// with the context it was copied from: the common case, and a cheap check.
     #[inline]
     fn release_may_run_destructors(&self) -> bool {
-        self.ctx.is_some()
-            || !self.vars.is_shared_or_empty()
-            || !self.origin_vars.is_shared_or_empty()
+        // A kept origin counts whatever its count: it may share its snapshot with `vars`
+        // alone, where each count says "shared" and neither is.
+        self.ctx.is_some() || !self.vars.is_shared_or_empty() || !self.origin_vars.is_empty()
     }
 }
 
@@ -355,6 +361,23 @@ pub(crate) fn release_isolated(slot: &mut Frame) {
 #[inline(never)]
 fn release_isolated_now(slot: &mut Frame) {
     drop_isolated(std::mem::replace(slot, Frame::private(Vars::default())));
+}
+
+impl Frame {
+    /// This frame as a private one, for work that goes on after the frame's own work
+    /// ended (a response body after its request's future): the frame itself if it runs
+    /// no context object; otherwise a private copy of its snapshot, and the frame, which
+    /// leaves its object (so the object can be entered again), released in a frame of
+    /// its own.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn into_private(mut self) -> Frame {
+        if self.ctx.is_none() {
+            return self;
+        }
+        let copy = Frame::private(self.vars.clone());
+        release_isolated(&mut self);
+        copy
+    }
 }
 
 /// Runs `f` in `frame`, then releases the frame.
@@ -684,8 +707,11 @@ impl Exit<'_> {
         self.hot.root.set(self.root);
         self.hot.light.set(self.outer);
         self.hot.stacked.set(level - 1);
-        // Released only now that the thread's frame is the outer one again: they may run
-        // destructors that use context variables.
+        // Released only now that the thread's frame is the outer one again, and in a frame
+        // of their own if that may run a destructor: what the light frame replaced (the
+        // storage's snapshot before a set or a restore) belongs to its work, and a
+        // destructor that sets must not bind in the outer frame.
+        release_isolated(&mut frame);
         drop(frame);
         drop(stranded);
     }

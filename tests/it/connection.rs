@@ -263,3 +263,64 @@ fn a_set_outside_the_layer_is_noted_once() {
         "{stderr}"
     );
 }
+
+/// A middleware's own scoped future around the layer's call is not a task: a failed
+/// request does not restore it, so its values stay for the rest of the middleware.
+#[test]
+fn a_scoped_future_around_the_call_keeps_its_values_after_an_error() {
+    static USER: ContextVar<&'static str> = ContextVar::with_default("user", "");
+    for &task in TASKS {
+        let after = serve(task, "", async {
+            let mut service = ContextLayer::new().layer(Inner);
+            USER.scope_future("u1", async move {
+                drop(TENANT.set("outside".to_owned()));
+                let request = http::Request::builder().uri("/err").body(()).unwrap();
+                let failed = service.call(request).await.is_err();
+                (failed, USER.get(), TENANT.get())
+            })
+            .await
+        });
+        assert_eq!(after, (true, "u1", "outside".to_owned()), "{task:?}");
+    }
+}
+
+/// A context object the handler takes (`Context::current`) is left when the handler's
+/// future ends, not when the response body is dropped: a streaming body does not keep
+/// it entered.
+#[test]
+fn a_handlers_context_object_is_free_once_the_response_is_made() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone)]
+    struct KeepsContext(Arc<Mutex<Option<contextvars::Context>>>);
+
+    impl Service<http::Request<()>> for KeepsContext {
+        type Response = http::Response<String>;
+        type Error = &'static str;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            drop(TENANT.set("handler".to_owned()));
+            *self.0.lock().unwrap() = Some(contextvars::Context::current());
+            std::future::ready(Ok(http::Response::new(String::new())))
+        }
+    }
+
+    let slot = Arc::new(Mutex::new(None));
+    let mut service = ContextLayer::new().layer(KeepsContext(slot.clone()));
+    let request = http::Request::builder().uri("/").body(()).unwrap();
+    let mut future = std::pin::pin!(service.call(request));
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+        panic!("the service answers at once");
+    };
+    let ctx = slot.lock().unwrap().take().expect("the handler ran");
+    // The body is alive (a stream still being sent), and the handler's context is free.
+    let seen = ctx.try_run(|| TENANT.get()).expect("not entered any more");
+    assert_eq!(seen, "handler");
+    drop(response);
+}
