@@ -57,6 +57,9 @@
 //!   hand-off, and context variables are fields of every event that tracing-subscriber's
 //!   `fmt` formats, text or JSON, with nothing at the log call.
 //! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
+//! * Model checking: build with `RUSTFLAGS="--cfg loom"` and a [loom](https://docs.rs/loom)
+//!   model of your own code sees each modelled thread's context and the crate's own
+//!   synchronisation ([`docs::model_checking`], with a worked example).
 //!
 //! # Cost model
 //!
@@ -127,7 +130,8 @@ mod snapshot;
 mod sync;
 pub mod thread;
 mod token;
-#[cfg(feature = "tokio")]
+// tokio does not build under `--cfg loom`, where it is not a dependency.
+#[cfg(all(feature = "tokio", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 #[cfg(feature = "tower")]

@@ -307,7 +307,7 @@ fn register() -> Registration {
 }
 
 /// The registry's list, for the loom models in `loom-tests/`. Not public API.
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 #[doc(hidden)]
 pub mod __model {
     pub use crate::sync::{AtomicList, ListEntry};

@@ -29,6 +29,7 @@ use crate::sync::{AtomicBool, Cell, Ordering, globals, thread_locals};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pool {
     /// A tokio task is being polled (or dropped) on this thread.
+    #[cfg_attr(loom, allow(dead_code))] // no tokio under `--cfg loom`
     TokioTask,
     /// The thread is a rayon worker.
     RayonWorker,
@@ -45,6 +46,9 @@ thread_locals! {
 /// in the thread's own context, so a set anywhere else never pays for it.
 #[inline(never)]
 pub(crate) fn current() -> Option<Pool> {
+    // tokio does not build under `--cfg loom` (model checking), where it is not a
+    // dependency: a model has no tokio tasks.
+    #[cfg(not(loom))]
     if tokio::task::try_id().is_some() {
         return Some(Pool::TokioTask);
     }

@@ -1,7 +1,7 @@
 //! The synchronisation shim: the only module that names an atomic, a cell primitive,
 //! `thread_local!`, `arc_swap` or `loom`.
 //!
-//! Every other module says `crate::sync::X`. Under `--cfg contextvars_loom` (with the
+//! Every other module says `crate::sync::X`. Under `--cfg loom` (with the
 //! semver-exempt `loom` feature) the names switch to loom's model-checked types, so the
 //! models in `loom-tests/` see every access that matters:
 //!
@@ -16,17 +16,19 @@
 //! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
 //! | `globals!` | a `static` (`const` init) or a `std::sync::LazyLock` (`lazy` init) | `loom::lazy_static!` (one value per execution) |
 //! | `OnceCell` | `std::cell::OnceCell` | the same (thread-local, not a synchronisation primitive) |
-//! | `AtomicList`, `ListEntry` | a lock-free list on `crossbeam_epoch` | the same code, on crossbeam-epoch's loom build (`--cfg crossbeam_loom`) |
+//! | `AtomicList`, `ListEntry` | a lock-free list on `crossbeam_epoch` | the same code, on crossbeam-epoch's loom build with `--cfg crossbeam_loom` (the crate's own models), on its normal build otherwise |
+//! | `spawn_thread`, `JoinHandle` | `std::thread` | `loom::thread` (a model's threads must be loom's) |
 //!
 //! `SnapshotCell` was chosen over an `AtomicPtr` with crossbeam-epoch reclamation by
 //! measurement: see `benches/cells.rs` and `docs::internals`.
 
 #![allow(unreachable_pub)]
 
-#[cfg(not(contextvars_loom))]
+#[cfg(not(loom))]
 mod imp {
     pub use std::sync::Arc;
     pub use std::sync::atomic::{AtomicBool, Ordering};
+    pub use std::thread::{JoinHandle, spawn as spawn_thread};
 
     /// Declares thread-locals with a `const` initialiser (no lazy-init check on access).
     macro_rules! thread_locals {
@@ -145,10 +147,11 @@ mod imp {
     }
 }
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;
     pub use loom::sync::atomic::{AtomicBool, Ordering};
+    pub use loom::thread::{JoinHandle, spawn as spawn_thread};
 
     macro_rules! thread_locals {
         ($($vis:vis static $name:ident: $t:ty = $init:expr;)*) => {
@@ -391,21 +394,18 @@ pub use list::{AtomicList, ListEntry};
 /// `Release`: a reader that loads the new `next` synchronises with the unlinker, who had
 /// itself acquired the successor.
 ///
-/// Under `--cfg contextvars_loom` the same code runs on crossbeam-epoch's loom build (the
-/// loom stage also sets `--cfg crossbeam_loom`), so the models in
+/// Under `--cfg loom --cfg crossbeam_loom` the same code runs on crossbeam-epoch's loom
+/// build (the crate's loom stage sets both), so the models in
 /// `loom-tests/tests/observe.rs` check this protocol and crossbeam's reclamation together.
+/// Under `--cfg loom` alone (a user's models) crossbeam-epoch is its normal build: the
+/// list works inside a model, and loom sees its accesses through loom's `Arc` and the
+/// ordering of its `Release`/`Acquire` pairs, but not crossbeam's own reclamation.
 mod list {
     use std::marker::PhantomData;
 
     use super::Arc;
     use super::Ordering::{Acquire, Relaxed, Release};
     use crossbeam_epoch::{self as epoch, Atomic, Collector, Guard, Owned, Shared};
-
-    #[cfg(all(contextvars_loom, not(crossbeam_loom)))]
-    compile_error!(
-        "`--cfg contextvars_loom` needs `--cfg crossbeam_loom` too: the registry's \
-         reclamation is crossbeam-epoch's, and loom must see it"
-    );
 
     /// The deletion mark, in the low bit of a node's `next` pointer.
     const MARK: usize = 1;
@@ -421,7 +421,7 @@ mod list {
         collector: Collector,
         /// The ordering of the publishing CAS in `insert`, `Release`; a loom canary
         /// weakens it to check that the models notice.
-        #[cfg(contextvars_loom)]
+        #[cfg(loom)]
         publish: super::Ordering,
     }
 
@@ -437,14 +437,14 @@ mod list {
             Self {
                 head: Atomic::null(),
                 collector: Collector::new(),
-                #[cfg(contextvars_loom)]
+                #[cfg(loom)]
                 publish: Release,
             }
         }
 
         /// A list whose `insert` publishes with `publish` instead of `Release`: only for
         /// the loom canary that shows a too-weak ordering is caught.
-        #[cfg(contextvars_loom)]
+        #[cfg(loom)]
         pub fn with_publish_ordering(publish: super::Ordering) -> Self {
             let mut list = Self::new();
             list.publish = publish;
@@ -452,9 +452,9 @@ mod list {
         }
 
         fn publish_ordering(&self) -> super::Ordering {
-            #[cfg(contextvars_loom)]
+            #[cfg(loom)]
             return self.publish;
-            #[cfg(not(contextvars_loom))]
+            #[cfg(not(loom))]
             Release
         }
 

@@ -31,6 +31,11 @@
 //! ```
 //!
 //! Copies cost one reference-count increment, whatever the number of variables.
+//!
+//! Under `--cfg loom` (model checking, see [`docs::model_checking`](crate::docs::model_checking)),
+//! [`spawn`], [`spawn_in`] and [`try_spawn_in`] start `loom::thread`s and return loom's
+//! `JoinHandle`, so the same code runs in a model; the extension traits stay on
+//! `std::thread`, which a model cannot use.
 
 #![deny(unsafe_code)]
 
@@ -43,6 +48,7 @@ use crate::carry;
 use crate::context::Context;
 use crate::engine::{self, Frame};
 use crate::error::EnterError;
+use crate::sync::{self, spawn_thread};
 
 fn copied() -> Frame {
     Frame::private(engine::vars())
@@ -55,12 +61,12 @@ fn copied() -> Frame {
 ///
 /// If the operating system cannot create a thread, as [`std::thread::spawn`] does;
 /// [`BuilderExt::spawn_with_context`] returns the error instead.
-pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+pub fn spawn<F, T>(f: F) -> sync::JoinHandle<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    std::thread::spawn(carry::job(copied(), f))
+    spawn_thread(carry::job(copied(), f))
 }
 
 /// Spawns a thread that runs `f` in the context object `ctx` (Python's
@@ -72,7 +78,7 @@ where
 /// the operating system cannot create a thread; [`try_spawn_in`] returns the first error
 /// and [`BuilderExt::spawn_in_context`] both.
 #[track_caller]
-pub fn spawn_in<F, T>(ctx: &Context, f: F) -> JoinHandle<T>
+pub fn spawn_in<F, T>(ctx: &Context, f: F) -> sync::JoinHandle<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -85,12 +91,12 @@ where
 
 /// [`spawn_in`], returning an [`EnterError`] if `ctx` is already entered; no thread is
 /// started then.
-pub fn try_spawn_in<F, T>(ctx: &Context, f: F) -> Result<JoinHandle<T>, EnterError>
+pub fn try_spawn_in<F, T>(ctx: &Context, f: F) -> Result<sync::JoinHandle<T>, EnterError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    Ok(std::thread::spawn(carry::job(ctx.enter_frame()?, f)))
+    Ok(spawn_thread(carry::job(ctx.enter_frame()?, f)))
 }
 
 /// Declares the current thread a thread of the pool `pool` for the rest of its life:

@@ -1,12 +1,12 @@
 //! loom models of contextvars live in `tests/`; this library holds their shared helpers.
 //!
-//! Everything here exists only under `--cfg contextvars_loom` (the cfg that also switches
+//! Everything here exists only under `--cfg loom` (the cfg that also switches
 //! `contextvars`' sync shim to loom's types); without it the crate is empty.
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 pub use imp::*;
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod imp {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

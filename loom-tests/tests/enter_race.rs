@@ -17,14 +17,14 @@
 //! Run (from the repository root):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg contextvars_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
 //!     cargo test -p loom-tests --release --test enter_race
 //! ```
 //!
-//! The whole file sits in a `#[cfg(contextvars_loom)]` module (crossbeam's pattern), so a
+//! The whole file sits in a `#[cfg(loom)]` module (crossbeam's pattern), so a
 //! build without the cfg compiles to zero tests; `.ci/run loom` checks the count.
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod tests {
     use contextvars::{Context, ContextVar, EnterError};
     use loom::cell::UnsafeCell;

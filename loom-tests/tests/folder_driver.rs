@@ -16,7 +16,7 @@
 //!   worker's set in it, never a torn state); loom's leak and access checks cover the
 //!   snapshots.
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod tests {
     use std::cell::Cell;
 

@@ -18,7 +18,7 @@
 //! deliberately too weak ordering (`Relaxed` publication of a snapshot, `Relaxed`
 //! hand-off flag). `.ci/run loom` runs them and fails if one passes.
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod tests {
     use std::future::Future;
     use std::pin::Pin;

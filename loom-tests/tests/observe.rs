@@ -36,11 +36,11 @@
 //! Run (from the repository root):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg contextvars_loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 \
+//! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 \
 //!     CARGO_TARGET_DIR=target/loom cargo test -p loom-tests --release --test observe
 //! ```
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod tests {
     use contextvars::observe::{self, __model::AtomicList};
     use contextvars::{ContextVar, Snapshot};

@@ -57,7 +57,7 @@
 //! smaller bound only prints them.
 //!
 //! **Nothing leaked, nothing freed early.** Snapshot nodes and values are
-//! `loom::sync::Arc`s under `--cfg contextvars_loom`: loom's leak check reports anything
+//! `loom::sync::Arc`s under `--cfg loom`: loom's leak check reports anything
 //! still alive at the end of an execution. A snapshot freed early shows up as a wrong
 //! value or a crash, not as a precise report: miri and ASAN, on issue 11's `tests/it`
 //! regression tests, are the tools for that.
@@ -80,14 +80,14 @@
 //! Run (from the repository root):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg contextvars_loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 \
+//! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 \
 //!     CARGO_TARGET_DIR=target/loom cargo test -p loom-tests --release --test scoped_frames
 //! ```
 //!
-//! The whole file sits in a `#[cfg(contextvars_loom)]` module, so a build without the
+//! The whole file sits in a `#[cfg(loom)]` module, so a build without the
 //! cfg compiles to zero tests.
 
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 mod tests {
     use std::collections::BTreeSet;
     use std::future::Future;

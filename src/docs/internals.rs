@@ -221,8 +221,9 @@
 //! ## The `sync` shim
 //!
 //! `src/sync.rs` is the only module that names atomics, cells, `thread_local!`,
-//! arc-swap or loom. Under `--cfg contextvars_loom` it swaps in loom's types and a
-//! mutex-based stand-in for arc-swap, which loom cannot see. Variable ids use a std
+//! arc-swap or loom. Under `--cfg loom` (the ecosystem's convention, see
+//! [`model_checking`](super::model_checking)) it swaps in loom's types, loom's threads
+//! and a mutex-based stand-in for arc-swap, which loom cannot see. Variable ids use a std
 //! atomic in every build, because `static` variables need a `const` constructor.
 //!
 //! ## Where `unsafe` lives

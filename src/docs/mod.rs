@@ -5,7 +5,10 @@
 //! * [`performance`]: the cost model and where the measured figures are.
 //! * [`internals`]: the design: snapshots, the per-thread frame, publication, tokens,
 //!   and the invariants the `unsafe` code relies on.
+//! * [`model_checking`]: checking your own concurrent code that uses context variables
+//!   with loom (`RUSTFLAGS="--cfg loom"`), with a worked example.
 
 pub mod internals;
+pub mod model_checking;
 pub mod performance;
 pub mod python;

@@ -206,6 +206,13 @@ struct Teardown;
 
 impl Drop for Teardown {
     fn drop(&mut self) {
+        // A loom model that failed drops its threads' thread-locals while unwinding, outside
+        // the model, where touching a loom object panics again (an abort that hides the
+        // model's report): leave the frame unreleased then.
+        #[cfg(loom)]
+        if std::thread::panicking() {
+            return;
+        }
         let _ = HOT.try_with(tear_down);
     }
 }
@@ -238,9 +245,14 @@ fn tear_down(hot: &Hot) {
 /// its own: if `HOT` goes first, `TEARDOWN` can no longer reach it, so `HOT` releases the
 /// frame itself (the second of the two finds it empty). Normal builds keep `HOT` free of
 /// a destructor (see `with_hot`).
-#[cfg(contextvars_loom)]
+#[cfg(loom)]
 impl Drop for Hot {
     fn drop(&mut self) {
+        // See `Teardown`'s drop: a failed model unwinds outside loom (the fields are
+        // `ManuallyDrop`, so returning leaks them).
+        if std::thread::panicking() {
+            return;
+        }
         tear_down(self);
     }
 }
@@ -251,7 +263,7 @@ thread_locals! {
 }
 
 // `with_hot` relies on this: no destructor, hence no teardown of `HOT`'s storage.
-#[cfg(not(contextvars_loom))]
+#[cfg(not(loom))]
 const _: () = assert!(!std::mem::needs_drop::<Hot>());
 
 /// Calls `f` with this thread's `Hot`.
