@@ -58,7 +58,9 @@ pub struct QuotaCache {
 }
 
 // SAFETY: a slot's quota is written only by the one request whose compare-and-swap moved
-// the slot from EMPTY to WRITING, before it stores READY (`publish`, `Release`); it is read
+// the slot from EMPTY to WRITING, before it stores READY with `publish`, which is `Release`
+// outside loom models (`with_publish_ordering`, the only way to weaken it, exists only
+// under `--cfg loom`, where the cell is loom's and a race is reported, not run); it is read
 // only by requests that loaded READY with `Acquire`, which pairs with that store. So the
 // write happens before every read, and no read overlaps it.
 unsafe impl Sync for QuotaCache {}
@@ -66,17 +68,24 @@ unsafe impl Sync for QuotaCache {}
 impl QuotaCache {
     /// A cache for `tenants`, whose quotas `lookup` computes.
     pub fn new(tenants: &[&'static str], lookup: fn(&str) -> u64) -> Self {
-        Self::with_publish_ordering(tenants, lookup, Ordering::Release)
+        Self::build(tenants, lookup, Ordering::Release)
     }
 
     /// The same cache, publishing each quota with `publish` instead of `Release`: the
     /// seeded bug of the example (with `Relaxed`, a reader that sees READY is not
-    /// guaranteed to see the quota, and loom reports it).
+    /// guaranteed to see the quota, and loom reports it). Only under `--cfg loom`, where
+    /// the quota's cell is loom's, which checks every access instead of racing: on real
+    /// threads a weaker ordering would be a data race, which safe code must not reach.
+    #[cfg(loom)]
     pub fn with_publish_ordering(
         tenants: &[&'static str],
         lookup: fn(&str) -> u64,
         publish: Ordering,
     ) -> Self {
+        Self::build(tenants, lookup, publish)
+    }
+
+    fn build(tenants: &[&'static str], lookup: fn(&str) -> u64, publish: Ordering) -> Self {
         let slots = tenants
             .iter()
             .map(|&tenant| Slot {
@@ -97,8 +106,9 @@ impl QuotaCache {
     pub fn quota(&self) -> Option<u64> {
         let tenant = TENANT.try_get().ok()?;
         let slot = self.slots.iter().find(|slot| slot.tenant == tenant)?;
-        // Acquire (success and failure) pairs with the store of READY below, made by the
-        // request that wrote the quota.
+        // The failure ordering, Acquire, pairs with the Release store of READY below, made
+        // by the request that wrote the quota (the success ordering pairs with nothing:
+        // the winner only writes).
         match slot
             .state
             .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Acquire)

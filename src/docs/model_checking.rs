@@ -77,8 +77,8 @@
 //! ```text
 //! Causality violation: Concurrent read and write accesses.
 //!     created: .../loom-0.7.3/src/cell/unsafe_cell.rs:207:9
-//!        read: thread #2 @ loom-example/src/lib.rs:159:27
-//!       write: thread #1 @ loom-example/src/lib.rs:145:20
+//!        read: thread #2 @ loom-example/src/lib.rs:169:27
+//!       write: thread #1 @ loom-example/src/lib.rs:155:20
 //! ```
 //!
 //! (`LOOM_LOCATION=1` adds the two locations.) The crate's CI runs both: the models must
@@ -90,17 +90,31 @@
 //!   interleaving; the state space grows quickly with threads and operations. 2 or 3 is
 //!   the usual bound (the crate's own models run with 2), and keep models to two or three
 //!   threads with a few operations each.
-//! * **What a context operation costs the model.** Reading, setting and resetting a
-//!   variable, `scope` and `copy_context` touch only the modelled thread's own state: they
-//!   add no interleavings. Entering a [`Context`](crate::Context) object (`run`, a thread
-//!   spawned in it) is one atomic compare-and-swap and one store; a set in an *observed*
-//!   context (one a [`Context`](crate::Context) handle elsewhere can read) locks loom's
-//!   mutex that stands in for arc-swap. Those are explored like the model's own atomics.
+//! * **What a context operation costs the model.** Reading a variable touches only the
+//!   modelled thread's own state. Setting, resetting, `scope`, `copy_context` and
+//!   hand-offs clone and drop snapshot nodes, which are loom `Arc`s: each reference-count
+//!   change is a point where loom may switch threads, so they add interleavings (and
+//!   loom checks that every node is freed). Entering a [`Context`](crate::Context)
+//!   object (`run`, a thread spawned in it) is one atomic compare-and-swap and one
+//!   store; a set in an *observed* context (one a [`Context`](crate::Context) handle
+//!   elsewhere can read) locks loom's mutex that stands in for arc-swap. All are
+//!   explored like the model's own atomics; keep the context operations in a model to
+//!   the few the property needs.
 //! * **What is not modelled.** Variable and context ids come from a std atomic counter
 //!   (statics need a `const` constructor, which loom's atomics lack): unique, but not
-//!   explored. The observation registry (`observe`) runs on crossbeam-epoch's normal
-//!   build unless `--cfg crossbeam_loom` is set too (the crate's own models set both,
-//!   with crossbeam-epoch's `loom` feature).
+//!   explored. A variable's lazy default
+//!   ([`ContextVar::with_lazy_default`](crate::ContextVar::with_lazy_default)) is computed
+//!   once per process in a std `OnceLock`, not once per execution: keep loom objects out
+//!   of it, and make it a plain value. The observation registry
+//!   (`observe`) runs on crossbeam-epoch's normal build unless `--cfg crossbeam_loom` is
+//!   set too (the crate's own models set both, with crossbeam-epoch's `loom` feature): its
+//!   list's own orderings are then not explored, and every modelled thread shares one OS
+//!   thread's name and id in `observe::threads()`.
+//! * **Integrations.** The core (variables, contexts, threads, futures, `observe`) is
+//!   what a model exercises. The `rayon` helpers start real rayon jobs, which cannot run
+//!   inside a model; the `tracing` integration and `tracing-subscriber` keep std
+//!   thread-locals, shared by every modelled thread. `tower` and `opentelemetry` build
+//!   under `--cfg loom`, but are not model material.
 //! * **Not available under `--cfg loom`**: the `tokio` feature's module, and the check
 //!   that refuses a set in a tokio task's own context. tokio itself does not build with
 //!   `--cfg loom`, so the crate does not depend on it there; a model has no tokio tasks.
@@ -113,3 +127,11 @@
 //!   synchronisation are loom's, so every use of the crate must happen inside
 //!   `loom::model`; keep other tests of the same binary behind `#[cfg(not(loom))]` (the
 //!   example's unit test does).
+//! * **A failing model may end in an abort.** When loom reports a failure, it unwinds out
+//!   of the model and drops the modelled threads' thread-locals outside it; releasing a
+//!   thread's context there touches loom objects, which panics again ("panic in a
+//!   destructor during cleanup", then an abort). loom's report is printed first: read
+//!   the first panic. (Skipping the release while unwinding would avoid the abort, but
+//!   loom runs every modelled thread on one OS thread, so it would also skip it for a
+//!   thread that ends while *another* unwinds inside a passing model, and loom would
+//!   report a false leak.)

@@ -206,13 +206,6 @@ struct Teardown;
 
 impl Drop for Teardown {
     fn drop(&mut self) {
-        // A loom model that failed drops its threads' thread-locals while unwinding, outside
-        // the model, where touching a loom object panics again (an abort that hides the
-        // model's report): leave the frame unreleased then.
-        #[cfg(loom)]
-        if std::thread::panicking() {
-            return;
-        }
         let _ = HOT.try_with(tear_down);
     }
 }
@@ -248,11 +241,6 @@ fn tear_down(hot: &Hot) {
 #[cfg(loom)]
 impl Drop for Hot {
     fn drop(&mut self) {
-        // See `Teardown`'s drop: a failed model unwinds outside loom (the fields are
-        // `ManuallyDrop`, so returning leaks them).
-        if std::thread::panicking() {
-            return;
-        }
         tear_down(self);
     }
 }
