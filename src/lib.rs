@@ -120,7 +120,6 @@ mod map;
 pub mod observe;
 #[cfg(feature = "opentelemetry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
-#[path = "otel/mod.rs"]
 pub mod opentelemetry;
 mod pool;
 #[cfg(feature = "rayon")]

@@ -48,7 +48,6 @@ use crate::future::ContextFutureExt;
 
 #[cfg(tokio_unstable)]
 #[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
-#[path = "tokio_hooks.rs"]
 pub mod hooks;
 #[cfg(tokio_unstable)]
 #[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]

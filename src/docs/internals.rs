@@ -2,7 +2,7 @@
 //!
 //! This is the design essay: what the structures are, which invariants the `unsafe` code
 //! relies on, and how each atomic ordering pairs up. Read it before changing
-//! `src/engine/`, `src/context.rs` or `src/sync.rs`.
+//! `src/engine/`, `src/context.rs` or `src/sync/`.
 //!
 //! ## Snapshots
 //!
@@ -220,7 +220,7 @@
 //!
 //! ## The `sync` shim
 //!
-//! `src/sync.rs` is the only module that names atomics, cells, `thread_local!`,
+//! `src/sync/` is the only module that names atomics, cells, `thread_local!`,
 //! arc-swap or loom. Under `--cfg loom` (the ecosystem's convention, see
 //! [`model_checking`](super::model_checking)) it swaps in loom's types, loom's threads
 //! and a mutex-based stand-in for arc-swap, which loom cannot see. Variable ids use a std
@@ -235,7 +235,7 @@
 //! * `src/engine/frame.rs`: the light-frame record and its storage, and the runner copy
 //!   of an entered context object (`run_entered`, `Frame::entered`, `Frame::release`).
 //! * `src/value.rs`: `Entry::downcast_unchecked` (invariant: id → type).
-//! * `src/sync.rs`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
+//! * `src/sync/`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
 //!   (the value behind the entered flag), the observation registry's lock-free list, and
 //!   the loom stand-in's `OnceArc::get` (loom builds only).
 //!

@@ -1,0 +1,291 @@
+//! The synchronisation shim: the only module (with its two children, [`entered`] and
+//! [`list`], the primitives built on it) that names an atomic, a cell primitive,
+//! `thread_local!`, `arc_swap`, `crossbeam_epoch` or `loom`.
+//!
+//! Every other module says `crate::sync::X`. Under `--cfg loom` (the ecosystem's
+//! convention: `RUSTFLAGS="--cfg loom"`, no feature) the names switch to loom's
+//! model-checked types, so loom models (the crate's own in `loom-tests/`, and a user's,
+//! see `docs::model_checking`) see every access that matters:
+//!
+//! | name | normal build | loom build |
+//! |---|---|---|
+//! | `Arc` | `std::sync::Arc` | `loom::sync::Arc` (leak-checked) |
+//! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist); `Arc::get_mut` under TSAN | `loom::sync::Arc::get_mut` |
+//! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
+//! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
+//! | `OnceArc` | `std::sync::OnceLock<Arc<T>>` | `loom::sync::Mutex<Option<Arc<T>>>` |
+//! | `StaticCounter` | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
+//! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
+//! | `globals!` | a `static` (`const` init) or a `std::sync::LazyLock` (`lazy` init) | `loom::lazy_static!` (one value per execution) |
+//! | `OnceCell` | `std::cell::OnceCell` | the same (thread-local, not a synchronisation primitive) |
+//! | `AtomicList`, `ListEntry` | a lock-free list on `crossbeam_epoch` | the same code, on crossbeam-epoch's loom build with `--cfg crossbeam_loom` (the crate's own models), on its normal build otherwise |
+//! | `spawn_thread`, `JoinHandle` | `std::thread` | `loom::thread` (a model's threads must be loom's) |
+//!
+//! `SnapshotCell` was chosen over an `AtomicPtr` with crossbeam-epoch reclamation by
+//! measurement: see `benches/cells.rs` and `docs::internals`.
+
+#![allow(unreachable_pub)]
+
+#[cfg(not(loom))]
+mod imp {
+    pub use std::sync::Arc;
+    pub use std::sync::atomic::{AtomicBool, Ordering};
+    pub use std::thread::{JoinHandle, spawn as spawn_thread};
+
+    /// Declares thread-locals with a `const` initialiser (no lazy-init check on access).
+    macro_rules! thread_locals {
+        ($($vis:vis static $name:ident: $t:ty = $init:expr;)*) => {
+            std::thread_local! { $($vis static $name: $t = const { $init };)* }
+        };
+    }
+    pub(crate) use thread_locals;
+
+    /// Declares globals: `const` ones are plain `static`s (a `static` atomic costs one load,
+    /// with no initialisation check), `lazy` ones are `std::sync::LazyLock`s. The loom twin
+    /// makes both `loom::lazy_static!`s, which loom creates afresh for every execution.
+    macro_rules! globals {
+        () => {};
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const $init:expr; $($rest:tt)*) => {
+            $(#[$attr])* $vis static $name: $t = $init;
+            $crate::sync::globals!($($rest)*);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = lazy $init:expr; $($rest:tt)*) => {
+            $(#[$attr])* $vis static $name: std::sync::LazyLock<$t> = std::sync::LazyLock::new(|| $init);
+            $crate::sync::globals!($($rest)*);
+        };
+    }
+    pub(crate) use globals;
+
+    /// Wraps a value as the crate's shared, type-erased `Arc`.
+    ///
+    /// A macro because unsizing (`Arc<T>` to `Arc<dyn Trait>`) cannot be written
+    /// generically on stable; the loom twin goes through `loom::sync::Arc::from_std`.
+    macro_rules! arc_dyn {
+        ($value:expr) => {
+            $crate::sync::Arc::new($value)
+        };
+    }
+    pub(crate) use arc_dyn;
+
+    /// A cell holding an optional `Arc<T>` that any thread can read lock-free while one
+    /// writer replaces it.
+    ///
+    /// Backed by `arc_swap::ArcSwapOption`: loads are wait-free while a thread holds at most
+    /// a few arc-swap guards (we never hold one: `load` returns an owned `Arc`), stores are
+    /// lock-free, and reclamation is exact.
+    pub struct SnapshotCell<T>(arc_swap::ArcSwapOption<T>);
+
+    impl<T> SnapshotCell<T> {
+        pub fn new(value: Option<Arc<T>>) -> Self {
+            Self(arc_swap::ArcSwapOption::new(value))
+        }
+        /// An owned copy of the current value. arc-swap's load is `SeqCst`-backed and
+        /// pairs with the `store` below: a reader sees either the old or the new `Arc`,
+        /// fully initialised (arc-swap's documented guarantee).
+        pub fn load(&self) -> Option<Arc<T>> {
+            self.0.load_full()
+        }
+        /// Replaces the value and returns the old one, which the caller drops when that
+        /// is safe (it may be the last reference, and dropping runs user destructors).
+        pub fn swap(&self, value: Option<Arc<T>>) -> Option<Arc<T>> {
+            self.0.swap(value)
+        }
+    }
+
+    /// `Arc::get_mut` for an `Arc` of a type that never has `Weak` references (the
+    /// persistent map's nodes): `Some` exactly when this is the only reference.
+    ///
+    /// `Arc::get_mut` must also lock out a concurrent `Weak::upgrade`, which costs a
+    /// compare-and-swap; with no `Weak` in existence, a strong count of 1 seen through
+    /// our own `&mut Arc` cannot change under us (any other thread would need a
+    /// reference of its own, which would be counted), so one load suffices.
+    #[cfg(not(contextvars_sanitize_thread))]
+    #[inline]
+    pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        if Arc::strong_count(arc) != 1 {
+            return None;
+        }
+        // Pairs with the `Release` decrement in the `Drop` of the last other `Arc` to
+        // this value (on any thread), so that its reads of the value happen before our
+        // writes; the same fence `Arc::get_mut` relies on.
+        std::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: the strong count is 1 and there are no `Weak`s (the caller's type never
+        // makes one), so `arc` is the only pointer to the value, and the `&mut Arc`
+        // borrow stops it from being cloned while the returned reference lives. The
+        // pointer comes from the `Arc`'s own allocation, with write provenance.
+        Some(unsafe { &mut *Arc::as_ptr(arc).cast_mut() })
+    }
+
+    /// Under ThreadSanitizer (`--cfg contextvars_sanitize_thread`, set by `build.rs`):
+    /// `Arc::get_mut`. TSAN does not model fences: it misses the edge from another
+    /// thread's `Release` decrement (dropping its copy) to the `Acquire` fence above, and
+    /// reports that thread's earlier reads of the node against the in-place write that
+    /// follows. std's own `Arc` uses `Acquire` loads instead of fences under TSAN, and
+    /// `get_mut` reads the strong count with one.
+    #[cfg(contextvars_sanitize_thread)]
+    #[inline]
+    pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        Arc::get_mut(arc)
+    }
+
+    /// A lazily initialised, then immutable, `Arc<T>`.
+    pub struct OnceArc<T>(std::sync::OnceLock<Arc<T>>);
+
+    impl<T> OnceArc<T> {
+        pub const fn new() -> Self {
+            Self(std::sync::OnceLock::new())
+        }
+        pub fn with_value(value: Arc<T>) -> Self {
+            Self(std::sync::OnceLock::from(value))
+        }
+        /// `OnceLock::get` is an `Acquire` load that pairs with the `Release` publication
+        /// inside `get_or_init`, so the `Arc`'s contents are visible.
+        pub fn get(&self) -> Option<&Arc<T>> {
+            self.0.get()
+        }
+        pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> &Arc<T> {
+            self.0.get_or_init(init)
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    pub use loom::sync::Arc;
+    pub use loom::sync::atomic::{AtomicBool, Ordering};
+    pub use loom::thread::{JoinHandle, spawn as spawn_thread};
+
+    macro_rules! thread_locals {
+        ($($vis:vis static $name:ident: $t:ty = $init:expr;)*) => {
+            loom::thread_local! { $($vis static $name: $t = $init;)* }
+        };
+    }
+    pub(crate) use thread_locals;
+
+    macro_rules! globals {
+        () => {};
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $kind:ident $init:expr; $($rest:tt)*) => {
+            loom::lazy_static! { $(#[$attr])* static ref $name: $t = $init; }
+            $crate::sync::globals!($($rest)*);
+        };
+    }
+    pub(crate) use globals;
+
+    macro_rules! arc_dyn {
+        ($value:expr) => {
+            $crate::sync::Arc::from_std(std::sync::Arc::new($value))
+        };
+    }
+    pub(crate) use arc_dyn;
+
+    /// Loom stand-in for the arc-swap cell: a mutex, which loom can see and which has the
+    /// same "old or new, never torn" behaviour.
+    pub struct SnapshotCell<T>(loom::sync::Mutex<Option<Arc<T>>>);
+
+    impl<T> SnapshotCell<T> {
+        pub fn new(value: Option<Arc<T>>) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+        pub fn load(&self) -> Option<Arc<T>> {
+            self.0.lock().unwrap().clone()
+        }
+        pub fn swap(&self, value: Option<Arc<T>>) -> Option<Arc<T>> {
+            std::mem::replace(&mut *self.0.lock().unwrap(), value)
+        }
+    }
+
+    /// Loom twin: `Arc::get_mut`, which loom models.
+    #[inline]
+    pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+        Arc::get_mut(arc)
+    }
+
+    pub struct OnceArc<T>(loom::sync::Mutex<Option<Arc<T>>>);
+
+    impl<T> OnceArc<T> {
+        pub fn new() -> Self {
+            Self(loom::sync::Mutex::new(None))
+        }
+        pub fn with_value(value: Arc<T>) -> Self {
+            Self(loom::sync::Mutex::new(Some(value)))
+        }
+        pub fn get(&self) -> Option<&Arc<T>> {
+            let guard = self.0.lock().unwrap();
+            let ptr: Option<*const Arc<T>> = guard.as_ref().map(|a| a as *const Arc<T>);
+            drop(guard);
+            // SAFETY: once set, the `Option` is never changed again (there is no setter
+            // after initialisation), so the `Arc` stays at this address for as long as
+            // `self` lives; the mutex made its initialisation visible to this thread.
+            ptr.map(|p| unsafe { &*p })
+        }
+        pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> &Arc<T> {
+            {
+                let mut guard = self.0.lock().unwrap();
+                if guard.is_none() {
+                    *guard = Some(init());
+                }
+            }
+            self.get().expect("initialised above")
+        }
+    }
+}
+
+pub use imp::*;
+
+/// A `const`-constructible 64-bit counter cell, used for variable ids and id blocks.
+///
+/// Deliberately std in every build: a `static ContextVar` needs a `const` constructor and
+/// loom's atomics are not `const`. Id allocation is a single `fetch_add` whose only
+/// requirement is uniqueness, which any ordering gives.
+pub struct StaticCounter(std::sync::atomic::AtomicU64);
+
+impl StaticCounter {
+    pub const fn new(value: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(value))
+    }
+    /// `Relaxed`: the value is only ever compared with itself (an id), it publishes no data.
+    #[inline]
+    pub fn load(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Adds `n`, returning the previous value. `Relaxed`: uniqueness comes from the RMW's
+    /// atomicity, not from ordering.
+    #[inline]
+    pub fn fetch_add(&self, n: u64) -> u64 {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Installs `new` if the cell still holds `current`; returns the value now in the cell.
+    /// `Relaxed` for the same reason as `load`.
+    #[inline]
+    pub fn compare_exchange(&self, current: u64, new: u64) -> u64 {
+        match self.0.compare_exchange(
+            current,
+            new,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => new,
+            Err(actual) => actual,
+        }
+    }
+}
+
+/// A write-once cell for lazily computed variable defaults. std in every build, for the
+/// same `const` reason as `StaticCounter`; defaults are not part of any modelled protocol.
+pub use std::sync::OnceLock;
+
+mod entered;
+pub use entered::EnteredCell;
+
+/// A thread-local `Cell`. Re-exported so that nothing outside this module names a cell
+/// primitive; `Cell` is not a synchronisation primitive, but keeping the import here
+/// makes "what touches shared or thread state" greppable.
+pub use std::cell::Cell;
+
+/// A thread-local write-once cell (the per-thread publication slot of `observe`). Like
+/// `Cell`, re-exported only so that cell primitives are named here.
+pub use std::cell::OnceCell;
+
+pub use list::{AtomicList, ListEntry};
+
+mod list;
