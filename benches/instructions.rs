@@ -1,0 +1,206 @@
+//! Instructions per call, counted by callgrind through gungraun: the crate's hot
+//! operations next to their peers, in the same binary, as a regression gate.
+//!
+//! Each benchmark runs once, in a process of its own under callgrind; its setup (binding
+//! the variables, capturing a context) is not counted. A read inside a frame (a
+//! `Context::run`, a future's poll) or inside tokio's `sync_scope` is counted in a probe
+//! function of its own (`probe_*`, `#[inline(never)]`, the benchmark's entry point), so
+//! entering and leaving the frame are not part of the read's count. Inputs and results
+//! go through `black_box`; peers' statics are named directly, as users name them.
+//!
+//! Every benchmark has a committed hard limit on instructions (`Ir`): its count when the
+//! limit was set, plus about 5%. Run with
+//!
+//! ```text
+//! cargo bench --bench instructions
+//! ```
+//!
+//! (needs valgrind and `cargo install gungraun-runner --version 0.20.0`). A count over its
+//! limit fails the run; one far under it means the limit should come down with the change
+//! that earned it. `BENCHMARKS.md` keeps the table.
+
+// gungraun's macros generate undocumented modules.
+#![allow(missing_docs)]
+
+use std::cell::Cell;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use contextvars::future::ContextFutureExt;
+use contextvars::{Context, ContextVar, copy_context};
+use gungraun::{
+    Callgrind, EntryPoint, EventKind, LibraryBenchmarkConfig, library_benchmark,
+    library_benchmark_group, main,
+};
+
+static VARS: [ContextVar<u64>; 1024] = [const { ContextVar::new("v") }; 1024];
+
+tokio::task_local! {
+    static TASK_LOCAL: u64;
+}
+
+thread_local! {
+    static THREAD_LOCAL: Cell<u64> = const { Cell::new(7) };
+}
+
+/// Binds the first `n` variables in the thread's own context (their tokens dropped: the
+/// values stay).
+fn bound(n: usize) {
+    for (i, var) in VARS.iter().take(n).enumerate() {
+        drop(var.set(i as u64));
+    }
+}
+
+/// `bound(n)`, then a copy of the context with them.
+fn captured(n: usize) -> Context {
+    bound(n);
+    copy_context()
+}
+
+/// `captured(n)`, run once: a context's first run makes its shared object (one
+/// allocation), which `run_empty` leaves out.
+fn entered_once(n: usize) -> Context {
+    let ctx = captured(n);
+    ctx.run(|| ());
+    ctx
+}
+
+/// A limit of `ir` instructions, counted from the benchmark function.
+fn limit(ir: u64) -> LibraryBenchmarkConfig {
+    let mut config = LibraryBenchmarkConfig::default();
+    config.tool(Callgrind::default().hard_limits([(EventKind::Ir, ir)]));
+    config
+}
+
+/// A limit of `ir` instructions, counted from the probe functions matching `probe`.
+fn probe_limit(probe: &str, ir: u64) -> LibraryBenchmarkConfig {
+    let mut config = LibraryBenchmarkConfig::default();
+    config.tool(
+        Callgrind::default()
+            .entry_point(EntryPoint::Custom(format!("*{probe}*")))
+            .hard_limits([(EventKind::Ir, ir)]),
+    );
+    config
+}
+
+// ------------------------------------------------------------------------------ reads
+
+#[library_benchmark]
+#[bench::vars_1(args = (1), setup = bound, config = limit(44))]
+#[bench::vars_8(args = (8), setup = bound, config = limit(48))]
+#[bench::vars_16(args = (16), setup = bound, config = limit(48))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limit(67))]
+fn get_own_context(_: ()) -> u64 {
+    black_box(VARS[0].get())
+}
+
+#[inline(never)]
+fn probe_get() -> u64 {
+    black_box(VARS[0].get())
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 48))]
+fn get_in_run(ctx: Context) -> u64 {
+    ctx.run(probe_get)
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 48))]
+fn get_in_poll(_: ()) -> u64 {
+    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_current_context());
+    match future
+        .as_mut()
+        .poll(&mut TaskContext::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => value,
+        Poll::Pending => 0,
+    }
+}
+
+#[library_benchmark(config = limit(6))]
+fn peer_thread_local_get() -> u64 {
+    black_box(THREAD_LOCAL.with(Cell::get))
+}
+
+#[inline(never)]
+fn probe_task_local_get() -> u64 {
+    black_box(TASK_LOCAL.get())
+}
+
+#[library_benchmark(config = probe_limit("probe_task_local_get", 13))]
+fn peer_task_local_get() -> u64 {
+    TASK_LOCAL.sync_scope(black_box(7), probe_task_local_get)
+}
+
+library_benchmark_group!(
+    name = reads,
+    benchmarks = [
+        get_own_context,
+        get_in_run,
+        get_in_poll,
+        peer_thread_local_get,
+        peer_task_local_get
+    ]
+);
+
+// ----------------------------------------------------------------- writes and frames
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = limit(1_000))]
+fn set_reset_own_context(_: ()) -> bool {
+    let token = VARS[0].set(black_box(41));
+    black_box(VARS[0].reset(token).is_ok())
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = limit(1_075))]
+fn scope_own_context(_: ()) -> u64 {
+    VARS[0].scope(black_box(41), || black_box(VARS[0].get()))
+}
+
+#[library_benchmark(config = limit(67))]
+fn peer_task_local_sync_scope() -> u64 {
+    TASK_LOCAL.sync_scope(black_box(41), || black_box(TASK_LOCAL.get()))
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = entered_once, config = limit(141))]
+fn run_empty(ctx: Context) -> (Context, u64) {
+    let value = ctx.run(|| black_box(1));
+    (ctx, value)
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = limit(71))]
+fn copy_context_and_drop(_: ()) {
+    drop(black_box(copy_context()));
+}
+
+fn shared() -> Arc<u64> {
+    Arc::new(7)
+}
+
+#[library_benchmark]
+#[bench::one(setup = shared, config = limit(15))]
+fn peer_arc_clone_and_drop(arc: Arc<u64>) -> Arc<u64> {
+    drop(black_box(Arc::clone(&arc)));
+    arc
+}
+
+library_benchmark_group!(
+    name = writes,
+    benchmarks = [
+        set_reset_own_context,
+        scope_own_context,
+        peer_task_local_sync_scope,
+        run_empty,
+        copy_context_and_drop,
+        peer_arc_clone_and_drop
+    ]
+);
+
+main!(library_benchmark_groups = reads, writes);
