@@ -102,9 +102,11 @@
 //! any after-poll hook has run: both mean a replaced hook that will never come).
 //!
 //! A task's frame (the hooks', or a wrapped future's) remembers the bindings it started
-//! with (`Frame::with_origin`: an id from the thread's counter, and nothing else until
-//! the frame's first set or reset keeps a counted clone of its starting snapshot). The
-//! tower layer records which such frame called it (`origin_frame`), and when the request
+//! with (`Frame::with_origin`: nothing at creation; the frame's first set or reset keeps
+//! a counted clone of its starting snapshot, and the frame gets an id from the thread's
+//! counter when the layer first asks for it). A scope's future (`scope_future`) is not a
+//! task and remembers nothing. The tower layer records which such frame called it
+//! (`origin_frame`), and when the request
 //! ends gives that frame back its starting bindings if it is the current one
 //! (`restore_origin`: a binding change, never a frame switch; tokens made in the frame
 //! stay valid), so that a middleware outside the layer cannot carry one keep-alive

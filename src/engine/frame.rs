@@ -326,7 +326,7 @@ pub(crate) fn isolated(f: impl FnOnce()) {
 
 /// Drops `value` in a fresh, empty private frame ([`isolated`]). `value` must not own the
 /// snapshot of the thread's current frame (a borrow may point into it: such a snapshot
-/// is retired, see `rebind_detached`); frames and task state never do.
+/// is retired, see `restore_origin`); frames and task state never do.
 pub(crate) fn drop_isolated<T>(value: T) {
     isolated(move || drop(value));
 }
