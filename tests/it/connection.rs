@@ -83,8 +83,15 @@ fn serve<T: Send + 'static>(
     start: &str,
     connection: impl Future<Output = T> + Send + 'static,
 ) -> T {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2);
+    // Under miri a current-thread runtime: the restore is the same, and miri's cost of
+    // starting and parking worker threads is not what these tests check.
+    let mut builder = if cfg!(miri) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    };
     #[cfg(all(feature = "tokio", tokio_unstable))]
     if !matches!(task, Task::Wrapped) {
         contextvars::tokio::isolate_tasks(&mut builder);
