@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::engine::{self, SetRefused, TornDown};
+use crate::engine::{self, MissSite, SetRefused, TornDown};
 use crate::pool::{self, Pool};
 use crate::token::Token;
 
@@ -52,9 +52,10 @@ impl LookupError {
     /// A miss in the current context, whose message says which hand-off may have been
     /// forgotten (see the type's docs). Called on the cold path only.
     pub(crate) fn in_current_context(name: &'static str) -> Self {
-        let hint = match engine::own_context_is_empty() {
-            None => HandOffHint::None,
-            Some(empty) => match pool::current() {
+        let hint = match engine::miss_site() {
+            MissSite::Elsewhere => HandOffHint::None,
+            MissSite::ReadOnly => HandOffHint::Pool(Pool::RayonWaiting),
+            MissSite::OwnContext { empty } => match pool::own_context_pool() {
                 Some(pool) => HandOffHint::Pool(pool),
                 None if empty => HandOffHint::EmptyThread,
                 None => HandOffHint::None,
@@ -150,11 +151,25 @@ impl fmt::Display for MissingHandOff {
                  `contextvars::tower::ContextLayer`, or install \
                  `contextvars::tokio::isolate_tasks` on the runtime",
             ),
+            Pool::TokioTaskInside => f.write_str(
+                "this runs in a tokio task with no context of its own, inside a context \
+                 entered outside the task (a runtime driven by `block_on`, or dropped, \
+                 inside `Context::run` or a thread's or job's context): start it with \
+                 `contextvars::tokio::spawn` or wrap the future with \
+                 `.in_current_context()`",
+            ),
             Pool::RayonWorker => f.write_str(
                 "this runs on a rayon worker thread in its own context (a plain \
                  `rayon::spawn`, `join`, `scope`, `ThreadPool::install` or parallel \
                  iterator), so the values of the code that started it were not handed over: \
                  use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install`, or \
+                 `.in_current_context()` on the parallel iterator",
+            ),
+            Pool::RayonWaiting => f.write_str(
+                "this runs in a plain rayon job that a worker took up while it waited \
+                 inside a call of `contextvars::rayon` (a stolen job sees no context: the \
+                 values of the code that started it were not handed over): start it with \
+                 `contextvars::rayon`'s `spawn` / `join` / `scope` / `install`, or \
                  `.in_current_context()` on the parallel iterator",
             ),
             Pool::Declared(name) => write!(
@@ -292,8 +307,8 @@ impl SetError {
     pub fn pool_name(&self) -> Option<&'static str> {
         match self.kind {
             SetErrorKind::PoolThread { pool, .. } => Some(match pool {
-                Pool::TokioTask => "tokio",
-                Pool::RayonWorker => "rayon",
+                Pool::TokioTask | Pool::TokioTaskInside => "tokio",
+                Pool::RayonWorker | Pool::RayonWaiting => "rayon",
                 Pool::Declared(name) => name,
             }),
             SetErrorKind::Access => None,
@@ -362,6 +377,27 @@ impl fmt::Display for SetError {
                  `contextvars::tokio::isolate_tasks` on the runtime builder (every task; \
                  needs `--cfg tokio_unstable`), or spawn it with `contextvars::tokio::spawn` \
                  / `spawn_blocking` or wrap it with `.in_current_context()` (one task)",
+            ),
+            Pool::TokioTaskInside => f.write_str(
+                "this runs in a tokio task with no context of its own, polled (or dropped) \
+                 inside a context that was entered outside the task: a runtime driven by \
+                 `block_on`, or dropped with tasks pending, inside `Context::run` or the \
+                 context of a thread or job. Every task that runtime runs there shares that \
+                 context, so the value would be seen by the other tasks. Give the task a \
+                 context of its own (spawn it with `contextvars::tokio::spawn` or wrap it \
+                 with `.in_current_context()`), or set the value in the context before \
+                 driving the runtime. (A task's destructor run while a runtime is dropped \
+                 there is refused the same way: that task is over)",
+            ),
+            Pool::RayonWaiting => f.write_str(
+                "this runs in a plain rayon job that a worker took up (stole) while it \
+                 waited inside a call of `contextvars::rayon` (a `join`, `scope`, \
+                 `install` or parallel iterator of this crate): the job has no context of \
+                 its own, and a value set there would be seen by the next job the worker \
+                 takes up while it waits. Start the job with `contextvars::rayon`'s \
+                 `spawn` / `join` / `scope` / `install` or `.in_current_context()` on its \
+                 parallel iterator (each job gets a copy of its creator's context), or set \
+                 inside `Context::run`",
             ),
             Pool::RayonWorker => f.write_str(
                 "this runs on a rayon worker thread in its own context (a plain \

@@ -87,12 +87,12 @@ pin_project! {
     /// stays entered until the wrapper is dropped). The inner future is also dropped
     /// inside the context, so its destructors see the task's values.
     ///
-    /// A copy made by `in_current_context` remembers the bindings it started with: if
-    /// the wrapped future serves HTTP connections through
-    /// `contextvars::tower::ContextLayer` (feature `tower`), the layer gives
-    /// them back when each request ends, so nothing set outside the layer while serving
-    /// one keep-alive request reaches the next. That costs nothing until the context's
-    /// first set, which keeps a counted reference to the starting snapshot.
+    /// Both remember the bindings they started with: if the wrapped future serves HTTP
+    /// connections through `contextvars::tower::ContextLayer` (feature `tower`), the
+    /// layer gives them back when each request ends, so nothing set outside the layer
+    /// while serving one keep-alive request reaches the next. That costs nothing until
+    /// the context's first set, which keeps a counted reference to the starting
+    /// snapshot.
     #[must_use = "futures do nothing unless polled"]
     pub struct WithContext<F> {
         #[pin]
@@ -131,16 +131,18 @@ impl<F> WithContext<F> {
         Self::new(inner, Frame::with_origin(engine::vars()))
     }
 
-    /// `inner` in a private context over `vars` (a scope's future: not a task, so
-    /// nothing restores it).
+    /// `inner` in a private context over `vars` (a scope's future), which remembers them
+    /// as its starting bindings: a connection task may be one.
     #[inline]
     pub(crate) fn in_vars(inner: F, vars: Vars) -> Self {
-        Self::new(inner, Frame::private(vars))
+        Self::new(inner, Frame::with_origin(vars))
     }
 
     /// `inner` in the context object `ctx`, entered now (both traits' `try_in_context`).
+    /// A task's context too: it remembers the bindings `ctx` holds now, for the tower
+    /// layer's restore of a connection task.
     fn try_in(inner: F, ctx: &Context) -> Result<Self, EnterError> {
-        Ok(Self::new(inner, ctx.enter_frame()?))
+        Ok(Self::new(inner, ctx.enter_frame()?.remembering_origin()))
     }
 
     /// [`Self::try_in`], panicking with the error (both traits' `in_context`).

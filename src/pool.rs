@@ -7,32 +7,56 @@
 //! like this. So a `set` in the own (base) context of a pool thread is refused
 //! ([`SetError::is_pool_thread`](crate::SetError::is_pool_thread)); a set in a context
 //! the unit runs in (a wrapped task, a job of `contextvars::rayon`, a request behind the
-//! tower layer, a `Context::run`) is never affected.
+//! tower layer, a `Context::run` entered by the unit) is never affected.
+//!
+//! Two more places run many units in one context, and are refused the same way:
+//!
+//! * a context entered *outside* a tokio task that the task is polled or dropped in (a
+//!   current-thread runtime driven by `block_on`, or dropped with tasks pending, inside
+//!   `Context::run`, a thread's or a job's context): each frame entry records what ran
+//!   when it was entered ([`Entered`]), and a set compares that with the task running now;
+//! * the frame a rayon worker waits in inside a call of `contextvars::rayon` (`join`,
+//!   `scope`, `install`, a parallel iterator), where it runs plain jobs it steals: that
+//!   frame is read-only ([`Entered::ReadOnly`]).
 //!
 //! The check is part of every build, whatever the features: which features are enabled
-//! must never decide whether a request's value can reach another request. It asks, in
-//! this order, and only when the thread runs in its own context:
+//! must never decide whether a request's value can reach another request. In a frame
+//! entered by synchronous code it asks, in this order:
 //!
-//! * tokio: whether a task is being polled (or dropped) on this thread
-//!   (`tokio::task::try_id`: plain `tokio::spawn`ed tasks, connection tasks, and
+//! * tokio: whether a task is being polled (or dropped) on this thread that did not enter
+//!   the frame (`tokio::task::try_id`: plain `tokio::spawn`ed tasks, connection tasks,
 //!   `spawn_blocking` closures);
-//! * rayon: whether the thread is a worker of a rayon pool
-//!   (`rayon_core::current_thread_index`);
-//! * any other pool: whether the thread was declared one with
-//!   [`thread::declare_pool_thread`](crate::thread::declare_pool_thread).
+//! * in the thread's own context only: rayon, whether the thread is a worker of a rayon
+//!   pool (`rayon_core::current_thread_index`); any other pool, whether the thread was
+//!   declared one with [`thread::declare_pool_thread`](crate::thread::declare_pool_thread).
+//!
+//! A frame a future entered for its own poll ([`Entered::ForPoll`]) is never refused:
+//! it is the future's own context.
 
 #![deny(unsafe_code)]
 
 use crate::sync::{AtomicBool, Cell, Ordering, globals, thread_locals};
 
-/// The pool a thread belongs to, as far as the crate can tell.
+/// Why a set would reach other units of work, as far as the crate can tell: the pool
+/// whose units would see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pool {
-    /// A tokio task is being polled (or dropped) on this thread.
+    /// A tokio task is being polled (or dropped) on this thread, in the thread's own
+    /// context.
     #[cfg_attr(loom, allow(dead_code))] // no tokio under `--cfg loom`
     TokioTask,
-    /// The thread is a rayon worker.
+    /// A tokio task is being polled (or dropped) inside a context entered outside it (a
+    /// runtime driven by `block_on`, or dropped, inside `Context::run`, a thread's or a
+    /// job's context): every task that runtime runs there shares the context.
+    #[cfg_attr(loom, allow(dead_code))]
+    TokioTaskInside,
+    /// The thread is a rayon worker, in its own context.
     RayonWorker,
+    /// A rayon worker runs a job while a call of `contextvars::rayon` waits on it (a
+    /// `join`, `scope`, `install` or parallel iterator): a plain job it stole, which has
+    /// no context of its own.
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    RayonWaiting,
     /// The thread was declared a pool thread, under this name.
     Declared(&'static str),
 }
@@ -42,15 +66,81 @@ thread_locals! {
     static DECLARED: Cell<Option<&'static str>> = Cell::new(None);
 }
 
-/// The pool the current thread works for now, if any. Only asked when a set would bind
-/// in the thread's own context, so a set anywhere else never pays for it.
-#[inline(never)]
-pub(crate) fn current() -> Option<Pool> {
+/// A tokio task's id; under `--cfg loom` (no tokio) there are none.
+#[cfg(not(loom))]
+type TaskId = tokio::task::Id;
+#[cfg(loom)]
+type TaskId = std::convert::Infallible;
+
+/// What was running on the thread when its current frame was entered: the engine keeps
+/// one per frame entry (`HOT.entered`), and a set compares it with what runs now
+/// ([`refusal`]). A tokio task polled inside a frame entered outside it (a current-thread
+/// runtime driven or dropped inside `Context::run`) must not bind there: every other
+/// task that runtime polls there would see the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entered {
+    /// Outside any tokio task: the thread's base frame, and a frame entered by
+    /// synchronous code that no task was running (a thread's, a job's, `Context::run`
+    /// called outside a task).
+    OutsideTasks,
+    /// While this tokio task was polled or dropped on the thread.
+    #[cfg_attr(loom, allow(dead_code))]
+    InTask(TaskId),
+    /// By a future for one poll of its own (a wrapped future, a hooked task, a request
+    /// behind the tower layer), or for releasing what a unit of work left: what runs in
+    /// it belongs to that unit, whichever task polls it.
+    ForPoll,
+    /// A frame in which nothing may be bound: a rayon worker waiting inside a call of
+    /// `contextvars::rayon` runs stolen jobs there ([`Pool::RayonWaiting`]).
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    ReadOnly,
+}
+
+/// What runs on the thread now, for a frame entered now by synchronous code.
+#[inline]
+pub(crate) fn entered_now() -> Entered {
     // tokio does not build under `--cfg loom` (model checking), where it is not a
     // dependency: a model has no tokio tasks.
     #[cfg(not(loom))]
-    if tokio::task::try_id().is_some() {
-        return Some(Pool::TokioTask);
+    if let Some(task) = tokio::task::try_id() {
+        return Entered::InTask(task);
+    }
+    Entered::OutsideTasks
+}
+
+/// Whether a set in the current frame, entered as `entered`, must be refused, and why: it
+/// would bind where other units of work see it. `in_base` tells whether the frame is
+/// the thread's own base frame.
+#[inline]
+pub(crate) fn refusal(entered: Entered, in_base: bool) -> Option<Pool> {
+    match entered {
+        Entered::ForPoll => None,
+        Entered::ReadOnly => Some(Pool::RayonWaiting),
+        Entered::OutsideTasks | Entered::InTask(_) => refusal_by_thread(entered, in_base),
+    }
+}
+
+/// The pool whose units would see a binding in the thread's own base frame, if any (for
+/// a missed lookup's hint there).
+pub(crate) fn own_context_pool() -> Option<Pool> {
+    refusal_by_thread(Entered::OutsideTasks, true)
+}
+
+/// [`refusal`] for a frame entered by synchronous code: asks, in this order, whether a
+/// tokio task runs now that did not enter the frame, and (in the thread's base frame)
+/// whether the thread belongs to a rayon pool or a declared one.
+#[inline(never)]
+fn refusal_by_thread(entered: Entered, in_base: bool) -> Option<Pool> {
+    let now = entered_now();
+    if matches!(now, Entered::InTask(_)) && now != entered {
+        return Some(if in_base {
+            Pool::TokioTask
+        } else {
+            Pool::TokioTaskInside
+        });
+    }
+    if !in_base {
+        return None;
     }
     if rayon_core::current_thread_index().is_some() {
         return Some(Pool::RayonWorker);

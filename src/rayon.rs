@@ -9,9 +9,18 @@
 //! * a job's `set`s stay in the job: they reach neither the caller nor sibling jobs
 //!   (CPython's rule for concurrent work, as for asyncio tasks), and
 //! * a stolen job made here never sees the state of the job it interrupted, nor the
-//!   reverse. A *plain* rayon job stolen by a worker that waits inside one of these jobs
-//!   runs in that job's context: it reads its values, and its sets land there (the job
-//!   sees them after its `join`). Hand work to rayon through this module everywhere.
+//!   reverse. While a call of this module waits (a [`join`]'s other half, the end of a
+//!   [`scope`], an [`install_with_context`](ThreadPoolExt::install_with_context) from
+//!   another pool's worker, a parallel iterator's splits), the worker runs in an empty,
+//!   read-only context: a *plain* rayon job it steals meanwhile sees no values, and its
+//!   `set` is refused ([`SetError::pool_name`](crate::SetError::pool_name) `"rayon"`), as
+//!   in the worker's own context.
+//!
+//! A plain rayon call (`rayon::join`, a parallel iterator without
+//! [`in_current_context`](ParallelIteratorExt::in_current_context)) made *inside* a job
+//! of this module waits in the job's context: a plain job stolen there runs in it,
+//! reads its values, and its sets land there. rayon has no per-job hook to prevent
+//! that, so hand work to rayon through this module everywhere.
 //!
 //! ```
 //! use contextvars::ContextVar;
@@ -75,7 +84,7 @@ where
     RB: Send,
 {
     with_captured(move |capture| {
-        ::rayon::join(move || capture.run(oper_a), move || capture.run(oper_b))
+        waiting(|| ::rayon::join(move || capture.run(oper_a), move || capture.run(oper_b)))
     })
 }
 
@@ -88,10 +97,12 @@ where
     RB: Send,
 {
     with_captured(move |capture| {
-        ::rayon::join_context(
-            move |fn_ctx| capture.run(|| oper_a(fn_ctx)),
-            move |fn_ctx| capture.run(|| oper_b(fn_ctx)),
-        )
+        waiting(|| {
+            ::rayon::join_context(
+                move |fn_ctx| capture.run(|| oper_a(fn_ctx)),
+                move |fn_ctx| capture.run(|| oper_b(fn_ctx)),
+            )
+        })
     })
 }
 
@@ -166,7 +177,9 @@ where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R + Send,
     R: Send,
 {
-    with_captured(move |capture| ::rayon::scope(move |inner| capture.run(|| op(&Scope { inner }))))
+    with_captured(move |capture| {
+        waiting(|| ::rayon::scope(move |inner| capture.run(|| op(&Scope { inner }))))
+    })
 }
 
 /// [`rayon::in_place_scope`], running `op` and every [`Scope::spawn`] in copies of the
@@ -176,7 +189,7 @@ where
     OP: for<'a> FnOnce(&Scope<'a, 'scope>) -> R,
 {
     with_captured(move |capture| {
-        ::rayon::in_place_scope(move |inner| capture.run(|| op(&Scope { inner })))
+        waiting(|| ::rayon::in_place_scope(move |inner| capture.run(|| op(&Scope { inner }))))
     })
 }
 
@@ -215,7 +228,7 @@ impl ThreadPoolExt for ThreadPool {
         OP: FnOnce() -> R + Send,
         R: Send,
     {
-        with_captured(move |capture| self.install(move || capture.run(op)))
+        with_captured(move |capture| waiting(|| self.install(move || capture.run(op))))
     }
 
     fn spawn_with_context<OP>(&self, op: OP)
@@ -321,9 +334,11 @@ impl<I: ParallelIterator> ParallelIterator for InContext<I> {
         C: UnindexedConsumer<Self::Item>,
     {
         let InContext { base, vars, span } = self;
-        base.drive_unindexed(ContextConsumer {
-            base: consumer,
-            capture: Borrowed::new(&vars, &span),
+        waiting(|| {
+            base.drive_unindexed(ContextConsumer {
+                base: consumer,
+                capture: Borrowed::new(&vars, &span),
+            })
         })
     }
 
@@ -335,9 +350,11 @@ impl<I: ParallelIterator> ParallelIterator for InContext<I> {
 impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
     fn drive<C: Consumer<Self::Item>>(self, consumer: C) -> C::Result {
         let InContext { base, vars, span } = self;
-        base.drive(ContextConsumer {
-            base: consumer,
-            capture: Borrowed::new(&vars, &span),
+        waiting(|| {
+            base.drive(ContextConsumer {
+                base: consumer,
+                capture: Borrowed::new(&vars, &span),
+            })
         })
     }
 
@@ -347,9 +364,11 @@ impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
 
     fn with_producer<CB: ProducerCallback<Self::Item>>(self, callback: CB) -> CB::Output {
         let InContext { base, vars, span } = self;
-        base.with_producer(ContextCallback {
-            base: callback,
-            capture: Borrowed::new(&vars, &span),
+        waiting(|| {
+            base.with_producer(ContextCallback {
+                base: callback,
+                capture: Borrowed::new(&vars, &span),
+            })
         })
     }
 }
@@ -392,6 +411,19 @@ impl<'a> Borrowed<'a> {
     fn run_each(self, step: impl FnMut() -> bool) {
         self.span
             .in_span(|| engine::run_borrowed_each(self.vars, step));
+    }
+}
+
+/// Runs `wait`, a rayon call during which this thread may take up other jobs, in an
+/// empty, read-only frame if the thread is a rayon worker (see the module docs): a plain
+/// job it steals there sees no values and cannot bind any. Elsewhere rayon blocks the
+/// thread until the call is done, so `wait` runs as it is.
+#[inline]
+fn waiting<R>(wait: impl FnOnce() -> R) -> R {
+    if ::rayon::current_thread_index().is_some() {
+        engine::run_read_only(wait)
+    } else {
+        wait()
     }
 }
 

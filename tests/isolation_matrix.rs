@@ -1441,9 +1441,9 @@ struct Stolen {
 }
 
 /// A plain rayon job that a worker runs while it waits inside a `contextvars::rayon`
-/// job. Not covered by the crate: rayon has no per-job hook, so the plain job runs in the
-/// waiting job's context, reads its values, and its set is accepted there (the waiting
-/// job reads it after its join). The test asserts what is observed.
+/// call. The worker waits in an empty, read-only frame: the plain job sees no value, its
+/// set is refused (a rayon refusal naming the wait), and the waiting job keeps its own
+/// value after its join.
 ///
 /// Deterministic, on a 2-thread pool: a job spawned with `spawn_with_context` from a
 /// context holding `waiting<round>` calls `contextvars::rayon::join(a, b)`. `b` is
@@ -1579,35 +1579,43 @@ fn stolen_plain_rayon_job() {
         });
         let saw_waiting = count(&|r| r.seen == format!("waiting{}", r.round));
         let saw_creator = count(&|r| r.seen == r.creator);
-        let accepted = count(&|r| r.set.is_ok());
-        let waiting_saw_stolen = count(&|r| r.waiting_after == format!("stolen{}", r.round));
+        let saw_nothing = count(&|r| r.seen.is_empty());
+        let refused = count(&|r| {
+            r.set.as_ref().err().is_some_and(|refusal| {
+                refusal.pool_thread
+                    && refusal.pool == Some("rayon")
+                    && refusal
+                        .message
+                        .contains("while it waited inside a call of `contextvars::rayon`")
+            })
+        });
+        let waiting_kept = count(&|r| r.waiting_after == format!("waiting{}", r.round));
         eprintln!(
             "isolation_matrix plain stolen_plain_rayon_job ({}): rounds={ROUNDS} run by \
-             the waiting worker during its join {by_waiter}; the plain job saw the waiting \
-             job's value {saw_waiting} (its creator's {saw_creator}), its set accepted \
-             {accepted}; the waiting job saw the plain job's value after the join \
-             {waiting_saw_stolen} expected=not covered {:.2}s",
+             the waiting worker during its join {by_waiter}; the plain job saw nothing \
+             {saw_nothing} (the waiting job's value {saw_waiting}, its creator's \
+             {saw_creator}), its set refused {refused}; the waiting job kept its own value \
+             after the join {waiting_kept} expected=refused {:.2}s",
             match spawner {
                 Spawner::Outside => "spawned from outside the pool",
                 Spawner::OtherWorker => "spawned on the other worker",
             },
             took.as_secs_f64()
         );
-        // What is observed, asserted (not covered: see the doc comment).
         wrong.extend(rounds.into_iter().filter(|r| {
             !r.spawned_in_time
                 || !r.ran_during_join
                 || r.stolen_worker != r.waiting_worker
-                || r.seen != format!("waiting{}", r.round)
-                || r.set.is_err()
-                || r.waiting_after != format!("stolen{}", r.round)
+                || !r.seen.is_empty()
+                || r.set.is_ok()
+                || r.waiting_after != format!("waiting{}", r.round)
         }));
     }
     assert!(
         wrong.is_empty(),
         "cell plain/stolen_plain_rayon_job: expected the plain job to run on the waiting \
-         worker during its join, read the waiting job's value, and its set to be accepted \
-         and seen by the waiting job after the join; {} of {} rounds differ, e.g. {}",
+         worker during its join, see no value, have its set refused, and the waiting job to \
+         keep its own value after the join; {} of {} rounds differ, e.g. {}",
         wrong.len(),
         2 * ROUNDS,
         examples(&wrong)
@@ -1786,9 +1794,11 @@ fn runtime_shutdown_multi_thread() {
 }
 
 /// A current-thread runtime dropped inside `Context::run` of a context holding a value:
-/// its pending tasks' futures are dropped on this thread, in that context. Not covered
-/// by the crate: the destructors see the context's value (and each other's sets), and
-/// their sets are accepted and land in the context. The test asserts what is observed.
+/// its pending tasks' futures are dropped on this thread, in that context, which was
+/// entered outside those tasks. The destructors' sets are refused (a tokio refusal that
+/// says the task runs inside a context entered outside it), so they see the context's
+/// value and never another task's, and the context keeps its value. Wrapped tasks drop
+/// their futures in their own contexts, where the sets are accepted.
 #[test]
 #[cfg_attr(miri, ignore)]
 fn runtime_shutdown_current_thread_inside_run() {
@@ -1804,48 +1814,151 @@ fn runtime_shutdown_current_thread_inside_run() {
         let after = ctx.get(&TENANT);
         let dropped = std::mem::take(&mut *out.lock().unwrap());
         let plain: Vec<&Dropped> = dropped.iter().filter(|d| d.label == "plain").collect();
-        let accepted = plain.iter().filter(|d| d.set.is_ok()).count();
-        let saw_outer = plain.iter().filter(|d| d.seen == "outer").count();
-        let saw_other_task = plain
+        let wrapped: Vec<&Dropped> = dropped.iter().filter(|d| d.label == "wrapped").collect();
+        let refused_inside = plain
             .iter()
             .filter(|d| {
-                d.seen.starts_with("dropped:") && d.seen != format!("dropped:plain{}", d.index)
+                d.set.as_ref().err().is_some_and(|r| {
+                    r.pool_thread
+                        && r.pool == Some("tokio")
+                        && r.message
+                            .contains("inside a context that was entered outside")
+                })
             })
             .count();
-        let last = plain
-            .last()
-            .map(|d| format!("dropped:plain{}", d.index))
-            .unwrap_or_default();
+        let saw_outer = plain.iter().filter(|d| d.seen == "outer").count();
+        let wrapped_own = wrapped
+            .iter()
+            .filter(|d| d.seen == format!("wrapped{}", d.index) && d.set.is_ok())
+            .count();
         eprintln!(
             "isolation_matrix {:<5} runtime_shutdown_current_thread_inside_run: plain tasks {} \
-             (sets while polled accepted {plain_accepted}); destructors: sets accepted \
-             {accepted}, saw \"outer\" {saw_outer}, saw another task's destructor's value \
-             {saw_other_task}; the context holds {after:?} afterwards",
+             (sets while polled accepted {plain_accepted}); destructors: sets refused \
+             {refused_inside}, saw \"outer\" {saw_outer}; wrapped destructors in their own \
+             context {wrapped_own}; the context holds {after:?} afterwards \
+             expected=refused",
             mode.name(),
             plain.len()
         );
-        // What is observed, asserted (not covered: see the doc comment): every plain
-        // destructor runs in `ctx` and its set lands there, so the first sees "outer"
-        // and each later one the previous one's value, and `ctx` keeps the last.
         let cell = format!(
             "cell {}/runtime_shutdown_current_thread_inside_run",
             mode.name()
         );
         if plain.len() != SHUTDOWN_TASKS
-            || accepted != plain.len()
-            || saw_outer != 1
-            || saw_other_task != plain.len() - 1
-            || after.as_deref() != Some(last.as_str())
+            || refused_inside != plain.len()
+            || saw_outer != plain.len()
+            || wrapped_own != SHUTDOWN_TASKS
+            || after.as_deref() != Some("outer")
         {
             failures.push(format!(
-                "{cell}: expected every destructor's set to land in the context (one saw \
-                 \"outer\", the others another task's value, the context keeps the last), \
-                 observed {} destructors, {accepted} accepted, {saw_outer} saw \"outer\", \
-                 {saw_other_task} saw another task's value, the context holds {after:?}, \
-                 e.g. {}",
+                "{cell}: expected every plain destructor's set refused (tokio, inside a \
+                 context entered outside the task), each to see \"outer\", every wrapped \
+                 one to run in its own context, and the context to keep \"outer\"; \
+                 observed {} destructors, {refused_inside} refused so, {saw_outer} saw \
+                 \"outer\", {wrapped_own} wrapped in their own context, the context holds \
+                 {after:?}, e.g. {}",
                 plain.len(),
                 examples(&plain)
             ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A current-thread runtime driven by `block_on` inside `Context::run`, and inside a
+/// thread started with `contextvars::thread::spawn`: its plain tasks are polled in that
+/// context, entered outside them. Their sets are refused (so no task sees another's
+/// value); the `block_on` future itself is not a task and sets in the context; a wrapped
+/// task, and a `Context::run` a plain task enters itself, take their sets.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn runtime_driven_inside_a_context() {
+    const TASKS: usize = 64;
+
+    /// Drives a current-thread runtime here: `TASKS` plain tasks each try to set their
+    /// own value then read it after a yield; returns (refused inside, foreign reads,
+    /// wrapped tasks that kept their own value, nested runs that took their set, what
+    /// the block_on future read after its own set).
+    fn drive(mode: Mode) -> (usize, usize, usize, usize, String) {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        hooks(&mut builder, mode);
+        let rt = builder.build().expect("runtime");
+        rt.block_on(async {
+            let mut plain = Vec::new();
+            let mut wrapped = Vec::new();
+            for i in 0..TASKS {
+                plain.push(tokio::spawn(async move {
+                    let set = TENANT.try_set(format!("plain{i}")).map(drop);
+                    tokio::task::yield_now().await;
+                    let seen = TENANT.get();
+                    let nested = Context::new().run(|| {
+                        TENANT.try_set(format!("nested{i}")).is_ok()
+                            && TENANT.get() == format!("nested{i}")
+                    });
+                    (set.map_err(Refusal::from), seen, nested)
+                }));
+                wrapped.push(tokio::spawn(
+                    async move {
+                        drop(TENANT.set(format!("wrapped{i}")));
+                        tokio::task::yield_now().await;
+                        TENANT.get() == format!("wrapped{i}")
+                    }
+                    .in_current_context(),
+                ));
+            }
+            let (mut refused, mut foreign, mut nested_ok) = (0, 0, 0);
+            for (i, task) in plain.into_iter().enumerate() {
+                let (set, seen, nested) = task.await.expect("plain task");
+                refused += usize::from(set.as_ref().err().is_some_and(|r| {
+                    r.pool == Some("tokio")
+                        && r.message
+                            .contains("inside a context that was entered outside")
+                }));
+                foreign += usize::from(seen.starts_with("plain") && seen != format!("plain{i}"));
+                nested_ok += usize::from(nested);
+            }
+            let mut own = 0;
+            for task in wrapped {
+                own += usize::from(task.await.expect("wrapped task"));
+            }
+            drop(TENANT.set("main".to_owned()));
+            (refused, foreign, own, nested_ok, TENANT.get())
+        })
+    }
+
+    let mut failures = Vec::new();
+    for &mode in Mode::all() {
+        let in_run = Context::new()
+            .with_value(&TENANT, "outer".to_owned())
+            .run(|| drive(mode));
+        let in_thread = contextvars::thread::spawn(move || drive(mode))
+            .join()
+            .expect("thread");
+        for (place, (refused, foreign, own, nested, main)) in
+            [("Context::run", in_run), ("thread::spawn", in_thread)]
+        {
+            // Under the hooks every task has a context of its own: nothing is refused.
+            let expected_refused = if mode == Mode::Hooks { 0 } else { TASKS };
+            eprintln!(
+                "isolation_matrix {:<5} runtime_driven_inside_a_context ({place}): plain \
+                 tasks {TASKS}, sets refused {refused} (expected {expected_refused}), foreign \
+                 reads {foreign}, nested runs took their set {nested}; wrapped tasks kept \
+                 their own value {own}; the block_on future read {main:?}",
+                mode.name()
+            );
+            if refused != expected_refused
+                || foreign != 0
+                || own != TASKS
+                || nested != TASKS
+                || main != "main"
+            {
+                failures.push(format!(
+                    "cell {}/runtime_driven_inside_a_context ({place}): refused {refused} \
+                     (expected {expected_refused}), foreign {foreign}, wrapped own {own}, \
+                     nested {nested}, block_on future read {main:?}",
+                    mode.name()
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

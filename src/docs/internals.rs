@@ -101,16 +101,28 @@
 //! out waits for the check-in (not when it was taken out on its own thread, nor before
 //! any after-poll hook has run: both mean a replaced hook that will never come).
 //!
-//! A task's frame (the hooks', or a wrapped future's) remembers the bindings it started
-//! with (`Frame::with_origin`: nothing at creation; the frame's first set or reset keeps
-//! a counted clone of its starting snapshot, and the frame gets an id from the thread's
-//! counter when the layer first asks for it). A scope's future (`scope_future`) is not a
-//! task and remembers nothing. The tower layer records which such frame called it
-//! (`origin_frame`), and when the request
-//! ends gives that frame back its starting bindings if it is the current one
-//! (`restore_origin`: a binding change, never a frame switch; tokens made in the frame
-//! stay valid), so that a middleware outside the layer cannot carry one keep-alive
-//! request's values into the next. What a finished
+//! A future's frame (the hooks', or a wrapped future's: `in_current_context`,
+//! `in_context`, `scope_future`) remembers the bindings it started with
+//! (`Frame::with_origin`, `Frame::remembering_origin`: nothing at creation; the frame's
+//! first set or reset keeps a counted clone of its starting snapshot, and the frame gets
+//! an id from the thread's counter when the layer first asks for it). Any of them may be
+//! a connection task. The tower layer records which such frame called it
+//! (`origin_frame`), and when the request ends gives that frame back its starting
+//! bindings if it is the current one (`restore_origin`: a binding change, never a frame
+//! switch; tokens made in the frame stay valid), so that a middleware outside the layer
+//! cannot carry one keep-alive request's values into the next. A request that ends while
+//! another frame is current (a middleware that awaits the layer's future inside a
+//! `scope_future` or a context of its own, made *after* the call) restores nothing.
+//!
+//! Every frame entry also records what ran when it was entered (`HOT.entered`, saved and
+//! restored like `HOT.light`): a future's frame is its own whichever task polls it; a
+//! frame entered by synchronous code (`Context::run`, a thread's, a job's) records the
+//! tokio task running then, if any, and a set there while another task runs (a runtime
+//! driven by `block_on`, or dropped, inside it) is refused; the frame a rayon worker
+//! waits in inside a call of `contextvars::rayon` is read-only. `crate::pool` has the
+//! rules. A future polled by a runtime that its own poll drives (`block_on` of a
+//! current-thread runtime inside a poll, outside any runtime) is the one shape this
+//! does not see: the inner runtime's tasks would share the future's frame. What a finished
 //! unit held (a request's context, a task's frame released by a hook, the snapshot a
 //! restore replaces) is released inside a fresh empty frame (`isolated`), so a value's
 //! destructor that sets cannot bind anywhere another unit could see.

@@ -13,7 +13,7 @@ use super::announce;
 use super::frame::{Origin, materialize};
 use super::object::Shared;
 use super::thread::{Borrow, Hot, TornDown, retire, with_hot, with_state};
-use crate::pool::{self, Pool};
+use crate::pool::{self, Entered, Pool};
 use crate::sync::Arc;
 use crate::value::Entry;
 
@@ -47,10 +47,31 @@ pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> R
     })
 }
 
-/// Whether the thread runs in its own base frame now and, if it does, whether that
-/// frame holds no binding (for the hints of a missed lookup).
-pub(crate) fn own_context_is_empty() -> Option<bool> {
-    with_hot(|hot| hot.in_base_frame().then(|| hot.root.get().is_null()))
+/// Where a lookup missed, for the hints of its error.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum MissSite {
+    /// The thread's own base frame, and whether it holds no binding at all.
+    OwnContext { empty: bool },
+    /// A read-only frame (`crate::pool::Entered::ReadOnly`): a plain rayon job a worker
+    /// runs while it waits inside a call of `contextvars::rayon`.
+    ReadOnly,
+    /// Any other frame.
+    Elsewhere,
+}
+
+/// Where the thread runs now, for a missed lookup's hint (see [`MissSite`]).
+pub(crate) fn miss_site() -> MissSite {
+    with_hot(|hot| {
+        if hot.entered.get() == Entered::ReadOnly {
+            MissSite::ReadOnly
+        } else if hot.in_base_frame() {
+            MissSite::OwnContext {
+                empty: hot.root.get().is_null(),
+            }
+        } else {
+            MissSite::Elsewhere
+        }
+    })
 }
 
 /// Binds `key` to `entry` (or unbinds it, for `None`) by writing into the current
@@ -122,9 +143,10 @@ impl Drop for SetState {
 pub(crate) enum SetRefused {
     /// The thread's state is gone (thread teardown).
     TornDown,
-    /// The thread runs in its own base frame and belongs to a pool (`crate::pool`):
-    /// the binding would stay in the thread's context and reach the next unit of work
-    /// it runs.
+    /// The binding would stay where other units of work see it (`crate::pool`): the
+    /// thread's own base frame on a pool thread, a frame a tokio task runs in that it
+    /// did not enter, or the read-only frame of a rayon worker waiting in a call of
+    /// `contextvars::rayon`.
     PoolThread(Pool),
 }
 
@@ -136,14 +158,14 @@ impl From<TornDown> for SetRefused {
 
 /// Binds `entry` under `key` in the current frame.
 ///
-/// Refused in the base frame of a pool thread (see [`SetRefused::PoolThread`]); the
-/// entry is then dropped, after the state is left as it was.
+/// Refused where the binding would reach other units of work (the base frame of a pool
+/// thread, a frame a tokio task runs in that it did not enter, a read-only frame: see
+/// [`SetRefused::PoolThread`] and `crate::pool`); the entry is then dropped, after the
+/// state is left as it was.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
     let mut entry = Some(entry);
     let outcome = with_state(|hot| {
-        if hot.in_base_frame()
-            && let Some(pool) = pool::current()
-        {
+        if let Some(pool) = pool::refusal(hot.entered.get(), hot.in_base_frame()) {
             return Err(SetRefused::PoolThread(pool));
         }
         let entry = entry.take().expect("taken once");

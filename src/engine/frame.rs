@@ -37,6 +37,7 @@ use super::object::Shared;
 use super::thread::{Hot, Status, publish_to, retire, with_hot, with_state};
 use super::{Vars, announce};
 use crate::map::{Map, Node};
+use crate::pool::{self, Entered};
 use crate::sync::{Arc, Cell};
 use crate::value::Entry;
 
@@ -94,9 +95,17 @@ impl Frame {
     /// for it ([`origin_frame`]), and its starting bindings are kept by its first change.
     #[inline]
     pub(crate) fn with_origin(vars: Vars) -> Self {
-        let mut frame = Self::private(vars);
-        frame.origin = Origin::Unchanged;
-        frame
+        Self::private(vars).remembering_origin()
+    }
+
+    /// This frame, remembering the bindings it holds now as the ones it started with
+    /// (see [`Frame::with_origin`]): a task's frame over a context object
+    /// (`in_context`), which the tower layer restores like a copy's.
+    #[inline]
+    pub(crate) fn remembering_origin(mut self) -> Self {
+        debug_assert!(self.origin == Origin::None, "a fresh frame");
+        self.origin = Origin::Unchanged;
+        self
     }
 
     /// A frame that runs the context object `shared`, which the caller has already
@@ -298,11 +307,13 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
 
 /// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
 /// holding what `f` made of it (a task's context between polls). `frame` runs as a
-/// light frame: see [`Light`].
+/// light frame: see [`Light`]. For a future's poll (or drop) in its own frame, and for
+/// releasing what a unit of work left ([`Entered::ForPoll`]: a set there is the unit's
+/// own, whichever task polls it); synchronous work runs with [`run_owned`].
 #[inline]
 pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
     let root = frame.vars.root_ptr();
-    enter_light(frame, ptr::null(), ptr::null(), root, f)
+    enter_light(frame, ptr::null(), ptr::null(), root, Entered::ForPoll, f)
 }
 
 /// Runs `f` in a fresh, empty private frame: for releasing what a unit of work (a
@@ -380,9 +391,35 @@ impl Frame {
     }
 }
 
-/// Runs `f` in `frame`, then releases the frame.
+/// Runs `f` in `frame`, then releases the frame: synchronous work (a thread's, a spawned
+/// job's), which records what runs on the thread now ([`pool::entered_now`]).
 pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
-    run_in(&mut frame, f)
+    let root = frame.vars.root_ptr();
+    enter_light(
+        &mut frame,
+        ptr::null(),
+        ptr::null(),
+        root,
+        pool::entered_now(),
+        f,
+    )
+}
+
+/// Runs `f` in an empty frame in which every set is refused
+/// ([`Entered::ReadOnly`](crate::pool::Entered::ReadOnly)): where a rayon worker waits
+/// inside a call of `contextvars::rayon` and may run plain jobs it steals, which must
+/// neither see the waiting job's values nor bind any of their own there.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+pub(crate) fn run_read_only<R>(f: impl FnOnce() -> R) -> R {
+    let empty = Vars::default();
+    enter_light(
+        ptr::null_mut(),
+        &empty,
+        ptr::null(),
+        empty.root_ptr(),
+        Entered::ReadOnly,
+        f,
+    )
 }
 
 /// Runs `f` in a private frame over `vars` without taking a reference count unless `f`
@@ -390,7 +427,15 @@ pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
 /// the whole call.
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
-    enter_light(ptr::null_mut(), vars, ptr::null(), vars.root_ptr(), f)
+    let entered = pool::entered_now();
+    enter_light(
+        ptr::null_mut(),
+        vars,
+        ptr::null(),
+        vars.root_ptr(),
+        entered,
+        f,
+    )
 }
 
 /// Calls `step` until it returns `false`, each call in a private frame over `vars` that
@@ -404,9 +449,10 @@ pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
     let root = vars.root_ptr();
+    let entered = pool::entered_now();
     let mut more = true;
     while more {
-        more = enter_light(ptr::null_mut(), vars, ptr::null(), root, || {
+        more = enter_light(ptr::null_mut(), vars, ptr::null(), root, entered, || {
             while step() {
                 // `HOT.light` is this frame again unless `step` materialized it (nested
                 // frames put it back when they end; materializing clears it).
@@ -453,7 +499,15 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
     // of this reference) has ended; the value is replaced only by `leave_with`, which
     // runs after that too.
     let vars: &Vars = unsafe { shared.owner().get() };
-    enter_light(&mut leave.storage, vars, shared, vars.root_ptr(), f)
+    let entered = pool::entered_now();
+    enter_light(
+        &mut leave.storage,
+        vars,
+        shared,
+        vars.root_ptr(),
+        entered,
+        f,
+    )
 }
 
 /// Makes `frame` the thread's current frame until [`leave_detached`]: the one frame
@@ -482,7 +536,7 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
         let stacked = hot.stacked.get() + 1;
         hot.stacked.set(stacked);
         let mut stack = hot.detached.take();
-        stack.push((stacked, displaced));
+        stack.push((stacked, hot.entered.replace(Entered::ForPoll), displaced));
         hot.detached.set(stack);
         true
     });
@@ -508,12 +562,13 @@ pub(crate) fn leave_detached() -> Option<Frame> {
         // pointer into the frame handed back here.
         let current = stack
             .last()
-            .is_some_and(|(stacked, _)| *stacked == hot.stacked.get());
+            .is_some_and(|(stacked, _, _)| *stacked == hot.stacked.get());
         let popped = if current { stack.pop() } else { None };
         hot.detached.set(stack);
-        let (stacked, mut frame) = popped?;
+        let (stacked, entered, mut frame) = popped?;
         swap_frame(hot, &mut frame);
         hot.stacked.set(stacked - 1);
+        hot.entered.set(entered);
         Some(frame)
     });
     if left.is_some() {
@@ -631,13 +686,15 @@ fn unchanged_light(hot: &Hot) -> bool {
 }
 
 /// Enters a light frame over `root` (owned by `frame`'s storage or by `borrowed`, see
-/// [`Light`]), runs `f`, and leaves the frame when `f` returns or unwinds.
+/// [`Light`]) as `entered` (what a set in it is checked against, `crate::pool`), runs
+/// `f`, and leaves the frame when `f` returns or unwinds.
 #[inline]
 fn enter_light<R>(
     frame: *mut Frame,
     borrowed: *const Vars,
     object: *const Arc<Shared>,
     root: *const Node<Entry>,
+    entered: Entered,
     f: impl FnOnce() -> R,
 ) -> R {
     let light = Light {
@@ -653,6 +710,7 @@ fn enter_light<R>(
             light: &light,
             root: hot.root.replace(root),
             outer: hot.light.replace(&light),
+            entered: hot.entered.replace(entered),
         };
         announce();
         f()
@@ -667,6 +725,8 @@ struct Exit<'a> {
     light: &'a Light,
     root: *const Node<Entry>,
     outer: *const Light,
+    /// The outer frame's `HOT.entered`.
+    entered: Entered,
 }
 
 impl Exit<'_> {
@@ -728,10 +788,10 @@ impl Exit<'_> {
     fn end_stranded(&self, level: u32) -> Vec<Frame> {
         let mut stack = self.hot.detached.take();
         let mut ended = Vec::new();
-        while let Some((at, _)) = stack.last()
+        while let Some((at, _, _)) = stack.last()
             && *at > level
         {
-            if let Some((_, mut displaced)) = stack.pop() {
+            if let Some((_, _, mut displaced)) = stack.pop() {
                 swap_frame(self.hot, &mut displaced);
                 ended.push(displaced);
             }
@@ -745,6 +805,7 @@ impl Exit<'_> {
 impl Drop for Exit<'_> {
     #[inline]
     fn drop(&mut self) {
+        self.hot.entered.set(self.entered);
         if self.light.materialized.get() {
             self.leave_materialized();
         } else {

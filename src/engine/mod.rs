@@ -45,7 +45,7 @@ mod object;
 mod thread;
 
 pub(crate) use binding::{
-    ResetFailure, SetRefused, SetState, current_shared, own_context_is_empty, reset_binding,
+    MissSite, ResetFailure, SetRefused, SetState, current_shared, miss_site, reset_binding,
     set_binding, with_bound,
 };
 pub(crate) use frame::{Frame, release_isolated, run_entered, run_in, run_owned, vars};
@@ -54,7 +54,7 @@ pub(crate) use frame::{enter_detached, leave_detached};
 #[cfg(feature = "tower")]
 pub(crate) use frame::{origin_frame, restore_origin};
 #[cfg(feature = "rayon")]
-pub(crate) use frame::{run_borrowed, run_borrowed_each, with_captured};
+pub(crate) use frame::{run_borrowed, run_borrowed_each, run_read_only, with_captured};
 pub(crate) use object::Shared;
 pub(crate) use thread::{TornDown, check_alive, next_context_id};
 

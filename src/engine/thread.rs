@@ -28,6 +28,7 @@ use std::ptr;
 use super::Vars;
 use super::object::Shared;
 use crate::map::{Map, Node};
+use crate::pool::Entered;
 use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
 use crate::value::Entry;
 
@@ -67,6 +68,10 @@ pub(super) struct Hot {
     deferred: Cell<bool>,
     /// Whether the thread's teardown guard is registered, and whether it has run.
     pub(super) status: Cell<Status>,
+    /// What ran when the current frame was entered (`crate::pool::Entered`): a set
+    /// compares it with what runs now. Saved and restored by every frame entry, like
+    /// `light`; the base frame's is `OutsideTasks`.
+    pub(super) entered: Cell<Entered>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
     // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
@@ -87,8 +92,9 @@ pub(super) struct Hot {
     /// Snapshots retired while a borrow was active, dropped when the last borrow ends.
     graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
     /// The frames that detached frames displaced (`frame::enter_detached`), innermost
-    /// last, each with the value of `stacked` while its detached frame is current.
-    pub(super) detached: ManuallyDrop<Cell<Vec<(u32, super::Frame)>>>,
+    /// last, each with the value of `stacked` while its detached frame is current and
+    /// the `entered` it displaced.
+    pub(super) detached: ManuallyDrop<Cell<Vec<(u32, Entered, super::Frame)>>>,
 }
 
 /// Where the thread is in its life, as far as `HOT` is concerned.
@@ -114,6 +120,7 @@ impl Hot {
             ids_next: Cell::new(0),
             ids_end: Cell::new(0),
             status: Cell::new(Status::Fresh),
+            entered: Cell::new(Entered::OutsideTasks),
             vars: ManuallyDrop::new(Cell::new(Map::new())),
             ctx: ManuallyDrop::new(Cell::new(None)),
             id: Cell::new(0),

@@ -336,32 +336,42 @@ fn a_missed_lookup_on_a_fresh_thread_names_the_thread_helpers() {
     assert!(message.contains("contextvars::thread::spawn"), "{message}");
 }
 
-/// Not covered, and documented so in the README's isolation table: the tasks of a
-/// current-thread runtime driven by `block_on` inside `Context::run` are polled in that
-/// context, not in the thread's own, so a plain task's set is accepted there and seen by
-/// the next task.
+/// The tasks of a current-thread runtime driven by `block_on` inside `Context::run` are
+/// polled in that context, which was entered outside them: a plain task's set is refused
+/// there (the message says so and names the fix), so the next task sees nothing of it;
+/// the `block_on` future itself, which is not a task, sets in the context.
 #[test]
 #[cfg_attr(miri, ignore)] // tokio's runtimes
-fn tasks_of_a_runtime_driven_inside_a_run_share_its_context() {
+fn tasks_of_a_runtime_driven_inside_a_run_cannot_set_in_its_context() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
     let ctx = Context::new();
-    let (first, second) = ctx.run(|| {
+    let (first, second, own) = ctx.run(|| {
         rt.block_on(async {
-            let first = tokio::spawn(async { REQUEST_ID.try_set(80).map(drop).is_ok() })
+            let first = tokio::spawn(async { REQUEST_ID.try_set(80).map(drop) })
                 .await
                 .unwrap();
             let second = tokio::spawn(async { REQUEST_ID.try_get().ok() })
                 .await
                 .unwrap();
-            (first, second)
+            drop(REQUEST_ID.set(81));
+            (first, second, REQUEST_ID.get())
         })
     });
+    let error = first.expect_err("a plain task's set in the run's context is refused");
+    assert!(error.is_pool_thread());
+    assert_eq!(error.pool_name(), Some("tokio"));
+    let message = error.to_string();
     assert!(
-        first,
-        "the set is accepted (not refused): the task runs in the run's context"
+        message.contains("inside a context that was entered outside the task")
+            && message.contains("contextvars::tokio::spawn"),
+        "{message}"
     );
-    assert_eq!(second, Some(80), "and the next task sees it");
-    assert_eq!(ctx.get(&REQUEST_ID), Some(80));
+    assert_eq!(second, None, "the next task sees nothing");
+    assert_eq!(
+        own, 81,
+        "the block_on future is not a task: it sets in the context"
+    );
+    assert_eq!(ctx.get(&REQUEST_ID), Some(81));
 }
