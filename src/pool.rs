@@ -17,7 +17,7 @@
 //!   when it was entered ([`Entered`]), and a set compares that with the task running now;
 //! * the frame a rayon worker waits in inside a call of `contextvars::rayon` (`join`,
 //!   `scope`, `install`, a parallel iterator), where it runs plain jobs it steals: that
-//!   frame is read-only ([`Entered::ReadOnly`]).
+//!   frame is read-only ([`Entered::READ_ONLY`]).
 //!
 //! The check is part of every build, whatever the features: which features are enabled
 //! must never decide whether a request's value can reach another request. In a frame
@@ -30,7 +30,7 @@
 //!   pool (`rayon_core::current_thread_index`); any other pool, whether the thread was
 //!   declared one with [`thread::declare_pool_thread`](crate::thread::declare_pool_thread).
 //!
-//! A frame a future entered for its own poll ([`Entered::ForPoll`]) is never refused:
+//! A frame a future entered for its own poll ([`Entered::FOR_POLL`]) is never refused:
 //! it is the future's own context.
 
 #![deny(unsafe_code)]
@@ -66,46 +66,71 @@ thread_locals! {
     static DECLARED: Cell<Option<&'static str>> = Cell::new(None);
 }
 
-/// A tokio task's id; under `--cfg loom` (no tokio) there are none.
-#[cfg(not(loom))]
-type TaskId = tokio::task::Id;
-#[cfg(loom)]
-type TaskId = std::convert::Infallible;
-
 /// What was running on the thread when its current frame was entered: the engine keeps
 /// one per frame entry (`HOT.entered`), and a set compares it with what runs now
 /// ([`refusal`]). A tokio task polled inside a frame entered outside it (a current-thread
 /// runtime driven or dropped inside `Context::run`) must not bind there: every other
 /// task that runtime polls there would see the value.
+///
+/// One word, compared and copied on every frame entry and exit: a tokio task's id
+/// (never 0, and far below the reserved values), or one of the constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Entered {
+pub(crate) struct Entered(u64);
+
+impl Entered {
     /// Outside any tokio task: the thread's base frame, and a frame entered by
     /// synchronous code that no task was running (a thread's, a job's, `Context::run`
     /// called outside a task).
-    OutsideTasks,
-    /// While this tokio task was polled or dropped on the thread.
-    #[cfg_attr(loom, allow(dead_code))]
-    InTask(TaskId),
+    pub(crate) const OUTSIDE_TASKS: Self = Self(0);
     /// By a future for one poll of its own (a wrapped future, a hooked task, a request
     /// behind the tower layer), or for releasing what a unit of work left: what runs in
     /// it belongs to that unit, whichever task polls it.
-    ForPoll,
+    pub(crate) const FOR_POLL: Self = Self(u64::MAX);
     /// A frame in which nothing may be bound: a rayon worker waiting inside a call of
     /// `contextvars::rayon` runs stolen jobs there ([`Pool::RayonWaiting`]).
     #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
-    ReadOnly,
+    pub(crate) const READ_ONLY: Self = Self(u64::MAX - 1);
 }
 
-/// What runs on the thread now, for a frame entered now by synchronous code.
+/// What runs on the thread now, for a frame entered now by synchronous code: the tokio
+/// task being polled or dropped, or [`Entered::OUTSIDE_TASKS`].
 #[inline]
 pub(crate) fn entered_now() -> Entered {
     // tokio does not build under `--cfg loom` (model checking), where it is not a
     // dependency: a model has no tokio tasks.
     #[cfg(not(loom))]
     if let Some(task) = tokio::task::try_id() {
-        return Entered::InTask(task);
+        return Entered(task_number(task));
     }
-    Entered::OutsideTasks
+    Entered::OUTSIDE_TASKS
+}
+
+/// A tokio task id as the number it wraps. tokio exposes no accessor on stable, but its
+/// `Id` hashes that number (a `NonZeroU64`); a hasher that keeps what it is fed gets it
+/// back, and one fed any other way folds the bytes, which keeps distinct ids distinct.
+#[cfg(not(loom))]
+#[inline]
+fn task_number(task: tokio::task::Id) -> u64 {
+    use std::hash::{Hash, Hasher};
+    struct Keep(u64);
+    impl Hasher for Keep {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &byte in bytes {
+                self.0 = (self.0 << 8) | u64::from(byte);
+            }
+        }
+    }
+    let mut keep = Keep(0);
+    task.hash(&mut keep);
+    // Never 0 (a `NonZeroU64`); ids count up from 1 per process, so the two reserved
+    // values at the top are out of reach.
+    keep.0
 }
 
 /// Whether a set in the current frame, entered as `entered`, must be refused, and why: it
@@ -113,17 +138,19 @@ pub(crate) fn entered_now() -> Entered {
 /// the thread's own base frame.
 #[inline]
 pub(crate) fn refusal(entered: Entered, in_base: bool) -> Option<Pool> {
-    match entered {
-        Entered::ForPoll => None,
-        Entered::ReadOnly => Some(Pool::RayonWaiting),
-        Entered::OutsideTasks | Entered::InTask(_) => refusal_by_thread(entered, in_base),
+    if entered == Entered::FOR_POLL {
+        None
+    } else if entered == Entered::READ_ONLY {
+        Some(Pool::RayonWaiting)
+    } else {
+        refusal_by_thread(entered, in_base)
     }
 }
 
 /// The pool whose units would see a binding in the thread's own base frame, if any (for
 /// a missed lookup's hint there).
 pub(crate) fn own_context_pool() -> Option<Pool> {
-    refusal_by_thread(Entered::OutsideTasks, true)
+    refusal_by_thread(Entered::OUTSIDE_TASKS, true)
 }
 
 /// [`refusal`] for a frame entered by synchronous code: asks, in this order, whether a
@@ -132,7 +159,7 @@ pub(crate) fn own_context_pool() -> Option<Pool> {
 #[inline(never)]
 fn refusal_by_thread(entered: Entered, in_base: bool) -> Option<Pool> {
     let now = entered_now();
-    if matches!(now, Entered::InTask(_)) && now != entered {
+    if now != Entered::OUTSIDE_TASKS && now != entered {
         return Some(if in_base {
             Pool::TokioTask
         } else {

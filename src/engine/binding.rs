@@ -52,7 +52,7 @@ pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> R
 pub(crate) enum MissSite {
     /// The thread's own base frame, and whether it holds no binding at all.
     OwnContext { empty: bool },
-    /// A read-only frame (`crate::pool::Entered::ReadOnly`): a plain rayon job a worker
+    /// A read-only frame (`crate::pool::Entered::READ_ONLY`): a plain rayon job a worker
     /// runs while it waits inside a call of `contextvars::rayon`.
     ReadOnly,
     /// Any other frame.
@@ -62,7 +62,7 @@ pub(crate) enum MissSite {
 /// Where the thread runs now, for a missed lookup's hint (see [`MissSite`]).
 pub(crate) fn miss_site() -> MissSite {
     with_hot(|hot| {
-        if hot.entered.get() == Entered::ReadOnly {
+        if hot.entered() == Entered::READ_ONLY {
             MissSite::ReadOnly
         } else if hot.in_base_frame() {
             MissSite::OwnContext {
@@ -165,7 +165,7 @@ impl From<TornDown> for SetRefused {
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
     let mut entry = Some(entry);
     let outcome = with_state(|hot| {
-        if let Some(pool) = pool::refusal(hot.entered.get(), hot.in_base_frame()) {
+        if let Some(pool) = pool::refusal(hot.entered(), hot.in_base_frame()) {
             return Err(SetRefused::PoolThread(pool));
         }
         let entry = entry.take().expect("taken once");

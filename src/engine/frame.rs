@@ -30,7 +30,7 @@
 //! which cannot return before `enter_light` does, and `enter_light` puts the previous
 //! pointer back before it returns, also when unwinding.
 
-use std::mem::MaybeUninit;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ptr;
 
 use super::object::Shared;
@@ -229,12 +229,16 @@ pub(super) struct Light {
     /// then leaves it when dropped.
     object: *const Arc<Shared>,
     materialized: Cell<bool>,
+    /// What ran when the frame was entered (`crate::pool::Entered`), what a set in it is
+    /// checked against: read from here while the frame is light, and kept in
+    /// `HOT.entered` once it materializes.
+    pub(super) entered: Entered,
     /// After materialization (only then initialized), the frame the light frame
-    /// displaced, and `HOT.stacked` right after materializing (what it is again when the
-    /// light frame exits, unless detached frames were stranded inside it). `MaybeUninit`,
-    /// so that entering a light frame writes nothing here and leaving one that never
-    /// materialized drops nothing.
-    displaced: Cell<MaybeUninit<(u32, Frame)>>,
+    /// displaced, `HOT.stacked` right after materializing (what it is again when the
+    /// light frame exits, unless detached frames were stranded inside it) and the
+    /// displaced `HOT.entered`. `MaybeUninit`, so that entering a light frame writes
+    /// nothing here and leaving one that never materialized drops nothing.
+    displaced: Cell<MaybeUninit<(u32, Entered, Frame)>>,
 }
 
 impl Light {
@@ -300,7 +304,10 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     swap_frame(hot, &mut frame);
     let level = hot.stacked.get() + 1;
     hot.stacked.set(level);
-    light.displaced.set(MaybeUninit::new((level, frame)));
+    let entered = hot.entered_cell.replace(light.entered);
+    light
+        .displaced
+        .set(MaybeUninit::new((level, entered, frame)));
     light.materialized.set(true);
     hot.light.set(ptr::null());
 }
@@ -308,12 +315,12 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
 /// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
 /// holding what `f` made of it (a task's context between polls). `frame` runs as a
 /// light frame: see [`Light`]. For a future's poll (or drop) in its own frame, and for
-/// releasing what a unit of work left ([`Entered::ForPoll`]: a set there is the unit's
+/// releasing what a unit of work left ([`Entered::FOR_POLL`]: a set there is the unit's
 /// own, whichever task polls it); synchronous work runs with [`run_owned`].
 #[inline]
 pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
     let root = frame.vars.root_ptr();
-    enter_light(frame, ptr::null(), ptr::null(), root, Entered::ForPoll, f)
+    enter_light(frame, ptr::null(), ptr::null(), root, Entered::FOR_POLL, f)
 }
 
 /// Runs `f` in a fresh, empty private frame: for releasing what a unit of work (a
@@ -406,7 +413,7 @@ pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` in an empty frame in which every set is refused
-/// ([`Entered::ReadOnly`](crate::pool::Entered::ReadOnly)): where a rayon worker waits
+/// ([`Entered::READ_ONLY`](crate::pool::Entered::READ_ONLY)): where a rayon worker waits
 /// inside a call of `contextvars::rayon` and may run plain jobs it steals, which must
 /// neither see the waiting job's values nor bind any of their own there.
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
@@ -417,7 +424,7 @@ pub(crate) fn run_read_only<R>(f: impl FnOnce() -> R) -> R {
         &empty,
         ptr::null(),
         empty.root_ptr(),
-        Entered::ReadOnly,
+        Entered::READ_ONLY,
         f,
     )
 }
@@ -476,24 +483,31 @@ pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
 /// leaves when `run_entered` drops it.
 pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
     /// Leaves `shared` unless the light frame materialized (the frame in `storage` then
-    /// leaves it instead, when it drops right after this).
+    /// leaves it instead, when it is dropped here).
     struct Leave<'a> {
         shared: &'a Shared,
-        storage: Frame,
+        storage: ManuallyDrop<Frame>,
     }
     impl Drop for Leave<'_> {
+        #[inline]
         fn drop(&mut self) {
             if self.storage.ctx.is_none() {
                 // SAFETY: `run_entered`'s caller entered `shared`, and no frame took the
                 // flag over (none materialized); the light frame, which held the only
                 // reference from `owner().get()`, has ended.
                 unsafe { self.shared.owner().leave() };
+                // The storage was never written (only a materialized light frame writes
+                // it back, and that leaves a context object in it): it holds two empty
+                // maps and no object, so not dropping it frees nothing.
+            } else {
+                // SAFETY: dropped once, here, and never used again.
+                unsafe { ManuallyDrop::drop(&mut self.storage) };
             }
         }
     }
     let mut leave = Leave {
         shared,
-        storage: Frame::private(Map::new()),
+        storage: ManuallyDrop::new(Frame::private(Map::new())),
     };
     // SAFETY: the flag is held until `leave` drops, after the light frame (the only user
     // of this reference) has ended; the value is replaced only by `leave_with`, which
@@ -501,7 +515,7 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
     let vars: &Vars = unsafe { shared.owner().get() };
     let entered = pool::entered_now();
     enter_light(
-        &mut leave.storage,
+        &mut *leave.storage,
         vars,
         shared,
         vars.root_ptr(),
@@ -536,7 +550,12 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
         let stacked = hot.stacked.get() + 1;
         hot.stacked.set(stacked);
         let mut stack = hot.detached.take();
-        stack.push((stacked, hot.entered.replace(Entered::ForPoll), displaced));
+        // Materialized above: `HOT.entered` is the current frame's.
+        stack.push((
+            stacked,
+            hot.entered_cell.replace(Entered::FOR_POLL),
+            displaced,
+        ));
         hot.detached.set(stack);
         true
     });
@@ -568,7 +587,7 @@ pub(crate) fn leave_detached() -> Option<Frame> {
         let (stacked, entered, mut frame) = popped?;
         swap_frame(hot, &mut frame);
         hot.stacked.set(stacked - 1);
-        hot.entered.set(entered);
+        hot.entered_cell.set(entered);
         Some(frame)
     });
     if left.is_some() {
@@ -702,6 +721,7 @@ fn enter_light<R>(
         borrowed,
         object,
         materialized: Cell::new(false),
+        entered,
         displaced: Cell::new(MaybeUninit::uninit()),
     };
     with_hot(|hot| {
@@ -710,7 +730,6 @@ fn enter_light<R>(
             light: &light,
             root: hot.root.replace(root),
             outer: hot.light.replace(&light),
-            entered: hot.entered.replace(entered),
         };
         announce();
         f()
@@ -725,8 +744,6 @@ struct Exit<'a> {
     light: &'a Light,
     root: *const Node<Entry>,
     outer: *const Light,
-    /// The outer frame's `HOT.entered`.
-    entered: Entered,
 }
 
 impl Exit<'_> {
@@ -738,7 +755,7 @@ impl Exit<'_> {
         let displaced = self.light.displaced.replace(MaybeUninit::uninit());
         // SAFETY: `materialized` is set only right after `displaced` was initialized, and
         // this is the one place that takes it out.
-        let (level, mut frame) = unsafe { displaced.assume_init() };
+        let (level, entered, mut frame) = unsafe { displaced.assume_init() };
         // Frames stacked inside this one are left by the calls that entered them, except
         // detached ones whose leave never came: end those first. (Only a materialized
         // light frame can have them: `enter_detached` materializes the current one.)
@@ -767,6 +784,7 @@ impl Exit<'_> {
         self.hot.root.set(self.root);
         self.hot.light.set(self.outer);
         self.hot.stacked.set(level - 1);
+        self.hot.entered_cell.set(entered);
         // Released only now that the thread's frame is the outer one again, and in a frame
         // of their own if that may run a destructor: what the light frame replaced (the
         // storage's snapshot before a set or a restore) belongs to its work, and a
@@ -805,7 +823,6 @@ impl Exit<'_> {
 impl Drop for Exit<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.hot.entered.set(self.entered);
         if self.light.materialized.get() {
             self.leave_materialized();
         } else {

@@ -68,10 +68,11 @@ pub(super) struct Hot {
     deferred: Cell<bool>,
     /// Whether the thread's teardown guard is registered, and whether it has run.
     pub(super) status: Cell<Status>,
-    /// What ran when the current frame was entered (`crate::pool::Entered`): a set
-    /// compares it with what runs now. Saved and restored by every frame entry, like
-    /// `light`; the base frame's is `OutsideTasks`.
-    pub(super) entered: Cell<Entered>,
+    /// What ran when the current frame was entered (`crate::pool::Entered`), unless the
+    /// current frame is light (its `Light` has it): a set compares it with what runs
+    /// now ([`Hot::entered`]). The base frame's is `OUTSIDE_TASKS`; a light frame that
+    /// materializes, and a detached frame, save it and put it back when they end.
+    pub(super) entered_cell: Cell<Entered>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
     // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
@@ -120,7 +121,7 @@ impl Hot {
             ids_next: Cell::new(0),
             ids_end: Cell::new(0),
             status: Cell::new(Status::Fresh),
-            entered: Cell::new(Entered::OutsideTasks),
+            entered_cell: Cell::new(Entered::OUTSIDE_TASKS),
             vars: ManuallyDrop::new(Cell::new(Map::new())),
             ctx: ManuallyDrop::new(Cell::new(None)),
             id: Cell::new(0),
@@ -154,6 +155,18 @@ impl Hot {
             }
             id => id,
         }
+    }
+
+    /// What ran when the current frame was entered (`crate::pool::Entered`).
+    #[inline]
+    pub(super) fn entered(&self) -> Entered {
+        let light = self.light.get();
+        if light.is_null() {
+            return self.entered_cell.get();
+        }
+        // SAFETY: a non-null `HOT.light` points to the live `Light` of an active
+        // `enter_light` on this thread (see `frame::Light`).
+        unsafe { (*light).entered }
     }
 
     /// Whether the thread runs in its own base frame: no frame was entered on it, or all
