@@ -228,7 +228,13 @@ pub(super) struct Light {
     /// [`run_entered`]; materialization makes the storage a frame of that object, which
     /// then leaves it when dropped.
     object: *const Arc<Shared>,
-    materialized: Cell<bool>,
+    /// What leaving the frame has to do besides putting `HOT.root` and `HOT.light`
+    /// back: [`MATERIALIZED`], [`RESTORE_OUTSIDE`]; 0 for a frame that only read.
+    exit_work: Cell<u8>,
+    /// `HOT.light` when this frame was entered (the light frame it runs inside, if that
+    /// one had not materialized), put back when it exits; also followed outward by
+    /// [`origin_frames`].
+    outer: Cell<*const Light>,
     /// What ran when the frame was entered (`crate::pool::Entered`), what a set in it is
     /// checked against: read from here while the frame is light, and kept in
     /// `HOT.entered` once it materializes.
@@ -240,6 +246,12 @@ pub(super) struct Light {
     /// nothing here and leaving one that never materialized drops nothing.
     displaced: Cell<MaybeUninit<(u32, Entered, Frame)>>,
 }
+
+/// [`Light::exit_work`]: the frame materialized (see [`materialize`]).
+const MATERIALIZED: u8 = 1;
+/// [`Light::exit_work`]: a request ended while the frame was current, and a frame outside
+/// it waits to be restored (`HOT.pending_restore`, see [`restore_origins`]).
+const RESTORE_OUTSIDE: u8 = 2;
 
 impl Light {
     /// The snapshot the light frame runs (before materialization).
@@ -308,7 +320,7 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     light
         .displaced
         .set(MaybeUninit::new((level, entered, frame)));
-    light.materialized.set(true);
+    light.exit_work.set(light.exit_work.get() | MATERIALIZED);
     hot.light.set(ptr::null());
 }
 
@@ -596,27 +608,66 @@ pub(crate) fn leave_detached() -> Option<Frame> {
     left
 }
 
-/// The id of the current frame if it remembers the bindings it started with
-/// ([`Frame::with_origin`]: a task's frame), for [`restore_origin`]; 0 otherwise (a
-/// request's, job's, thread's or context object's frame, or a borrowed one). A frame
-/// that has no id yet gets one now.
+/// The frames a request's end may give back their starting bindings ([`restore_origin`]):
+/// the current frame's id if it remembers the bindings it started with
+/// ([`Frame::with_origin`]: a future's frame, which may be a connection task), and the
+/// id of the nearest such frame outside it (the connection task's frame, when a
+/// middleware calls the layer inside a scoped future or a wrapper of its own); 0 where
+/// there is none (a request's, job's, thread's or `Context::run`'s frame). The frames
+/// outside the current one that can be reached are the light frames it runs inside and
+/// the thread's frame below them; one further out is not looked for. A frame that has no
+/// id yet gets one now.
 #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-#[inline]
-pub(crate) fn origin_frame() -> u64 {
-    with_hot(origin_frame_of)
+pub(crate) fn origin_frames() -> [u64; 2] {
+    with_hot(|hot| {
+        let light = hot.light.get();
+        if light.is_null() {
+            return [own_origin(hot), 0];
+        }
+        // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame,
+        // alive for its `enter_light` call (see `Light`).
+        let light = unsafe { &*light };
+        let current = light_origin(hot, light);
+        let mut outer = light.outer.get();
+        while !outer.is_null() {
+            // SAFETY: a light frame's `outer` is the light frame that was current when it
+            // was entered, still unmaterialized (only the current light frame can
+            // materialize) and alive for its own, enclosing, `enter_light` call.
+            let outer_light = unsafe { &*outer };
+            let id = light_origin(hot, outer_light);
+            if id != 0 {
+                return [current, id];
+            }
+            outer = outer_light.outer.get();
+        }
+        [current, own_origin(hot)]
+    })
 }
 
+/// The current frame's id if it remembers its starting bindings, else 0 (see
+/// [`origin_frames`]).
 fn origin_frame_of(hot: &Hot) -> u64 {
     let light = hot.light.get();
     if light.is_null() {
-        return match hot.origin.get() {
-            Origin::None => 0,
-            Origin::Unchanged | Origin::Kept => hot.frame_id(),
-        };
+        return own_origin(hot);
     }
     // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
     // for its `enter_light` call (see `Light`).
-    let light = unsafe { &*light };
+    light_origin(hot, unsafe { &*light })
+}
+
+/// The id of the thread's own frame (`HOT`'s, below any light frame) if it remembers its
+/// starting bindings, else 0.
+fn own_origin(hot: &Hot) -> u64 {
+    match hot.origin.get() {
+        Origin::None => 0,
+        Origin::Unchanged | Origin::Kept => hot.frame_id(),
+    }
+}
+
+/// The id of the unmaterialized light frame `light` (current, or one the current light
+/// frame runs inside) if its storage remembers its starting bindings, else 0.
+fn light_origin(hot: &Hot, light: &Light) -> u64 {
     if !light.borrowed.is_null() || light.frame.is_null() {
         return 0; // a job's or a context object's frame
     }
@@ -639,7 +690,7 @@ fn origin_frame_of(hot: &Hot) -> u64 {
 }
 
 /// Gives the current frame back the bindings it started with, if it is the frame `id`
-/// names ([`origin_frame`]): what the tower layer does to a connection task when a
+/// names ([`origin_frames`]): what the tower layer does to a connection task when a
 /// request it served ends, so that nothing code outside the layer set while serving one
 /// request reaches the next request on the connection. A binding change, not a frame
 /// switch: tokens made in the frame stay valid, and reset by path copying. `true` if the
@@ -687,6 +738,95 @@ pub(crate) fn restore_origin(id: u64) -> bool {
     true
 }
 
+/// Gives back their starting bindings ([`restore_origin`]) to the frames `frames` names
+/// ([`origin_frames`]), when a request the layer served ends: now, to the one that is
+/// current; later, to one that is not (the request ended inside a frame it runs inside
+/// of, such as a middleware's scoped future), as soon as it is current again on this
+/// thread, when the light frames inside it exit. `true` if a restore changed the
+/// bindings now.
+///
+/// One frame waits at a time, per thread, and only until the thread gets back to its
+/// own frame or leaves a hooked task's: a request that ends inside a frame that does not
+/// run inside the waiting one, before it is current again, replaces it.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) fn restore_origins(frames: [u64; 2]) -> bool {
+    let mut restored = false;
+    let mut later = 0;
+    for id in frames {
+        if id == 0 {
+            continue;
+        }
+        if restore_origin(id) {
+            restored = true;
+        } else if with_hot(known_origin) != id {
+            later = id;
+        }
+    }
+    if later != 0 {
+        with_hot(|hot| wait_for_restore(hot, later));
+    }
+    restored
+}
+
+/// Makes the frame `id` wait for its restore until the current light frame exits (then
+/// [`restore_pending`] looks again); forgotten if the current frame is not a light one
+/// (its exit cannot be reached from here).
+fn wait_for_restore(hot: &Hot, id: u64) {
+    let light = hot.light.get();
+    if light.is_null() {
+        hot.pending_restore.set(0);
+        return;
+    }
+    hot.pending_restore.set(id);
+    // SAFETY: a non-null `HOT.light` points to the live `Light` of an active
+    // `enter_light` on this thread (see `Light`); only its `Cell`s are written.
+    let light = unsafe { &*light };
+    light.exit_work.set(light.exit_work.get() | RESTORE_OUTSIDE);
+}
+
+/// The id of the current frame if it remembers its starting bindings and has an id
+/// already, else 0 (never assigns one: a frame without an id is not one `origin_frames`
+/// recorded).
+fn known_origin(hot: &Hot) -> u64 {
+    let light = hot.light.get();
+    if light.is_null() {
+        return match hot.origin.get() {
+            Origin::None => 0,
+            Origin::Unchanged | Origin::Kept => hot.id.get(),
+        };
+    }
+    // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
+    // for its `enter_light` call (see `Light`); its storage is read as in `light_origin`.
+    unsafe {
+        let light = &*light;
+        match light.frame.as_ref() {
+            Some(storage) if light.borrowed.is_null() && storage.origin != Origin::None => {
+                storage.id
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// After a light frame exits with a restore waiting ([`restore_origins`]): does it if
+/// the waiting frame is now current, or passes the wait on to the light frame that is
+/// current now. Not while unwinding: the restore releases values, whose destructors must
+/// not run then.
+fn restore_pending(hot: &Hot) {
+    let id = hot.pending_restore.get();
+    if id == 0 {
+        return; // replaced by a later request's, or done
+    }
+    if known_origin(hot) != id {
+        wait_for_restore(hot, id);
+        return;
+    }
+    hot.pending_restore.set(0);
+    if !std::thread::panicking() {
+        restore_origin(id);
+    }
+}
+
 /// Whether the current frame is a light one whose storage has its starting bindings
 /// (nothing to restore, and no need to materialize).
 fn unchanged_light(hot: &Hot) -> bool {
@@ -720,16 +860,17 @@ fn enter_light<R>(
         frame,
         borrowed,
         object,
-        materialized: Cell::new(false),
+        exit_work: Cell::new(0),
+        outer: Cell::new(ptr::null()),
         entered,
         displaced: Cell::new(MaybeUninit::uninit()),
     };
     with_hot(|hot| {
+        light.outer.set(hot.light.replace(&light));
         let _exit = Exit {
             hot,
             light: &light,
             root: hot.root.replace(root),
-            outer: hot.light.replace(&light),
         };
         announce();
         f()
@@ -743,14 +884,28 @@ struct Exit<'a> {
     hot: &'a Hot,
     light: &'a Light,
     root: *const Node<Entry>,
-    outer: *const Light,
 }
 
 impl Exit<'_> {
-    /// Leaving a light frame that materialized: the thread's frame becomes the displaced
-    /// one again, and the light frame's copy goes back to the storage.
+    /// Leaving a light frame with work to do ([`Light::exit_work`]), then announcing the
+    /// change.
     #[cold]
     #[inline(never)]
+    fn leave_with_work(&self, work: u8) {
+        if work & MATERIALIZED != 0 {
+            self.leave_materialized();
+        } else {
+            self.hot.root.set(self.root);
+            self.hot.light.set(self.light.outer.get());
+        }
+        announce();
+        if work & RESTORE_OUTSIDE != 0 {
+            restore_pending(self.hot);
+        }
+    }
+
+    /// Leaving a light frame that materialized: the thread's frame becomes the displaced
+    /// one again, and the light frame's copy goes back to the storage.
     fn leave_materialized(&self) {
         let displaced = self.light.displaced.replace(MaybeUninit::uninit());
         // SAFETY: `materialized` is set only right after `displaced` was initialized, and
@@ -782,7 +937,7 @@ impl Exit<'_> {
             // Without a storage (`run_borrowed`), the job's private frame ends here.
         }
         self.hot.root.set(self.root);
-        self.hot.light.set(self.outer);
+        self.hot.light.set(self.light.outer.get());
         self.hot.stacked.set(level - 1);
         self.hot.entered_cell.set(entered);
         // Released only now that the thread's frame is the outer one again, and in a frame
@@ -823,12 +978,13 @@ impl Exit<'_> {
 impl Drop for Exit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.light.materialized.get() {
-            self.leave_materialized();
-        } else {
-            self.hot.root.set(self.root);
-            self.hot.light.set(self.outer);
+        let work = self.light.exit_work.get();
+        if work != 0 {
+            self.leave_with_work(work);
+            return;
         }
+        self.hot.root.set(self.root);
+        self.hot.light.set(self.light.outer.get());
         announce();
     }
 }

@@ -52,7 +52,7 @@ pub(crate) use frame::{Frame, release_isolated, run_entered, run_in, run_owned, 
 #[cfg(all(feature = "tokio", tokio_unstable))]
 pub(crate) use frame::{enter_detached, leave_detached};
 #[cfg(feature = "tower")]
-pub(crate) use frame::{origin_frame, restore_origin};
+pub(crate) use frame::{origin_frames, restore_origins};
 #[cfg(feature = "rayon")]
 pub(crate) use frame::{run_borrowed, run_borrowed_each, run_read_only, with_captured};
 pub(crate) use object::Shared;

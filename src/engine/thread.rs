@@ -73,6 +73,10 @@ pub(super) struct Hot {
     /// now ([`Hot::entered`]). The base frame's is `OUTSIDE_TASKS`; a light frame that
     /// materializes, and a detached frame, save it and put it back when they end.
     pub(super) entered_cell: Cell<Entered>,
+    /// A frame (by id) that a request ended inside of, to be given back its starting
+    /// bindings when it is current again (`frame::restore_origins`); 0 if none. Checked
+    /// when a light frame exits.
+    pub(super) pending_restore: Cell<u64>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
     // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
@@ -122,6 +126,7 @@ impl Hot {
             ids_end: Cell::new(0),
             status: Cell::new(Status::Fresh),
             entered_cell: Cell::new(Entered::OUTSIDE_TASKS),
+            pending_restore: Cell::new(0),
             vars: ManuallyDrop::new(Cell::new(Map::new())),
             ctx: ManuallyDrop::new(Cell::new(None)),
             id: Cell::new(0),

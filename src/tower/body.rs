@@ -26,7 +26,7 @@ pin_project! {
         pub(super) frame: Frame,
         pub(super) span: CarriedSpan,
         // Set by `ResponseFuture` when it hands the body out.
-        pub(super) carrier: Option<Carrier>,
+        pub(super) carrier: Carrier,
     }
 
     impl<B> PinnedDrop for ContextBody<B> {
@@ -35,9 +35,7 @@ pin_project! {
             // The request is over, before the connection is restored.
             carry::drop_in_frame(this.inner, this.frame, this.span);
             // The response is done: the connection is ready for its next request.
-            if let Some(carrier) = this.carrier.take() {
-                carrier.restore();
-            }
+            this.carrier.take().restore();
         }
     }
 }

@@ -189,7 +189,7 @@ where
         });
         ResponseFuture {
             inner: WithContext::new(future, frame),
-            carrier: Some(Carrier::current()),
+            carrier: Carrier::current(),
         }
     }
 }
@@ -203,7 +203,7 @@ pin_project! {
         inner: WithContext<F>,
         // Handed to the response's body; restored here if there is none (an error, or
         // the future dropped before it finished).
-        carrier: Option<Carrier>,
+        carrier: Carrier,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -211,9 +211,7 @@ pin_project! {
             let this = this.project();
             // The request's future first (inside its context), then the connection.
             this.inner.end();
-            if let Some(carrier) = this.carrier.take() {
-                carrier.restore();
-            }
+            this.carrier.take().restore();
         }
     }
 }
@@ -264,25 +262,42 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 /// while serving one request (before or after calling the layer) reaches the next
 /// request on the connection. A connection task in its worker's own context has
 /// nothing to restore: such a set is refused there.
-#[derive(Clone, Copy)]
+///
+/// The frame the layer was called in is recorded, and so is the nearest such frame
+/// outside it (a middleware that calls the layer inside a `scope_future` or a wrapper of
+/// its own, in a connection task). When the request ends, the one that is current is
+/// restored, and one that is not is restored when it is current again on that thread
+/// (a request that ends inside a frame the middleware entered after the call).
+#[derive(Clone, Copy, Default)]
 pub(super) struct Carrier {
-    /// The task's frame (`engine::origin_frame`), 0 if it has none to restore.
-    frame: u64,
+    /// The calling frame and the nearest one outside it (`engine::origin_frames`), 0
+    /// where there is none to restore (also once restored: see [`Carrier::take`]).
+    frames: [u64; 2],
 }
 
 impl Carrier {
+    /// This carrier, leaving one that restores nothing in its place: a request restores
+    /// once, when its future or its body ends, whichever is first.
+    #[inline]
+    pub(super) fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+
     #[inline]
     fn current() -> Self {
         Self {
-            frame: engine::origin_frame(),
+            frames: engine::origin_frames(),
         }
     }
 
-    /// Restores the calling task's bindings, if its frame is the current one (a body
-    /// dropped by another task, or outside a poll, restores nothing).
+    /// Restores the calling task's bindings (see the type's docs; a body dropped by
+    /// another task, or outside a poll, restores nothing).
     #[inline]
     pub(super) fn restore(self) {
-        if self.frame != 0 && engine::restore_origin(self.frame) {
+        if self.frames == [0, 0] {
+            return;
+        }
+        if engine::restore_origins(self.frames) {
             note_set_outside_layer();
         }
     }

@@ -237,19 +237,25 @@ fn a_token_from_before_the_restore_still_resets() {
 }
 
 /// A request whose body is dropped inside a frame the task entered (a `Context::run`)
-/// restores nothing: only the task's own frame is restored, when it is the current one.
+/// leaves that frame alone; the task is restored when the run ends and the task's frame
+/// is current again.
 #[test]
-fn a_body_dropped_in_another_frame_restores_nothing() {
+fn a_body_dropped_inside_a_run_restores_the_task_after_it() {
     for &task in TASKS {
         let seen = serve(task, "", async {
             let mut service = ContextLayer::new().layer(Inner);
             drop(TENANT.set("outside".to_owned()));
             let request = http::Request::builder().uri("/").body(()).unwrap();
             let response = service.call(request).await.expect("response");
-            contextvars::copy_context().run(move || drop(response));
-            TENANT.get()
+            let ctx = contextvars::Context::new().with_value(&TENANT, "run".to_owned());
+            let in_run = ctx.run(move || {
+                drop(response);
+                TENANT.get()
+            });
+            (in_run, ctx.get(&TENANT), TENANT.get())
         });
-        assert_eq!(seen, "outside", "{task:?}");
+        let expected = ("run".to_owned(), Some("run".to_owned()), String::new());
+        assert_eq!(seen, expected, "{task:?}");
     }
 }
 
@@ -309,31 +315,69 @@ fn a_scoped_future_around_the_call_is_restored_to_its_start() {
 }
 
 /// A middleware that sets in the connection task, then awaits the layer's future inside
-/// a scoped future of its own made *after* the call: the request's future ends (and is
-/// dropped) inside the scope's frame, not the task's, so that end restores nothing; the
-/// body, dropped afterwards in the task's frame, restores the task. A request that fails
-/// has no body: its value is left to the next request on the connection (not covered;
-/// the README's isolation table says so).
+/// a scoped future of its own made *after* the call: the request's future ends inside
+/// the scope's frame, not the task's. The task is restored as soon as it is current
+/// again (when the scope's poll returns), so no request sees the one before it, also
+/// after a failed request (which has no body to restore it later).
 #[test]
-fn a_call_awaited_inside_a_later_scope_is_restored_by_its_body() {
+fn a_call_awaited_inside_a_later_scope_restores_the_task() {
     static USER: ContextVar<&'static str> = ContextVar::with_default("user", "");
     for &task in TASKS {
         let seen = serve(task, "", async {
             let mut service = ContextLayer::new().layer(Inner);
             let mut seen = Vec::new();
-            for (i, path) in ["/", "/", "/err", "/"].into_iter().enumerate() {
+            for (i, path) in ["/", "/", "/err", "/", "/pending", "/"]
+                .into_iter()
+                .enumerate()
+            {
                 seen.push(TENANT.get());
                 drop(TENANT.set(format!("t{i}")));
                 let request = http::Request::builder().uri(path).body(()).unwrap();
                 let call = service.call(request);
-                if let Ok(response) = USER.scope_future("u", call).await {
-                    drop(response);
-                }
+                let mut scoped = std::pin::pin!(USER.scope_future("u", call));
+                // `/pending` never answers: polled once, then dropped unanswered.
+                let answer = std::future::poll_fn(|cx| match path {
+                    "/pending" => Poll::Ready(scoped.as_mut().poll(cx).map(|_| ()).is_ready()),
+                    _ => scoped.as_mut().poll(cx).map(|result| result.is_ok()),
+                })
+                .await;
+                assert_eq!(answer, !matches!(path, "/err" | "/pending"), "{path}");
             }
             seen.push(TENANT.get());
             seen
         });
-        assert_eq!(seen, ["", "", "", "t2", ""], "{task:?}");
+        assert_eq!(seen, ["", "", "", "", "", "", ""], "{task:?}");
+    }
+}
+
+/// A middleware that sets in the connection task, then calls the layer *inside* a
+/// scoped future of its own: the layer records both frames. A failed request ends in
+/// the scope (restored now) and the task is restored when the scope's poll returns; a
+/// successful one's body, dropped in the task, restores the task.
+#[test]
+fn a_call_made_inside_a_scope_restores_the_task_too() {
+    static USER: ContextVar<&'static str> = ContextVar::with_default("user", "");
+    for &task in TASKS {
+        let seen = serve(task, "", async {
+            let mut service = ContextLayer::new().layer(Inner);
+            let mut seen = Vec::new();
+            for (i, path) in ["/", "/err", "/", "/err", "/"].into_iter().enumerate() {
+                seen.push(TENANT.get());
+                drop(TENANT.set(format!("t{i}")));
+                let request = http::Request::builder().uri(path).body(()).unwrap();
+                let response = USER
+                    .scope_future("u", async {
+                        let in_scope = (USER.get(), TENANT.get());
+                        (service.call(request).await.ok(), in_scope)
+                    })
+                    .await;
+                assert_eq!(response.1, ("u", format!("t{i}")));
+                drop(response);
+            }
+            seen.push(TENANT.get());
+            seen
+        });
+        assert_eq!(seen, ["", "", "", "", "", ""], "{task:?}");
     }
 }
 
