@@ -21,8 +21,9 @@ use crate::token::Token;
 /// computed, and waiting for it would never end.
 ///
 /// When the miss happens where a hand-off was probably forgotten (a tokio task, a rayon
-/// job or a pool thread running in the thread's own context, or a thread whose own
-/// context is empty), the message names the helpers that carry the context there.
+/// job or a pool thread running in the thread's own context, a plain rayon job stolen
+/// while a `contextvars::rayon` call waits, or a thread whose own context is empty), the
+/// message names the helpers that carry the context there.
 #[derive(Clone, Copy)]
 pub struct LookupError {
     name: &'static str,
@@ -237,8 +238,12 @@ impl From<TornDown> for AccessError {
 ///   would be seen by the next task, job or request the thread runs. Run the unit in a
 ///   context of its own; the message names the fix for where it happened (the tower
 ///   layer, or its order, for a server's middleware; the hand-off helpers of
-///   `contextvars::tokio` and `contextvars::rayon`; `Context::run`). This check is part
-///   of every build, whatever the crate's features.
+///   `contextvars::tokio` and `contextvars::rayon`; `Context::run`). Two more places
+///   run many units in one context and are refused the same way: a plain tokio task
+///   polled or dropped inside a context entered outside it (a current-thread runtime
+///   driven by `block_on`, or dropped, inside `Context::run`), and a plain rayon job a
+///   worker steals while a call of `contextvars::rayon` waits. This check is part of
+///   every build, whatever the crate's features.
 /// * **Thread teardown** ([`is_access_error`](Self::is_access_error)): the thread's
 ///   context storage is being destroyed (see [`AccessError`]).
 ///
@@ -295,9 +300,13 @@ impl SetError {
         self.name
     }
 
-    /// Whether the set was refused because the code runs in the own context of a pool
-    /// thread (a tokio task without a context of its own, a plain rayon job, or a thread
-    /// declared with [`thread::declare_pool_thread`](crate::thread::declare_pool_thread)).
+    /// Whether the set was refused because the value would reach other units of work:
+    /// the code runs in the own context of a pool thread (a tokio task without a context
+    /// of its own, a plain rayon job, or a thread declared with
+    /// [`thread::declare_pool_thread`](crate::thread::declare_pool_thread)), in a plain
+    /// tokio task polled inside a context entered outside it (a runtime driven or dropped
+    /// inside `Context::run`), or in a plain rayon job stolen while a `contextvars::rayon`
+    /// call waits.
     pub fn is_pool_thread(&self) -> bool {
         matches!(self.kind, SetErrorKind::PoolThread { .. })
     }

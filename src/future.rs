@@ -282,6 +282,11 @@ pub trait ContextFutureExt: Future + Sized {
     /// visible through it afterwards. `ctx` counts as entered until the wrapper is
     /// dropped, so no other code can run it meanwhile.
     ///
+    /// One exception, for servers: if the wrapped future calls
+    /// `contextvars::tower::ContextLayer` (a connection task), each request's end gives
+    /// `ctx` back the bindings it had when the wrapper was made, so a value set in it
+    /// while serving one request never reaches the next.
+    ///
     /// ```
     /// use contextvars::{Context, ContextVar};
     /// use contextvars::future::ContextFutureExt;

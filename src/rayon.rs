@@ -49,13 +49,16 @@
 //!   from outside a job takes one reference-count increment on the calling thread; a
 //!   call from inside a job (a nested `join`, the usual divide-and-conquer shape) passes
 //!   the job's own borrow on and takes none. Per job, entering and leaving the context
-//!   swaps two thread-local cells, with no atomic read-modify-write; only a job's first
-//!   `set` takes a counted copy.
+//!   swaps two thread-local cells and reads tokio's task id (for the isolation check),
+//!   with no atomic read-modify-write; only a job's first `set` takes a counted copy. On
+//!   a rayon worker, the wait of a structured form runs in an empty read-only frame
+//!   (two more cell swaps each way).
 //! * `'static` spawns ([`spawn`], [`spawn_fifo`], [`Scope::spawn`]) take an owned copy:
 //!   one increment at the spawn, one decrement when the job ends.
 //! * A parallel iterator wrapped by [`ParallelIteratorExt::in_current_context`] takes
 //!   one copy when the adapter is made; its jobs borrow it. Each call into the adapter
-//!   enters and leaves a frame over it (two thread-local cell writes each way); the
+//!   enters and leaves a frame over it (two thread-local cell writes each way, and a read
+//!   of tokio's task id); the
 //!   items of one batch share that frame while they only read, and an item that wrote
 //!   (a `set`, a handle) ends it, so the next item starts in a fresh one.
 
@@ -266,7 +269,9 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// the context. What runs *after* it runs inside those calls. What runs *before* it
     /// is covered only when rayon happens to call its closures while pulling items for
     /// this adapter (a `map` straight over a range or a `Vec` is; a `map` after a
-    /// `filter`, or a `fold`, is not), so do not rely on that.
+    /// `filter`, or a `fold`, is not), so do not rely on that: elsewhere it runs in
+    /// rayon's own frames, which on a worker are empty and read-only (a `set` there is
+    /// refused, as in a plain job).
     ///
     /// Adapters that pull items one at a time through an iterator (`zip`, `zip_eq`,
     /// `enumerate`, `rev`, `step_by`, `chunks`, `interleave`, ...) run what comes after
@@ -677,7 +682,8 @@ impl<'v, P: Producer> Producer for ContextProducer<'v, P> {
 
 /// The producer's items pulled one by one (when an adapter such as `zip` drives it as an
 /// iterator): each step runs in the context, but what the adapter does with the item
-/// afterwards runs in the caller's state, which is why the adapter should come last.
+/// afterwards runs outside it (in rayon's frames: on a worker, the empty read-only one
+/// of the wait), which is why the adapter should come last.
 struct ContextIter<'v, I> {
     base: I,
     capture: Borrowed<'v>,

@@ -488,7 +488,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// The async form of [`scope`](Self::scope): `future`, wrapped to run in a copy of the
     /// current context with `value` bound (tokio's `TASK.scope(value, future)`). The copy
     /// is taken now; every poll runs in it, wherever the future is polled, and sets inside
-    /// stay in it. Nothing is set in the caller's context, so this is never refused.
+    /// stay in it. Nothing is set in the caller's context, so this is never refused. If
+    /// the future calls `contextvars::tower::ContextLayer`, each request's end gives the
+    /// copy back the bindings it started with (as for a task made with
+    /// [`in_current_context`](crate::future::ContextFutureExt::in_current_context)): a
+    /// plain `set` made inside it for one request does not outlive that request.
     ///
     /// ```
     /// use contextvars::ContextVar;

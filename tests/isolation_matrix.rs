@@ -28,7 +28,10 @@
 //! | `body_destructor_no_layer` | refused | not covered: leaks on keep-alive |
 //! | `middleware_short_circuit` | refused (layer-order message) | not covered: leaks after a rejection |
 //! | `connection_task_with_its_own_context` | isolated | isolated |
-//! | `stolen_plain_rayon_job` (no HTTP) | not covered: reads and sets the waiting job's context | (the same) |
+//! | `stolen_plain_rayon_job` (no HTTP), in a `contextvars::rayon::join` | refused: reads nothing | (the same) |
+//! | `stolen_plain_rayon_job` (no HTTP), in a plain `rayon::join` inside the job | not covered: reads and sets the waiting job's context | (the same) |
+//! | `runtime_shutdown_current_thread_inside_run` (no HTTP) | refused: reads the run's value | refused |
+//! | `runtime_driven_inside_a_context` (no HTTP): plain tasks of a current-thread runtime driven inside `Context::run` or a thread's context | refused | isolated |
 //!
 //! `middleware_short_circuit`: the middleware outside the layer answers every fourth
 //! request (`x-reject: 1`, always one with a tenant) with a 401 itself, without calling
@@ -38,7 +41,8 @@
 //! it). `connection_task_with_its_own_context` (feature `tokio`): a hand-written accept
 //! loop (hyper's HTTP/1 server) spawns each connection with `contextvars::tokio::spawn`,
 //! and the middleware sits outside the layer. `stolen_plain_rayon_job` (feature `rayon`):
-//! a plain job that a worker runs while it waits in a `contextvars::rayon::join`.
+//! a plain job that a worker runs while it waits in a `contextvars::rayon::join`, or in
+//! a plain `rayon::join` called inside a `contextvars::rayon` job.
 //!
 //! The cells without the layer run in a child process of this test binary
 //! (`layerless_cells`): a refused set's message depends on whether a `ContextLayer` has
@@ -51,8 +55,9 @@
 //!
 //! Two more tests drop runtimes with tasks still pending, whose futures' destructors set
 //! and read: a multi-thread runtime (the sets are refused in the workers' own contexts),
-//! and a current-thread runtime dropped inside `Context::run` (not covered: the sets land
-//! in that context). In `hooks` builds, one more checks that a task keeps its context
+//! and a current-thread runtime dropped inside `Context::run` (refused: the context was
+//! entered outside those tasks). `runtime_driven_inside_a_context` drives a
+//! current-thread runtime inside `Context::run` and inside a thread's context. In `hooks` builds, one more checks that a task keeps its context
 //! across wake-ups from another thread (the leaking cells' connection tasks sometimes did
 //! not: `leak-missed` in their summaries).
 //!

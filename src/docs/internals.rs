@@ -105,7 +105,8 @@
 //! `in_context`, `scope_future`) remembers the bindings it started with
 //! (`Frame::with_origin`, `Frame::remembering_origin`: nothing at creation; the frame's
 //! first set or reset keeps a counted clone of its starting snapshot, and the frame gets
-//! an id from the thread's counter when the layer first asks for it). Any of them may be
+//! an id from the thread's counter when the layer first asks for it; an `in_context`
+//! frame has its object's). Any of them may be
 //! a connection task. The tower layer records which such frame called it
 //! (`origin_frame`), and when the request ends gives that frame back its starting
 //! bindings if it is the current one (`restore_origin`: a binding change, never a frame
@@ -120,9 +121,11 @@
 //! tokio task running then, if any, and a set there while another task runs (a runtime
 //! driven by `block_on`, or dropped, inside it) is refused; the frame a rayon worker
 //! waits in inside a call of `contextvars::rayon` is read-only. `crate::pool` has the
-//! rules. A future polled by a runtime that its own poll drives (`block_on` of a
-//! current-thread runtime inside a poll, outside any runtime) is the one shape this
-//! does not see: the inner runtime's tasks would share the future's frame. What a finished
+//! rules. A future's own frame is never checked, so tasks that a future's poll drives
+//! inside it are not seen: a `LocalSet` awaited inside a wrapped future or a hooked
+//! task (its `spawn_local` tasks are polled in that frame, and share it), or `block_on`
+//! of a current-thread runtime inside a poll outside any runtime. Recording the task at
+//! every poll would cost each poll a read of tokio's task id. What a finished
 //! unit held (a request's context, a task's frame released by a hook, the snapshot a
 //! restore replaces) is released inside a fresh empty frame (`isolated`), so a value's
 //! destructor that sets cannot bind anywhere another unit could see.
@@ -212,7 +215,8 @@
 //! it handed back) before everything the next runner does, on whichever thread. Only the
 //! holder reads or writes the runner copy, so `Context::run` reads it through a plain
 //! reference, with no reference count and no arc-swap load: an empty `run` is the CAS,
-//! the release store and two swaps of `HOT` cells. A frame of the object (materialized
+//! a read of tokio's task id (for the isolation check), the release store and two swaps
+//! of `HOT` cells. A frame of the object (materialized
 //! from `run`'s light frame, or made by `Frame::entered` for threads and tasks) hands its
 //! final snapshot back with `leave_with` when it ends. A frame made into a context object
 //! by `Context::current` starts entered and is released when the frame ends (for a

@@ -62,7 +62,7 @@ pub(crate) struct Frame {
 /// can give them back (a server's connection task, between two requests).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Origin {
-    /// Nothing: a request's, a job's, a thread's or a context object's frame.
+    /// Nothing: a request's, a job's, a thread's or a `Context::run`'s frame.
     None,
     /// The frame's bindings are still the ones it started with (no set or reset has
     /// changed them since it started or was last restored), so nothing is kept.
@@ -946,7 +946,10 @@ impl Exit<'_> {
         // destructor that sets must not bind in the outer frame.
         release_isolated(&mut frame);
         drop(frame);
-        drop(stranded);
+        // Stranded task frames belong to their tasks: released in frames of their own too.
+        for mut task_frame in stranded {
+            release_isolated(&mut task_frame);
+        }
     }
 }
 

@@ -375,3 +375,38 @@ fn tasks_of_a_runtime_driven_inside_a_run_cannot_set_in_its_context() {
     );
     assert_eq!(ctx.get(&REQUEST_ID), Some(81));
 }
+
+/// Not covered, and documented so (the README's isolation table, `docs::internals`): the
+/// `spawn_local` tasks of a `LocalSet` awaited inside a wrapped future are polled inside
+/// that future's own frame, which is never checked (checking it would cost every poll a
+/// read of tokio's task id), so a local task's set is accepted there and the next local
+/// task sees it. The test asserts what is observed.
+#[test]
+#[cfg_attr(miri, ignore)] // tokio's runtimes
+fn local_set_tasks_inside_a_wrapped_future_share_its_context() {
+    use contextvars::future::ContextFutureExt;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    let (first, second) = rt.block_on(
+        local
+            .run_until(async {
+                let first =
+                    tokio::task::spawn_local(async { REQUEST_ID.try_set(90).map(drop).is_ok() })
+                        .await
+                        .unwrap();
+                let second = tokio::task::spawn_local(async { REQUEST_ID.try_get().ok() })
+                    .await
+                    .unwrap();
+                (first, second)
+            })
+            .in_current_context(),
+    );
+    assert!(
+        first,
+        "accepted in the wrapped future's frame (not covered)"
+    );
+    assert_eq!(second, Some(90), "and the next local task sees it");
+}
