@@ -122,8 +122,8 @@
 //! driven by `block_on`, or dropped, inside it) is refused; the frame a rayon worker
 //! waits in inside a call of `contextvars::rayon` is read-only. `crate::pool` has the
 //! rules. A future's own frame is never checked, so tasks that a future's poll drives
-//! inside it are not seen: a `LocalSet` awaited inside a wrapped future or a hooked
-//! task (its `spawn_local` tasks are polled in that frame, and share it), or `block_on`
+//! inside it are not seen: a `LocalSet` whose `run_until` future is itself wrapped
+//! (its `spawn_local` tasks are polled in that frame, and share it), or `block_on`
 //! of a current-thread runtime inside a poll outside any runtime. Recording the task at
 //! every poll would cost each poll a read of tokio's task id. What a finished
 //! unit held (a request's context, a task's frame released by a hook, the snapshot a

@@ -377,10 +377,11 @@ fn tasks_of_a_runtime_driven_inside_a_run_cannot_set_in_its_context() {
 }
 
 /// Not covered, and documented so (the README's isolation table, `docs::internals`): the
-/// `spawn_local` tasks of a `LocalSet` awaited inside a wrapped future are polled inside
+/// `spawn_local` tasks of a `LocalSet` whose `run_until` future is wrapped are polled inside
 /// that future's own frame, which is never checked (checking it would cost every poll a
 /// read of tokio's task id), so a local task's set is accepted there and the next local
-/// task sees it. The test asserts what is observed.
+/// task sees it (also under the task hooks, which do not see local tasks). The test
+/// asserts what is observed.
 #[test]
 #[cfg_attr(miri, ignore)] // tokio's runtimes
 fn local_set_tasks_inside_a_wrapped_future_share_its_context() {
