@@ -168,7 +168,7 @@ fn peer_task_local_sync_scope() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = entered_once, config = limit(128))]
+#[bench::vars_8(args = (8), setup = entered_once, config = limit(124))]
 fn run_empty(ctx: Context) -> (Context, u64) {
     let value = ctx.run(|| black_box(1));
     (ctx, value)
