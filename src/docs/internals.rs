@@ -107,16 +107,22 @@
 //! first set or reset keeps a counted clone of its starting snapshot, and the frame gets
 //! an id from the thread's counter when the layer first asks for it; an `in_context`
 //! frame has its object's). Any of them may be
-//! a connection task. The tower layer records which such frame called it
-//! (`origin_frame`), and when the request ends gives that frame back its starting
-//! bindings if it is the current one (`restore_origin`: a binding change, never a frame
-//! switch; tokens made in the frame stay valid), so that a middleware outside the layer
-//! cannot carry one keep-alive request's values into the next. A request that ends while
-//! another frame is current (a middleware that awaits the layer's future inside a
-//! `scope_future` or a context of its own, made *after* the call) restores nothing.
+//! a connection task. The tower layer records which such frame called it, and the
+//! nearest one outside it (`origin_frames`, a walk outward over the light frames'
+//! records: `Light.outer` for the unmaterialized ones, `HOT.materialized` and each
+//! record's displaced frame for the materialized ones). When the request ends, the one
+//! that is current gets back its starting bindings (`restore_origin`: a binding change,
+//! never a frame switch; tokens made in the frame stay valid), and one that is not waits
+//! (`HOT.pending_restore`, and a flag in the current light frame's record that its exit
+//! tests anyway) until the frames inside it exit and it is current again
+//! (`restore_origins`). So a middleware outside the layer cannot carry one keep-alive
+//! request's values into the next, also when it calls the layer, awaits it or drops the
+//! body inside a `scope_future`, a wrapper or a `Context::run` of its own. One restore
+//! waits per thread at a time; a later request's replaces it.
 //!
-//! Every frame entry also records what ran when it was entered (`HOT.entered`, saved and
-//! restored like `HOT.light`): a future's frame is its own whichever task polls it; a
+//! Every frame entry also records what ran when it was entered (`Light.entered` while the
+//! frame is light, `HOT.entered_cell` once it materializes or for a detached frame): a
+//! future's frame is its own whichever task polls it; a
 //! frame entered by synchronous code (`Context::run`, a thread's, a job's) records the
 //! tokio task running then, if any, and a set there while another task runs (a runtime
 //! driven by `block_on`, or dropped, inside it) is refused; the frame a rayon worker

@@ -92,7 +92,7 @@ impl Frame {
     /// bindings it started with: a task's frame, which the tower layer gives back its
     /// starting bindings when a request it served ends ([`restore_origin`]). Costs
     /// nothing more than a private frame: the frame gets its id when the layer first asks
-    /// for it ([`origin_frame`]), and its starting bindings are kept by its first change.
+    /// for it ([`origin_frames`]), and its starting bindings are kept by its first change.
     #[inline]
     pub(crate) fn with_origin(vars: Vars) -> Self {
         Self::private(vars).remembering_origin()
@@ -244,13 +244,25 @@ pub(super) struct Light {
     /// light frame exits, unless detached frames were stranded inside it) and the
     /// displaced `HOT.entered`. `MaybeUninit`, so that entering a light frame writes
     /// nothing here and leaving one that never materialized drops nothing.
-    displaced: Cell<MaybeUninit<(u32, Entered, Frame)>>,
+    displaced: Cell<MaybeUninit<Displaced>>,
+}
+
+/// What a light frame's materialization displaced (see [`Light::displaced`]).
+struct Displaced {
+    /// `HOT.stacked` right after materializing.
+    level: u32,
+    /// `HOT.entered_cell` before.
+    entered: Entered,
+    /// `HOT.materialized` before: the light frame whose copy `frame` is, if any.
+    materialized: *const Light,
+    /// The thread's frame before.
+    frame: Frame,
 }
 
 /// [`Light::exit_work`]: the frame materialized (see [`materialize`]).
 const MATERIALIZED: u8 = 1;
-/// [`Light::exit_work`]: a request ended while the frame was current, and a frame outside
-/// it waits to be restored (`HOT.pending_restore`, see [`restore_origins`]).
+/// [`Light::exit_work`]: a request ended while the frame was current, and frames outside
+/// it wait to be restored (`HOT.pending_restore`, see [`restore_origins`]).
 const RESTORE_OUTSIDE: u8 = 2;
 
 impl Light {
@@ -316,10 +328,13 @@ fn materialize_slow(hot: &Hot, light: *const Light) {
     swap_frame(hot, &mut frame);
     let level = hot.stacked.get() + 1;
     hot.stacked.set(level);
-    let entered = hot.entered_cell.replace(light.entered);
-    light
-        .displaced
-        .set(MaybeUninit::new((level, entered, frame)));
+    let displaced = Displaced {
+        level,
+        entered: hot.entered_cell.replace(light.entered),
+        materialized: hot.materialized.replace(light),
+        frame,
+    };
+    light.displaced.set(MaybeUninit::new(displaced));
     light.exit_work.set(light.exit_work.get() | MATERIALIZED);
     hot.light.set(ptr::null());
 }
@@ -562,10 +577,12 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
         let stacked = hot.stacked.get() + 1;
         hot.stacked.set(stacked);
         let mut stack = hot.detached.take();
-        // Materialized above: `HOT.entered` is the current frame's.
+        // Materialized above: `HOT.entered` is the current frame's. The detached frame
+        // is no light frame's copy.
         stack.push((
             stacked,
             hot.entered_cell.replace(Entered::FOR_POLL),
+            hot.materialized.replace(ptr::null()),
             displaced,
         ));
         hot.detached.set(stack);
@@ -593,13 +610,14 @@ pub(crate) fn leave_detached() -> Option<Frame> {
         // pointer into the frame handed back here.
         let current = stack
             .last()
-            .is_some_and(|(stacked, _, _)| *stacked == hot.stacked.get());
+            .is_some_and(|(stacked, ..)| *stacked == hot.stacked.get());
         let popped = if current { stack.pop() } else { None };
         hot.detached.set(stack);
-        let (stacked, entered, mut frame) = popped?;
+        let (stacked, entered, materialized, mut frame) = popped?;
         swap_frame(hot, &mut frame);
         hot.stacked.set(stacked - 1);
         hot.entered_cell.set(entered);
+        hot.materialized.set(materialized);
         Some(frame)
     });
     if left.is_some() {
@@ -613,35 +631,94 @@ pub(crate) fn leave_detached() -> Option<Frame> {
 /// ([`Frame::with_origin`]: a future's frame, which may be a connection task), and the
 /// id of the nearest such frame outside it (the connection task's frame, when a
 /// middleware calls the layer inside a scoped future or a wrapper of its own); 0 where
-/// there is none (a request's, job's, thread's or `Context::run`'s frame). The frames
-/// outside the current one that can be reached are the light frames it runs inside and
-/// the thread's frame below them; one further out is not looked for. A frame that has no
-/// id yet gets one now.
+/// there is none (a request's, job's, thread's or `Context::run`'s frame). The walk
+/// outward follows the light frames' records on this thread's stack: the unmaterialized
+/// ones through `outer`, the materialized ones through `HOT.materialized` and what each
+/// displaced. A frame that has no id yet gets one now.
 #[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn origin_frames() -> [u64; 2] {
     with_hot(|hot| {
-        let light = hot.light.get();
-        if light.is_null() {
-            return [own_origin(hot), 0];
-        }
-        // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame,
-        // alive for its `enter_light` call (see `Light`).
-        let light = unsafe { &*light };
-        let current = light_origin(hot, light);
-        let mut outer = light.outer.get();
-        while !outer.is_null() {
-            // SAFETY: a light frame's `outer` is the light frame that was current when it
-            // was entered, still unmaterialized (only the current light frame can
-            // materialize) and alive for its own, enclosing, `enter_light` call.
-            let outer_light = unsafe { &*outer };
-            let id = light_origin(hot, outer_light);
-            if id != 0 {
-                return [current, id];
+        let mut found = [0; 2];
+        let mut first = true;
+        // Whether `id` ends the walk: the first frame looked at is the current one, and
+        // the walk ends at the first frame outside it that remembers its start.
+        let mut take = |id: u64| {
+            if std::mem::take(&mut first) {
+                found[0] = id;
+                false
+            } else {
+                found[1] = id;
+                id != 0
             }
-            outer = outer_light.outer.get();
+        };
+        // Outward, level by level: the unmaterialized light frames (a chain through
+        // `outer`), then the frame below them (HOT's own, then the frame each
+        // materialized light frame displaced), then that frame's own light frame's outer
+        // chain, and so on.
+        let mut light = hot.light.get();
+        let mut below: *const Light = ptr::null(); // null: the frame below is HOT's own
+        let mut materialized = hot.materialized.get();
+        loop {
+            while !light.is_null() {
+                // SAFETY: the current light frame, and each one's `outer`, is an
+                // unmaterialized light frame alive for its `enter_light` call on this
+                // thread, which encloses the current one (see `Light`).
+                let current = unsafe { &*light };
+                if take(light_origin(hot, current)) {
+                    return found;
+                }
+                light = current.outer.get();
+            }
+            let id = if below.is_null() {
+                own_origin(hot)
+            } else {
+                // SAFETY: `below` is a materialized light frame that is still running
+                // (see `Hot::materialized`).
+                unsafe { displaced_origin(hot, &*below) }
+            };
+            if take(id) || materialized.is_null() {
+                return found;
+            }
+            // SAFETY: as `below`: `HOT.materialized`, and each materialized light frame's
+            // displaced `materialized`, is a running materialized light frame.
+            let copy_of = unsafe { &*materialized };
+            light = copy_of.outer.get();
+            below = materialized;
+            // SAFETY: `copy_of` materialized, so its `displaced` is initialized.
+            materialized = unsafe { displaced_of(copy_of).materialized };
         }
-        [current, own_origin(hot)]
     })
+}
+
+/// The frame a materialized light frame displaced, in place.
+///
+/// # Safety
+///
+/// `light` must have materialized and still be running (its `displaced` is initialized
+/// and taken out only when it exits), and no other reference into its `displaced` may be
+/// live: only `materialize_slow` and `leave_materialized` touch it otherwise.
+#[allow(clippy::mut_from_ref)] // the contract: nothing else refers into `displaced`
+unsafe fn displaced_of(light: &Light) -> &mut Displaced {
+    // SAFETY: see the function's contract.
+    unsafe { (*light.displaced.as_ptr()).assume_init_mut() }
+}
+
+/// The id of the frame the materialized light frame `light` displaced, if that frame
+/// remembers its starting bindings, else 0; one without an id gets one now.
+///
+/// # Safety
+///
+/// As [`displaced_of`].
+unsafe fn displaced_origin(hot: &Hot, light: &Light) -> u64 {
+    // SAFETY: forwarded.
+    let frame = unsafe { &mut displaced_of(light).frame };
+    if frame.origin == Origin::None {
+        return 0;
+    }
+    if frame.id == 0 {
+        frame.id = hot.next_id();
+    }
+    frame.id
 }
 
 /// The current frame's id if it remembers its starting bindings, else 0 (see
@@ -750,36 +827,38 @@ pub(crate) fn restore_origin(id: u64) -> bool {
 /// run inside the waiting one, before it is current again, replaces it.
 #[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn restore_origins(frames: [u64; 2]) -> bool {
-    let mut restored = false;
-    let mut later = 0;
-    for id in frames {
-        if id == 0 {
-            continue;
-        }
-        if restore_origin(id) {
-            restored = true;
-        } else if with_hot(known_origin) != id {
-            later = id;
-        }
+    let [calling, outside] = frames;
+    let restored = restore_origin(calling) | restore_origin(outside);
+    let current = with_hot(known_origin);
+    // The request ended inside the frames that are not current (they wait), unless it
+    // ended in the outer one: then the calling frame, inside it, has ended (or is
+    // another task's).
+    if outside != 0 && outside == current {
+        return restored;
     }
-    if later != 0 {
-        with_hot(|hot| wait_for_restore(hot, later));
+    let waiting = [calling, outside].map(|id| if id == current { 0 } else { id });
+    if waiting != [0, 0] {
+        with_hot(|hot| wait_for_restore(hot, waiting));
     }
     restored
 }
 
-/// Makes the frame `id` wait for its restore until the current light frame exits (then
-/// [`restore_pending`] looks again); forgotten if the current frame is not a light one
-/// (its exit cannot be reached from here).
-fn wait_for_restore(hot: &Hot, id: u64) {
-    let light = hot.light.get();
+/// Makes the frames `ids` wait for their restore until the current light frame exits
+/// (then [`restore_pending`] looks again), materialized or not; forgotten if the current
+/// frame is the thread's base frame or a detached one.
+fn wait_for_restore(hot: &Hot, ids: [u64; 2]) {
+    let mut light = hot.light.get();
     if light.is_null() {
-        hot.pending_restore.set(0);
+        light = hot.materialized.get();
+    }
+    if light.is_null() {
+        hot.pending_restore.set([0, 0]);
         return;
     }
-    hot.pending_restore.set(id);
-    // SAFETY: a non-null `HOT.light` points to the live `Light` of an active
-    // `enter_light` on this thread (see `Light`); only its `Cell`s are written.
+    hot.pending_restore.set(ids);
+    // SAFETY: a non-null `HOT.light` or `HOT.materialized` points to the live `Light` of
+    // an active `enter_light` on this thread (see `Light`, `Hot::materialized`); only its
+    // `Cell`s are written.
     let light = unsafe { &*light };
     light.exit_work.set(light.exit_work.get() | RESTORE_OUTSIDE);
 }
@@ -808,22 +887,27 @@ fn known_origin(hot: &Hot) -> u64 {
     }
 }
 
-/// After a light frame exits with a restore waiting ([`restore_origins`]): does it if
-/// the waiting frame is now current, or passes the wait on to the light frame that is
+/// After a light frame exits with restores waiting ([`restore_origins`]): does the one
+/// whose frame is now current, and passes the others' wait on to the frame that is
 /// current now. Not while unwinding: the restore releases values, whose destructors must
 /// not run then.
 fn restore_pending(hot: &Hot) {
-    let id = hot.pending_restore.get();
-    if id == 0 {
-        return; // replaced by a later request's, or done
+    let mut waiting = hot.pending_restore.get();
+    if waiting == [0, 0] {
+        return; // done, or replaced by a later request's and done
     }
-    if known_origin(hot) != id {
-        wait_for_restore(hot, id);
-        return;
+    let current = known_origin(hot);
+    let now = current != 0 && waiting.contains(&current);
+    if now {
+        waiting = waiting.map(|id| if id == current { 0 } else { id });
     }
-    hot.pending_restore.set(0);
-    if !std::thread::panicking() {
-        restore_origin(id);
+    if waiting == [0, 0] {
+        hot.pending_restore.set(waiting);
+    } else {
+        wait_for_restore(hot, waiting);
+    }
+    if now && !std::thread::panicking() {
+        restore_origin(current);
     }
 }
 
@@ -910,7 +994,12 @@ impl Exit<'_> {
         let displaced = self.light.displaced.replace(MaybeUninit::uninit());
         // SAFETY: `materialized` is set only right after `displaced` was initialized, and
         // this is the one place that takes it out.
-        let (level, entered, mut frame) = unsafe { displaced.assume_init() };
+        let Displaced {
+            level,
+            entered,
+            materialized,
+            mut frame,
+        } = unsafe { displaced.assume_init() };
         // Frames stacked inside this one are left by the calls that entered them, except
         // detached ones whose leave never came: end those first. (Only a materialized
         // light frame can have them: `enter_detached` materializes the current one.)
@@ -940,6 +1029,7 @@ impl Exit<'_> {
         self.hot.light.set(self.light.outer.get());
         self.hot.stacked.set(level - 1);
         self.hot.entered_cell.set(entered);
+        self.hot.materialized.set(materialized);
         // Released only now that the thread's frame is the outer one again, and in a frame
         // of their own if that may run a destructor: what the light frame replaced (the
         // storage's snapshot before a set or a restore) belongs to its work, and a
@@ -964,10 +1054,10 @@ impl Exit<'_> {
     fn end_stranded(&self, level: u32) -> Vec<Frame> {
         let mut stack = self.hot.detached.take();
         let mut ended = Vec::new();
-        while let Some((at, _, _)) = stack.last()
+        while let Some((at, ..)) = stack.last()
             && *at > level
         {
-            if let Some((_, _, mut displaced)) = stack.pop() {
+            if let Some((.., mut displaced)) = stack.pop() {
                 swap_frame(self.hot, &mut displaced);
                 ended.push(displaced);
             }

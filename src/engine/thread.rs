@@ -73,10 +73,16 @@ pub(super) struct Hot {
     /// now ([`Hot::entered`]). The base frame's is `OUTSIDE_TASKS`; a light frame that
     /// materializes, and a detached frame, save it and put it back when they end.
     pub(super) entered_cell: Cell<Entered>,
-    /// A frame (by id) that a request ended inside of, to be given back its starting
-    /// bindings when it is current again (`frame::restore_origins`); 0 if none. Checked
-    /// when a light frame exits.
-    pub(super) pending_restore: Cell<u64>,
+    /// The frames (by id, 0 for none) that a request ended inside of, to be given back
+    /// their starting bindings when each is current again (`frame::restore_origins`).
+    /// Looked at when a light frame flagged for it exits.
+    pub(super) pending_restore: Cell<[u64; 2]>,
+    /// The light frame whose materialized copy is the thread's frame now (`HOT.vars`
+    /// and the fields after it), if it is one: null for the base frame and a detached
+    /// one. Set by `frame::materialize` and put back when that light frame exits (and
+    /// around detached frames), so it always points to the `Light` of an active
+    /// `enter_light` call on this thread.
+    pub(super) materialized: Cell<*const super::frame::Light>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
     // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
@@ -98,9 +104,13 @@ pub(super) struct Hot {
     graveyard: ManuallyDrop<Cell<Vec<Vars>>>,
     /// The frames that detached frames displaced (`frame::enter_detached`), innermost
     /// last, each with the value of `stacked` while its detached frame is current and
-    /// the `entered` it displaced.
-    pub(super) detached: ManuallyDrop<Cell<Vec<(u32, Entered, super::Frame)>>>,
+    /// the `entered` and `materialized` it displaced.
+    pub(super) detached: ManuallyDrop<Cell<Vec<DetachedEntry>>>,
 }
+
+/// What entering a detached frame displaced: `HOT.stacked` while the detached frame is
+/// current, then the `entered_cell`, `materialized` and frame it replaced.
+pub(super) type DetachedEntry = (u32, Entered, *const super::frame::Light, super::Frame);
 
 /// Where the thread is in its life, as far as `HOT` is concerned.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -126,7 +136,8 @@ impl Hot {
             ids_end: Cell::new(0),
             status: Cell::new(Status::Fresh),
             entered_cell: Cell::new(Entered::OUTSIDE_TASKS),
-            pending_restore: Cell::new(0),
+            pending_restore: Cell::new([0, 0]),
+            materialized: Cell::new(ptr::null()),
             vars: ManuallyDrop::new(Cell::new(Map::new())),
             ctx: ManuallyDrop::new(Cell::new(None)),
             id: Cell::new(0),
@@ -242,6 +253,7 @@ fn tear_down(hot: &Hot) {
     // writers are refused from here on (`with_state`).
     hot.root.set(ptr::null());
     hot.light.set(ptr::null());
+    hot.materialized.set(ptr::null());
     let vars = hot.vars.take();
     if let Some(shared) = hot.ctx.take() {
         if hot.dirty.get() {

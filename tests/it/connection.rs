@@ -249,6 +249,8 @@ fn a_body_dropped_inside_a_run_restores_the_task_after_it() {
             let response = service.call(request).await.expect("response");
             let ctx = contextvars::Context::new().with_value(&TENANT, "run".to_owned());
             let in_run = ctx.run(move || {
+                // A set first: the run's frame materializes before the body ends.
+                drop(PEER.set(2));
                 drop(response);
                 TENANT.get()
             });
@@ -361,13 +363,21 @@ fn a_call_made_inside_a_scope_restores_the_task_too() {
         let seen = serve(task, "", async {
             let mut service = ContextLayer::new().layer(Inner);
             let mut seen = Vec::new();
-            for (i, path) in ["/", "/err", "/", "/err", "/"].into_iter().enumerate() {
+            for (i, path) in ["/", "/err", "/", "/err", "/", "/", "/err", "/err"]
+                .into_iter()
+                .enumerate()
+            {
                 seen.push(TENANT.get());
                 drop(TENANT.set(format!("t{i}")));
                 let request = http::Request::builder().uri(path).body(()).unwrap();
                 let response = USER
                     .scope_future("u", async {
                         let in_scope = (USER.get(), TENANT.get());
+                        // Every other request, a set in the scope first (it materializes
+                        // the scope's frame).
+                        if i % 2 == 1 {
+                            drop(USER.set("set in the scope"));
+                        }
                         (service.call(request).await.ok(), in_scope)
                     })
                     .await;
@@ -377,7 +387,7 @@ fn a_call_made_inside_a_scope_restores_the_task_too() {
             seen.push(TENANT.get());
             seen
         });
-        assert_eq!(seen, ["", "", "", "", "", ""], "{task:?}");
+        assert_eq!(seen, ["", "", "", "", "", "", "", "", ""], "{task:?}");
     }
 }
 
