@@ -664,13 +664,13 @@ pub(crate) fn origin_frames() -> [u64; 2] {
                 // unmaterialized light frame alive for its `enter_light` call on this
                 // thread, which encloses the current one (see `Light`).
                 let current = unsafe { &*light };
-                if take(light_origin(hot, current)) {
+                if take(light_origin(hot, current, true)) {
                     return found;
                 }
                 light = current.outer.get();
             }
             let id = if below.is_null() {
-                own_origin(hot)
+                own_origin(hot, true)
             } else {
                 // SAFETY: `below` is a materialized light frame that is still running
                 // (see `Hot::materialized`).
@@ -710,59 +710,66 @@ unsafe fn displaced_of(light: &Light) -> &mut Displaced {
 ///
 /// As [`displaced_of`].
 unsafe fn displaced_origin(hot: &Hot, light: &Light) -> u64 {
-    // SAFETY: forwarded.
-    let frame = unsafe { &mut displaced_of(light).frame };
-    if frame.origin == Origin::None {
-        return 0;
-    }
-    if frame.id == 0 {
-        frame.id = hot.next_id();
-    }
-    frame.id
+    // SAFETY: forwarded; the reference made here is the only one into `displaced`.
+    unsafe { stored_origin(hot, &mut displaced_of(light).frame, true) }
 }
 
-/// The current frame's id if it remembers its starting bindings, else 0 (see
-/// [`origin_frames`]).
-fn origin_frame_of(hot: &Hot) -> u64 {
+/// The current frame's id if it remembers its starting bindings and has an id already,
+/// else 0 (never assigns one: a frame without an id is not one [`origin_frames`]
+/// recorded).
+fn current_origin(hot: &Hot) -> u64 {
     let light = hot.light.get();
     if light.is_null() {
-        return own_origin(hot);
+        return own_origin(hot, false);
     }
     // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
     // for its `enter_light` call (see `Light`).
-    light_origin(hot, unsafe { &*light })
+    light_origin(hot, unsafe { &*light }, false)
 }
 
 /// The id of the thread's own frame (`HOT`'s, below any light frame) if it remembers its
-/// starting bindings, else 0.
-fn own_origin(hot: &Hot) -> u64 {
+/// starting bindings, else 0; with `assign`, one without an id gets one now.
+fn own_origin(hot: &Hot, assign: bool) -> u64 {
     match hot.origin.get() {
         Origin::None => 0,
-        Origin::Unchanged | Origin::Kept => hot.frame_id(),
+        Origin::Unchanged | Origin::Kept if assign => hot.frame_id(),
+        Origin::Unchanged | Origin::Kept => hot.id.get(),
     }
 }
 
 /// The id of the unmaterialized light frame `light` (current, or one the current light
-/// frame runs inside) if its storage remembers its starting bindings, else 0.
-fn light_origin(hot: &Hot, light: &Light) -> u64 {
+/// frame runs inside) if its storage remembers its starting bindings, else 0; with
+/// `assign`, one without an id gets one now.
+fn light_origin(hot: &Hot, light: &Light, assign: bool) -> u64 {
     if !light.borrowed.is_null() || light.frame.is_null() {
         return 0; // a job's or a context object's frame
     }
-    let storage = light.frame;
     // SAFETY: the storage is the `&mut Frame` that `enter_light`'s caller holds for the
     // whole call, reached only through this pointer while the light frame runs. Only
     // its snapshot is ever lent out meanwhile (`with_captured`), and no reference to
     // its other fields outlives the statement that makes it (`materialize_slow`); so
-    // reading `origin` and `id` and writing `id` here, through the pointer, conflicts
-    // with no live reference.
+    // reading `origin` and `id` and writing `id` through the pointer conflicts with no
+    // live reference.
+    unsafe { stored_origin(hot, light.frame, assign) }
+}
+
+/// The id of `frame` if it remembers its starting bindings, else 0; with `assign`, one
+/// without an id gets one now.
+///
+/// # Safety
+///
+/// `frame` points to a live frame that no reference in use points into (a light frame's
+/// storage, or what a materialized light frame displaced: see the callers).
+unsafe fn stored_origin(hot: &Hot, frame: *mut Frame, assign: bool) -> u64 {
+    // SAFETY: see the function's contract.
     unsafe {
-        if (*storage).origin == Origin::None {
+        if (*frame).origin == Origin::None {
             return 0;
         }
-        if (*storage).id == 0 {
-            (*storage).id = hot.next_id();
+        if assign && (*frame).id == 0 {
+            (*frame).id = hot.next_id();
         }
-        (*storage).id
+        (*frame).id
     }
 }
 
@@ -780,7 +787,7 @@ pub(crate) fn restore_origin(id: u64) -> bool {
         return false;
     }
     let restored = with_state(|hot| {
-        if origin_frame_of(hot) != id || unchanged_light(hot) {
+        if current_origin(hot) != id || unchanged_light(hot) {
             return None;
         }
         materialize(hot);
@@ -829,7 +836,7 @@ pub(crate) fn restore_origin(id: u64) -> bool {
 pub(crate) fn restore_origins(frames: [u64; 2]) -> bool {
     let [calling, outside] = frames;
     let restored = restore_origin(calling) | restore_origin(outside);
-    let current = with_hot(known_origin);
+    let current = with_hot(current_origin);
     // The request ended inside the frames that are not current (they wait), unless it
     // ended in the outer one: then the calling frame, inside it, has ended (or is
     // another task's).
@@ -863,30 +870,6 @@ fn wait_for_restore(hot: &Hot, ids: [u64; 2]) {
     light.exit_work.set(light.exit_work.get() | RESTORE_OUTSIDE);
 }
 
-/// The id of the current frame if it remembers its starting bindings and has an id
-/// already, else 0 (never assigns one: a frame without an id is not one `origin_frames`
-/// recorded).
-fn known_origin(hot: &Hot) -> u64 {
-    let light = hot.light.get();
-    if light.is_null() {
-        return match hot.origin.get() {
-            Origin::None => 0,
-            Origin::Unchanged | Origin::Kept => hot.id.get(),
-        };
-    }
-    // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame, alive
-    // for its `enter_light` call (see `Light`); its storage is read as in `light_origin`.
-    unsafe {
-        let light = &*light;
-        match light.frame.as_ref() {
-            Some(storage) if light.borrowed.is_null() && storage.origin != Origin::None => {
-                storage.id
-            }
-            _ => 0,
-        }
-    }
-}
-
 /// After a light frame exits with restores waiting ([`restore_origins`]): does the one
 /// whose frame is now current, and passes the others' wait on to the frame that is
 /// current now. Not while unwinding: the restore releases values, whose destructors must
@@ -896,7 +879,7 @@ fn restore_pending(hot: &Hot) {
     if waiting == [0, 0] {
         return; // done, or replaced by a later request's and done
     }
-    let current = known_origin(hot);
+    let current = current_origin(hot);
     let now = current != 0 && waiting.contains(&current);
     if now {
         waiting = waiting.map(|id| if id == current { 0 } else { id });
@@ -918,7 +901,7 @@ fn unchanged_light(hot: &Hot) -> bool {
     if light.is_null() {
         return false;
     }
-    // SAFETY: as in `origin_frame_of`, which found the storage.
+    // SAFETY: as in `light_origin`, which found the storage.
     match unsafe { (*light).frame.as_ref() } {
         Some(storage) => {
             storage.origin == Origin::Unchanged

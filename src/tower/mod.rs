@@ -222,6 +222,7 @@ where
 {
     type Output = Result<http::Response<ContextBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // The request's context, as the response left it, goes to the body: it is polled
