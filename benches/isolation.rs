@@ -23,7 +23,7 @@ use axum::response::Response;
 use axum::routing::get;
 use contextvars::ContextVar;
 use contextvars::future::ContextFutureExt;
-use contextvars::tower::ContextLayer;
+use contextvars_tower::ContextLayer;
 use criterion::{Criterion, Throughput, criterion_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

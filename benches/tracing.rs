@@ -1,4 +1,4 @@
-//! The cost of `contextvars::tracing::ContextFields`: one event through
+//! The cost of `contextvars_tracing::ContextFields`: one event through
 //! `tracing_subscriber::fmt().json()` writing to `std::io::sink()`, plain and with 2 and
 //! 8 context variables added to it, in the same run.
 //!
@@ -19,7 +19,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use contextvars::future::ContextFutureExt;
-use contextvars::tracing::ContextFields;
+use contextvars_tracing::ContextFields;
 use contextvars::{Context, context_var};
 use criterion::{Criterion, criterion_group};
 use tracing::{Dispatch, Instrument};

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use contextvars::ContextVar;
 use contextvars::future::{ContextFutureExt, WithContext};
-use contextvars::tower::{ContextBody, ContextLayer, Layer, Service};
+use contextvars_tower::{ContextBody, ContextLayer, Layer, Service};
 use http_body::Body;
 
 static VAR: ContextVar<u64> = ContextVar::new("v");

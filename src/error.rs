@@ -149,7 +149,7 @@ impl fmt::Display for MissingHandOff {
                  closure), so the values of the code that started it were not handed over: \
                  start it with `contextvars::tokio::spawn` / `spawn_blocking`, wrap the \
                  future with `.in_current_context()`, serve requests behind \
-                 `contextvars::tower::ContextLayer`, or install \
+                 `contextvars_tower::ContextLayer`, or install \
                  `contextvars::tokio::isolate_tasks` on the runtime",
             ),
             Pool::TokioTaskInside => f.write_str(
@@ -364,7 +364,7 @@ impl fmt::Display for SetError {
                  context (a tokio worker's or blocking thread's), where the value would stay \
                  and be seen by whatever the thread runs next (another request's handler, in \
                  a server). \
-                 `contextvars::tower::ContextLayer` serves requests in this process, but this \
+                 `contextvars_tower::ContextLayer` serves requests in this process, but this \
                  code runs outside it: a middleware the layer does not wrap (with axum, a \
                  layer added after `.layer(ContextLayer::new())` wraps it from outside: add \
                  the context layer last, or first in a `ServiceBuilder`); a task a handler \
@@ -381,7 +381,7 @@ impl fmt::Display for SetError {
                  blocking thread's), where the value would stay and be seen by whatever the \
                  thread runs next (another request's handler, in a server). Give the task a \
                  context of its own: add \
-                 `contextvars::tower::ContextLayer` to the service (each request; with axum, \
+                 `contextvars_tower::ContextLayer` to the service (each request; with axum, \
                  add it last so it wraps every middleware), install \
                  `contextvars::tokio::isolate_tasks` on the runtime builder (every task; \
                  needs `--cfg tokio_unstable`), or spawn it with `contextvars::tokio::spawn` \

@@ -74,10 +74,10 @@ use std::task::{Context as TaskContext, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::carry::{self, CarriedSpan};
 use crate::context::Context;
-use crate::engine::{self, Frame, Vars};
+use crate::engine::{Frame, Vars};
 use crate::error::EnterError;
+use crate::plumbing::TaskFrame;
 
 pin_project! {
     /// A future (or stream) that runs every poll of the inner one in its own context.
@@ -88,7 +88,7 @@ pin_project! {
     /// inside the context, so its destructors see the task's values.
     ///
     /// Both remember the bindings they started with: if the wrapped future serves HTTP
-    /// connections through `contextvars::tower::ContextLayer` (feature `tower`), the
+    /// connections through `contextvars_tower::ContextLayer`, the
     /// layer gives them back when each request ends, so nothing set outside the layer
     /// while serving one keep-alive request reaches the next. That costs nothing until
     /// the context's first set, which keeps a counted reference to the starting
@@ -97,8 +97,7 @@ pin_project! {
     pub struct WithContext<F> {
         #[pin]
         inner: Option<F>,
-        frame: Frame,
-        span: CarriedSpan,
+        frame: TaskFrame,
     }
 
     impl<F> PinnedDrop for WithContext<F> {
@@ -106,29 +105,30 @@ pin_project! {
             let this = this.project();
             // A set in a destructor must not land in the dropper's context (a server's
             // connection task, or a worker's own).
-            carry::drop_in_frame(this.inner, this.frame, this.span);
+            this.frame.end_pinned(this.inner);
         }
     }
 }
 
 impl<F> WithContext<F> {
-    /// `inner` in `frame` (which may already hold what code run in it made of it), under
-    /// the tracing span current now (feature `tracing`).
+    /// `inner` in `frame`, under the carrier's state now (`plumbing::Carrier`).
     #[inline]
-    pub(crate) fn new(inner: F, frame: Frame) -> Self {
+    fn new(inner: F, frame: Frame) -> Self {
         Self {
             inner: Some(inner),
-            frame,
-            span: CarriedSpan::current(),
+            frame: TaskFrame::over(frame),
         }
     }
 
     /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
     #[inline]
     fn in_copy(inner: F) -> Self {
-        // A task's context: it remembers its starting bindings, for the tower layer's
-        // restore of a connection task.
-        Self::new(inner, Frame::with_origin(engine::vars()))
+        // A task's context: it remembers its starting bindings, for a request layer's
+        // restore of a connection task (`plumbing::CallerFrames`).
+        Self {
+            inner: Some(inner),
+            frame: TaskFrame::capture_task(),
+        }
     }
 
     /// `inner` in a private context over `vars` (a scope's future), which remembers them
@@ -170,51 +170,6 @@ impl<F> WithContext<F> {
     }
 }
 
-impl<F> WithContext<F> {
-    /// Ends the unit now, as dropping the wrapper would: drops the inner future inside
-    /// its context, then releases the context (see `carry::drop_in_frame`). The wrapper
-    /// is left empty: a later drop does nothing.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn end(self: Pin<&mut Self>) {
-        let this = self.project();
-        carry::drop_in_frame(this.inner, this.frame, this.span);
-    }
-}
-
-impl<F: Future> WithContext<F> {
-    /// Polls the inner future in its context; when it is ready, drops it inside the same
-    /// entry of the context and hands out the context (with what the future made of it)
-    /// and its span, leaving the wrapper empty: what a request's context becomes when its
-    /// response is made (the tower layer polls the response body in it). One entry of
-    /// the context instead of two, and no copy of its snapshot.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn poll_to_end(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<(F::Output, Frame, CarriedSpan)> {
-        let this = self.project();
-        let mut inner = this.inner;
-        let frame = &mut *this.frame;
-        let polled = this.span.in_span(|| {
-            engine::run_in(frame, || {
-                let polled = inner
-                    .as_mut()
-                    .as_pin_mut()
-                    .expect("polled after it completed")
-                    .poll(cx);
-                if polled.is_ready() {
-                    inner.set(None);
-                }
-                polled
-            })
-        });
-        polled.map(|output| {
-            let frame = std::mem::replace(this.frame, Frame::private(Vars::default()));
-            (output, frame, std::mem::take(this.span))
-        })
-    }
-}
-
 impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
@@ -224,9 +179,7 @@ impl<F: Future> Future for WithContext<F> {
             .inner
             .as_pin_mut()
             .expect("the inner future lives as long as the wrapper");
-        let frame = this.frame;
-        this.span
-            .in_span(|| engine::run_in(frame, || inner.poll(cx)))
+        this.frame.enter(|| inner.poll(cx))
     }
 }
 
@@ -241,9 +194,7 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
             .inner
             .as_pin_mut()
             .expect("the inner stream lives as long as the wrapper");
-        let frame = this.frame;
-        this.span
-            .in_span(|| engine::run_in(frame, || inner.poll_next(cx)))
+        this.frame.enter(|| inner.poll_next(cx))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -283,7 +234,7 @@ pub trait ContextFutureExt: Future + Sized {
     /// dropped, so no other code can run it meanwhile.
     ///
     /// One exception, for servers: if the wrapped future calls
-    /// `contextvars::tower::ContextLayer` (a connection task), each request's end gives
+    /// `contextvars_tower::ContextLayer` (a connection task), each request's end gives
     /// `ctx` back the bindings it had when the wrapper was made, so a value set in it
     /// while serving one request never reaches the next.
     ///

@@ -53,9 +53,9 @@
 //!   [`AccessError`].
 //! * [`observe`]: every thread's current context, readable from any thread without
 //!   locks (for watchdogs, profilers and debug endpoints); off unless switched on.
-//! * `tracing` (feature `tracing`): the current span follows the work into every
-//!   hand-off, and context variables are fields of every event that tracing-subscriber's
-//!   `fmt` formats, text or JSON, with nothing at the log call.
+//! * [`plumbing`]: the building blocks the integrations are made of (a task's captured
+//!   context, a carrier for state such as a tracing span), for executors and pools the
+//!   crate does not know.
 //! * [`docs`]: the Python mapping, the cost model and the internals, in depth.
 //! * Model checking: build with `RUSTFLAGS="--cfg loom"` and a [loom](https://docs.rs/loom)
 //!   model of your own code sees each modelled thread's context and the crate's own
@@ -84,13 +84,21 @@
 //! * [`future`]: a runtime-agnostic future and stream wrapper, [`future::WithContext`];
 //! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`, and
 //!   (`--cfg tokio_unstable`) `isolate_tasks`, every task of a runtime in its own context;
-//! * `tower` (feature `tower`): a `Layer` that runs each HTTP request in its own context;
-//! * `opentelemetry` (feature `opentelemetry`): declared variables cross process
-//!   boundaries as W3C baggage, with the trace context, through OpenTelemetry's
-//!   propagators (server and client tower layers);
 //! * `rayon` (feature `rayon`): `join`, `scope`, `spawn`, `ThreadPool::install` and a
 //!   parallel-iterator adapter; every job and every call into the adapter enters its
 //!   context and leaves it before returning, so a worker's own state is never disturbed.
+//!
+//! Integrations with crates that are not 1.0 yet are crates of their own, built on
+//! [`plumbing`], so that their releases do not force one of this crate:
+//!
+//! * `contextvars-tower`: a tower `Layer` that runs each HTTP request in its own context
+//!   (axum, hyper-util, tonic);
+//! * `contextvars-tracing`: the current span follows the work into every hand-off, and
+//!   context variables are fields of every event that tracing-subscriber's `fmt`
+//!   formats, text or JSON, with nothing at the log call;
+//! * `contextvars-opentelemetry`: declared variables cross process boundaries as W3C
+//!   baggage, with the trace context, through OpenTelemetry's propagators (server and
+//!   client tower layers).
 //!
 //! By hand: `let ctx = copy_context(); spawn(move || ctx.run(f))`. [`Context`] is
 //! `Send + Sync`; a [`Token`] and a [`ScopedSet`] guard are `!Send`, because they restore
@@ -118,9 +126,7 @@ mod error;
 pub mod future;
 mod map;
 pub mod observe;
-#[cfg(feature = "opentelemetry")]
-#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
-pub mod opentelemetry;
+pub mod plumbing;
 mod pool;
 #[cfg(feature = "rayon")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rayon")))]
@@ -133,12 +139,6 @@ mod token;
 #[cfg(all(feature = "tokio", not(loom)))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
-#[cfg(feature = "tower")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub mod tower;
-#[cfg(feature = "tracing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub mod tracing;
 mod value;
 mod var;
 

@@ -196,7 +196,6 @@ globals! {
 
 /// Records that the tower layer served a request (checked first, so the flag's cache
 /// line is written once per process, not once per request).
-#[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn note_request_layer() {
     if !REQUEST_LAYER_SEEN.load(Ordering::Relaxed) {
         REQUEST_LAYER_SEEN.store(true, Ordering::Relaxed);
@@ -211,10 +210,7 @@ pub(crate) fn request_layer_seen() -> bool {
 /// Prints `note` to stderr unless `said` says it was printed already: the crate's
 /// once-per-process notes about configurations it cannot refuse. Relaxed: two threads
 /// racing here print it once between them, as `swap` hands `false` to one.
-#[cfg_attr(
-    not(any(feature = "tower", all(feature = "tokio", tokio_unstable))),
-    allow(dead_code)
-)]
+#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
 pub(crate) fn say_once(said: &AtomicBool, note: &str) {
     if !said.swap(true, Ordering::Relaxed) {
         eprintln!("{note}");

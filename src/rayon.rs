@@ -72,7 +72,7 @@ use ::rayon::iter::plumbing::{
 use ::rayon::iter::{IndexedParallelIterator, ParallelIterator};
 use ::rayon::{FnContext, ThreadPool};
 
-use crate::carry::{self, CarriedSpan};
+use crate::carry::{self, CarriedState};
 use crate::engine::{self, Frame, Vars};
 
 /// [`rayon::join`], running both closures in copies of the current context.
@@ -156,9 +156,9 @@ impl<'scope> Scope<'_, 'scope> {
         BODY: for<'b> FnOnce(&Scope<'b, 'scope>) + Send + 'scope,
     {
         let frame = Frame::private(engine::vars());
-        let span = CarriedSpan::current();
+        let span = CarriedState::current();
         self.inner.spawn(move |inner| {
-            span.in_span(|| engine::run_owned(frame, || body(&Scope { inner })));
+            span.in_state(|| engine::run_owned(frame, || body(&Scope { inner })));
         });
     }
 
@@ -307,7 +307,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
         InContext {
             base: self,
             vars: engine::vars(),
-            span: CarriedSpan::current(),
+            span: CarriedState::current(),
         }
     }
 }
@@ -320,7 +320,7 @@ impl<I: ParallelIterator> ParallelIteratorExt for I {}
 pub struct InContext<I> {
     base: I,
     vars: Vars,
-    span: CarriedSpan,
+    span: CarriedState,
 }
 
 impl<I: fmt::Debug> fmt::Debug for InContext<I> {
@@ -383,19 +383,19 @@ impl<I: IndexedParallelIterator> IndexedParallelIterator for InContext<I> {
 #[derive(Clone, Copy)]
 struct Borrowed<'a> {
     vars: &'a Vars,
-    span: &'a CarriedSpan,
+    span: &'a CarriedState,
 }
 
 impl<'a> Borrowed<'a> {
     /// A capture of `vars` and `span`, owned by the caller.
-    fn new(vars: &'a Vars, span: &'a CarriedSpan) -> Self {
+    fn new(vars: &'a Vars, span: &'a CarriedState) -> Self {
         Self { vars, span }
     }
 
     /// The same snapshot without the span, for calls made inside a call that entered it
     /// (entering it again would make the subscriber record a second `enter`).
     fn inside_span(self) -> Borrowed<'a> {
-        static NONE: CarriedSpan = CarriedSpan::NONE;
+        static NONE: CarriedState = CarriedState::NONE;
         Borrowed {
             vars: self.vars,
             span: &NONE,
@@ -406,7 +406,7 @@ impl<'a> Borrowed<'a> {
     /// inside the captured span.
     #[inline]
     fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        self.span.in_span(|| engine::run_borrowed(self.vars, f))
+        self.span.in_state(|| engine::run_borrowed(self.vars, f))
     }
 
     /// Calls `step` until it returns `false`, each call in a frame that starts from the
@@ -415,7 +415,7 @@ impl<'a> Borrowed<'a> {
     #[inline]
     fn run_each(self, step: impl FnMut() -> bool) {
         self.span
-            .in_span(|| engine::run_borrowed_each(self.vars, step));
+            .in_state(|| engine::run_borrowed_each(self.vars, step));
     }
 }
 
@@ -436,7 +436,7 @@ fn waiting<R>(wait: impl FnOnce() -> R) -> R {
 /// capture.
 #[inline]
 fn with_captured<R>(f: impl FnOnce(Borrowed<'_>) -> R) -> R {
-    let span = CarriedSpan::current();
+    let span = CarriedState::current();
     engine::with_captured(|vars| f(Borrowed::new(vars, &span)))
 }
 

@@ -32,6 +32,11 @@ impl Snapshot {
         Self { vars }
     }
 
+    /// The bindings.
+    pub(crate) fn vars(&self) -> &Vars {
+        &self.vars
+    }
+
     /// The number of bindings.
     pub fn len(&self) -> usize {
         self.vars.len()

@@ -28,7 +28,7 @@
 //!
 //! In the context of the task that runs it, if the task has one: a task spawned by the
 //! functions here, a future wrapped with `in_current_context` / `in_context`, a request
-//! under the [`tower`](crate::tower) layer, or, with `isolate_tasks` (`--cfg
+//! under the `contextvars_tower` layer, or, with `isolate_tasks` (`--cfg
 //! tokio_unstable`), every task of the runtime. A *plain* `tokio::spawn`ed task has none:
 //! it runs in the worker thread's own context, which every task that worker polls next
 //! would see, so a `set` there is refused ([`SetError`](crate::SetError)) instead of

@@ -340,7 +340,6 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// computed (`None`, as for a variable with no value): runs no code of the program's
     /// but `f`, for readers that must not, such as the formatting of an event inside a
     /// panic hook.
-    #[cfg(feature = "tracing")]
     pub(crate) fn with_computed<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
         let f = match self.existing_id() {
             Some(id) => match engine::with_bound::<T, R, _>(id, f) {
@@ -381,7 +380,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// * in plain code, the thread's own context, until it is reset or the thread ends;
     /// * inside [`Context::run`](crate::Context::run), that context object;
     /// * in a task wrapped by `in_current_context` / `contextvars::tokio::spawn`, or under
-    ///   the `contextvars::tower` layer, the task's or request's own copy, across every
+    ///   the `contextvars_tower` layer, the task's or request's own copy, across every
     ///   `.await`, and never anyone else's;
     /// * in a rayon job or item of `contextvars::rayon`, that job or item.
     ///
@@ -489,7 +488,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// current context with `value` bound (tokio's `TASK.scope(value, future)`). The copy
     /// is taken now; every poll runs in it, wherever the future is polled, and sets inside
     /// stay in it. Nothing is set in the caller's context, so this is never refused. If
-    /// the future calls `contextvars::tower::ContextLayer`, each request's end gives the
+    /// the future calls `contextvars_tower::ContextLayer`, each request's end gives the
     /// copy back the bindings it started with (as for a task made with
     /// [`in_current_context`](crate::future::ContextFutureExt::in_current_context)): a
     /// plain `set` made inside it for one request does not outlive that request.

@@ -49,7 +49,7 @@
 //! served a request anywhere in the process (it then says the code runs *outside* the
 //! layer), and the other cells, run in parallel by the harness, do serve through the
 //! layer. In the child, no layer ever runs, so those cells can check the exact wording
-//! ("add `contextvars::tower::ContextLayer`"). For the same reason every cell sends one
+//! ("add `contextvars_tower::ContextLayer`"). For the same reason every cell sends one
 //! warm-up request before its load (not counted): `middleware_outside_layer`'s refusals
 //! then all come after a request went through the layer, whatever ran before.
 //!
@@ -79,7 +79,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use contextvars::future::ContextFutureExt;
-use contextvars::tower::ContextLayer;
+use contextvars_tower::ContextLayer;
 use contextvars::{Context, ContextVar, SetError};
 use http_body::{Frame, SizeHint};
 use rayon::prelude::*;
@@ -92,7 +92,7 @@ static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::n
 const CHILD_ENV: &str = "CONTEXTVARS_ISOLATION_MATRIX_CHILD";
 
 /// The wording of a refusal in a process where no `ContextLayer` has served a request.
-const NO_LAYER_FIX: &str = "add `contextvars::tower::ContextLayer` to the service";
+const NO_LAYER_FIX: &str = "add `contextvars_tower::ContextLayer` to the service";
 /// The wording once a layer has served requests: the code runs outside it.
 const LAYER_ORDER_FIX: &str = "add the context layer last";
 

@@ -8,12 +8,7 @@
 //! A test binary of its own: events on rayon workers, blocking threads and spawned
 //! threads reach only the *global* subscriber, which a process can install once.
 
-#![cfg(all(
-    feature = "tracing",
-    feature = "rayon",
-    feature = "tokio",
-    feature = "tower"
-))]
+#![cfg(all(feature = "rayon", feature = "tokio"))]
 
 #[path = "../examples/request_metadata.rs"]
 mod example;

@@ -1,4 +1,4 @@
-//! `contextvars::tracing::ContextFields` with process-wide state, so in a test binary of
+//! `contextvars_tracing::ContextFields` with process-wide state, so in a test binary of
 //! its own rather than in `tests/it`:
 //!
 //! * formatting an event re-entrantly (a variable's `Debug` logs while the event it is a
@@ -10,7 +10,6 @@
 //! The tests take [`serial`]: the allocation test's scoped dispatchers must not exist
 //! while the re-entrancy test runs.
 
-#![cfg(feature = "tracing")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -18,7 +17,7 @@ use std::fmt;
 use std::io;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use contextvars::tracing::ContextFields;
+use contextvars_tracing::ContextFields;
 use contextvars::{Context, ContextVar};
 
 #[path = "support/log_buffer.rs"]

@@ -1,4 +1,4 @@
-//! `contextvars::tracing::ContextFields` under a panic hook that logs through `tracing`
+//! `contextvars_tracing::ContextFields` under a panic hook that logs through `tracing`
 //! (a common set-up): a panic must stay a panic, never become an abort ("panicked while
 //! processing panic"), whatever the variables' `Display` and `Debug` do.
 //!
@@ -7,7 +7,6 @@
 //! that started it, with [`SCENARIO`] set. The parent checks the child's exit status and
 //! its output (the child's subscriber writes to its stdout).
 
-#![cfg(feature = "tracing")]
 
 use std::fmt;
 use std::net::IpAddr;
@@ -16,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use contextvars::tracing::ContextFields;
+use contextvars_tracing::ContextFields;
 use contextvars::{Context, ContextVar};
 use serde_json::{Value as Json, json};
 

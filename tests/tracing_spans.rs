@@ -7,12 +7,7 @@
 //! process can install once. Each event names its test in a `test` field, and each test
 //! reads back only its own records.
 
-#![cfg(all(
-    feature = "tracing",
-    feature = "rayon",
-    feature = "tokio",
-    feature = "tower"
-))]
+#![cfg(all(feature = "rayon", feature = "tokio"))]
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -448,7 +443,7 @@ fn the_tower_layer_carries_the_span_into_the_body() {
         .worker_threads(2)
         .build()
         .unwrap();
-    let mut service = contextvars::tower::ContextLayer::new().layer(Handler);
+    let mut service = contextvars_tower::ContextLayer::new().layer(Handler);
     let future = in_span(|| service.call(http::Request::new(())));
     // The future and the body are polled on a worker, outside the span and the context.
     rt.block_on(async {

@@ -1,4 +1,4 @@
-//! Fuzz target for the propagation extractor (`contextvars::opentelemetry`), which reads
+//! Fuzz target for the propagation extractor (`contextvars_opentelemetry`), which reads
 //! `baggage`, `traceparent` and `tracestate` headers from anyone: it must never panic,
 //! and what it binds must survive being sent on.
 //!
@@ -28,7 +28,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use contextvars::opentelemetry::{Bool, Deadline, Int, Millis, Propagation, Reason, Text};
+use contextvars_opentelemetry::{Bool, Deadline, Int, Millis, Propagation, Reason, Text};
 use contextvars::{Context, ContextVar};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;

@@ -127,8 +127,7 @@ impl Frame {
 
 impl Frame {
     /// Whether a set or reset ever changed this frame's bindings while it ran.
-    #[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
-    pub(crate) fn bindings_changed(&self) -> bool {
+        pub(crate) fn bindings_changed(&self) -> bool {
         self.last_change != 0
     }
 }
@@ -414,8 +413,7 @@ impl Frame {
     /// no context object; otherwise a private copy of its snapshot, and the frame, which
     /// leaves its object (so the object can be entered again), released in a frame of
     /// its own.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn into_private(mut self) -> Frame {
+        pub(crate) fn into_private(mut self) -> Frame {
         if self.ctx.is_none() {
             return self;
         }
@@ -443,7 +441,6 @@ pub(crate) fn run_owned<R>(mut frame: Frame, f: impl FnOnce() -> R) -> R {
 /// ([`Entered::READ_ONLY`](crate::pool::Entered::READ_ONLY)): where a rayon worker waits
 /// inside a call of `contextvars::rayon` and may run plain jobs it steals, which must
 /// neither see the waiting job's values nor bind any of their own there.
-#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_read_only<R>(f: impl FnOnce() -> R) -> R {
     let empty = Vars::default();
     enter_light(
@@ -459,7 +456,6 @@ pub(crate) fn run_read_only<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f` in a private frame over `vars` without taking a reference count unless `f`
 /// writes: the structured hand-off of a rayon job, whose parent keeps `vars` alive for
 /// the whole call.
-#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
     let entered = pool::entered_now();
     enter_light(
@@ -480,7 +476,6 @@ pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
 /// behind); a call that materialized the frame (a set, a reset, a context handle) ends
 /// it, and the next call gets a fresh one. So an item pays two `HOT` cell writes only
 /// when the one before it wrote, and nothing otherwise.
-#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
     let root = vars.root_ptr();
     let entered = pool::entered_now();
@@ -564,7 +559,6 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
 /// ends them first, so that it leaves from its own frame, the one that holds its context
 /// object's entered flag. A missing leave outside any light frame leaves the thread in
 /// the task's context (a wrong value, never a dangling one).
-#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
 pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
     let mut frame = Some(frame);
     let entered = with_hot(|hot| {
@@ -598,7 +592,6 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
 /// Leaves the frame the last [`enter_detached`] entered and returns it, with what the
 /// work made of it; `None` (and nothing changes) if there is none, or if a light frame
 /// entered after it is still running.
-#[cfg_attr(not(all(feature = "tokio", tokio_unstable)), allow(dead_code))]
 pub(crate) fn leave_detached() -> Option<Frame> {
     let left = with_hot(|hot| {
         if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {
@@ -635,7 +628,6 @@ pub(crate) fn leave_detached() -> Option<Frame> {
 /// outward follows the light frames' records on this thread's stack: the unmaterialized
 /// ones through `outer`, the materialized ones through `HOT.materialized` and what each
 /// displaced. A frame that has no id yet gets one now.
-#[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn origin_frames() -> [u64; 2] {
     with_hot(|hot| {
         let mut found = [0; 2];
@@ -781,7 +773,6 @@ unsafe fn stored_origin(hot: &Hot, frame: *mut Frame, assign: bool) -> u64 {
 /// bindings had changed since the frame started (or was last restored); `false` if they
 /// had not, or if the current frame is another one (a frame entered inside it is
 /// running, or the request ended on another task or thread).
-#[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn restore_origin(id: u64) -> bool {
     if id == 0 {
         return false;
@@ -832,7 +823,6 @@ pub(crate) fn restore_origin(id: u64) -> bool {
 /// One frame waits at a time, per thread, and only until the thread gets back to its
 /// own frame or leaves a hooked task's: a request that ends inside a frame that does not
 /// run inside the waiting one, before it is current again, replaces it.
-#[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn restore_origins(frames: [u64; 2]) -> bool {
     let [calling, outside] = frames;
     let restored = restore_origin(calling) | restore_origin(outside);
@@ -1087,7 +1077,10 @@ pub(crate) fn vars() -> Vars {
 /// `f`: it is kept alive by the code that started the enclosing light frame, which
 /// cannot return before `f` does, and a write in the frame (even by an unrelated job that
 /// rayon runs on this thread meanwhile) materializes a copy instead of replacing it.
-#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+#[allow(
+    dead_code,
+    reason = "the rayon module's (feature `rayon`); the engine does not know its users"
+)]
 pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
     let light = with_hot(|hot| hot.light.get());
     if light.is_null() {

@@ -48,13 +48,15 @@ pub(crate) use binding::{
     MissSite, ResetFailure, SetRefused, SetState, current_shared, miss_site, reset_binding,
     set_binding, with_bound,
 };
-pub(crate) use frame::{Frame, release_isolated, run_entered, run_in, run_owned, vars};
-#[cfg(all(feature = "tokio", tokio_unstable))]
-pub(crate) use frame::{enter_detached, leave_detached};
-#[cfg(feature = "tower")]
-pub(crate) use frame::{origin_frames, restore_origins};
-#[cfg(feature = "rayon")]
-pub(crate) use frame::{run_borrowed, run_borrowed_each, run_read_only, with_captured};
+pub(crate) use frame::{
+    Frame, enter_detached, leave_detached, origin_frames, release_isolated, restore_origins,
+    run_borrowed, run_borrowed_each, run_entered, run_in, run_owned, run_read_only, vars,
+};
+#[allow(
+    unused_imports,
+    reason = "the rayon module's (feature `rayon`); the engine does not know its users"
+)]
+pub(crate) use frame::with_captured;
 pub(crate) use object::Shared;
 pub(crate) use thread::{TornDown, check_alive, next_context_id};
 

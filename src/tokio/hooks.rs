@@ -25,7 +25,7 @@
 //!   [`contextvars::tokio::spawn_local`](crate::tokio::spawn_local).
 //! * `block_on`'s own future is not a task: it runs in the calling thread's context.
 //! * Requests on one HTTP/1 keep-alive connection are served by one connection task, so
-//!   they share its context: without the [`tower`](crate::tower) layer, a value a
+//!   they share its context: without the `contextvars_tower` layer, a value a
 //!   middleware sets while serving one request is seen by the next request on the
 //!   connection. The crate cannot tell a connection task from any other task, so it
 //!   cannot refuse that set; add the layer. The first time a task sets a variable in its
@@ -351,10 +351,10 @@ fn note_set_without_layer(frame: &Frame) {
 /// What [`note_set_without_layer`] prints.
 const SET_WITHOUT_LAYER: &str = "contextvars: a task of a runtime with \
     `contextvars::tokio::isolate_tasks` set a context variable in its own context, and no \
-    `contextvars::tower::ContextLayer` has served a request in this process. If the task \
+    `contextvars_tower::ContextLayer` has served a request in this process. If the task \
     serves HTTP connections (a server's connection task), the requests of a keep-alive \
     connection share its context, and a value set while serving one request is seen by \
-    the next: add `ContextLayer` to the service (feature `tower`; with axum, add it \
+    the next: add `ContextLayer` to the service (crate `contextvars-tower`; with axum, add it \
     last). A task that serves no HTTP connection is isolated as it is: then ignore this \
     note, which is printed once.";
 

@@ -11,7 +11,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use contextvars::ContextVar;
 use contextvars::future::ContextFutureExt;
-use contextvars::tower::{ContextLayer, Layer, Service};
+use contextvars_tower::{ContextLayer, Layer, Service};
 
 static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
 static PEER: ContextVar<u32> = ContextVar::new("peer");
@@ -284,12 +284,12 @@ fn outside_scenario_child() {
 #[cfg_attr(miri, ignore)] // starts a process
 fn a_set_outside_the_layer_is_noted_once() {
     let stderr = crate::stderr_of_child("connection::outside_scenario_child", OUTSIDE_SCENARIO);
-    let note = "contextvars: code outside `contextvars::tower::ContextLayer`";
+    let note = "contextvars: code outside `contextvars_tower::ContextLayer`";
     assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
     assert!(stderr.contains("Add the context layer last"), "{stderr}");
     // A layer served requests: the note about hooks without any layer stays silent.
     assert!(
-        !stderr.contains("no `contextvars::tower::ContextLayer` has served"),
+        !stderr.contains("no `contextvars_tower::ContextLayer` has served"),
         "{stderr}"
     );
 }

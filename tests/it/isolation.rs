@@ -26,7 +26,7 @@ fn assert_unisolated(error: SetError) {
     for needle in [
         "\"request_id\"",
         "thread's own context (a tokio worker's or blocking thread's)",
-        "contextvars::tower::ContextLayer",
+        "contextvars_tower::ContextLayer",
         "contextvars::tokio::spawn",
         "in_current_context",
     ] {

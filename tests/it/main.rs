@@ -10,7 +10,6 @@
 //! Every test runs its body in a fresh context ([`isolated`], CPython's
 //! `isolated_context`) or in a fresh thread, so no test sees another's bindings.
 
-#[cfg(feature = "tower")]
 mod connection;
 mod context;
 mod cpython;
@@ -22,21 +21,18 @@ mod hooks;
 #[cfg(feature = "rayon")]
 mod hostile;
 mod isolation;
-#[cfg(feature = "tracing")]
 #[path = "../support/log_buffer.rs"]
 mod log_buffer;
-#[cfg(feature = "opentelemetry")]
 mod otel;
 mod panic_safety;
 #[cfg(feature = "rayon")]
 mod rayon;
-#[cfg(all(feature = "tower", feature = "rayon", feature = "tokio"))]
+#[cfg(all(feature = "rayon", feature = "tokio"))]
 mod server;
 mod spawn;
 mod teardown;
 mod threads;
 mod token;
-#[cfg(feature = "tracing")]
 mod tracing_fields;
 mod var;
 
@@ -124,7 +120,6 @@ pub(crate) fn addr<T>(value: &T) -> usize {
 /// Runs the test `name` of this binary alone in a child process with `switch` set (a
 /// fresh process: the crate's once-per-process notes and its layer flag start unset),
 /// checks that it succeeded, and returns what it printed to stderr.
-#[cfg(any(feature = "tower", all(feature = "tokio", tokio_unstable)))]
 pub(crate) fn stderr_of_child(name: &str, switch: &str) -> String {
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([name, "--exact", "--nocapture", "--test-threads=1"])

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contextvars::opentelemetry::{
+use contextvars_opentelemetry::{
     Bool, Deadline, ExtractReport, Int, Millis, OTEL_CONTEXT, Propagation, Reason, Text,
 };
-use contextvars::tower::{InitError, Initializer};
+use contextvars_tower::{InitError, Initializer};
 use contextvars::{Context, ContextVar};
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
@@ -862,7 +862,7 @@ fn report_counts_both_headers() {
 /// (and an InitError) in its extensions.
 #[test]
 fn server_layer_extracts_and_reports() {
-    use contextvars::tower::{ContextLayer, Layer, Service};
+    use contextvars_tower::{ContextLayer, Layer, Service};
     use std::future::{Ready, ready};
     use std::task::{Context as TaskContext, Poll};
 

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use contextvars::ContextVar;
 use contextvars::rayon::ParallelIteratorExt;
-use contextvars::tower::{ContextLayer, InitError, RequestId};
+use contextvars_tower::{ContextLayer, InitError, RequestId};
 use rayon::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -396,14 +396,14 @@ fn naive_middleware_without_the_layer_is_refused() {
     };
     assert!(
         body.starts_with("refused to set <ContextVar name=\"request_id\">")
-            && body.contains("contextvars::tower::ContextLayer"),
+            && body.contains("contextvars_tower::ContextLayer"),
         "{body}"
     );
 }
 
 #[test]
 fn request_id_headers_that_cannot_be_trusted_get_a_fresh_id() {
-    use contextvars::tower::{Initializer, fresh_request_id};
+    use contextvars_tower::{Initializer, fresh_request_id};
     let init = RequestId::new(&LAYER_ID).max_len(8);
     let parts = |value: Option<&[u8]>, twice: bool| {
         let mut builder = axum::http::Request::builder();
@@ -464,7 +464,7 @@ fn a_streaming_body_is_polled_in_the_requests_context() {
     use std::pin::Pin;
 
     use axum::body::Body;
-    use contextvars::tower::{Layer, Service};
+    use contextvars_tower::{Layer, Service};
     use futures_util::StreamExt;
     use http_body::Body as _;
 

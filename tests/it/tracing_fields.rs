@@ -1,4 +1,4 @@
-//! `contextvars::tracing::ContextFields` (feature `tracing`): context variables as fields
+//! `contextvars_tracing::ContextFields` (feature `tracing`): context variables as fields
 //! of every event, in the JSON and text formats of tracing-subscriber's `fmt`.
 //!
 //! Most tests format the same events with the plain format and with the wrapped one and
@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use contextvars::tracing::ContextFields;
+use contextvars_tracing::ContextFields;
 use contextvars::{Context, ContextVar};
 use serde_json::{Value as Json, json};
 use tracing::Dispatch;
@@ -893,16 +893,15 @@ fn text_numbers_and_wrappers_are_fields_of_their_own_kind() {
     assert!(lines[1]["fields"].get("maybe").is_none(), "{}", lines[1]);
 }
 
-/// Every type a codec of `contextvars::opentelemetry` decodes baggage into is named in
+/// Every type a codec of `contextvars_opentelemetry` decodes baggage into is named in
 /// `var` directly: integers stay numbers, text is a string, a `Duration` its `Debug`
 /// text, an `Instant` the time from the event to it.
-#[cfg(feature = "opentelemetry")]
 #[test]
 fn every_codecs_type_is_named_in_var_directly() {
     use std::time::{Duration, Instant};
 
-    use contextvars::opentelemetry::{Bool, Codec, Deadline, Int, Millis, Text};
-    use contextvars::tracing::FieldValue;
+    use contextvars_opentelemetry::{Bool, Codec, Deadline, Int, Millis, Text};
+    use contextvars_tracing::FieldValue;
 
     /// What `codec` decodes `text` into, for a type `var` takes.
     fn decoded<T: FieldValue>(codec: &impl Codec<T>, text: &str) -> T {

@@ -1,31 +1,34 @@
-//! Context in [`tracing`] output (feature `tracing`): the request's span follows the work
-//! into threads, tasks and rayon jobs, and context variables appear on every event.
+//! [`contextvars`] in [`tracing`] output: the request's span follows the work into
+//! threads, tasks and rayon jobs, and context variables appear on every event.
 //!
 //! # The span follows the work
 //!
 //! tracing's current span is per thread: a `tokio::spawn`, a `spawn_blocking` closure, a
 //! rayon job or a `std::thread` starts in no span, so their events lose the request span
-//! (tracing's `Instrument` covers futures only, and only where it is written). With this
-//! feature, **every hand-off of the crate carries the span that was current when it
-//! captured the context**, and enters it around each run, poll or job of the child:
+//! (tracing's `Instrument` covers futures only, and only where it is written). After
+//! [`carry_spans`] (which [`ContextFields::new`] calls too), **every hand-off of
+//! `contextvars` carries the span that was current when it captured the context**, and
+//! enters it around each run, poll or job of the child:
 //!
-//! * [`thread::spawn`](crate::thread::spawn), `spawn_in`, and the `Builder` and `Scope`
+//! * [`contextvars::thread::spawn`], `spawn_in`, and the `Builder` and `Scope`
 //!   extensions;
-//! * the future wrapper ([`in_current_context`](crate::future::ContextFutureExt::in_current_context),
-//!   `in_context`, [`ContextVar::scope_future`](crate::ContextVar::scope_future)), so
-//!   also `contextvars::tokio::spawn`, `spawn_local` and `JoinSetExt`, and
+//! * the future wrapper ([`in_current_context`](contextvars::future::ContextFutureExt::in_current_context),
+//!   `in_context`, [`ContextVar::scope_future`](contextvars::ContextVar::scope_future)),
+//!   so also `contextvars::tokio::spawn`, `spawn_local` and `JoinSetExt`, and
 //!   `spawn_blocking`;
 //! * rayon's `join`, `join_context`, `scope`, `in_place_scope`, `Scope::spawn`,
 //!   `spawn`, `spawn_fifo`, `ThreadPoolExt` and the `in_current_context`
-//!   parallel-iterator adapter (feature `rayon`);
-//! * the tower layer (`ContextLayer`, feature `tower`): the service future
-//!   and the response body are polled in the span current when the service was called.
+//!   parallel-iterator adapter (`contextvars`' feature `rayon`);
+//! * `contextvars-tower`'s `ContextLayer`: the service future and the response body are
+//!   polled in the span current when the service was called;
+//! * anything built on `contextvars::plumbing::TaskFrame` (this crate registers the
+//!   span as the process's `contextvars::plumbing::Carrier`).
 //!
 //! ```
-//! # #[cfg(feature = "rayon")] {
 //! use contextvars::rayon::ParallelIteratorExt;
 //! use rayon::prelude::*;
 //!
+//! contextvars_tracing::carry_spans().unwrap();
 //! let span = tracing::info_span!("request", id = 7);
 //! span.in_scope(|| {
 //!     // Each item's event sits in `request{id=7}`, on whichever worker runs it.
@@ -33,7 +36,6 @@
 //!     // A thread too: no span is passed by hand.
 //!     contextvars::thread::spawn(|| tracing::info!("from a thread")).join().unwrap();
 //! });
-//! # }
 //! ```
 //!
 //! The span is entered outside the context's frame and left before the run, poll or job
@@ -44,19 +46,16 @@
 //! span would have to stay entered between two hook calls, which is not a lexical scope;
 //! wrap such a task with `.instrument(span)` or spawn it with `contextvars::tokio::spawn`.
 //!
-//! Cost (`benches/tracing.rs`, group `span_carry`, one run; a one-worker rayon `join`
-//! of two trivial closures made from the worker's own context, and a poll of a wrapped
-//! future that is always pending):
-//!
-//! | | `join` | poll |
-//! |---|---|---|
-//! | no subscriber ever installed (one relaxed load skips the lookup) | 26.3 ns | 4.7 ns |
-//! | a subscriber (`Registry`), no span current: the current-span lookup | 35.2 ns | 4.5 ns |
-//! | a span current: its handle cloned, entered and exited per side or poll | 114 ns | 10.3 ns |
-//! | peers: a plain `rayon::join` / a span carried by hand into it; `Instrument` | 15.2 / 86.7 ns | 7.8 ns |
+//! Cost: with no subscriber ever installed, a capture is one relaxed load; with one, a
+//! capture asks the dispatcher for the current span (a thread-local lookup with
+//! tracing-subscriber's `Registry`), and a span found there is cloned (a reference count
+//! on the subscriber) into one allocation shared by the work. Entering it per run, poll
+//! or job is the subscriber's `enter` and `exit`, what tracing's `Instrument` does. The
+//! figures, against a span carried by hand and `Instrument`, are in the repository's
+//! `BENCHMARKS.md` (`benches/tracing.rs`, group `span_carry`).
 //!
 //! A poll pays nothing for a capture (that happens once, when the future is wrapped);
-//! without the feature the carried span is zero-sized and no lookup is made. A parallel
+//! without [`carry_spans`] no lookup is made. A parallel
 //! iterator enters its span once per call rayon makes into the adapter: once per batch
 //! of items, but once per item where an adapter such as `zip` pulls them one at a time.
 //! Where a child runs on the thread that captured it while the span is still entered
@@ -74,7 +73,7 @@
 //! use std::io::Write;
 //! use std::sync::{Arc, Mutex};
 //! use contextvars::{Context, ContextVar};
-//! use contextvars::tracing::ContextFields;
+//! use contextvars_tracing::ContextFields;
 //!
 //! // A variable's field name is its name.
 //! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
@@ -181,8 +180,10 @@
 
 mod callsite;
 mod capture;
+mod carrier;
 mod fields;
 mod value;
 
+pub use carrier::carry_spans;
 pub use fields::ContextFields;
 pub use value::FieldValue;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// what it does not understand rather than guess, and never panic.
 ///
 /// ```
-/// use contextvars::opentelemetry::{Codec, DecodeError};
+/// use contextvars_opentelemetry::{Codec, DecodeError};
 ///
 /// #[derive(Clone, Copy, Debug, PartialEq)]
 /// enum Tier {
@@ -57,7 +57,7 @@ pub trait Codec<T>: Send + Sync + 'static {
 /// A [`Codec`]'s refusal of a baggage value.
 ///
 /// ```
-/// use contextvars::opentelemetry::{Codec, Int};
+/// use contextvars_opentelemetry::{Codec, Int};
 ///
 /// let error = Codec::<u8>::decode(&Int, "256").unwrap_err();
 /// assert_eq!(error.to_string(), "not an integer of the declared type");
@@ -97,7 +97,7 @@ impl std::error::Error for DecodeError {}
 /// of the type's range, a sign on an unsigned type, or anything else is refused.
 ///
 /// ```
-/// use contextvars::opentelemetry::{Codec, Int};
+/// use contextvars_opentelemetry::{Codec, Int};
 ///
 /// assert_eq!(Int.encode(&-42i64), "-42");
 /// assert_eq!(Codec::<i64>::decode(&Int, "-42"), Ok(-42));
@@ -134,7 +134,7 @@ int_codec!(u8 u16 u32 u64 u128 usize i8 i16 i32 i64 i128 isize);
 ///
 /// ```
 /// use std::sync::Arc;
-/// use contextvars::opentelemetry::{Codec, Text};
+/// use contextvars_opentelemetry::{Codec, Text};
 ///
 /// let tenant: Arc<str> = Arc::from("acme, inc.");
 /// assert_eq!(Text.encode(&tenant), "acme, inc.");
@@ -176,7 +176,7 @@ impl Codec<Box<str>> for Text {
 /// `true` or `false`, exactly.
 ///
 /// ```
-/// use contextvars::opentelemetry::{Bool, Codec};
+/// use contextvars_opentelemetry::{Bool, Codec};
 ///
 /// assert_eq!(Bool.encode(&true), "true");
 /// assert_eq!(Bool.decode("false"), Ok(false));
@@ -204,7 +204,7 @@ impl Codec<bool> for Bool {
 ///
 /// ```
 /// use std::time::Duration;
-/// use contextvars::opentelemetry::{Codec, Millis};
+/// use contextvars_opentelemetry::{Codec, Millis};
 ///
 /// assert_eq!(Millis.encode(&Duration::from_micros(1_500)), "1");
 /// assert_eq!(Millis.decode("250"), Ok(Duration::from_millis(250)));
@@ -237,7 +237,7 @@ impl Codec<Duration> for Millis {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use contextvars::opentelemetry::{Codec, Deadline};
+/// use contextvars_opentelemetry::{Codec, Deadline};
 ///
 /// let deadline = Instant::now() + Duration::from_secs(2);
 /// let remaining: u64 = Deadline.encode(&deadline).parse().unwrap();

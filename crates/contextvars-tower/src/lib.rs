@@ -1,9 +1,9 @@
-//! Every HTTP request in a context of its own: a tower [`Layer`] (feature `tower`).
+//! Every HTTP request in a context of its own: a tower [`Layer`] for [`contextvars`].
 //!
 //! A server runs each connection in a plain task, so without help a handler's `set`
 //! would land in the worker thread's own context and reach every request that worker
 //! serves next; it is refused instead, in every build (see
-//! [`SetError`](crate::SetError)). [`ContextLayer`] gives each request what an asyncio
+//! [`SetError`](contextvars::SetError)). [`ContextLayer`] gives each request what an asyncio
 //! task gets in Python: a **copy of the context current when the service is called**,
 //! in which
 //!
@@ -16,7 +16,7 @@
 //!
 //! When the task that calls the service has a context of its own (a connection task
 //! spawned with `contextvars::tokio::spawn` (feature `tokio`) or wrapped with
-//! [`in_current_context`](crate::future::ContextFutureExt::in_current_context), or any
+//! [`in_current_context`](contextvars::future::ContextFutureExt::in_current_context), or any
 //! task of a runtime with the task hooks), that context is kept across the requests of a
 //! keep-alive connection. When each request ends (its response body dropped, or its
 //! future dropped without one), the layer gives that task back the bindings it started
@@ -34,7 +34,7 @@
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use contextvars::ContextVar;
-//! use contextvars::tower::{ContextLayer, RequestId};
+//! use contextvars_tower::{ContextLayer, RequestId};
 //!
 //! static REQUEST_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
 //!
@@ -80,9 +80,9 @@ use pin_project_lite::pin_project;
 pub use tower_layer::Layer;
 pub use tower_service::Service;
 
-use crate::engine::{self, Frame};
-use crate::future::WithContext;
-use crate::sync::{AtomicBool, globals};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use contextvars::plumbing::{self, CallerFrames, TaskFrame};
 
 mod body;
 mod init;
@@ -110,7 +110,7 @@ impl<I> ContextLayer<I> {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::tower::{ContextLayer, InitError};
+    /// use contextvars_tower::{ContextLayer, InitError};
     ///
     /// static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
     ///
@@ -177,10 +177,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        crate::pool::note_request_layer();
-        let mut frame = Frame::private(engine::vars());
+        plumbing::note_request_layer();
+        let mut frame = TaskFrame::capture();
         let (inner, init) = (&mut self.inner, &self.init);
-        let future = engine::run_in(&mut frame, || {
+        let future = frame.enter(|| {
             let (mut parts, body) = request.into_parts();
             if let Err(error) = init.initialize_head(&mut parts) {
                 parts.extensions.insert(error);
@@ -188,8 +188,9 @@ where
             inner.call(http::Request::from_parts(parts, body))
         });
         ResponseFuture {
-            inner: WithContext::new(future, frame),
-            carrier: Carrier::current(),
+            inner: Some(future),
+            frame,
+            caller: CallerFrames::record(),
         }
     }
 }
@@ -200,18 +201,20 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: WithContext<F>,
-        // Handed to the response's body; restored here if there is none (an error, or
-        // the future dropped before it finished).
-        carrier: Carrier,
+        inner: Option<F>,
+        frame: TaskFrame,
+        // The task that called the service (see `restore_caller`): handed to the
+        // response's body; restored here if there is none (an error, or the future
+        // dropped before it finished).
+        caller: CallerFrames,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // The request's future first (inside its context), then the connection.
-            this.inner.end();
-            this.carrier.take().restore();
+            this.frame.end_pinned(this.inner);
+            restore_caller(this.caller);
         }
     }
 }
@@ -225,24 +228,36 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // The request's context, as the response left it, goes to the body: it is polled
-        // and dropped in it.
-        this.inner
-            .poll_to_end(cx)
-            .map(|(result, mut frame, span)| match result {
+        let mut inner = this.inner;
+        // When the future is ready it is dropped inside the same entry of the request's
+        // context, which then goes to the body (no second entry, no copy of it).
+        let polled = this.frame.enter(|| {
+            let polled = inner
+                .as_mut()
+                .as_pin_mut()
+                .expect("polled after it completed")
+                .poll(cx);
+            if polled.is_ready() {
+                inner.set(None);
+            }
+            polled
+        });
+        polled.map(|result| {
+            let mut frame = std::mem::replace(this.frame, TaskFrame::empty());
+            match result {
                 Ok(response) => Ok(response.map(|body| ContextBody {
                     inner: Some(body),
                     // A context object the handler made (`Context::current`) is left
                     // now, as its future ended: the body runs in a private copy.
                     frame: frame.into_private(),
-                    span,
-                    carrier: this.carrier.take(),
+                    caller: std::mem::take(this.caller),
                 })),
                 Err(error) => {
-                    engine::release_isolated(&mut frame);
+                    frame.release();
                     Err(error)
                 }
-            })
+            }
+        })
     }
 }
 
@@ -252,62 +267,25 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-/// The task that called the service (a server's connection task), if it runs in a
-/// context of its own that remembers its starting bindings: a task spawned with
-/// `contextvars::tokio::spawn` (feature `tokio`) or
-/// [`in_current_context`](crate::future::ContextFutureExt::in_current_context), or any task of a
-/// runtime with the task hooks (`contextvars::tokio::isolate_tasks`). Such a context is
-/// kept across the requests of a keep-alive connection; when a request is done (its
-/// response body dropped, or its future dropped without a response), the task gets back
-/// the bindings it started with, so that nothing a middleware outside the layer set
-/// while serving one request (before or after calling the layer) reaches the next
-/// request on the connection. A connection task in its worker's own context has
-/// nothing to restore: such a set is refused there.
-///
-/// The frame the layer was called in is recorded, and so is the nearest such frame
-/// outside it (a middleware that calls the layer inside a `scope_future` or a wrapper of
-/// its own, in a connection task). When the request ends, the one that is current is
-/// restored, and one that is not is restored when it is current again on that thread
-/// (a request that ends inside a frame the middleware entered after the call).
-#[derive(Clone, Copy, Default)]
-pub(super) struct Carrier {
-    /// The calling frame and the nearest one outside it (`engine::origin_frames`), 0
-    /// where there is none to restore (also once restored: see [`Carrier::take`]).
-    frames: [u64; 2],
-}
-
-impl Carrier {
-    /// This carrier, leaving one that restores nothing in its place: a request restores
-    /// once, when its future or its body ends, whichever is first.
-    #[inline]
-    pub(super) fn take(&mut self) -> Self {
-        std::mem::take(self)
-    }
-
-    #[inline]
-    fn current() -> Self {
-        Self {
-            frames: engine::origin_frames(),
-        }
-    }
-
-    /// Restores the calling task's bindings (see the type's docs; a body dropped by
-    /// another task, or outside a poll, restores nothing).
-    #[inline]
-    pub(super) fn restore(self) {
-        if self.frames == [0, 0] {
-            return;
-        }
-        if engine::restore_origins(self.frames) {
-            note_set_outside_layer();
-        }
+/// Gives the task that called the service (a server's connection task) back the
+/// bindings it started with, once the request is over, if it runs in a context of its
+/// own that remembers them: a task spawned with `contextvars::tokio::spawn` (feature
+/// `tokio`) or [`in_current_context`](contextvars::future::ContextFutureExt::in_current_context),
+/// or any task of a runtime with the task hooks (`contextvars::tokio::isolate_tasks`).
+/// Such a context is kept across the requests of a keep-alive connection; the restore
+/// keeps anything a middleware outside the layer set while serving one request (before
+/// or after calling the layer) from reaching the next request on the connection. A
+/// connection task in its worker's own context has nothing to restore: such a set is
+/// refused there. See [`CallerFrames`] for which frames are restored, and when.
+#[inline]
+fn restore_caller(caller: &mut CallerFrames) {
+    if caller.restore() {
+        note_set_outside_layer();
     }
 }
 
-globals! {
-    /// Whether [`note_set_outside_layer`] has spoken (once per process).
-    static NOTED_SET_OUTSIDE_LAYER: AtomicBool = const AtomicBool::new(false);
-}
+/// Whether [`note_set_outside_layer`] has spoken (once per process).
+static NOTED_SET_OUTSIDE_LAYER: AtomicBool = AtomicBool::new(false);
 
 /// Said once per process: a connection task's own bindings changed while it served a
 /// request through the layer, so code outside the layer (a middleware the layer does not
@@ -317,12 +295,16 @@ globals! {
 /// same set is refused with a message that names the layer's order.
 #[cold]
 fn note_set_outside_layer() {
-    crate::pool::say_once(&NOTED_SET_OUTSIDE_LAYER, SET_OUTSIDE_LAYER);
+    // Relaxed: two threads racing here print it once between them, as `swap` hands
+    // `false` to one.
+    if !NOTED_SET_OUTSIDE_LAYER.swap(true, Ordering::Relaxed) {
+        eprintln!("{SET_OUTSIDE_LAYER}");
+    }
 }
 
 /// What [`note_set_outside_layer`] prints.
 const SET_OUTSIDE_LAYER: &str = "contextvars: code outside \
-    `contextvars::tower::ContextLayer` (a middleware the layer does not wrap) set a context \
+    `contextvars_tower::ContextLayer` (a middleware the layer does not wrap) set a context \
     variable in the context of the task that called the layer (a server's connection \
     task). The crate gives that task back its starting bindings after each request that \
     reaches the layer, but a request that middleware answers itself (a rejection) leaves \

@@ -1,5 +1,5 @@
 //! Context across processes: declared variables travel as W3C Baggage, next to W3C
-//! Trace Context, through OpenTelemetry's propagators (feature `opentelemetry`).
+//! Trace Context, through OpenTelemetry's propagators: a [`contextvars`] integration.
 //!
 //! When service A calls service B, A's request id, tenant and deadline should arrive in
 //! B's context without header code in either. The wire formats are the standard ones,
@@ -18,7 +18,7 @@
 //! use std::sync::Arc;
 //! use std::time::{Duration, Instant};
 //! use contextvars::context_var;
-//! use contextvars::opentelemetry::{Deadline, Int, Propagation, Text};
+//! use contextvars_opentelemetry::{Deadline, Int, Propagation, Text};
 //!
 //! context_var! {
 //!     static REQUEST_ID: u64;
@@ -62,16 +62,16 @@
 //!
 //! # With tower
 //!
-//! On the server, a [`Propagation`] is an [`Initializer`](crate::tower::Initializer) for
-//! [`ContextLayer`](crate::tower::ContextLayer): each request's context starts with what
+//! On the server, a [`Propagation`] is an [`Initializer`](contextvars_tower::Initializer) for
+//! [`ContextLayer`](contextvars_tower::ContextLayer): each request's context starts with what
 //! its headers carry. On the client, [`InjectLayer`] writes the caller's context into
 //! every outgoing request.
 //!
 //! ```
 //! use axum::{Router, routing::get};
 //! use contextvars::ContextVar;
-//! use contextvars::opentelemetry::{InjectLayer, Int, Propagation};
-//! use contextvars::tower::ContextLayer;
+//! use contextvars_opentelemetry::{InjectLayer, Int, Propagation};
+//! use contextvars_tower::ContextLayer;
 //!
 //! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
 //!

@@ -28,8 +28,9 @@ use ::tracing_subscriber::fmt::format::Writer;
 use ::tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use ::tracing_subscriber::registry::LookupSpan;
 
-use crate::ContextVar;
-use crate::sync::OnceLock;
+use std::sync::OnceLock;
+
+use contextvars::ContextVar;
 
 use super::callsite::{self, Combined, intern_layout};
 use super::capture::{Capture, Scratch};
@@ -43,7 +44,7 @@ use super::value::FieldValue;
 ///
 /// ```
 /// use contextvars::ContextVar;
-/// use contextvars::tracing::ContextFields;
+/// use contextvars_tracing::ContextFields;
 ///
 /// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
 /// static TENANT: ContextVar<String> = ContextVar::new("tenant");
@@ -151,7 +152,7 @@ impl<T: FieldValue> ReadVar for AsValue<T> {
         if !panicking {
             let _ = self.0.try_with(|value| value.record(field, visitor));
         } else if !T::RUNS_PROGRAM_CODE {
-            let _ = self.0.with_computed(|value| value.record(field, visitor));
+            let _ = contextvars::plumbing::peek(self.0, |value| value.record(field, visitor));
         }
     }
 }
@@ -180,8 +181,11 @@ impl<T: fmt::Debug + Send + Sync + 'static> ReadVar for AsDebug<T> {
 
 impl<E> ContextFields<E> {
     /// Wraps the event format `inner` (for example `Format<Full>`, `Format<Compact>`,
-    /// `Format<Pretty>` or `Format<Json>`), with no variables yet.
+    /// `Format<Pretty>` or `Format<Json>`), with no variables yet. Spans follow the work
+    /// from now on too ([`carry_spans`](crate::carry_spans); nothing if another carrier
+    /// is registered).
     pub fn new(inner: E) -> Self {
+        let _ = crate::carry_spans();
         Self {
             inner,
             vars: Vec::new(),
@@ -196,7 +200,7 @@ impl<E> ContextFields<E> {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::tracing::ContextFields;
+    /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
     /// static ATTEMPT: ContextVar<u32> = ContextVar::with_default("attempt", 1);
@@ -212,7 +216,7 @@ impl<E> ContextFields<E> {
     /// ```
     /// use std::net::IpAddr;
     /// use contextvars::ContextVar;
-    /// use contextvars::tracing::ContextFields;
+    /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
     /// static PEER: ContextVar<IpAddr> = ContextVar::new("peer");
@@ -231,7 +235,7 @@ impl<E> ContextFields<E> {
     /// ```
     /// use std::time::Duration;
     /// use contextvars::ContextVar;
-    /// use contextvars::tracing::ContextFields;
+    /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
     /// static BUDGET: ContextVar<Duration> = ContextVar::new("budget");
@@ -252,7 +256,7 @@ impl<E> ContextFields<E> {
     ///
     /// ```
     /// use contextvars::context_var;
-    /// use contextvars::tracing::ContextFields;
+    /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
     /// context_var! {

@@ -17,7 +17,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use super::codec::{Codec, DecodeError};
 use super::report::{ExtractReport, Reason};
 use super::wire::{self, HeaderInjector};
-use crate::{Context, ContextVar, SetError, Snapshot, copy_context};
+use contextvars::{Context, ContextVar, SetError, Snapshot, copy_context};
 
 /// The OpenTelemetry [`Context`](::opentelemetry::Context) of the current request: the
 /// remote span context and the baggage [`Propagation::extract`] received, or what the
@@ -28,7 +28,7 @@ use crate::{Context, ContextVar, SetError, Snapshot, copy_context};
 /// threads and rayon jobs like the others. It is never sent as baggage.
 ///
 /// ```
-/// use contextvars::opentelemetry::OTEL_CONTEXT;
+/// use contextvars_opentelemetry::OTEL_CONTEXT;
 /// use opentelemetry::trace::TraceContextExt;
 ///
 /// // Unset outside an extracted request: read it with a fallback.
@@ -97,14 +97,14 @@ struct Registry {
 /// the [module docs](super).
 ///
 /// Build it once at start-up and share it (it is `Clone`, a reference count): pass it to
-/// [`ContextLayer::init`](crate::tower::ContextLayer::init) on the server side and to
+/// [`ContextLayer::init`](contextvars_tower::ContextLayer::init) on the server side and to
 /// [`InjectLayer`](super::InjectLayer) on the client side, or keep it in a `static`
 /// `OnceLock`/`LazyLock` for direct calls.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use contextvars::{ContextVar, copy_context};
-/// use contextvars::opentelemetry::{Int, Propagation, Text};
+/// use contextvars_opentelemetry::{Int, Propagation, Text};
 ///
 /// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
 /// static TENANT: ContextVar<Arc<str>> = ContextVar::new("tenant");
@@ -177,7 +177,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::opentelemetry::{Bool, Propagation};
+    /// use contextvars_opentelemetry::{Bool, Propagation};
     ///
     /// static DEBUG: ContextVar<bool> = ContextVar::new("debug");
     /// let propagation = Propagation::new().var(&DEBUG, "debug", Bool);
@@ -210,7 +210,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::opentelemetry::{Bool, Propagation};
+    /// use contextvars_opentelemetry::{Bool, Propagation};
     ///
     /// static DEBUG: ContextVar<bool> = ContextVar::with_default("debug", false);
     /// let propagation = Propagation::new().var(&DEBUG, "debug", Bool);
@@ -230,7 +230,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::{Context, ContextVar};
-    /// use contextvars::opentelemetry::{Int, Propagation};
+    /// use contextvars_opentelemetry::{Int, Propagation};
     ///
     /// static USER: ContextVar<u32> = ContextVar::new("user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
@@ -256,7 +256,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::opentelemetry::{Int, Propagation};
+    /// use contextvars_opentelemetry::{Int, Propagation};
     /// use opentelemetry::baggage::BaggageExt;
     ///
     /// static USER: ContextVar<u32> = ContextVar::new("user");
@@ -322,7 +322,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::opentelemetry::{OTEL_CONTEXT, Int, Propagation};
+    /// use contextvars_opentelemetry::{OTEL_CONTEXT, Int, Propagation};
     /// use opentelemetry::trace::TraceContextExt;
     ///
     /// static USER: ContextVar<u32> = ContextVar::new("user");
@@ -350,7 +350,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::opentelemetry::{Int, Propagation, Reason};
+    /// use contextvars_opentelemetry::{Int, Propagation, Reason};
     ///
     /// static USER: ContextVar<u32> = ContextVar::new("user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
@@ -396,7 +396,7 @@ impl Propagation {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// use contextvars::opentelemetry::{Int, Propagation};
+    /// use contextvars_opentelemetry::{Int, Propagation};
     /// use opentelemetry::KeyValue;
     /// use opentelemetry::baggage::BaggageExt;
     ///

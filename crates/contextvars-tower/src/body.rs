@@ -10,9 +10,9 @@ use std::task::{Context as TaskContext, Poll};
 use http_body::{Body, Frame as BodyFrame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::Carrier;
-use crate::carry::{self, CarriedSpan};
-use crate::engine::{self, Frame};
+use contextvars::plumbing::{CallerFrames, TaskFrame};
+
+use super::restore_caller;
 
 pin_project! {
     /// A response body polled in the context its request had when the response was made.
@@ -23,19 +23,18 @@ pin_project! {
     pub struct ContextBody<B> {
         #[pin]
         pub(super) inner: Option<B>,
-        pub(super) frame: Frame,
-        pub(super) span: CarriedSpan,
+        pub(super) frame: TaskFrame,
         // Set by `ResponseFuture` when it hands the body out.
-        pub(super) carrier: Carrier,
+        pub(super) caller: CallerFrames,
     }
 
     impl<B> PinnedDrop for ContextBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // The request is over, before the connection is restored.
-            carry::drop_in_frame(this.inner, this.frame, this.span);
+            this.frame.end_pinned(this.inner);
             // The response is done: the connection is ready for its next request.
-            this.carrier.take().restore();
+            restore_caller(this.caller);
         }
     }
 }
@@ -64,9 +63,7 @@ impl<B: Body> Body for ContextBody<B> {
     ) -> Poll<Option<Result<BodyFrame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let inner = this.inner.as_pin_mut().expect(BODY_GONE);
-        let frame = this.frame;
-        this.span
-            .in_span(|| engine::run_in(frame, || inner.poll_frame(cx)))
+        this.frame.enter(|| inner.poll_frame(cx))
     }
 
     fn is_end_stream(&self) -> bool {

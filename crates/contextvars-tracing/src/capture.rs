@@ -11,15 +11,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use ::tracing_core::Metadata;
 use ::tracing_core::field::{DebugValue, Field, Value, Visit};
 
-use crate::sync::{Cell, thread_locals};
+use std::cell::Cell;
 
 use super::callsite::{Combined, LogLocation, log_combined};
 use super::fields::ContextFields;
 
 // `SCRATCH`: the scratch area for the next event formatted on this thread (`None` while
 // one is being formatted).
-thread_locals! {
-    static SCRATCH: Cell<Option<Scratch>> = Cell::new(None);
+thread_local! {
+    static SCRATCH: Cell<Option<Scratch>> = const { Cell::new(None) };
 }
 
 /// An owned copy of one recorded value; text and bytes are ranges into the scratch

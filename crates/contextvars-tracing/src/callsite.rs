@@ -15,7 +15,8 @@ use ::tracing_core::metadata::Kind;
 use ::tracing_core::subscriber::Interest;
 use ::tracing_core::{Level, Metadata};
 
-use crate::sync::{Cell, OnceLock, thread_locals};
+use std::cell::Cell;
+use std::sync::OnceLock;
 
 use super::fields::ContextFields;
 
@@ -52,7 +53,7 @@ impl Callsite for Combined {
 /// observed: combined callsites are not registered with any subscriber).
 static PLACEHOLDER: Metadata<'static> = Metadata::new(
     "contextvars fields",
-    "contextvars::tracing",
+    "contextvars_tracing",
     Level::TRACE,
     None,
     None,
@@ -300,9 +301,9 @@ type LocalMap = HashMap<(usize, u64), &'static Combined, BuildHasherDefault<KeyH
 
 // `LOCAL_CALLSITES`, `LOCAL_LOG_CALLSITES`: this thread's views of `COMBINED` and
 // `LOG_COMBINED`, so that an event takes no lock.
-thread_locals! {
-    static LOCAL_CALLSITES: Cell<Option<LocalMap>> = Cell::new(None);
-    static LOCAL_LOG_CALLSITES: Cell<Option<LocalLogMap>> = Cell::new(None);
+thread_local! {
+    static LOCAL_CALLSITES: Cell<Option<LocalMap>> = const { Cell::new(None) };
+    static LOCAL_LOG_CALLSITES: Cell<Option<LocalLogMap>> = const { Cell::new(None) };
 }
 
 /// The combined callsite for `key` (the original metadata's address and the layout of

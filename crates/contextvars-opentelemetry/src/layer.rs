@@ -1,5 +1,5 @@
 //! The two tower sides: extracting on the way in (a [`Propagation`] is an
-//! [`Initializer`] of the server-side [`ContextLayer`](crate::tower::ContextLayer)), and
+//! [`Initializer`] of the server-side [`ContextLayer`](contextvars_tower::ContextLayer)), and
 //! injecting on the way out ([`InjectLayer`], for tower HTTP clients).
 
 #![deny(unsafe_code)]
@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use http::request::Parts;
 
 use super::propagate::Propagation;
-use crate::tower::{InitError, Initializer, Layer, Service};
+use contextvars_tower::{InitError, Initializer, Layer, Service};
 
 /// The server side: binds the declared variables and
 /// [`OTEL_CONTEXT`](super::OTEL_CONTEXT) from the request's headers in the request's
@@ -23,8 +23,8 @@ use crate::tower::{InitError, Initializer, Layer, Service};
 /// ```
 /// use axum::{Router, routing::get};
 /// use contextvars::ContextVar;
-/// use contextvars::opentelemetry::{Int, Propagation};
-/// use contextvars::tower::ContextLayer;
+/// use contextvars_opentelemetry::{Int, Propagation};
+/// use contextvars_tower::ContextLayer;
 ///
 /// static USER: ContextVar<u32> = ContextVar::new("user");
 ///
@@ -50,7 +50,7 @@ impl Initializer for Propagation {
     }
 }
 
-fn outcome(report: &super::ExtractReport, error: Option<crate::SetError>) -> Result<(), InitError> {
+fn outcome(report: &super::ExtractReport, error: Option<contextvars::SetError>) -> Result<(), InitError> {
     if let Some(error) = error {
         return Err(InitError::new(error.to_string()));
     }
@@ -75,8 +75,8 @@ fn outcome(report: &super::ExtractReport, error: Option<crate::SetError>) -> Res
 /// use std::future::{Ready, ready};
 /// use std::task::{Context, Poll};
 /// use contextvars::ContextVar;
-/// use contextvars::opentelemetry::{InjectLayer, Int, Propagation};
-/// use contextvars::tower::{Layer, Service};
+/// use contextvars_opentelemetry::{InjectLayer, Int, Propagation};
+/// use contextvars_tower::{Layer, Service};
 ///
 /// static USER: ContextVar<u32> = ContextVar::new("user");
 ///

@@ -18,7 +18,7 @@ use std::fmt;
 /// taken, so its reasons count only then.
 ///
 /// ```
-/// use contextvars::opentelemetry::Reason;
+/// use contextvars_opentelemetry::Reason;
 ///
 /// assert!(Reason::DuplicateKey.is_malformed());
 /// assert!(!Reason::UnknownKey.is_malformed());
@@ -134,7 +134,7 @@ impl Reason {
     /// The header the reason is about: `"baggage"`, `"traceparent"` or `"tracestate"`.
     ///
     /// ```
-    /// use contextvars::opentelemetry::{Propagation, Reason};
+    /// use contextvars_opentelemetry::{Propagation, Reason};
     ///
     /// let mut headers = http::HeaderMap::new();
     /// headers.insert(
@@ -217,7 +217,7 @@ impl fmt::Display for Reason {
 /// The server side puts it into the request's extensions when it is not empty.
 ///
 /// ```
-/// use contextvars::opentelemetry::{Propagation, Reason};
+/// use contextvars_opentelemetry::{Propagation, Reason};
 ///
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("baggage", "a=1,a=2,b".parse().unwrap());

@@ -46,7 +46,7 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use contextvars::ContextVar;
-/// use contextvars::tracing::ContextFields;
+/// use contextvars_tracing::ContextFields;
 /// use tracing_subscriber::fmt::format;
 ///
 /// static REQUEST_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
@@ -66,7 +66,7 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 /// ```compile_fail,E0277
 /// use std::net::IpAddr;
 /// use contextvars::ContextVar;
-/// use contextvars::tracing::ContextFields;
+/// use contextvars_tracing::ContextFields;
 /// use tracing_subscriber::fmt::format;
 ///
 /// static PEER: ContextVar<IpAddr> = ContextVar::new("peer");
@@ -76,7 +76,7 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 /// ```
 /// use std::net::IpAddr;
 /// use contextvars::ContextVar;
-/// use contextvars::tracing::ContextFields;
+/// use contextvars_tracing::ContextFields;
 /// use tracing_subscriber::fmt::format;
 ///
 /// static PEER: ContextVar<IpAddr> = ContextVar::new("peer");

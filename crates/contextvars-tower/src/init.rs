@@ -9,8 +9,10 @@ use std::sync::Arc;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 
-use crate::ContextVar;
-use crate::sync::{OnceLock, StaticCounter};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use contextvars::ContextVar;
 
 /// Sets variables from a request's head, in the request's fresh context, before the
 /// inner service is called; see [`ContextLayer::init`](super::ContextLayer::init).
@@ -188,7 +190,7 @@ impl Initializer for RequestId {
 /// drawn once per process (std's `RandomState`), so ids do not repeat within a process
 /// and are not guessable across processes.
 pub fn fresh_request_id() -> Arc<str> {
-    static COUNTER: StaticCounter = StaticCounter::new(0);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     static SEED: OnceLock<u64> = OnceLock::new();
     let seed = *SEED.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};
@@ -198,7 +200,7 @@ pub fn fresh_request_id() -> Arc<str> {
     });
     // splitmix64 of a per-process permutation of the counter: distinct inputs give
     // distinct outputs (it is a bijection on u64).
-    let mut z = seed.wrapping_add(COUNTER.fetch_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut z = seed.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
