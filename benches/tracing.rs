@@ -19,8 +19,8 @@ use std::future::Future;
 use std::time::Instant;
 
 use contextvars::future::ContextFutureExt;
-use contextvars_tracing::ContextFields;
 use contextvars::{Context, context_var};
+use contextvars_tracing::ContextFields;
 use criterion::{Criterion, criterion_group};
 use tracing::{Dispatch, Instrument};
 

@@ -112,7 +112,8 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.95 (the `rust-version` in `Cargo.toml`).
+//! Rust 1.88 (the `rust-version` in `Cargo.toml`; CI's `msrv` stage builds every crate of
+//! the workspace with it).
 
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]

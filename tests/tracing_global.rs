@@ -10,15 +10,14 @@
 //! The tests take [`serial`]: the allocation test's scoped dispatchers must not exist
 //! while the re-entrancy test runs.
 
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use contextvars_tracing::ContextFields;
 use contextvars::{Context, ContextVar};
+use contextvars_tracing::ContextFields;
 
 #[path = "support/log_buffer.rs"]
 mod log_buffer;

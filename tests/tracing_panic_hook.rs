@@ -7,7 +7,6 @@
 //! that started it, with [`SCENARIO`] set. The parent checks the child's exit status and
 //! its output (the child's subscriber writes to its stdout).
 
-
 use std::fmt;
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
@@ -15,8 +14,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use contextvars_tracing::ContextFields;
 use contextvars::{Context, ContextVar};
+use contextvars_tracing::ContextFields;
 use serde_json::{Value as Json, json};
 
 /// The environment variable that makes a test run its scenario (its value says which)

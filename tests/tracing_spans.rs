@@ -102,13 +102,38 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
     }
 }
 
-/// Installs the recording subscriber (once per process).
+/// Installs the recording subscriber and makes spans follow the work (once per process).
 fn install() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         tracing::subscriber::set_global_default(Registry::default().with(Recorder))
             .expect("the only global subscriber of this test binary");
+        contextvars_tracing::carry_spans().expect("the only carrier of this test binary");
     });
+}
+
+/// A process has one carrier: registering the span carrier again is fine, another one is
+/// refused with an error that says so, and spans are still carried afterwards.
+#[test]
+fn a_second_carrier_is_refused() {
+    use contextvars::plumbing::{Carried, Carrier, CarrierTaken, set_carrier};
+    struct Other;
+    impl Carrier for Other {
+        fn capture(&self) -> Option<std::sync::Arc<dyn Carried>> {
+            panic!("never registered, never asked")
+        }
+    }
+    static OTHER: Other = Other;
+    install();
+    assert_eq!(contextvars_tracing::carry_spans(), Ok(()));
+    assert_eq!(set_carrier(&OTHER), Err(CarrierTaken));
+    assert!(
+        CarrierTaken
+            .to_string()
+            .contains("another carrier is registered")
+    );
+    in_span(|| contextvars::thread::spawn(|| log("a_second_carrier_is_refused")).join()).unwrap();
+    assert_in_request("a_second_carrier_is_refused", 1);
 }
 
 /// Logs one event for `test`.

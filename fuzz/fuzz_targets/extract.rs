@@ -28,8 +28,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use contextvars_opentelemetry::{Bool, Deadline, Int, Millis, Propagation, Reason, Text};
 use contextvars::{Context, ContextVar};
+use contextvars_opentelemetry::{Bool, Deadline, Int, Millis, Propagation, Reason, Text};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -127,7 +127,7 @@ impl Frame {
 
 impl Frame {
     /// Whether a set or reset ever changed this frame's bindings while it ran.
-        pub(crate) fn bindings_changed(&self) -> bool {
+    pub(crate) fn bindings_changed(&self) -> bool {
         self.last_change != 0
     }
 }
@@ -413,7 +413,7 @@ impl Frame {
     /// no context object; otherwise a private copy of its snapshot, and the frame, which
     /// leaves its object (so the object can be entered again), released in a frame of
     /// its own.
-        pub(crate) fn into_private(mut self) -> Frame {
+    pub(crate) fn into_private(mut self) -> Frame {
         if self.ctx.is_none() {
             return self;
         }

@@ -48,15 +48,15 @@ pub(crate) use binding::{
     MissSite, ResetFailure, SetRefused, SetState, current_shared, miss_site, reset_binding,
     set_binding, with_bound,
 };
-pub(crate) use frame::{
-    Frame, enter_detached, leave_detached, origin_frames, release_isolated, restore_origins,
-    run_borrowed, run_borrowed_each, run_entered, run_in, run_owned, run_read_only, vars,
-};
 #[allow(
     unused_imports,
     reason = "the rayon module's (feature `rayon`); the engine does not know its users"
 )]
 pub(crate) use frame::with_captured;
+pub(crate) use frame::{
+    Frame, enter_detached, leave_detached, origin_frames, release_isolated, restore_origins,
+    run_borrowed, run_borrowed_each, run_entered, run_in, run_owned, run_read_only, vars,
+};
 pub(crate) use object::Shared;
 pub(crate) use thread::{TornDown, check_alive, next_context_id};
 

@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use contextvars::{Context, ContextVar};
 use contextvars_opentelemetry::{
     Bool, Deadline, ExtractReport, Int, Millis, OTEL_CONTEXT, Propagation, Reason, Text,
 };
 use contextvars_tower::{InitError, Initializer};
-use contextvars::{Context, ContextVar};
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
 use opentelemetry::propagation::TextMapPropagator;

@@ -9,8 +9,8 @@ use std::fmt;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use contextvars_tracing::ContextFields;
 use contextvars::{Context, ContextVar};
+use contextvars_tracing::ContextFields;
 use serde_json::{Value as Json, json};
 use tracing::Dispatch;
 use tracing_subscriber::fmt::format::Writer;

@@ -50,7 +50,10 @@ impl Initializer for Propagation {
     }
 }
 
-fn outcome(report: &super::ExtractReport, error: Option<contextvars::SetError>) -> Result<(), InitError> {
+fn outcome(
+    report: &super::ExtractReport,
+    error: Option<contextvars::SetError>,
+) -> Result<(), InitError> {
     if let Some(error) = error {
         return Err(InitError::new(error.to_string()));
     }

@@ -108,7 +108,7 @@ use super::value::FieldValue;
 /// # Field names and clashes
 ///
 /// A variable is a field named after the variable ([`ContextVar::name`]: the identifier
-/// for a variable declared with [`context_var!`](crate::context_var)), or as given to
+/// for a variable declared with [`context_var!`](contextvars::context_var)), or as given to
 /// [`named`](Self::named). If the event has a field of that name (a raw identifier
 /// `r#type` counts as `type`, as the formats print it), the **event's own field wins**
 /// and the variable is left out of that event, so JSON never gets a duplicate key. Of
@@ -251,7 +251,7 @@ impl<E> ContextFields<E> {
 
     /// Sets the field name of the variable added last (instead of its
     /// [`ContextVar::name`]); has no effect before a variable is added. Useful for a
-    /// variable declared with [`context_var!`](crate::context_var), whose name is its
+    /// variable declared with [`context_var!`](contextvars::context_var), whose name is its
     /// identifier.
     ///
     /// ```
