@@ -111,7 +111,7 @@ fn get_in_run(ctx: Context) -> u64 {
 #[library_benchmark]
 #[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 48))]
 fn get_in_poll(_: ()) -> u64 {
-    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_current_context());
+    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_copied_context());
     match future
         .as_mut()
         .poll(&mut TaskContext::from_waker(Waker::noop()))

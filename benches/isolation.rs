@@ -3,7 +3,7 @@
 //!
 //! * `task_poll`: a task that yields 1,000 times on a current-thread runtime, so a row
 //!   is dominated by polls: a plain task (`bare`), under the runtime's task hooks
-//!   (`hooks`, only with `--cfg tokio_unstable`), wrapped with `in_current_context`
+//!   (`hooks`, only with `--cfg tokio_unstable`), wrapped with `in_copied_context`
 //!   (`wrapper`), and in tokio's `task_local!` scope (`tokio_task_local`).
 //! * `server_request`: one request and its response over a kept-alive HTTP/1.1
 //!   connection to an axum server on 127.0.0.1, whose middleware binds a request id:
@@ -90,11 +90,11 @@ fn task_poll(c: &mut Criterion) {
     group.bench_function("tokio_task_local", |b| {
         b.iter(|| bare.block_on(spawn_checked(TASK_REQUEST_ID.scope(1, yielding(theirs)))))
     });
-    // `in_current_context` on a plain copy, to compare with `scope_future`.
+    // `in_copied_context` on a plain copy, to compare with `scope_future`.
     group.bench_function("wrapper_copy", |b| {
         b.iter(|| {
             bare.block_on(async {
-                let sum = tokio::spawn(yielding(ours).in_current_context())
+                let sum = tokio::spawn(yielding(ours).in_copied_context())
                     .await
                     .unwrap();
                 black_box(sum)

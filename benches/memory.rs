@@ -14,7 +14,7 @@
 //!   spends per task (the task cell, the future's state, the run queue's slot), so the
 //!   "beyond bare" columns, the row minus this one, are what carrying the request's
 //!   values costs.
-//! * ours, 3 `set`s inside a task wrapped with `in_current_context` (a copy of the empty
+//! * ours, 3 `set`s inside a task wrapped with `in_copied_context` (a copy of the empty
 //!   context current at the spawn; the wrapper is what lets a task `set` at all, since a
 //!   plain tokio task runs in the worker's own context, where a `set` is refused).
 //! * ours, `Context::new().with_value(..)` three times, the task wrapped with
@@ -23,7 +23,7 @@
 //! * opentelemetry: `Context::new().with_value(..)` three times, `FutureExt::with_context`.
 //! * "at 64 parent values": the same request made from a parent context that already
 //!   holds 64 values (64 `u64`s; one parent shared by every task), for ours (`with_value`
-//!   and `in_context`, and 3 `set`s in a task spawned with `in_current_context` inside
+//!   and `in_context`, and 3 `set`s in a task spawned with `in_copied_context` inside
 //!   `parent.run`) and for opentelemetry (64 distinct value types, as its map is keyed by
 //!   type).
 //!
@@ -315,10 +315,10 @@ const CONTENDERS: &[Contender] = &[
         spawn: |rt, _| spawn_sized(rt, wait()),
     },
     Contender {
-        name: "contextvars: 3 sets in task, in_current_context",
+        name: "contextvars: 3 sets in task, in_copied_context",
         spawn: |rt, task| {
             debug_assert!(copy_context().is_empty());
-            spawn_sized(rt, set_three(task).in_current_context())
+            spawn_sized(rt, set_three(task).in_copied_context())
         },
     },
     Contender {
@@ -357,9 +357,9 @@ const CONTENDERS: &[Contender] = &[
         },
     },
     Contender {
-        name: "64 parent values, contextvars: 3 sets in task, in_current_context",
+        name: "64 parent values, contextvars: 3 sets in task, in_copied_context",
         spawn: |rt, task| {
-            let future = our_parent().run(|| set_three(task).in_current_context());
+            let future = our_parent().run(|| set_three(task).in_copied_context());
             spawn_sized(rt, future)
         },
     },

@@ -132,7 +132,7 @@ fn get(c: &mut Criterion) {
                     b.iter(|| ours_get(black_box(var)));
                     std::task::Poll::Ready(())
                 })
-                .in_current_context()
+                .in_copied_context()
             });
             let mut future = std::pin::pin!(future);
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

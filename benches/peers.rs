@@ -584,7 +584,7 @@ fn poll(c: &mut Criterion) {
     });
     for n in [1, 64] {
         let (ctx, _) = shape(n);
-        let mut future = pin!(ctx.run(|| Pending(0).in_current_context()));
+        let mut future = pin!(ctx.run(|| Pending(0).in_copied_context()));
         group.bench_function(BenchmarkId::new("contextvars", n), |b| {
             b.iter(|| poll_once(future.as_mut(), &mut cx));
         });
@@ -792,7 +792,7 @@ fn print_request_memory() {
         println!("  {name:<58} {bytes:>10} {allocs:>7} {size:>12}");
     };
     row(
-        "contextvars: in_current_context, 3 sets in the task",
+        "contextvars: in_copied_context, 3 sets in the task",
         in_flight(|| {
             Context::new().run(|| {
                 async {
@@ -801,7 +801,7 @@ fn print_request_memory() {
                     drop(REQ_DEADLINE.set(black_box(1_000)));
                     std::future::pending::<()>().await;
                 }
-                .in_current_context()
+                .in_copied_context()
             })
         }),
     );

@@ -9,7 +9,7 @@
 //!   plain `rayon::join` against `contextvars::rayon::join`; `rayon_join_one_worker`: the
 //!   same on a 1-thread pool, where nothing is stolen (the per-join cost alone).
 //! * `par_iter`: a `par_iter` over 1,000,000 items reading a variable per item with
-//!   `in_current_context`, against the same reading a non-inlined `thread_local!`.
+//!   `in_copied_context`, against the same reading a non-inlined `thread_local!`.
 //! * `poll`: one poll of a future that is always pending, bare, in the [`WithContext`]
 //!   wrapper (with 1 and 64 variables in the context: the cost must not depend on it),
 //!   and in tokio's `task_local!` scope.
@@ -150,7 +150,7 @@ fn par_iter(c: &mut Criterion) {
                     (0..black_box(ITEMS))
                         .into_par_iter()
                         .map(|_| ours_get())
-                        .in_current_context()
+                        .in_copied_context()
                         .sum::<u64>()
                 })
             });
@@ -185,7 +185,7 @@ fn poll(c: &mut Criterion) {
     });
     for n in [1usize, 64] {
         let ctx = context_of(n);
-        let mut future = pin!(ctx.run(|| Pending(0).in_current_context()));
+        let mut future = pin!(ctx.run(|| Pending(0).in_copied_context()));
         group.bench_with_input(BenchmarkId::new("ours", n), &n, |b, _| {
             b.iter(|| poll_once(future.as_mut(), &mut cx))
         });

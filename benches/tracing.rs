@@ -178,8 +178,8 @@ fn json_event(c: &mut Criterion) {
 // ----- the span that follows the work ---------------------------------------------------
 
 /// A wrapped future that is never ready, so each iteration is one whole poll.
-fn pending_in_current_context() -> contextvars::future::WithContext<std::future::Pending<()>> {
-    std::future::pending::<()>().in_current_context()
+fn pending_in_copied_context() -> contextvars::future::WithContext<std::future::Pending<()>> {
+    std::future::pending::<()>().in_copied_context()
 }
 
 #[inline(never)]
@@ -241,7 +241,7 @@ fn span_carry(c: &mut Criterion) {
         .num_threads(1)
         .build()
         .expect("pool");
-    let mut bare = std::pin::pin!(pending_in_current_context());
+    let mut bare = std::pin::pin!(pending_in_copied_context());
     group.bench_function("poll/no_subscriber", |b| {
         b.iter(|| poll_once(bare.as_mut()));
     });
@@ -255,11 +255,11 @@ fn span_carry(c: &mut Criterion) {
     tracing::subscriber::set_global_default(tracing_subscriber::registry())
         .expect("the bench's only global subscriber");
     let span = tracing::info_span!("request");
-    let mut bare = std::pin::pin!(pending_in_current_context());
+    let mut bare = std::pin::pin!(pending_in_copied_context());
     group.bench_function("poll/no_span", |b| {
         b.iter(|| poll_once(bare.as_mut()));
     });
-    let mut carried = std::pin::pin!(span.in_scope(pending_in_current_context));
+    let mut carried = std::pin::pin!(span.in_scope(pending_in_copied_context));
     group.bench_function("poll/span", |b| {
         b.iter(|| poll_once(carried.as_mut()));
     });

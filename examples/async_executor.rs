@@ -6,7 +6,7 @@
 //! * [`InTaskContext`]: a future wrapper over a [`TaskFrame`] captured at spawn time;
 //!   each poll runs inside it ([`TaskFrame::enter`]), and the future is dropped inside it
 //!   ([`TaskFrame::end_pinned`]), so its destructors see the task's values;
-//! * [`SpawnInContext::spawn_in_current_context`]: `Executor::spawn` of a wrapped future;
+//! * [`SpawnInContext::spawn_in_copied_context`]: `Executor::spawn` of a wrapped future;
 //! * [`with_workers`]: worker threads that declare themselves threads of a pool
 //!   ([`declare_pool_thread`]), so a *plain* `spawn`ed task that sets a variable is
 //!   refused there instead of leaving its value to the next task on that thread.
@@ -74,14 +74,14 @@ impl<F: Future> Future for InTaskContext<F> {
 pub trait SpawnInContext<'a> {
     /// Spawns `future` in a copy of the context current now: it sees the spawner's
     /// values, and its sets stay in it across every `.await` and worker thread.
-    fn spawn_in_current_context<T: Send + 'a>(
+    fn spawn_in_copied_context<T: Send + 'a>(
         &self,
         future: impl Future<Output = T> + Send + 'a,
     ) -> Task<T>;
 }
 
 impl<'a> SpawnInContext<'a> for Executor<'a> {
-    fn spawn_in_current_context<T: Send + 'a>(
+    fn spawn_in_copied_context<T: Send + 'a>(
         &self,
         future: impl Future<Output = T> + Send + 'a,
     ) -> Task<T> {
@@ -160,7 +160,7 @@ pub fn run(requests: u64, threads: usize) -> Result<u64, String> {
     let tasks: Vec<Task<Result<(), String>>> = (0..requests)
         .map(|id| {
             let _id = REQUEST_ID.scoped_set(id);
-            executor.spawn_in_current_context(serve(id))
+            executor.spawn_in_copied_context(serve(id))
         })
         .collect();
     with_workers(&executor, threads, || {
@@ -195,7 +195,10 @@ async fn serve(id: u64) -> Result<(), String> {
     check("after a second yield", Some(&stage))
 }
 
-#[allow(dead_code, reason = "a module of tests/async_executor.rs too, which has its own")]
+#[allow(
+    dead_code,
+    reason = "a module of tests/async_executor.rs too, which has its own"
+)]
 fn main() {
     match run(10_000, 2) {
         Ok(served) => println!("async-executor: {served} requests, each saw only its own values"),

@@ -37,7 +37,7 @@ fn scope_get(v: u64) -> u64 {
 /// A wrapped future's create + poll + drop.
 #[inline(never)]
 fn wrapped_future(cx: &mut Context<'_>) -> u64 {
-    let future = pin!(async { VAR.get_or(0) + black_box(1) }.in_current_context());
+    let future = pin!(async { VAR.get_or(0) + black_box(1) }.in_copied_context());
     match future.poll(cx) {
         Poll::Ready(v) => v,
         Poll::Pending => 0,
@@ -134,7 +134,7 @@ fn main() {
     for _ in 0..CALLS {
         acc += wrapped_future(&mut cx);
     }
-    let mut forever = pin!(Forever.in_current_context());
+    let mut forever = pin!(Forever.in_copied_context());
     for _ in 0..CALLS {
         black_box(poll_once(forever.as_mut(), &mut cx));
     }

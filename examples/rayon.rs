@@ -58,7 +58,7 @@ fn main() {
     // A parallel iterator: captured once, right after the source; each item starts clean.
     let labels: Vec<String> = (0..8)
         .into_par_iter()
-        .in_current_context()
+        .in_copied_context()
         .map(|i| {
             assert_eq!(DEPTH.get(), 0, "an earlier item's set leaked into item {i}");
             drop(DEPTH.set(i + 1)); // left behind on purpose: the next item does not see it

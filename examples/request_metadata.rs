@@ -13,7 +13,7 @@
 //! * `ContextFields::new(format).var(&REQUEST_ID).named("request_id")...` adds the variables to
 //!   every event, in the JSON and the text format alike;
 //! * the crate's hand-offs (`contextvars::tokio::spawn`, `spawn_blocking`, rayon's
-//!   `in_current_context`, `join`, `contextvars::thread::spawn`) carry the request's
+//!   `in_copied_context`, `join`, `contextvars::thread::spawn`) carry the request's
 //!   context and its tracing span into the work.
 //!
 //! The example starts the server on 127.0.0.1, sends itself 256 requests, 64 at a time,
@@ -120,7 +120,7 @@ async fn work() -> String {
         // A CPU-bound step on rayon's pool, from the blocking thread.
         let sum = (0..4_000u64)
             .into_par_iter()
-            .in_current_context()
+            .in_copied_context()
             .map(|i| {
                 if i % 1_000 == 0 && i < 2_000 {
                     info!("rayon par_iter: item {i}");

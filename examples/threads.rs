@@ -52,9 +52,9 @@ fn main() -> std::io::Result<()> {
     worker.join().unwrap();
     println!(
         "spawn_in: the context now holds steps = {:?}",
-        ctx.get(&STEPS)
+        ctx.snapshot().get(&STEPS).cloned()
     );
-    assert_eq!(ctx.get(&STEPS), Some(3));
+    assert_eq!(ctx.snapshot().get(&STEPS).cloned(), Some(3));
 
     // Scoped threads: borrow locals, and start in a copy.
     let words = ["a", "b", "c"];

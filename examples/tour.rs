@@ -57,8 +57,11 @@ fn main() {
     println!("   Rust:     let context = Context::new(); context.run(|| USER_ID.set(12345))");
     let context = Context::new();
     context.run(|| drop(USER_ID.set(12345))); // dropping the token keeps the value
-    println!("   context.get(&USER_ID) = {:?}", context.get(&USER_ID));
-    assert_eq!(context.get(&USER_ID), Some(12345));
+    println!(
+        "   context.get(&USER_ID) = {:?}",
+        context.snapshot().get(&USER_ID).cloned()
+    );
+    assert_eq!(context.snapshot().get(&USER_ID).cloned(), Some(12345));
     println!("   context.run(process_user_data):");
     assert_eq!(context.run(process), "Processing data for user ID: 12345");
     println!("   or functionally: Context::new().with_value(&USER_ID, 12345)");
@@ -130,8 +133,11 @@ fn main() {
     let current = Context::current();
     let token = USER_ID.set(67890);
     assert_eq!(process(), "Processing data for user ID: 67890");
-    println!("   -> current.get(&USER_ID) = {:?}", current.get(&USER_ID));
-    assert_eq!(current.get(&USER_ID), Some(67890));
+    println!(
+        "   -> current.get(&USER_ID) = {:?}",
+        current.snapshot().get(&USER_ID).cloned()
+    );
+    assert_eq!(current.snapshot().get(&USER_ID).cloned(), Some(67890));
     let entered = current.try_run(|| ()).is_err();
     println!("   -> current.try_run(..) fails while this thread runs it: {entered}");
     assert!(entered);
@@ -162,10 +168,10 @@ fn main() {
     });
     println!(
         "   -> copy: {:?}, here: {}",
-        ctx.get(&USER_ID),
+        ctx.snapshot().get(&USER_ID).cloned(),
         USER_ID.get()
     );
-    assert_eq!(ctx.get(&USER_ID), Some(7));
+    assert_eq!(ctx.snapshot().get(&USER_ID).cloned(), Some(7));
     assert_eq!(USER_ID.get(), 67890);
 
     heading("10. Resetting the current context's value");

@@ -7,10 +7,9 @@ use std::fmt;
 use crate::engine::{self, Frame, Shared, Vars};
 use crate::error::{AccessError, EnterError};
 use crate::map::Map;
-use crate::snapshot::{IntoIter, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::sync::{Arc, OnceArc};
-use crate::value::Entry;
-use crate::var::{ContextVar, VarId};
+use crate::var::ContextVar;
 
 /// A context: a mapping from [`ContextVar`]s to values that code can run in.
 ///
@@ -27,12 +26,12 @@ use crate::var::{ContextVar, VarId};
 ///
 /// let ctx = Context::new();
 /// ctx.run(|| drop(USER.set(7))); // dropping the token keeps the binding
-/// assert_eq!(ctx.get(&USER), Some(7)); // the context kept the set
+/// assert_eq!(ctx.snapshot().get(&USER), Some(&7)); // the context kept the set
 /// assert!(!USER.is_set()); // the caller's context did not change
 ///
 /// let copy = ctx.copy();
 /// ctx.run(|| drop(USER.set(8))); // (tokens are `#[must_use]`)
-/// assert_eq!(copy.get(&USER), Some(7)); // a copy is a snapshot
+/// assert_eq!(copy.snapshot().get(&USER), Some(&7)); // a copy is a snapshot
 /// assert_eq!(copy_context(), Context::new());
 /// ```
 ///
@@ -94,7 +93,7 @@ impl Context {
     /// static N: ContextVar<i32> = ContextVar::new("n");
     /// let here = Context::current();
     /// let _token = N.set(1);
-    /// assert_eq!(here.get(&N), Some(1));
+    /// assert_eq!(here.snapshot().get(&N), Some(&1));
     /// assert!(here.try_run(|| ()).unwrap_err().is_already_entered());
     /// ```
     ///
@@ -196,38 +195,6 @@ impl Context {
         }
         Ok(Frame::entered(shared.clone()))
     }
-
-    /// A clone of `var`'s binding in this context, ignoring the variable's default
-    /// (Python's `ctx.get(var)`).
-    pub fn get<T: Clone + Send + Sync + 'static>(&self, var: &ContextVar<T>) -> Option<T> {
-        self.snapshot().get(var).cloned()
-    }
-
-    /// Whether this context binds `var` (Python's `var in ctx`).
-    pub fn contains<T: Send + Sync + 'static>(&self, var: &ContextVar<T>) -> bool {
-        self.snapshot().contains(var)
-    }
-
-    /// The number of bindings (Python's `len(ctx)`).
-    pub fn len(&self) -> usize {
-        self.vars().len()
-    }
-
-    /// Whether the context has no bindings.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The bindings, as of now: later sets do not show up in the iterator (Python walks a
-    /// snapshot too). Order is by variable id, not insertion order.
-    pub fn iter(&self) -> IntoIter {
-        self.snapshot().into_iter()
-    }
-
-    /// The bound variables' ids (Python's `ctx.keys()`), as of now.
-    pub fn keys(&self) -> impl ExactSizeIterator<Item = VarId> + use<> {
-        self.iter().map(|entry| entry.var_id())
-    }
 }
 
 impl Default for Context {
@@ -247,14 +214,6 @@ impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Context ")?;
         fmt::Debug::fmt(&self.snapshot(), f)
-    }
-}
-
-impl IntoIterator for &Context {
-    type Item = Entry;
-    type IntoIter = IntoIter;
-    fn into_iter(self) -> IntoIter {
-        self.iter()
     }
 }
 

@@ -52,7 +52,7 @@ enum HandOffHint {
 impl LookupError {
     /// A miss in the current context, whose message says which hand-off may have been
     /// forgotten (see the type's docs). Called on the cold path only.
-    pub(crate) fn in_current_context(name: &'static str) -> Self {
+    pub(crate) fn in_copied_context(name: &'static str) -> Self {
         let hint = match engine::miss_site() {
             MissSite::Elsewhere => HandOffHint::None,
             MissSite::ReadOnly => HandOffHint::Pool(Pool::RayonWaiting),
@@ -148,7 +148,7 @@ impl fmt::Display for MissingHandOff {
                  `tokio::spawn`, a server's connection task, or a plain `spawn_blocking` \
                  closure), so the values of the code that started it were not handed over: \
                  start it with `contextvars::tokio::spawn` / `spawn_blocking`, wrap the \
-                 future with `.in_current_context()`, serve requests behind \
+                 future with `.in_copied_context()`, serve requests behind \
                  `contextvars_tower::ContextLayer`, or install \
                  `contextvars::tokio::isolate_tasks` on the runtime",
             ),
@@ -157,21 +157,21 @@ impl fmt::Display for MissingHandOff {
                  entered outside the task (a runtime driven by `block_on`, or dropped, \
                  inside `Context::run` or a thread's or job's context): start it with \
                  `contextvars::tokio::spawn` or wrap the future with \
-                 `.in_current_context()`",
+                 `.in_copied_context()`",
             ),
             Pool::RayonWorker => f.write_str(
                 "this runs on a rayon worker thread in its own context (a plain \
                  `rayon::spawn`, `join`, `scope`, `ThreadPool::install` or parallel \
                  iterator), so the values of the code that started it were not handed over: \
                  use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install`, or \
-                 `.in_current_context()` on the parallel iterator",
+                 `.in_copied_context()` on the parallel iterator",
             ),
             Pool::RayonWaiting => f.write_str(
                 "this runs in a plain rayon job that a worker took up while it waited \
                  inside a call of `contextvars::rayon` (a stolen job sees no context: the \
                  values of the code that started it were not handed over): start it with \
                  `contextvars::rayon`'s `spawn` / `join` / `scope` / `install`, or \
-                 `.in_current_context()` on the parallel iterator",
+                 `.in_copied_context()` on the parallel iterator",
             ),
             Pool::Declared(name) => write!(
                 f,
@@ -369,7 +369,7 @@ impl fmt::Display for SetError {
                  layer added after `.layer(ContextLayer::new())` wraps it from outside: add \
                  the context layer last, or first in a `ServiceBuilder`); a task a handler \
                  spawned with a plain `tokio::spawn` (spawn it with \
-                 `contextvars::tokio::spawn` or wrap it with `.in_current_context()`); or a \
+                 `contextvars::tokio::spawn` or wrap it with `.in_copied_context()`); or a \
                  plain `spawn_blocking` closure (use `contextvars::tokio::spawn_blocking`). \
                  (A task's destructor run while a runtime shuts down is refused the same way: \
                  that task is over)",
@@ -385,7 +385,7 @@ impl fmt::Display for SetError {
                  add it last so it wraps every middleware), install \
                  `contextvars::tokio::isolate_tasks` on the runtime builder (every task; \
                  needs `--cfg tokio_unstable`), or spawn it with `contextvars::tokio::spawn` \
-                 / `spawn_blocking` or wrap it with `.in_current_context()` (one task)",
+                 / `spawn_blocking` or wrap it with `.in_copied_context()` (one task)",
             ),
             Pool::TokioTaskInside => f.write_str(
                 "this runs in a tokio task with no context of its own, polled (or dropped) \
@@ -394,7 +394,7 @@ impl fmt::Display for SetError {
                  context of a thread or job. Every task that runtime runs there shares that \
                  context, so the value would be seen by the other tasks. Give the task a \
                  context of its own (spawn it with `contextvars::tokio::spawn` or wrap it \
-                 with `.in_current_context()`), or set the value in the context before \
+                 with `.in_copied_context()`), or set the value in the context before \
                  driving the runtime. (A task's destructor run while a runtime is dropped \
                  there is refused the same way: that task is over)",
             ),
@@ -404,7 +404,7 @@ impl fmt::Display for SetError {
                  `install` or parallel iterator of this crate): the job has no context of \
                  its own, and a value set there would be seen by the next job the worker \
                  takes up while it waits. Start the job with `contextvars::rayon`'s \
-                 `spawn` / `join` / `scope` / `install` or `.in_current_context()` on its \
+                 `spawn` / `join` / `scope` / `install` or `.in_copied_context()` on its \
                  parallel iterator (each job gets a copy of its creator's context), or set \
                  inside `Context::run`",
             ),
@@ -415,7 +415,7 @@ impl fmt::Display for SetError {
                  `use_current_thread`), where the value would stay and be seen by every job \
                  the worker runs next (another request's job, in a server). Run the job in a \
                  context of its own: use `contextvars::rayon`'s `spawn` / `join` / `scope` / `install` \
-                 or `.in_current_context()` on the parallel iterator (each job or item gets \
+                 or `.in_copied_context()` on the parallel iterator (each job or item gets \
                  a copy of the caller's context), or set inside `Context::run`",
             ),
             Pool::Declared(name) => write!(

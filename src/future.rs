@@ -1,4 +1,5 @@
-//! Futures (and streams) that carry a context: every poll runs inside it.
+//! Futures that carry a context: every poll runs inside it (streams:
+//! `contextvars-futures`).
 //!
 //! An async task should behave like an asyncio task: it starts with a copy of the
 //! context it was created in, its `set`s stay inside it across `.await`s, and nothing it
@@ -18,7 +19,7 @@
 //!     std::future::ready(()).await;
 //!     REQUEST_ID.get()
 //! }
-//! .in_current_context(); // captures a copy of the current context, now
+//! .in_copied_context(); // captures a copy of the current context, now
 //!
 //! let _other = REQUEST_ID.set(99); // later changes do not reach the task
 //! let seen = futures_executor_block_on(task);
@@ -80,9 +81,9 @@ use crate::error::EnterError;
 use crate::plumbing::TaskFrame;
 
 pin_project! {
-    /// A future (or stream) that runs every poll of the inner one in its own context.
+    /// A future that runs every poll of the inner one in its own context.
     ///
-    /// Made by [`ContextFutureExt::in_current_context`] (a copy of the current context, like an
+    /// Made by [`ContextFutureExt::in_copied_context`] (a copy of the current context, like an
     /// asyncio task) or [`ContextFutureExt::in_context`] (a given [`Context`] object, which
     /// stays entered until the wrapper is dropped). The inner future is also dropped
     /// inside the context, so its destructors see the task's values.
@@ -120,7 +121,7 @@ impl<F> WithContext<F> {
         }
     }
 
-    /// `inner` in a copy of the current context (both extension traits' `in_current_context`).
+    /// `inner` in a copy of the current context (both extension traits' `in_copied_context`).
     #[inline]
     fn in_copy(inner: F) -> Self {
         // A task's context: it remembers its starting bindings, for a request layer's
@@ -183,25 +184,6 @@ impl<F: Future> Future for WithContext<F> {
     }
 }
 
-#[cfg(feature = "stream")]
-#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
-impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
-    type Item = S::Item;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
-        let this = self.project();
-        let inner = this
-            .inner
-            .as_pin_mut()
-            .expect("the inner stream lives as long as the wrapper");
-        this.frame.enter(|| inner.poll_next(cx))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.get_ref().size_hint()
-    }
-}
-
 impl<F> fmt::Debug for WithContext<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WithContext").finish_non_exhaustive()
@@ -220,11 +202,11 @@ pub trait ContextFutureExt: Future + Sized {
     ///
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let _token = USER.set("ada");
-    /// let handle = tokio::spawn(async { USER.get() }.in_current_context());
+    /// let handle = tokio::spawn(async { USER.get() }.in_copied_context());
     /// assert_eq!(handle.await.unwrap(), "ada");
     /// # });
     /// ```
-    fn in_current_context(self) -> WithContext<Self> {
+    fn in_copied_context(self) -> WithContext<Self> {
         WithContext::in_copy(self)
     }
 
@@ -247,7 +229,7 @@ pub trait ContextFutureExt: Future + Sized {
     /// let task = async { drop(HITS.set(1)) }.in_context(&ctx);
     /// assert!(ctx.try_run(|| ()).is_err()); // entered by the task
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(task);
-    /// assert_eq!(ctx.get(&HITS), Some(1));
+    /// assert_eq!(ctx.snapshot().get(&HITS), Some(&1));
     /// ```
     ///
     /// # Panics
@@ -267,51 +249,3 @@ pub trait ContextFutureExt: Future + Sized {
 }
 
 impl<F: Future> ContextFutureExt for F {}
-
-/// Wraps streams in a context (feature `stream`). Implemented for every
-/// [`Stream`](futures_core::Stream); every `poll_next` runs in the context.
-///
-/// ```
-/// use contextvars::ContextVar;
-/// use contextvars::future::ContextStreamExt;
-/// use futures_util::StreamExt;
-/// static OFFSET: ContextVar<u32> = ContextVar::new("offset");
-///
-/// let _token = OFFSET.set(10);
-/// let stream = futures_util::stream::iter(1..=3)
-///     .map(|n| n + OFFSET.get())
-///     .in_current_context();
-/// # let collected: Vec<u32> = tokio::runtime::Builder::new_current_thread().build().unwrap()
-/// #     .block_on(stream.collect());
-/// assert_eq!(collected, [11, 12, 13]);
-/// ```
-#[cfg(feature = "stream")]
-#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
-pub trait ContextStreamExt: futures_core::Stream + Sized {
-    /// Runs every poll in a copy of the context current now; see
-    /// [`ContextFutureExt::in_current_context`].
-    fn in_current_context(self) -> WithContext<Self> {
-        WithContext::in_copy(self)
-    }
-
-    /// Runs every poll in the context object `ctx`; see [`ContextFutureExt::in_context`].
-    ///
-    /// # Panics
-    ///
-    /// If `ctx` is already entered; [`try_in_context`](Self::try_in_context) returns the
-    /// error instead.
-    #[track_caller]
-    fn in_context(self, ctx: &Context) -> WithContext<Self> {
-        WithContext::in_object(self, ctx)
-    }
-
-    /// [`in_context`](Self::in_context), returning an [`EnterError`] if `ctx` is already
-    /// entered.
-    fn try_in_context(self, ctx: &Context) -> Result<WithContext<Self>, EnterError> {
-        WithContext::try_in(self, ctx)
-    }
-}
-
-#[cfg(feature = "stream")]
-#[cfg_attr(docsrs, doc(cfg(feature = "stream")))]
-impl<S: futures_core::Stream> ContextStreamExt for S {}

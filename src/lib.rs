@@ -47,7 +47,8 @@
 //!   scope exit (Python 3.14's `with var.set(v):`).
 //! * [`Context`]: a context object. [`copy_context`] copies the current one,
 //!   [`Context::run`] runs code in one, [`Context::current`] is a handle to the running one,
-//!   and it reads like a mapping (`get`, `contains`, `len`, `iter`, `==`, `Debug`).
+//!   and [`Context::snapshot`] gives its bindings as an immutable mapping ([`Snapshot`]:
+//!   `get`, `contains`, `len`, `iter`); both have `==` and `Debug`.
 //! * [`Snapshot`]: an immutable view of a context's bindings, and [`Entry`], one binding.
 //! * Errors: [`LookupError`], [`SetError`], [`ResetError`], [`EnterError`],
 //!   [`AccessError`].
@@ -81,7 +82,7 @@
 //!
 //! * [`thread`]: `std::thread` spawns (also `Builder` and `scope`) in a copy, or in a
 //!   given [`Context`] object (Python's `Thread(context=ctx)`);
-//! * [`future`]: a runtime-agnostic future and stream wrapper, [`future::WithContext`];
+//! * [`future`]: a runtime-agnostic future wrapper, [`future::WithContext`];
 //! * `tokio` (feature `tokio`): `spawn`, `spawn_blocking`, `spawn_local`, `JoinSet`, and
 //!   (`--cfg tokio_unstable`) `isolate_tasks`, every task of a runtime in its own context;
 //! * `rayon` (feature `rayon`): `join`, `scope`, `spawn`, `ThreadPool::install` and a
@@ -91,6 +92,7 @@
 //! Integrations with crates that are not 1.0 yet are crates of their own, built on
 //! [`plumbing`], so that their releases do not force one of this crate:
 //!
+//! * `contextvars-futures`: the same wrapper for `futures_core::Stream`s;
 //! * `contextvars-tower`: a tower `Layer` that runs each HTTP request in its own context
 //!   (axum, hyper-util, tonic);
 //! * `contextvars-tracing`: the current span follows the work into every hand-off, and

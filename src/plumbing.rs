@@ -30,7 +30,7 @@
 //! use contextvars::plumbing::TaskFrame;
 //!
 //! /// A future that runs every poll in the context it was made in: what
-//! /// `ContextFutureExt::in_current_context` does, written against this module.
+//! /// `ContextFutureExt::in_copied_context` does, written against this module.
 //! struct InContext<F> {
 //!     future: Option<Pin<Box<F>>>,
 //!     frame: TaskFrame,
@@ -319,7 +319,7 @@ pub fn leave_detached() -> Option<TaskFrame> {
 /// keep-alive request then reaches the next one.
 ///
 /// Only frames that remember their starting bindings are restored
-/// ([`TaskFrame::capture_task`], `in_current_context`, `in_context`, `scope_future`,
+/// ([`TaskFrame::capture_task`], `in_copied_context`, `in_context`, `scope_future`,
 /// tokio's task hooks). The frame the layer was called in is recorded, and the nearest
 /// such frame outside it (a middleware that calls the layer inside a wrapper of its
 /// own). When the request ends, the one that is current is restored; one that is not

@@ -17,7 +17,7 @@
 //!   in the worker's own context.
 //!
 //! A plain rayon call (`rayon::join`, a parallel iterator without
-//! [`in_current_context`](ParallelIteratorExt::in_current_context)) made *inside* a job
+//! [`in_copied_context`](ParallelIteratorExt::in_copied_context)) made *inside* a job
 //! of this module waits in the job's context: a plain job stolen there runs in it,
 //! reads its values, and its sets land there. rayon has no per-job hook to prevent
 //! that, so hand work to rayon through this module everywhere.
@@ -35,7 +35,7 @@
 //!
 //! let labels: Vec<String> = (0..4)
 //!     .into_par_iter()
-//!     .in_current_context() // right after the source: every closure after it sees "acme"
+//!     .in_copied_context() // right after the source: every closure after it sees "acme"
 //!     .map(|i| format!("{}-{i}", TENANT.get()))
 //!     .collect();
 //! assert_eq!(labels, ["acme-0", "acme-1", "acme-2", "acme-3"]);
@@ -55,7 +55,7 @@
 //!   (two more cell swaps each way).
 //! * `'static` spawns ([`spawn`], [`spawn_fifo`], [`Scope::spawn`]) take an owned copy:
 //!   one increment at the spawn, one decrement when the job ends.
-//! * A parallel iterator wrapped by [`ParallelIteratorExt::in_current_context`] takes
+//! * A parallel iterator wrapped by [`ParallelIteratorExt::in_copied_context`] takes
 //!   one copy when the adapter is made; its jobs borrow it. Each call into the adapter
 //!   enters and leaves a frame over it (two thread-local cell writes each way, and a read
 //!   of tokio's task id); the
@@ -249,7 +249,7 @@ impl ThreadPoolExt for ThreadPool {
     }
 }
 
-/// Adds [`in_current_context`](Self::in_current_context) to every [`ParallelIterator`].
+/// Adds [`in_copied_context`](Self::in_copied_context) to every [`ParallelIterator`].
 pub trait ParallelIteratorExt: ParallelIterator {
     /// Runs the rest of this parallel iterator in a copy of the context current now: the
     /// closures of the adapters after this one and of the consuming method (`filter`,
@@ -275,7 +275,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
     ///
     /// Adapters that pull items one at a time through an iterator (`zip`, `zip_eq`,
     /// `enumerate`, `rev`, `step_by`, `chunks`, `interleave`, ...) run what comes after
-    /// them outside the adapter's calls: call `in_current_context()` again after such an
+    /// them outside the adapter's calls: call `in_copied_context()` again after such an
     /// adapter (a pipeline may have several; each one's closures run in its own
     /// capture).
     ///
@@ -288,7 +288,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// let _token = SCALE.set(10);
     /// let total: u64 = (1..=100u64)
     ///     .into_par_iter()
-    ///     .in_current_context()
+    ///     .in_copied_context()
     ///     .filter(|n| n % 2 == 0)
     ///     .map(|n| n * SCALE.get())
     ///     .sum();
@@ -298,12 +298,12 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// let scaled: Vec<u64> = vec![1u64, 2, 3]
     ///     .into_par_iter()
     ///     .enumerate()
-    ///     .in_current_context()
+    ///     .in_copied_context()
     ///     .map(|(i, n)| i as u64 + n * SCALE.get())
     ///     .collect();
     /// assert_eq!(scaled, [10, 21, 32]);
     /// ```
-    fn in_current_context(self) -> InContext<Self> {
+    fn in_copied_context(self) -> InContext<Self> {
         InContext {
             base: self,
             vars: engine::vars(),
@@ -315,7 +315,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
 impl<I: ParallelIterator> ParallelIteratorExt for I {}
 
 /// A parallel iterator whose jobs run in a captured context; see
-/// [`ParallelIteratorExt::in_current_context`].
+/// [`ParallelIteratorExt::in_copied_context`].
 #[must_use = "parallel iterators do nothing unless consumed"]
 pub struct InContext<I> {
     base: I,

@@ -143,7 +143,7 @@ impl fmt::Debug for Iter<'_> {
     }
 }
 
-/// Owning iterator over a snapshot's entries ([`Context::iter`](crate::Context::iter)).
+/// Owning iterator over a snapshot's entries (`for entry in ctx.snapshot()`).
 #[derive(Debug)]
 pub struct IntoIter {
     inner: std::vec::IntoIter<Entry>,

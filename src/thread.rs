@@ -27,7 +27,7 @@
 //!
 //! let ctx = Context::new();
 //! thread::spawn_in(&ctx, || drop(JOB.set("done"))).join().unwrap();
-//! assert_eq!(ctx.get(&JOB), Some("done")); // the child's set, kept by the object
+//! assert_eq!(ctx.snapshot().get(&JOB), Some(&"done")); // the child's set, kept by the object
 //! ```
 //!
 //! Copies cost one reference-count increment, whatever the number of variables.
@@ -263,7 +263,7 @@ impl BuilderExt for Builder {
 ///     s.spawn_in_context(&ctx, || drop(STEP.set(2)));
 ///     assert_eq!(copy.join().unwrap(), 1);
 /// });
-/// assert_eq!(ctx.get(&STEP), Some(2));
+/// assert_eq!(ctx.snapshot().get(&STEP), Some(&2));
 /// ```
 pub trait ScopeExt<'scope> {
     /// [`Scope::spawn`], running `f` in a copy of the current context.

@@ -22,12 +22,12 @@
 //! ```
 //!
 //! For other executors, wrap the future yourself with
-//! [`ContextFutureExt::in_current_context`].
+//! [`ContextFutureExt::in_copied_context`].
 //!
 //! # Where a `set` lives in async code
 //!
 //! In the context of the task that runs it, if the task has one: a task spawned by the
-//! functions here, a future wrapped with `in_current_context` / `in_context`, a request
+//! functions here, a future wrapped with `in_copied_context` / `in_context`, a request
 //! under the `contextvars_tower` layer, or, with `isolate_tasks` (`--cfg
 //! tokio_unstable`), every task of the runtime. A *plain* `tokio::spawn`ed task has none:
 //! it runs in the worker thread's own context, which every task that worker polls next
@@ -64,7 +64,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(future.in_current_context())
+    tokio::spawn(future.in_copied_context())
 }
 
 /// [`tokio::task::spawn_blocking`], running `f` in a copy of the current context.
@@ -92,7 +92,7 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    tokio::task::spawn_local(future.in_current_context())
+    tokio::task::spawn_local(future.in_copied_context())
 }
 
 /// Context-carrying spawns for a [`JoinSet`].
@@ -138,7 +138,7 @@ impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
         F: Future<Output = T> + Send + 'static,
         T: Send,
     {
-        self.spawn(future.in_current_context())
+        self.spawn(future.in_copied_context())
     }
 
     #[track_caller]
@@ -155,6 +155,6 @@ impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
     where
         F: Future<Output = T> + 'static,
     {
-        self.spawn_local(future.in_current_context())
+        self.spawn_local(future.in_copied_context())
     }
 }

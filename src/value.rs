@@ -87,8 +87,8 @@ impl<T: Send + Sync + 'static> ErasedBinding for Binding<T> {
 
 /// A variable's binding in a snapshot: its id, name and value.
 ///
-/// Yielded by [`Snapshot::iter`](crate::Snapshot::iter) and
-/// [`Context::iter`](crate::Context::iter). Cloning an entry is one reference-count
+/// Yielded by [`Snapshot::iter`](crate::Snapshot::iter) and a snapshot's owning iterator
+/// (`for entry in ctx.snapshot()`). Cloning an entry is one reference-count
 /// increment; the value itself is shared, never copied.
 pub struct Entry {
     /// What `Arc::into_raw` gave for the binding's `Arc`; the entry owns that one strong

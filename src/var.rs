@@ -361,7 +361,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),
-            None => Err(LookupError::in_current_context(self.name)),
+            None => Err(LookupError::in_copied_context(self.name)),
         }
     }
 
@@ -379,7 +379,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// * in plain code, the thread's own context, until it is reset or the thread ends;
     /// * inside [`Context::run`](crate::Context::run), that context object;
-    /// * in a task wrapped by `in_current_context` / `contextvars::tokio::spawn`, or under
+    /// * in a task wrapped by `in_copied_context` / `contextvars::tokio::spawn`, or under
     ///   the `contextvars_tower` layer, the task's or request's own copy, across every
     ///   `.await`, and never anyone else's;
     /// * in a rayon job or item of `contextvars::rayon`, that job or item.
@@ -490,7 +490,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// stay in it. Nothing is set in the caller's context, so this is never refused. If
     /// the future calls `contextvars_tower::ContextLayer`, each request's end gives the
     /// copy back the bindings it started with (as for a task made with
-    /// [`in_current_context`](crate::future::ContextFutureExt::in_current_context)): a
+    /// [`in_copied_context`](crate::future::ContextFutureExt::in_copied_context)): a
     /// plain `set` made inside it for one request does not outlive that request.
     ///
     /// ```

@@ -7,7 +7,10 @@ use async_executor::Executor;
 use contextvars::{Context, ContextVar};
 
 #[path = "../examples/async_executor.rs"]
-#[allow(unreachable_pub, reason = "the example's public items, used here from outside")]
+#[allow(
+    unreachable_pub,
+    reason = "the example's public items, used here from outside"
+)]
 mod example;
 
 use example::{POOL, REQUEST_ID, STAGE, SpawnInContext, with_workers};
@@ -23,7 +26,7 @@ fn a_tasks_sets_stay_in_the_task() {
     Context::new().run(|| {
         let _id = REQUEST_ID.set(1);
         let executor = Executor::new();
-        let task = executor.spawn_in_current_context(async {
+        let task = executor.spawn_in_copied_context(async {
             let inherited = REQUEST_ID.get();
             drop(REQUEST_ID.set(2));
             futures_lite::future::yield_now().await;
@@ -33,7 +36,11 @@ fn a_tasks_sets_stay_in_the_task() {
         drop(STAGE.set(Arc::from("spawner")));
         let seen = futures_lite::future::block_on(executor.run(task));
         assert_eq!(seen, (1, 2));
-        assert_eq!(REQUEST_ID.get(), 1, "the task's set did not reach the spawner");
+        assert_eq!(
+            REQUEST_ID.get(),
+            1,
+            "the task's set did not reach the spawner"
+        );
         assert_eq!(&*STAGE.get(), "spawner");
     });
 }
@@ -50,7 +57,7 @@ fn a_plain_task_cannot_set_in_a_workers_own_context() {
     // A wrapped task on the same worker sets freely.
     let executor = Executor::new();
     let set = with_workers(&executor, 1, || {
-        let task = executor.spawn_in_current_context(async {
+        let task = executor.spawn_in_copied_context(async {
             STAGE.try_set(Arc::from("own")).map(drop)?;
             Ok::<_, contextvars::SetError>(STAGE.get())
         });
@@ -74,14 +81,18 @@ fn an_unfinished_task_is_dropped_in_its_own_context() {
         let _id = REQUEST_ID.set(7);
         let executor = Executor::new();
         let guard = OnDrop(seen.clone());
-        let task = executor.spawn_in_current_context(async move {
+        let task = executor.spawn_in_copied_context(async move {
             let _guard = guard;
             std::future::pending::<()>().await;
         });
         // Polled once (it waits forever), then cancelled: the future is dropped.
         assert!(executor.try_tick());
         futures_lite::future::block_on(executor.run(task.cancel()));
-        assert_eq!(*seen.lock().unwrap(), Some(7), "the destructor saw the task's value");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(7),
+            "the destructor saw the task's value"
+        );
         assert_eq!(REQUEST_ID.get(), 7, "its set stayed in the task");
     });
 }
@@ -94,7 +105,7 @@ fn tasks_polled_in_turn_on_one_thread_do_not_see_each_other() {
         .map(|n| {
             Context::new().run(|| {
                 let _n = ORDER.set(n);
-                executor.spawn_in_current_context(async move {
+                executor.spawn_in_copied_context(async move {
                     for round in 0..4 {
                         assert_eq!(ORDER.get(), n + round * 100, "task {n}, round {round}");
                         drop(ORDER.set(n + (round + 1) * 100));

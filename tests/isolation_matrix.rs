@@ -827,7 +827,7 @@ fn expectation(pattern: Pattern, mode: Mode) -> Expect {
             } else {
                 let refused = SetOutcome::Refused {
                     pool: "tokio",
-                    fixes: &["contextvars::tokio::spawn", "in_current_context"],
+                    fixes: &["contextvars::tokio::spawn", "in_copied_context"],
                     not: &[],
                 };
                 job(TOKIO_SPAWN, refused, Nothing, Nothing, 1)
@@ -843,7 +843,7 @@ fn expectation(pattern: Pattern, mode: Mode) -> Expect {
         Pattern::PlainRayonJob => {
             let refused = SetOutcome::Refused {
                 pool: "rayon",
-                fixes: &["contextvars::rayon", "in_current_context"],
+                fixes: &["contextvars::rayon", "in_copied_context"],
                 not: &[],
             };
             let (spawn_views, spawn_set) = job(RAYON_SPAWN, refused, Nothing, Nothing, 1);
@@ -1695,7 +1695,7 @@ const SHUTDOWN_TASKS: usize = 64;
 
 /// Spawns, on the current runtime, `SHUTDOWN_TASKS` pending tasks of each kind holding a
 /// probe, and returns once each has been polled: "wrapped" tasks set their own tenant in
-/// a context of their own (`in_current_context`), "plain" tasks try to set theirs in
+/// a context of their own (`in_copied_context`), "plain" tasks try to set theirs in
 /// whatever context a plain task has. Returns how many plain sets were accepted.
 async fn spawn_pending(out: &Arc<Mutex<Vec<Dropped>>>) -> usize {
     let mut polled = Vec::new();
@@ -1713,7 +1713,7 @@ async fn spawn_pending(out: &Arc<Mutex<Vec<Dropped>>>) -> usize {
                 let _ = sender.send(false);
                 std::future::pending::<()>().await;
             }
-            .in_current_context(),
+            .in_copied_context(),
         );
         polled.push(receiver);
         let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -1848,7 +1848,7 @@ fn runtime_shutdown_current_thread_inside_run() {
         let plain_accepted = rt.block_on(spawn_pending(&out));
         let ctx = Context::new().with_value(&TENANT, "outer".to_owned());
         ctx.run(|| drop(rt));
-        let after = ctx.get(&TENANT);
+        let after = ctx.snapshot().get(&TENANT).cloned();
         let dropped = std::mem::take(&mut *out.lock().unwrap());
         let plain: Vec<&Dropped> = dropped.iter().filter(|d| d.label == "plain").collect();
         let wrapped: Vec<&Dropped> = dropped.iter().filter(|d| d.label == "wrapped").collect();
@@ -1940,7 +1940,7 @@ fn runtime_driven_inside_a_context() {
                         tokio::task::yield_now().await;
                         TENANT.get() == format!("wrapped{i}")
                     }
-                    .in_current_context(),
+                    .in_copied_context(),
                 ));
             }
             let (mut refused, mut foreign, mut nested_ok) = (0, 0, 0);

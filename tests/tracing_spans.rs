@@ -234,7 +234,7 @@ fn futures_and_tokio_helpers_carry_the_span_on_every_poll() {
         vec![
             contextvars::tokio::spawn(twice("tokio::spawn")),
             contextvars::tokio::spawn_blocking(|| log("tokio::spawn_blocking")),
-            tokio::spawn(twice("in_current_context").in_current_context()),
+            tokio::spawn(twice("in_copied_context").in_copied_context()),
             // The control: a plain task carries neither.
             tokio::spawn(twice("plain tokio::spawn")),
             tokio::spawn(async move {
@@ -259,7 +259,7 @@ fn futures_and_tokio_helpers_carry_the_span_on_every_poll() {
     for test in [
         "JoinSet::spawn_with_context",
         "tokio::spawn",
-        "in_current_context",
+        "in_copied_context",
     ] {
         assert_in_request(test, 2);
     }
@@ -291,12 +291,12 @@ fn rayon_jobs_carry_the_span() {
             });
             (0..64)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .for_each(|_| log("par_iter"));
             // The producer path: an indexed adapter after the capture.
             (0..64)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .map(|i| i * 2)
                 .with_min_len(1)
                 .for_each(|_| log("par_iter map"));
@@ -352,8 +352,8 @@ fn a_parallel_iterator_never_enters_its_span_twice_on_one_thread() {
     // enter there is the adapter's, and none may nest in another.
     let (consumer, producer) = info_span!("reentry_check").in_scope(|| {
         (
-            (0..256).into_par_iter().in_current_context(),
-            (0..256).into_par_iter().in_current_context(),
+            (0..256).into_par_iter().in_copied_context(),
+            (0..256).into_par_iter().in_copied_context(),
         )
     });
     pool.install(|| {
@@ -425,7 +425,7 @@ fn a_panicking_poll_leaves_the_span() {
             log("before the panic");
             panic!("a task panics");
         }
-        .in_current_context()
+        .in_copied_context()
     });
     // Polled here, outside the span: the poll enters it, and its guard exits it on unwind.
     let outcome = catch_unwind(AssertUnwindSafe(|| future.now_or_never()));

@@ -44,7 +44,7 @@ pub(crate) fn shape(n: usize) -> (Context, Var) {
 }
 
 /// Runs `f` in this thread's own context holding shape `n`, set variable by variable: the
-/// kind of frame a thread, a task (`in_current_context`) or a rayon job runs in, which no
+/// kind of frame a thread, a task (`in_copied_context`) or a rayon job runs in, which no
 /// context object makes observable from other threads, so sets change the snapshot in
 /// place. Resets everything afterwards.
 pub(crate) fn in_private_shape<R>(n: usize, f: impl FnOnce(Var) -> R) -> R {

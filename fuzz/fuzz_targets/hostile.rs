@@ -1,5 +1,5 @@
 //! Hostile-driver fuzz target (issue 11): a custom rayon `ParallelIterator` drives the
-//! consumer that `in_current_context()` hands it through a program decoded from the
+//! consumer that `in_copied_context()` hands it through a program decoded from the
 //! input: splits, reducers, folders made, fed, completed, dropped and `mem::forget`-ten in
 //! any order, inside and across nested `Context::run`s, with panics injected into the
 //! consuming closure and consumers moved to other threads. A model checks every read of

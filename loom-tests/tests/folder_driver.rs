@@ -1,7 +1,7 @@
-//! The rayon folder path of `in_current_context()` under loom, driven by hand.
+//! The rayon folder path of `in_copied_context()` under loom, driven by hand.
 //!
 //! rayon's plumbing traits are public, so any safe code can decide where a folder made by
-//! `in_current_context()` is made, fed and completed. Before issue 11 the folder held a
+//! `in_copied_context()` is made, fed and completed. Before issue 11 the folder held a
 //! guard that switched the thread's frame until it was dropped; a folder made inside
 //! `a.run` and completed outside it left the thread running in `a` after `a`'s entered
 //! flag was released, so another thread could enter `a` at the same time and, at thread
@@ -61,7 +61,7 @@ mod tests {
                 thread::spawn(move || {
                     let _own = X.set(100);
                     let seen = std::sync::Mutex::new(Vec::new());
-                    Driver(a).in_current_context().for_each(|item| {
+                    Driver(a).in_copied_context().for_each(|item| {
                         let value = X.get();
                         drop(X.set(value + item)); // stays in the item
                         seen.lock().unwrap().push(value);

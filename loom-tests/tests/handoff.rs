@@ -95,7 +95,7 @@ mod tests {
                 })
             };
             let copy = ctx.copy(); // old or new value, depending on the interleaving
-            let task = ctx.copy().run(|| async {}.in_current_context());
+            let task = ctx.copy().run(|| async {}.in_copied_context());
             drop(ctx);
             worker.join().unwrap();
             assert_eq!(copy.len(), 1);
@@ -136,7 +136,7 @@ mod tests {
             // Capture on this thread, from a context whose snapshot the task then shares.
             let ctx = Arc::new(copy_context());
             ctx.run(|| drop(A.set(1)));
-            let task = ctx.copy().run(|| Box::pin(Step(0).in_current_context()));
+            let task = ctx.copy().run(|| Box::pin(Step(0).in_copied_context()));
             let slot = Arc::new(loom::sync::Mutex::new(Some(task)));
             // A worker with its own state polls it once.
             let worker = {

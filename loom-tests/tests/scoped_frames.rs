@@ -26,7 +26,7 @@
 //! * `stolen_poll_inside_poll`: the same steal through the future wrapper. A is a task
 //!   in the context object `a` (`in_context(&a)`, made on the main thread: its frame
 //!   holds `a`'s entered flag from then until the worker drops the task); B is a task in
-//!   a private copy (`in_current_context()`, what a rayon job gets), polled by hand
+//!   a private copy (`in_copied_context()`, what a rayon job gets), polled by hand
 //!   inside A's poll. B sets a variable and takes `Context::current()`: a new object,
 //!   which B's stored frame holds entered until A drops B inside its poll. A hands B's
 //!   handle to the main thread, which meanwhile reads `a` (whole snapshots), tries to run
@@ -401,7 +401,7 @@ mod tests {
                 let job = StolenJob {
                     ledger: in_here.clone(),
                 };
-                Box::pin(job.in_current_context())
+                Box::pin(job.in_copied_context())
             });
             // A holds `a`'s entered flag from here until the worker drops it.
             let job = Job {

@@ -60,7 +60,7 @@
 //! on its own stack frame, and which every entry point (`run_in`, `run_owned`,
 //! `run_borrowed`, `run_borrowed_each`, `run_entered`) calls with the work as a closure.
 //! The integrations do the same: a future's poll, a rayon job, and *each call* into the
-//! consumer, folder, reducer or producer of `in_current_context()` enters the captured
+//! consumer, folder, reducer or producer of `in_copied_context()` enters the captured
 //! frame and leaves it before returning. rayon's plumbing traits are public, so any safe
 //! code can drive those folders: move them, complete them inside some other
 //! `Context::run`, drop them anywhere or never. Before this rule the folder held a guard
@@ -101,7 +101,7 @@
 //! out waits for the check-in (not when it was taken out on its own thread, nor before
 //! any after-poll hook has run: both mean a replaced hook that will never come).
 //!
-//! A future's frame (the hooks', or a wrapped future's: `in_current_context`,
+//! A future's frame (the hooks', or a wrapped future's: `in_copied_context`,
 //! `in_context`, `scope_future`) remembers the bindings it started with
 //! (`Frame::with_origin`, `Frame::remembering_origin`: nothing at creation; the frame's
 //! first set or reset keeps a counted clone of its starting snapshot, and the frame gets

@@ -2,7 +2,7 @@
 //!
 //! "Private frame" below means a frame whose snapshot nobody else holds:
 //! * a thread's own context, until `Context::current` hands out a handle to it;
-//! * a task's (`in_current_context`) or a rayon job's frame, after the first set in that
+//! * a task's (`in_copied_context`) or a rayon job's frame, after the first set in that
 //!   poll or job. That first set path-copies, because the poll or job was lent its
 //!   snapshot; the sets after it are in place.
 //!
@@ -24,11 +24,11 @@
 //! | a future's poll, a rayon job (`contextvars::rayon`) | a light frame: two TLS cell swaps on entry and exit (a job also reads tokio's task id); the first write materializes a copy | 0 | 0 (a job: 1 if it writes) |
 //! | a task's starting bindings (a wrapped future's, a scope's future's or hooked task's frame, for the tower layer's restore) | nothing at creation; one check on each set or reset; at the frame's first change, a counted clone of its starting snapshot, held until the frame ends or is restored | 0 | 1 at the first change |
 //! | a wrapped future's or request's end | its inner future (or body) dropped inside its frame; its frame released in a fresh empty frame only if it is the last owner of its snapshot (a reference-count load decides), so a destructor that sets reaches no one | 0 | 1 (the snapshot's release) |
-//! | an `in_current_context()` item | runs in the frame of its batch (one light frame per call rayon makes into the adapter); an item that wrote (a set, a handle) ends that frame, and the next item enters a fresh one | 0 | 0 (1 if it writes) |
+//! | an `in_copied_context()` item | runs in the frame of its batch (one light frame per call rayon makes into the adapter); an item that wrote (a set, a handle) ends that frame, and the next item enters a fresh one | 0 | 0 (1 if it writes) |
 //! | `contextvars::rayon::join` | lends the current snapshot to both halves (no count inside a light frame; one count otherwise); on a rayon worker, the wait runs in an empty read-only light frame (two TLS cell swaps each way) | 0 | 0 or 2 |
-//! | the `tracing` span at a hand-off (feature `tracing`) | at each capture (a spawn, a wrapped future, a `join`, a parallel iterator, a request), the dispatcher's current-span lookup; if a span is current, its handle is cloned, and each run, poll or job enters and exits it | 0 | 1–2 per capture with a span current (the subscriber's reference count, and the `Dispatch`'s under a scoped dispatcher), their releases when the child ends, plus what the subscriber's `enter`/`exit` do |
-//! | an event through `ContextFields` (feature `tracing`) | a per-thread cache lookup of the combined callsite, one read per variable, a copy of the event's values into a reused per-thread buffer | 0 once warm | 0 |
-//! | `Context` iteration | walks the snapshot | 1 (`Context::iter` collects) / 0 (`Snapshot::iter`) | per entry (owning iterator) |
+//! | the `tracing` span at a hand-off (`contextvars-tracing`'s carrier) | at each capture (a spawn, a wrapped future, a `join`, a parallel iterator, a request), the dispatcher's current-span lookup; if a span is current, its handle is cloned, and each run, poll or job enters and exits it | 0 | 1–2 per capture with a span current (the subscriber's reference count, and the `Dispatch`'s under a scoped dispatcher), their releases when the child ends, plus what the subscriber's `enter`/`exit` do |
+//! | an event through `contextvars_tracing::ContextFields` | a per-thread cache lookup of the combined callsite, one read per variable, a copy of the event's values into a reused per-thread buffer | 0 once warm | 0 |
+//! | `Snapshot` iteration | walks the snapshot | 0 | 0 (`iter`) / per entry (the owning iterator's clones) |
 //!
 //! ## Memory
 //!
@@ -45,7 +45,7 @@
 //!   the way to the key) and leaves the old one to its other holders.
 //!
 //! So a task that binds 3 small values from an empty context holds about 370 bytes of
-//! heap in 4 allocations, plus the wrapper's share of the task (the `in_current_context`
+//! heap in 4 allocations, plus the wrapper's share of the task (the `in_copied_context`
 //! future is 96 bytes). tokio's `task_local!` keeps its values inside the future and
 //! allocates nothing; the price of a snapshot is that it can outlive the future and be
 //! shared.

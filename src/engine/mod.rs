@@ -21,7 +21,7 @@
 //! The frames on a thread therefore always form a stack that matches the call stack, and
 //! the owner of the snapshot behind `HOT.root` is always a caller of whatever reads it.
 //! The integrations follow it: a future's poll, a rayon job, each call into a folder of
-//! `in_current_context()` and each `Context::run` enters its frame inside the call and
+//! `in_copied_context()` and each `Context::run` enters its frame inside the call and
 //! leaves it before returning. Values the crate hands to user code (tokens, scoped sets,
 //! folders, futures, frames held by wrappers) hold frames and snapshots as *data*; they
 //! never switch the thread's frame when they are dropped.

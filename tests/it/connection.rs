@@ -2,7 +2,7 @@
 //! that sets before each request: when each request ends (its body dropped, its future
 //! failed or dropped unanswered), the layer gives the task back the bindings it started
 //! with. Covered for every task that has a context of its own: one wrapped with
-//! `in_current_context`, `in_context` or `scope_future` (every build), and under the task
+//! `in_copied_context`, `in_context` or `scope_future` (every build), and under the task
 //! hooks a plain `tokio::spawn` (`--cfg tokio_unstable`, feature `tokio`).
 
 use std::future::Future;
@@ -58,7 +58,7 @@ impl Service<http::Request<()>> for Inner {
 /// How the connection task gets a context of its own.
 #[derive(Clone, Copy, Debug)]
 enum Task {
-    /// `tokio::spawn(connection.in_current_context())` on a plain runtime.
+    /// `tokio::spawn(connection.in_copied_context())` on a plain runtime.
     Wrapped,
     /// `tokio::spawn(connection.in_context(&copy_context()))`: the task runs a context
     /// object, entered for the task's life.
@@ -68,7 +68,7 @@ enum Task {
     /// A plain `tokio::spawn` on a runtime with the task hooks.
     #[cfg(all(feature = "tokio", tokio_unstable))]
     Hooks,
-    /// `in_current_context` on a runtime with the task hooks (the wrapper's frame runs
+    /// `in_copied_context` on a runtime with the task hooks (the wrapper's frame runs
     /// inside the hooks' one).
     #[cfg(all(feature = "tokio", tokio_unstable))]
     WrappedUnderHooks,
@@ -111,7 +111,7 @@ fn serve<T: Send + 'static>(
     let start = start.to_owned();
     rt.block_on(async move {
         let handle = TENANT.scope(start, || match task {
-            Task::Wrapped => tokio::spawn(connection.in_current_context()),
+            Task::Wrapped => tokio::spawn(connection.in_copied_context()),
             Task::WrappedInObject => {
                 tokio::spawn(connection.in_context(&contextvars::copy_context()))
             }
@@ -119,7 +119,7 @@ fn serve<T: Send + 'static>(
             #[cfg(all(feature = "tokio", tokio_unstable))]
             Task::Hooks => tokio::spawn(connection),
             #[cfg(all(feature = "tokio", tokio_unstable))]
-            Task::WrappedUnderHooks => tokio::spawn(connection.in_current_context()),
+            Task::WrappedUnderHooks => tokio::spawn(connection.in_copied_context()),
         });
         handle.await.expect("connection task")
     })
@@ -254,7 +254,7 @@ fn a_body_dropped_inside_a_run_restores_the_task_after_it() {
                 drop(response);
                 TENANT.get()
             });
-            (in_run, ctx.get(&TENANT), TENANT.get())
+            (in_run, ctx.snapshot().get(&TENANT).cloned(), TENANT.get())
         });
         let expected = ("run".to_owned(), Some("run".to_owned()), String::new());
         assert_eq!(seen, expected, "{task:?}");

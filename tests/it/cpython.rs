@@ -78,11 +78,11 @@ fn test_context_new_1() {
     // `Context(1)`, `Context(a=1)`: `Context::new` takes no arguments (compile time).
     // `Context(**{})` is allowed: so is `Context::default()`, and both are empty.
     let ctx = Context::new();
-    assert_eq!(ctx.len(), 0);
-    assert!(ctx.is_empty());
-    assert_eq!(ctx.iter().count(), 0);
+    assert_eq!(ctx.snapshot().len(), 0);
+    assert!(ctx.snapshot().is_empty());
+    assert_eq!(ctx.snapshot().into_iter().count(), 0);
     assert_eq!(Context::default(), Context::new());
-    assert!(Context::default().is_empty());
+    assert!(Context::default().snapshot().is_empty());
 }
 
 // ----- 8-15: copy_context and run -------------------------------------------------------
@@ -188,16 +188,16 @@ fn test_context_run_4() {
         assert_eq!(VAR.get_or("none"), "spam");
 
         let cur = copy_context();
-        assert_eq!(cur.len(), 1);
-        assert_eq!(cur.get(&VAR), Some("spam"));
+        assert_eq!(cur.snapshot().len(), 1);
+        assert_eq!(cur.snapshot().get(&VAR).cloned(), Some("spam"));
         cur
     };
     let returned_ctx = ctx1.run(func1);
     assert_eq!(ctx1, returned_ctx);
-    assert_eq!(returned_ctx.get(&VAR), Some("spam"));
-    assert!(returned_ctx.contains(&VAR));
+    assert_eq!(returned_ctx.snapshot().get(&VAR).cloned(), Some("spam"));
+    assert!(returned_ctx.snapshot().contains(&VAR));
     // ctx2 was entered but never set: still empty.
-    assert!(ctx2.is_empty());
+    assert!(ctx2.snapshot().is_empty());
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn test_context_run_5() {
         assert_eq!(VAR.get_or("none"), "none");
         assert!(!VAR.is_set());
         // CPython keeps the set in `ctx` itself (subtlety 1).
-        assert_eq!(ctx.get(&VAR), Some("spam"));
+        assert_eq!(ctx.snapshot().get(&VAR).cloned(), Some("spam"));
     });
 }
 
@@ -224,13 +224,13 @@ fn test_context_run_6() {
     let ctx = Context::new();
     ctx.run(|| {
         assert_eq!(C.get(), 0);
-        assert_eq!(ctx.get(&C), None);
+        assert_eq!(ctx.snapshot().get(&C).cloned(), None);
 
         let _keep = C.set(42);
         assert_eq!(C.get(), 42);
-        assert_eq!(ctx.get(&C), Some(42));
+        assert_eq!(ctx.snapshot().get(&C).cloned(), Some(42));
     });
-    assert_eq!(ctx.get(&C), Some(42));
+    assert_eq!(ctx.snapshot().get(&C).cloned(), Some(42));
 }
 
 #[test]
@@ -277,20 +277,27 @@ fn test_context_getset_1() {
         assert_eq!(C.get(), "spam2");
 
         let ctx1 = copy_context();
-        assert!(ctx1.contains(&C));
+        assert!(ctx1.snapshot().contains(&C));
 
         // A stale token: resets to MISSING, removing the binding (not LIFO).
         C.reset(t0).unwrap();
         assert_eq!(C.get_or("none".into()), "none");
         assert!(!C.is_set());
 
-        assert!(ctx1.contains(&C));
-        assert_eq!(ctx1.get(&C).as_deref(), Some("spam2"));
-        assert_eq!(ctx1.get(&C).unwrap_or_else(|| "aa".into()), "spam2");
-        assert_eq!(ctx1.len(), 1);
+        assert!(ctx1.snapshot().contains(&C));
+        assert_eq!(ctx1.snapshot().get(&C).cloned().as_deref(), Some("spam2"));
+        assert_eq!(
+            ctx1.snapshot()
+                .get(&C)
+                .cloned()
+                .unwrap_or_else(|| "aa".into()),
+            "spam2"
+        );
+        assert_eq!(ctx1.snapshot().len(), 1);
         // items()
         let items: Vec<(contextvars::VarId, String)> = ctx1
-            .iter()
+            .snapshot()
+            .into_iter()
             .map(|entry| (entry.var_id(), entry.get(&C).unwrap().clone()))
             .collect();
         assert_eq!(items, vec![(C.id(), "spam2".to_string())]);
@@ -302,9 +309,9 @@ fn test_context_getset_1() {
             .collect();
         assert_eq!(values, vec!["spam2"]);
         // keys() and iter()
-        assert_eq!(ctx1.keys().collect::<Vec<_>>(), vec![C.id()]);
+        assert_eq!(ctx1.snapshot().keys().collect::<Vec<_>>(), vec![C.id()]);
         assert_eq!(
-            (&ctx1)
+            ctx1.snapshot()
                 .into_iter()
                 .map(|entry| entry.var_id())
                 .collect::<Vec<_>>(),
@@ -312,11 +319,17 @@ fn test_context_getset_1() {
         );
 
         let ctx2 = copy_context();
-        assert!(!ctx2.contains(&C));
-        assert_eq!(ctx2.get(&C), None); // `ctx2[c]` raises KeyError
-        assert_eq!(ctx2.get(&C).unwrap_or_else(|| "aa".into()), "aa");
-        assert_eq!(ctx2.len(), 0);
-        assert_eq!(ctx2.iter().count(), 0);
+        assert!(!ctx2.snapshot().contains(&C));
+        assert_eq!(ctx2.snapshot().get(&C).cloned(), None); // `ctx2[c]` raises KeyError
+        assert_eq!(
+            ctx2.snapshot()
+                .get(&C)
+                .cloned()
+                .unwrap_or_else(|| "aa".into()),
+            "aa"
+        );
+        assert_eq!(ctx2.snapshot().len(), 0);
+        assert_eq!(ctx2.snapshot().into_iter().count(), 0);
     });
 }
 
@@ -329,12 +342,12 @@ fn test_context_getset_1_reset_missing_removes_binding() {
     isolated(|| {
         let _keep = OTHER.set(1);
         let token = C.set(2);
-        assert_eq!(copy_context().len(), 2);
+        assert_eq!(copy_context().snapshot().len(), 2);
         C.reset(token).unwrap();
         let ctx = copy_context();
-        assert_eq!(ctx.len(), 1);
-        assert!(!ctx.contains(&C));
-        assert_eq!(ctx.get(&C), None);
+        assert_eq!(ctx.snapshot().len(), 1);
+        assert!(!ctx.snapshot().contains(&C));
+        assert_eq!(ctx.snapshot().get(&C).cloned(), None);
         assert_eq!(C.get(), 5);
     });
 }
@@ -368,18 +381,18 @@ fn test_context_getset_3() {
     let ctx = Context::new();
     ctx.run(|| {
         assert_eq!(C.get(), 42);
-        assert_eq!(ctx.get(&C), None); // `ctx[c]` raises KeyError; `ctx.get(c)` is None
-        assert_eq!(ctx.get(&C).unwrap_or(-1), -1); // `ctx.get(c, 'spam')`
-        assert!(!ctx.contains(&C));
-        assert_eq!(ctx.keys().count(), 0);
+        assert_eq!(ctx.snapshot().get(&C).cloned(), None); // `ctx[c]` raises KeyError; `ctx.get(c)` is None
+        assert_eq!(ctx.snapshot().get(&C).cloned().unwrap_or(-1), -1); // `ctx.get(c, 'spam')`
+        assert!(!ctx.snapshot().contains(&C));
+        assert_eq!(ctx.snapshot().keys().count(), 0);
 
         let t = C.set(1);
-        assert_eq!(ctx.keys().collect::<Vec<_>>(), vec![C.id()]);
-        assert_eq!(ctx.get(&C), Some(1));
+        assert_eq!(ctx.snapshot().keys().collect::<Vec<_>>(), vec![C.id()]);
+        assert_eq!(ctx.snapshot().get(&C).cloned(), Some(1));
 
         C.reset(t).unwrap();
-        assert_eq!(ctx.keys().count(), 0);
-        assert_eq!(ctx.get(&C), None);
+        assert_eq!(ctx.snapshot().keys().count(), 0);
+        assert_eq!(ctx.snapshot().get(&C).cloned(), None);
     });
 }
 
@@ -399,11 +412,11 @@ fn test_context_getset_4() {
             r#"<Token var=<ContextVar name="c" default=<i32>>> was created in a different Context"#
         );
         assert_eq!(C.get(), 42);
-        assert_eq!(ctx.get(&C), Some(1));
+        assert_eq!(ctx.snapshot().get(&C).cloned(), Some(1));
         // Subtlety 3: back in the context it was made in, the token works.
         let tok = error.into_token();
         ctx.run(|| C.reset(tok)).unwrap();
-        assert_eq!(ctx.get(&C), None);
+        assert_eq!(ctx.snapshot().get(&C).cloned(), None);
     });
 }
 
@@ -416,11 +429,11 @@ fn test_context_getset_4_copy_is_a_different_context() {
     let copy = ctx.copy();
     let error = copy.run(|| C.reset(tok)).unwrap_err();
     assert!(error.is_different_context());
-    assert_eq!(copy.get(&C), Some(1));
+    assert_eq!(copy.snapshot().get(&C).cloned(), Some(1));
     let tok = error.into_token();
     ctx.run(move || C.reset(tok)).unwrap();
-    assert!(!ctx.contains(&C));
-    assert!(copy.contains(&C));
+    assert!(!ctx.snapshot().contains(&C));
+    assert!(copy.snapshot().contains(&C));
 }
 
 #[test]
@@ -452,15 +465,15 @@ fn test_context_copy_1() {
     ctx1.run(|| {
         let _keep = C.set(10);
         let ctx2 = ctx1.copy();
-        assert_eq!(ctx2.get(&C), Some(10));
+        assert_eq!(ctx2.snapshot().get(&C).cloned(), Some(10));
 
         let _keep = C.set(20);
-        assert_eq!(ctx1.get(&C), Some(20));
-        assert_eq!(ctx2.get(&C), Some(10));
+        assert_eq!(ctx1.snapshot().get(&C).cloned(), Some(20));
+        assert_eq!(ctx2.snapshot().get(&C).cloned(), Some(10));
 
         ctx2.run(ctx2_fun);
-        assert_eq!(ctx1.get(&C), Some(20));
-        assert_eq!(ctx2.get(&C), Some(30));
+        assert_eq!(ctx1.snapshot().get(&C).cloned(), Some(20));
+        assert_eq!(ctx2.snapshot().get(&C).cloned(), Some(30));
         assert_eq!(C.get(), 20);
     });
 }
@@ -473,15 +486,18 @@ fn test_context_isinstance() {
         static A: i32;
     }
     let ctx = Context::new().with_value(&A, 1);
-    assert_eq!(ctx.get(&A), Some(1)); // __getitem__ / get
-    assert!(ctx.contains(&A)); // __contains__
-    assert_eq!(ctx.len(), 1); // __len__
-    assert!(!ctx.is_empty());
+    assert_eq!(ctx.snapshot().get(&A).cloned(), Some(1)); // __getitem__ / get
+    assert!(ctx.snapshot().contains(&A)); // __contains__
+    assert_eq!(ctx.snapshot().len(), 1); // __len__
+    assert!(!ctx.snapshot().is_empty());
     assert_eq!(
-        ctx.iter().map(|e| e.var_id()).collect::<Vec<_>>(),
+        ctx.snapshot()
+            .into_iter()
+            .map(|e| e.var_id())
+            .collect::<Vec<_>>(),
         vec![A.id()]
     ); // __iter__
-    assert_eq!(ctx.keys().collect::<Vec<_>>(), vec![A.id()]); // keys
+    assert_eq!(ctx.snapshot().keys().collect::<Vec<_>>(), vec![A.id()]); // keys
     let snapshot = ctx.snapshot();
     assert_eq!(
         snapshot
@@ -559,7 +575,7 @@ fn test_context_thread_inherit() {
                 .unwrap()
         });
         assert_eq!(seen, "custom");
-        assert_eq!(custom.get(&C), Some("set in thread"));
+        assert_eq!(custom.snapshot().get(&C).cloned(), Some("set in thread"));
 
         // `context=Context()`: sees nothing.
         let empty = Context::new();
@@ -584,7 +600,7 @@ fn test_token_contextmanager_with_default() {
         }
         assert_eq!(C.get(), 42);
     });
-    assert!(!ctx.contains(&C));
+    assert!(!ctx.snapshot().contains(&C));
 }
 
 #[test]
@@ -619,13 +635,13 @@ fn test_token_contextmanager_on_exception() {
         })
     });
     assert_eq!(message, "custom exception");
-    assert!(!ctx.contains(&C));
+    assert!(!ctx.snapshot().contains(&C));
     assert_eq!(ctx.run(|| C.get()), 42);
 
     // The same with `scope`.
     let message = expect_panic(|| ctx.run(|| C.scope(36, || -> () { panic!("custom exception") })));
     assert_eq!(message, "custom exception");
-    assert!(!ctx.contains(&C));
+    assert!(!ctx.snapshot().contains(&C));
 }
 
 #[test]
@@ -643,7 +659,7 @@ fn test_token_contextmanager_multiple_c_set() {
         }
         assert_eq!(C.get(), 42);
     });
-    assert!(!ctx.contains(&C));
+    assert!(!ctx.snapshot().contains(&C));
 }
 
 #[test]
@@ -749,7 +765,7 @@ fn test_context_eq_reentrant_contextvar_set() {
         .get(&VAR)
         .map(|v| v.hook.lock().unwrap().is_some());
     assert_eq!(hook_left, Some(false));
-    assert_eq!(ctx1.len(), 1);
+    assert_eq!(ctx1.snapshot().len(), 1);
     assert!(*ctx1 == ctx2);
 }
 
@@ -782,7 +798,7 @@ fn test_context_eq_reentrant_contextvar_set_in_hash_1_structure_change() {
     ctx2.run(|| drop(VAR.set(ReentrantEq::new(None))));
 
     assert!(*ctx1 == *ctx2);
-    assert_eq!(ctx1.len(), 21);
-    assert_eq!(ctx2.len(), 2);
+    assert_eq!(ctx1.snapshot().len(), 21);
+    assert_eq!(ctx2.snapshot().len(), 2);
     assert!(*ctx1 != *ctx2);
 }

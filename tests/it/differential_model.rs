@@ -186,10 +186,14 @@ impl VarRef {
     /// `ctx.get(var)` and the other per-variable mapping reads, which must agree.
     fn context_get(self, ctx: &Context, snapshot: &Snapshot) -> Option<u32> {
         let (got, contains, in_snapshot) = match self {
-            VarRef::U32(var) => (ctx.get(var), ctx.contains(var), snapshot.get(var).copied()),
+            VarRef::U32(var) => (
+                ctx.snapshot().get(var).cloned(),
+                ctx.snapshot().contains(var),
+                snapshot.get(var).copied(),
+            ),
             VarRef::Str(var) => (
-                ctx.get(var).map(|v| parse(&v)),
-                ctx.contains(var),
+                ctx.snapshot().get(var).cloned().map(|v| parse(&v)),
+                ctx.snapshot().contains(var),
                 snapshot.get(var).map(|v| parse(v)),
             ),
         };
@@ -620,8 +624,12 @@ fn var_index(var: u8) -> usize {
 /// A context's mapping reads against a model map.
 fn check_context(ctx: &Context, map: &ModelMap, what: &str) {
     let snapshot = ctx.snapshot();
-    assert_eq!(ctx.len(), map.len(), "{what}: len");
-    assert_eq!(ctx.is_empty(), map.is_empty(), "{what}: is_empty");
+    assert_eq!(ctx.snapshot().len(), map.len(), "{what}: len");
+    assert_eq!(
+        ctx.snapshot().is_empty(),
+        map.is_empty(),
+        "{what}: is_empty"
+    );
     assert_eq!(snapshot.len(), map.len(), "{what}: snapshot len");
     for (i, spec) in VARS.iter().enumerate() {
         let expected = map.get(&i).map(|v| v.payload);
@@ -633,12 +641,12 @@ fn check_context(ctx: &Context, map: &ModelMap, what: &str) {
         );
     }
     check_entries(&snapshot, map, what);
-    let iter = ctx.iter();
+    let iter = ctx.snapshot().into_iter();
     assert_eq!(iter.len(), map.len(), "{what}: iter().len()");
     let names: BTreeSet<&str> = iter.map(|entry| entry.name()).collect();
     let expected: BTreeSet<&str> = map.keys().map(|&i| VARS[i].name).collect();
     assert_eq!(names, expected, "{what}: iter() names");
-    let keys: BTreeSet<u64> = ctx.keys().map(|id| id.as_u64()).collect();
+    let keys: BTreeSet<u64> = ctx.snapshot().keys().map(|id| id.as_u64()).collect();
     let expected: BTreeSet<u64> = map
         .keys()
         .map(|&i| match VARS[i].var {
@@ -691,7 +699,11 @@ impl<'o> Runner<'o> {
             spec.var.check_reads(spec.name, expected, model.bound(i));
         }
         let copy = copy_context();
-        assert_eq!(copy.len(), model.current().len(), "copy_context().len()");
+        assert_eq!(
+            copy.snapshot().len(),
+            model.current().len(),
+            "copy_context().len()"
+        );
         for (i, spec) in VARS.iter().enumerate() {
             let bound = model.current().get(&i).map(|v| v.payload);
             assert_eq!(
@@ -1038,7 +1050,10 @@ impl<'o> Runner<'o> {
                         spec.name
                     );
                 }
-                assert!(copy_context().is_empty(), "a new thread's context is empty");
+                assert!(
+                    copy_context().snapshot().is_empty(),
+                    "a new thread's context is empty"
+                );
                 let mut runner = Runner {
                     ops,
                     pos,

@@ -11,7 +11,7 @@
 //!   `panic_safety.rs`: `mem::forget`, out-of-order drops, drops in another run and
 //!   during unwinding.
 //! * A property test whose custom `ParallelIterator` drives the consumer
-//!   `in_current_context()` hands it in arbitrary order, nested in `Context::run`s, with
+//!   `in_copied_context()` hands it in arbitrary order, nested in `Context::run`s, with
 //!   panics and threads, checked against a model after every op ([`hostile_driver`]; the
 //!   cargo-fuzz target `fuzz/fuzz_targets/hostile.rs` runs the same driver on bytes).
 //!
@@ -133,7 +133,7 @@ fn contexts_a_and_c() -> (Context, Context) {
 /// checks everything afterwards and returns what the driver's frame reads at the end.
 fn run_evil(a: &Context, c: &Context, how: Evil) -> String {
     drop(S.set("captured".to_owned()));
-    let iter = EvilDriver { a, c, how }.in_current_context();
+    let iter = EvilDriver { a, c, how }.in_copied_context();
     drop(S.set("base-1".to_owned()));
     let seen = Mutex::new(Vec::new());
     iter.for_each(|item| seen.lock().unwrap().push((item, S.get())));
@@ -154,8 +154,8 @@ fn run_evil(a: &Context, c: &Context, how: Evil) -> String {
             "{how:?}: after the call, `{name}` is left entered or changed"
         );
     }
-    assert_eq!(a.get(&S).as_deref(), Some("in-a"));
-    assert_eq!(c.get(&S).as_deref(), Some("in-c"));
+    assert_eq!(a.snapshot().get(&S).cloned().as_deref(), Some("in-a"));
+    assert_eq!(c.snapshot().get(&S).cloned().as_deref(), Some("in-c"));
     S.get()
 }
 
@@ -273,17 +273,17 @@ mod pool {
 
     /// The pipeline. The consuming closure (`for_each`, after the outer adapter) must
     /// see the outer capture (2); before the fix it saw the inner one. `map` comes after the
-    /// inner adapter and before the outer one: `in_current_context`'s docs say each adapter's
+    /// inner adapter and before the outer one: `in_copied_context`'s docs say each adapter's
     /// capture covers what comes after it, so `map` sees the inner capture (1).
     #[test]
     fn two_adapters_each_closure_runs_in_its_capture() {
         isolated(|| {
             let seen = Mutex::new(Vec::new());
-            let inner = N.scope(1, || (0..4usize).into_par_iter().in_current_context());
+            let inner = N.scope(1, || (0..4usize).into_par_iter().in_copied_context());
             let _outer = N.set(2);
             inner
                 .map(|_| N.get())
-                .in_current_context()
+                .in_copied_context()
                 .for_each(|mapped| seen.lock().unwrap().push((mapped, N.get())));
             let seen = seen.into_inner().unwrap();
             let consuming: Vec<usize> = seen.iter().map(|(_, consumed)| *consumed).collect();
@@ -312,7 +312,7 @@ mod pool {
             (0..ITEMS)
                 .into_par_iter()
                 .with_min_len(4) // every job gets at least four items
-                .in_current_context()
+                .in_copied_context()
                 .for_each(|i| {
                     let before = N.get();
                     let _ = N.set(10 + i); // token dropped: the binding stays in this item
@@ -327,8 +327,10 @@ mod pool {
                     "item {i} started from another item's set, not the capture"
                 );
             }
-            let held: Vec<Option<usize>> =
-                seen.iter().map(|(_, _, handle)| handle.get(&N)).collect();
+            let held: Vec<Option<usize>> = seen
+                .iter()
+                .map(|(_, _, handle)| handle.snapshot().get(&N).cloned())
+                .collect();
             let expected: Vec<Option<usize>> = (0..ITEMS).map(|i| Some(10 + i)).collect();
             assert_eq!(
                 held, expected,
@@ -465,7 +467,7 @@ fn forgotten_token_keeps_the_value() {
         let copy = copy_context(); // shared: the next set path-copies
         forget(V.set("b".into())); // its token held the old snapshot
         assert_eq!(v(), some("b"));
-        assert_eq!(copy.get(&V), some("a"));
+        assert_eq!(copy.snapshot().get(&V).cloned(), some("a"));
         let token = V.set("c".into());
         assert_eq!(token.old_value().map(String::as_str), Some("b"));
         V.reset(token).unwrap();
@@ -473,7 +475,7 @@ fn forgotten_token_keeps_the_value() {
         // Forgotten inside a run: the run still ends, the context keeps the value.
         let ctx = Context::new();
         ctx.run(|| forget(V.set("in ctx".into())));
-        assert_eq!(ctx.get(&V), some("in ctx"));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), some("in ctx"));
         assert!(ctx.try_run(|| ()).is_ok(), "the run was left");
         assert_eq!(ctx.run(v), some("in ctx"));
         assert_eq!(v(), some("b"));
@@ -490,7 +492,7 @@ fn forgotten_scoped_set_never_resets() {
         assert_eq!(v(), some("kept"));
         let ctx = Context::new();
         ctx.run(|| forget(V.scoped_set("in ctx".into())));
-        assert_eq!(ctx.get(&V), some("in ctx"));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), some("in ctx"));
         assert!(ctx.try_run(|| ()).is_ok(), "the run was left");
         assert_eq!(v(), some("kept"));
     });
@@ -541,8 +543,8 @@ fn token_outer_reset_first_with_copies_in_between() {
         );
         V.reset(t2).unwrap();
         assert_eq!(v(), some("one"));
-        assert_eq!(c1.get(&V), some("one"));
-        assert_eq!(c2.get(&V), some("two"));
+        assert_eq!(c1.snapshot().get(&V).cloned(), some("one"));
+        assert_eq!(c2.snapshot().get(&V).cloned(), some("two"));
     });
 }
 
@@ -554,18 +556,18 @@ fn scoped_set_escaping_its_run() {
         // Made inside the run, reset outside it: refused, the token comes back.
         let guard = ctx.run(|| V.scoped_set("in ctx".into()));
         assert!(ctx.try_run(|| ()).is_ok(), "the run was left");
-        assert_eq!(ctx.get(&V), some("in ctx"));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), some("in ctx"));
         let error = guard.reset().unwrap_err();
         assert!(error.is_different_context(), "{error:?}");
         assert_eq!(v(), some("base"));
         // It works in a later run of the context it was made in.
         ctx.run(|| V.reset(error.into_token())).unwrap();
-        assert_eq!(ctx.get(&V), None);
+        assert_eq!(ctx.snapshot().get(&V).cloned(), None);
 
         // Dropped inside a later run of its own context: resets there.
         let guard = ctx.run(|| V.scoped_set("again".into()));
         ctx.run(move || drop(guard));
-        assert_eq!(ctx.get(&V), None);
+        assert_eq!(ctx.snapshot().get(&V).cloned(), None);
 
         // Dropped inside another context's run: a panic (not unwinding), and both
         // contexts stay usable and unchanged.
@@ -574,8 +576,8 @@ fn scoped_set_escaping_its_run() {
         let message = expect_panic(|| other.run(move || drop(guard)));
         assert!(message.contains("different Context"), "{message}");
         assert!(other.try_run(|| ()).is_ok() && ctx.try_run(|| ()).is_ok());
-        assert!(!other.contains(&V));
-        assert_eq!(ctx.get(&V), some("third"));
+        assert!(!other.snapshot().contains(&V));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), some("third"));
         assert_eq!(v(), some("base"));
     });
 }
@@ -599,7 +601,7 @@ fn scoped_set_dropped_while_unwinding_in_another_run() {
             some("guarded"),
             "a guard dropped elsewhere does not reset"
         );
-        assert!(!other.contains(&V));
+        assert!(!other.snapshot().contains(&V));
         assert!(other.try_run(|| ()).is_ok());
     });
 }

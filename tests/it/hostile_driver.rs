@@ -1,4 +1,4 @@
-//! A hostile driver for `in_current_context()`: a custom rayon `ParallelIterator` that
+//! A hostile driver for `in_copied_context()`: a custom rayon `ParallelIterator` that
 //! takes the consumer the adapter hands down and does, in any order, everything rayon's
 //! public plumbing lets safe code do with it, checked against a model after every step.
 //!
@@ -99,14 +99,14 @@ const MAX_DEPTH: usize = 16;
 /// How the outer code consumes the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// `Driver.in_current_context().for_each(observe)`.
+    /// `Driver.in_copied_context().for_each(observe)`.
     ForEach,
-    /// `.in_current_context().fold(identity, observe).reduce(identity, concat)`: the
+    /// `.in_copied_context().fold(identity, observe).reduce(identity, concat)`: the
     /// identities and the reduce operator run user code too, and results carry the ids
     /// of the items folded into them.
     FoldReduce,
-    /// Two adapters: `Driver.in_current_context()` made under other values, then
-    /// `.map(observe).in_current_context().for_each(check)`: each closure runs in the
+    /// Two adapters: `Driver.in_copied_context()` made under other values, then
+    /// `.map(observe).in_copied_context().for_each(check)`: each closure runs in the
     /// capture of the adapter before it (`map` in the inner one, `for_each` in the outer
     /// one), and `for_each` never sees what `map` set for the same item.
     Pipeline,
@@ -477,7 +477,10 @@ impl Shared {
     /// Every handle an item took still holds that item's values.
     fn check_handles(&self, when: &str) {
         for handle in lock(&self.handles).iter() {
-            let seen = (handle.ctx.get(&X), handle.ctx.get(&Y));
+            let seen = (
+                handle.ctx.snapshot().get(&X).cloned(),
+                handle.ctx.snapshot().get(&Y).cloned(),
+            );
             let expected = (Some(handle.item.value()), Some(self.capture.1));
             assert_eq!(
                 seen, expected,
@@ -1111,7 +1114,10 @@ impl<'a, C: UnindexedConsumer<Item>> Machine<'a, C> {
         );
         for (i, ctx) in self.contexts.iter().enumerate() {
             let expected = (self.model.ctx_x[i], Some(ctx_y(i)));
-            let held = (ctx.get(&X), ctx.get(&Y));
+            let held = (
+                ctx.snapshot().get(&X).cloned(),
+                ctx.snapshot().get(&Y).cloned(),
+            );
             assert_eq!(
                 held, expected,
                 "{when}: context {i} holds (X, Y) = {held:?}, expected {expected:?}"
@@ -1211,12 +1217,12 @@ impl Iterator for DriverIter {
 
 // -------------------------------------------------------------------------------- run
 
-/// `iter.in_current_context()` made with `X`, `Y` = `x`, `y` (bindings kept in the
+/// `iter.in_copied_context()` made with `X`, `Y` = `x`, `y` (bindings kept in the
 /// current frame: the caller runs in a fresh context).
 fn captured<I: ParallelIterator>(x: u64, y: u64, iter: I) -> contextvars::rayon::InContext<I> {
     drop(X.set(x));
     drop(Y.set(y));
-    iter.in_current_context()
+    iter.in_copied_context()
 }
 
 /// Runs a program: in a new context on this thread or in a new thread's base context

@@ -28,7 +28,7 @@ fn assert_unisolated(error: SetError) {
         "thread's own context (a tokio worker's or blocking thread's)",
         "contextvars_tower::ContextLayer",
         "contextvars::tokio::spawn",
-        "in_current_context",
+        "in_copied_context",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from: {text}");
     }
@@ -146,7 +146,7 @@ fn a_plain_task_may_set_in_a_context_of_its_own() {
                 tokio::task::yield_now().await;
                 REQUEST_ID.get()
             }
-            .in_current_context(),
+            .in_copied_context(),
         );
         let ran = tokio::spawn(async {
             Context::new().run(|| REQUEST_ID.scope(32, || REQUEST_ID.get()))
@@ -169,7 +169,7 @@ fn a_missed_lookup_in_a_plain_task_names_the_hand_off_helpers() {
         "has no value",
         "tokio task with no context of its own",
         "contextvars::tokio::spawn",
-        "in_current_context",
+        "in_copied_context",
         "ContextLayer",
     ] {
         assert!(
@@ -206,7 +206,7 @@ fn assert_rayon_refusal(error: SetError) {
         "\"request_id\"",
         "rayon worker thread in its own context",
         "contextvars::rayon",
-        "in_current_context",
+        "in_copied_context",
         "Context::run",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from: {text}");
@@ -274,7 +274,7 @@ fn rayon_jobs_in_a_context_of_their_own_may_set() {
         })
     });
     assert_eq!(seen, 7);
-    assert_eq!(ctx.get(&REQUEST_ID), Some(7)); // made to the context object
+    assert_eq!(ctx.snapshot().get(&REQUEST_ID).cloned(), Some(7)); // made to the context object
 }
 
 #[test]
@@ -286,7 +286,7 @@ fn the_crates_rayon_helpers_may_set() {
     let pool = rayon_pool();
     let _token = REQUEST_ID.set(50);
     // Captured here, consumed on the pool's workers.
-    let items = (0..16u64).into_par_iter().in_current_context().map(|i| {
+    let items = (0..16u64).into_par_iter().in_copied_context().map(|i| {
         drop(REQUEST_ID.set(REQUEST_ID.get() + i)); // stays in the item
         REQUEST_ID.get()
     });
@@ -373,7 +373,7 @@ fn tasks_of_a_runtime_driven_inside_a_run_cannot_set_in_its_context() {
         own, 81,
         "the block_on future is not a task: it sets in the context"
     );
-    assert_eq!(ctx.get(&REQUEST_ID), Some(81));
+    assert_eq!(ctx.snapshot().get(&REQUEST_ID).cloned(), Some(81));
 }
 
 /// Not covered, and documented so (the README's isolation table, `docs::internals`): the
@@ -403,7 +403,7 @@ fn local_set_tasks_inside_a_wrapped_future_share_its_context() {
                     .unwrap();
                 (first, second)
             })
-            .in_current_context(),
+            .in_copied_context(),
     );
     assert!(
         first,

@@ -229,13 +229,13 @@ fn otel_context_both_ways() {
             KeyValue::new("region", "eu"),
         ]);
         let (context, report) = propagation.from_otel(&theirs);
-        assert_eq!(context.get(&REQUEST_ID), Some(12));
-        assert!(!context.contains(&SMALL));
+        assert_eq!(context.snapshot().get(&REQUEST_ID).cloned(), Some(12));
+        assert!(!context.snapshot().contains(&SMALL));
         assert_eq!(
             counts(&report),
             [(Reason::UnknownKey, 1), (Reason::CodecRejected, 1)]
         );
-        let kept = context.get(&OTEL_CONTEXT).unwrap();
+        let kept = context.snapshot().get(&OTEL_CONTEXT).cloned().unwrap();
         assert_eq!(kept.baggage().get("region").map(|v| v.as_str()), Some("eu"));
     });
 }
@@ -281,7 +281,12 @@ fn expired_deadline_is_sent_as_zero() {
         propagation().inject(&mut headers);
         assert_eq!(headers["baggage"], "deadline_ms=0");
         let after = Instant::now();
-        let received = propagation().extract(&headers).get(&DEADLINE).unwrap();
+        let received = propagation()
+            .extract(&headers)
+            .snapshot()
+            .get(&DEADLINE)
+            .cloned()
+            .unwrap();
         assert!(received >= after && received <= Instant::now());
     });
 }
@@ -341,10 +346,18 @@ fn malformed_baggage_members_are_dropped_and_counted() {
         let (context, report) = propagation().extract_with_report(&headers);
         let shown = String::from_utf8_lossy(member);
         assert_eq!(counts(&report), [(*reason, 1)], "{shown}: {report}");
-        assert_eq!(context.get(&REQUEST_ID), Some(5), "{shown}");
-        assert_eq!(context.get(&LABEL).as_deref(), Some("ok"), "{shown}");
+        assert_eq!(
+            context.snapshot().get(&REQUEST_ID).cloned(),
+            Some(5),
+            "{shown}"
+        );
+        assert_eq!(
+            context.snapshot().get(&LABEL).cloned().as_deref(),
+            Some("ok"),
+            "{shown}"
+        );
         assert!(
-            !context.contains(&NAME) && !context.contains(&SMALL),
+            !context.snapshot().contains(&NAME) && !context.snapshot().contains(&SMALL),
             "{shown}"
         );
         // The reasons reach the server side too (an InitError, except for unknown keys).
@@ -364,9 +377,12 @@ fn duplicates_equals_signs_properties_and_whitespace() {
         " name = a=b=c ;p1;p2=v , request_id=1,request_id=2,,",
     ));
     assert_eq!(counts(&report), [(Reason::DuplicateKey, 1)]);
-    assert_eq!(context.get(&NAME).as_deref(), Some("a=b=c"));
-    assert_eq!(context.get(&REQUEST_ID), Some(1));
-    let (_, cx) = (0, context.get(&OTEL_CONTEXT).unwrap());
+    assert_eq!(
+        context.snapshot().get(&NAME).cloned().as_deref(),
+        Some("a=b=c")
+    );
+    assert_eq!(context.snapshot().get(&REQUEST_ID).cloned(), Some(1));
+    let (_, cx) = (0, context.snapshot().get(&OTEL_CONTEXT).cloned().unwrap());
     let (value, metadata) = cx.baggage().get_with_metadata("name").unwrap();
     assert_eq!(value.as_str(), "a=b=c");
     assert_eq!(metadata.as_str(), "p1;p2=v");
@@ -378,8 +394,8 @@ fn duplicates_equals_signs_properties_and_whitespace() {
         counts(&report),
         [(Reason::PropertiesDropped, 1), (Reason::UnknownKey, 1)]
     );
-    assert_eq!(context.get(&NAME).as_deref(), Some("x"));
-    let cx = context.get(&OTEL_CONTEXT).unwrap();
+    assert_eq!(context.snapshot().get(&NAME).cloned().as_deref(), Some("x"));
+    let cx = context.snapshot().get(&OTEL_CONTEXT).cloned().unwrap();
     assert_eq!(
         cx.baggage().get_with_metadata("name").unwrap().1.as_str(),
         ""
@@ -399,7 +415,7 @@ fn duplicates_equals_signs_properties_and_whitespace() {
         propagation().inject(&mut headers);
         let (context, report) = propagation().extract_with_report(&headers);
         assert_eq!(counts(&report), [(Reason::UnknownKey, 5)], "{headers:?}");
-        let cx = context.get(&OTEL_CONTEXT).unwrap();
+        let cx = context.snapshot().get(&OTEL_CONTEXT).cloned().unwrap();
         let metadata = |key: &str| cx.baggage().get_with_metadata(key).unwrap().1.to_string();
         assert_eq!(
             ["a", "b", "c", "d", "e"].map(metadata),
@@ -417,19 +433,28 @@ fn baggage_limits() {
     let mut members: Vec<String> = (0..179).map(|i| format!("k{i}=v")).collect();
     members.push("request_id=3".to_owned());
     let (context, report) = propagation().extract_with_report(&baggage(&members.join(",")));
-    assert_eq!(context.get(&REQUEST_ID), Some(3));
+    assert_eq!(context.snapshot().get(&REQUEST_ID).cloned(), Some(3));
     assert_eq!(report.count(Reason::OverEntryLimit), 180 - 64);
     assert_eq!(report.count(Reason::UnknownKey), 63);
     assert_eq!(report.total(), 179);
-    let cx = context.get(&OTEL_CONTEXT).unwrap();
+    let cx = context.snapshot().get(&OTEL_CONTEXT).cloned().unwrap();
     assert_eq!(cx.baggage().len(), 64);
 
     // 181 members: over.
     members.push("k179=v".to_owned());
     let (context, report) = propagation().extract_with_report(&baggage(&members.join(",")));
     assert_eq!(counts(&report), [(Reason::BaggageTooManyMembers, 1)]);
-    assert!(!context.contains(&REQUEST_ID));
-    assert_eq!(context.get(&OTEL_CONTEXT).unwrap().baggage().len(), 0);
+    assert!(!context.snapshot().contains(&REQUEST_ID));
+    assert_eq!(
+        context
+            .snapshot()
+            .get(&OTEL_CONTEXT)
+            .cloned()
+            .unwrap()
+            .baggage()
+            .len(),
+        0
+    );
     // Split over two headers: the same.
     let (first, second) = members.split_at(90);
     let headers = headers_of(&[
@@ -443,10 +468,17 @@ fn baggage_limits() {
     let header = |len: usize| format!("name={}", "x".repeat(len - "name=".len()));
     let (context, report) = propagation().extract_with_report(&baggage(&header(8_192)));
     assert!(report.is_empty(), "{report}");
-    assert_eq!(context.get(&NAME).map(|name| name.len()), Some(8_187));
+    assert_eq!(
+        context
+            .snapshot()
+            .get(&NAME)
+            .cloned()
+            .map(|name| name.len()),
+        Some(8_187)
+    );
     let (context, report) = propagation().extract_with_report(&baggage(&header(8_193)));
     assert_eq!(counts(&report), [(Reason::BaggageTooLong, 1)]);
-    assert!(!context.contains(&NAME));
+    assert!(!context.snapshot().contains(&NAME));
     // Two headers of 4,096 bytes are 8,193 with the joining comma.
     let half = format!("k={}", "x".repeat(4_094));
     let headers = headers_of(&[("baggage", half.as_bytes()), ("baggage", half.as_bytes())]);
@@ -465,8 +497,11 @@ fn declared_keys_survive_the_64_entry_cap() {
     members.push("request_id=8".to_owned());
     members.push("tenant=late".to_owned());
     let (context, report) = propagation().extract_with_report(&baggage(&members.join(",")));
-    assert_eq!(context.get(&REQUEST_ID), Some(8));
-    assert_eq!(context.get(&TENANT).as_deref(), Some("late"));
+    assert_eq!(context.snapshot().get(&REQUEST_ID).cloned(), Some(8));
+    assert_eq!(
+        context.snapshot().get(&TENANT).cloned().as_deref(),
+        Some("late")
+    );
     assert_eq!(report.count(Reason::OverEntryLimit), 102 - 64);
 }
 
@@ -573,9 +608,15 @@ fn bad_trace_context() {
             reason.map(|r| (r, 1)).into_iter().collect::<Vec<_>>(),
             "{shown}"
         );
-        assert_eq!(context.get(&REQUEST_ID), Some(4), "{shown}");
+        assert_eq!(
+            context.snapshot().get(&REQUEST_ID).cloned(),
+            Some(4),
+            "{shown}"
+        );
         let remote = context
+            .snapshot()
             .get(&OTEL_CONTEXT)
+            .cloned()
             .unwrap()
             .span()
             .span_context()
@@ -622,7 +663,9 @@ fn tracestate_of(states: &[&[u8]]) -> (String, ExtractReport) {
     pairs.extend(states.iter().map(|state| ("tracestate", *state)));
     let (context, report) = propagation().extract_with_report(&headers_of(&pairs));
     let remote = context
+        .snapshot()
         .get(&OTEL_CONTEXT)
+        .cloned()
         .unwrap()
         .span()
         .span_context()
@@ -808,7 +851,7 @@ fn tracestate_is_read_only_with_a_traceparent() {
         ("baggage", b"request_id=2"),
     ]));
     assert!(report.is_empty(), "{report}");
-    assert_eq!(context.get(&REQUEST_ID), Some(2));
+    assert_eq!(context.snapshot().get(&REQUEST_ID).cloned(), Some(2));
     // A traceparent that passes the shape checks and that OpenTelemetry refuses.
     let zeros = format!("00-{}-{SPAN_ID}-01", "0".repeat(32));
     let (_, report) = propagation().extract_with_report(&headers_of(&[
@@ -844,9 +887,9 @@ fn report_counts_both_headers() {
         report.to_string(),
         "1 × invalid baggage property, 1 × duplicate baggage key, 1 × duplicate tracestate key"
     );
-    assert_eq!(context.get(&REQUEST_ID), Some(1));
-    assert!(!context.contains(&TENANT));
-    assert_eq!(context.get(&NAME).as_deref(), Some("x"));
+    assert_eq!(context.snapshot().get(&REQUEST_ID).cloned(), Some(1));
+    assert!(!context.snapshot().contains(&TENANT));
+    assert_eq!(context.snapshot().get(&NAME).cloned().as_deref(), Some("x"));
     let headers_of_reasons: Vec<&str> = report.iter().map(|(reason, _)| reason.header()).collect();
     assert_eq!(headers_of_reasons, ["baggage", "baggage", "tracestate"]);
 
@@ -949,10 +992,10 @@ fn random_headers_never_panic() {
             }
         }
         let (context, report) = propagation().extract_with_report(&headers);
-        if let Some(id) = context.get(&REQUEST_ID) {
+        if let Some(id) = context.snapshot().get(&REQUEST_ID).cloned() {
             assert!(report.total() > 0 || id == 5);
         }
-        assert!(context.contains(&OTEL_CONTEXT));
+        assert!(context.snapshot().contains(&OTEL_CONTEXT));
     }
 }
 
@@ -969,7 +1012,7 @@ fn round_trip<T: Clone + Send + Sync + 'static>(
     propagation().inject_context(&context, &mut headers);
     let (received, report) = propagation().extract_with_report(&headers);
     assert!(report.is_empty(), "{report} for {headers:?}");
-    received.get(var)
+    received.snapshot().get(var).cloned()
 }
 
 proptest! {

@@ -27,10 +27,10 @@ fn panic_in_run_restores_outer_context_and_keeps_sets() {
         // The outer context is back, untouched.
         assert_eq!(V.get(), 1);
         assert!(!W.is_set());
-        assert_eq!(copy_context().len(), 1);
+        assert_eq!(copy_context().snapshot().len(), 1);
         // The context kept the sets made before the panic (as CPython does) ...
-        assert_eq!(ctx.get(&V), Some(2));
-        assert_eq!(ctx.get(&W), Some(3));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), Some(2));
+        assert_eq!(ctx.snapshot().get(&W).cloned(), Some(3));
         // ... and can be entered again.
         assert_eq!(ctx.try_run(|| (V.get(), W.get())), Ok((2, 3)));
     });
@@ -56,7 +56,11 @@ fn panic_in_nested_runs_unwinds_every_frame() {
         assert_eq!(message, "deep");
         assert_eq!(V.get(), 0);
         assert_eq!(
-            (a.get(&V), b.get(&V), c.get(&V)),
+            (
+                a.snapshot().get(&V).cloned(),
+                b.snapshot().get(&V).cloned(),
+                c.snapshot().get(&V).cloned()
+            ),
             (Some(1), Some(2), Some(3))
         );
         for ctx in [&a, &b, &c] {
@@ -81,9 +85,9 @@ fn panic_in_run_with_token_reset_after_reentering() {
         })
     }));
     let token = token.expect("the set happened");
-    assert_eq!(ctx.get(&V), Some(1));
+    assert_eq!(ctx.snapshot().get(&V).cloned(), Some(1));
     ctx.run(|| V.reset(token)).unwrap();
-    assert!(!ctx.contains(&V));
+    assert!(!ctx.snapshot().contains(&V));
 }
 
 #[test]
@@ -105,7 +109,7 @@ fn panic_in_scope_restores_value() {
             })
         });
         assert_eq!(V.get(), "outer");
-        assert_eq!(copy_context().len(), 1);
+        assert_eq!(copy_context().snapshot().len(), 1);
     });
 }
 
@@ -177,8 +181,8 @@ fn panic_in_value_drop_on_reset() {
     });
     assert_eq!(message, "bomb");
     // The reset completed before the value was dropped.
-    assert!(!ctx.contains(&B));
-    assert_eq!(ctx.get(&V), Some(1));
+    assert!(!ctx.snapshot().contains(&B));
+    assert_eq!(ctx.snapshot().get(&V).cloned(), Some(1));
     assert_eq!(ctx.try_run(|| (B.is_set(), V.get())), Ok((false, 1)));
 }
 
@@ -193,7 +197,7 @@ fn panic_in_value_drop_on_overwrite_in_thread_base_context() {
         assert!(!B.with(|bomb| bomb.0));
         // Everything still works.
         let ctx = copy_context();
-        assert_eq!(ctx.len(), 1);
+        assert_eq!(ctx.snapshot().len(), 1);
         assert!(ctx.try_run(|| B.is_set()).unwrap());
     })
     .join()
@@ -224,7 +228,7 @@ fn panic_in_value_drop_while_leaving_run() {
         assert_eq!(message, "bomb");
         assert_eq!(V.get(), 1);
         assert!(!B.is_set());
-        assert_eq!(copy_context().len(), 1);
+        assert_eq!(copy_context().snapshot().len(), 1);
     });
 }
 

@@ -117,7 +117,7 @@ fn stress_nested_joins_in_par_iter() {
             let _job = JOB.set(7);
             (0..items)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .for_each(|item| {
                     if ROOT.get() != "stress" || JOB.get() != 7 {
                         failures
@@ -182,7 +182,7 @@ fn panic_in_job_restores_worker_state() {
         pool.install_with_context(|| {
             (0..1000u64)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .filter(|n| n % 2 == 0)
                 .for_each(|n| {
                     drop(JOB.set(n));
@@ -205,14 +205,14 @@ fn par_iter_paths_all_run_in_context() {
             // Indexed (producer) path.
             let indexed: Vec<&str> = (0..100)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .map(|_| ROOT.get())
                 .collect();
             assert!(indexed.iter().all(|root| *root == "ctx"));
             // Unindexed (consumer) path.
             let unindexed = (0..100)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .filter(|_| ROOT.get() == "ctx")
                 .count();
             assert_eq!(unindexed, 100);
@@ -221,7 +221,7 @@ fn par_iter_paths_all_run_in_context() {
             let zipped = (0..100)
                 .into_par_iter()
                 .map(|_| ROOT.get())
-                .in_current_context()
+                .in_copied_context()
                 .zip((0..100).into_par_iter())
                 .filter(|(root, _)| *root == "ctx")
                 .count();
@@ -233,13 +233,13 @@ fn par_iter_paths_all_run_in_context() {
                 .zip((0..100).into_par_iter().map(|_| ROOT.get()))
                 .enumerate()
                 .map(|(i, (a, _))| (i, (a, ROOT.get())))
-                .in_current_context()
+                .in_copied_context()
                 .collect();
             assert!(last.iter().all(|(_, (a, b))| (*a, *b) == ("ctx", "ctx")));
             assert_eq!(last.len(), 100);
             let folded: u32 = (0..100)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .fold(
                     || {
                         assert_eq!(ROOT.get(), "ctx", "fold's identity ran outside");
@@ -253,7 +253,7 @@ fn par_iter_paths_all_run_in_context() {
             let reduced = (0..100)
                 .into_par_iter()
                 .map(|_| 1u32)
-                .in_current_context()
+                .in_copied_context()
                 .reduce(
                     || 0,
                     |a, b| {
@@ -265,7 +265,7 @@ fn par_iter_paths_all_run_in_context() {
             // Sets inside items stay inside their job.
             (0..100)
                 .into_par_iter()
-                .in_current_context()
+                .in_copied_context()
                 .for_each(|n| drop(JOB.set(n)));
             assert!(!JOB.is_set());
         });
@@ -277,7 +277,7 @@ fn par_iter_paths_all_run_in_context() {
 fn context_captured_when_the_adapter_is_made() {
     isolated(|| {
         let token = JOB.set(1);
-        let iter = (0..10).into_par_iter().in_current_context();
+        let iter = (0..10).into_par_iter().in_copied_context();
         JOB.reset(token).unwrap();
         let seen: Vec<u64> = iter.map(|_| JOB.get()).collect();
         assert!(seen.iter().all(|job| *job == 1));
@@ -399,24 +399,24 @@ fn jobs_can_take_a_context_handle() {
             },
             || (),
         );
-        assert_eq!(handle.get(&JOB), Some(9));
+        assert_eq!(handle.snapshot().get(&JOB).cloned(), Some(9));
         assert_eq!(JOB.get(), 8);
     });
 }
 
-/// Two `in_current_context` in one pipeline put the outer adapter's folder (which holds
+/// Two `in_copied_context` in one pipeline put the outer adapter's folder (which holds
 /// the thread's frame for the job) inside the inner adapter's light frame. A panicking
 /// item makes rayon drop that folder while the light frame still runs; the frame must
 /// still come back in order (found by review: before, the worker was left with a root
 /// pointer into a snapshot it did not own, and a context object could be left twice).
-/// A pipeline with two `in_current_context` adapters, one job per item; each item sets
+/// A pipeline with two `in_copied_context` adapters, one job per item; each item sets
 /// `JOB`, and the items for which `fails` holds panic.
 fn nested_pipeline_failing_at(items: &[u64], fails: impl Fn(u64) -> bool + Sync) {
     items
         .par_iter()
-        .in_current_context()
+        .in_copied_context()
         .with_min_len(1)
-        .in_current_context()
+        .in_copied_context()
         .for_each(|&n| {
             drop(JOB.set(n));
             assert!(!fails(n), "item {n} failed");
@@ -424,7 +424,7 @@ fn nested_pipeline_failing_at(items: &[u64], fails: impl Fn(u64) -> bool + Sync)
 }
 
 #[test]
-fn panic_with_nested_in_current_context_restores_everything() {
+fn panic_with_nested_in_copied_context_restores_everything() {
     let pool = pool(2);
     // Under miri, fewer items (each is a job): the failing items 3 and 5 are still there.
     let items: Vec<u64> = (0..if cfg!(miri) { 200 } else { 2000 }).collect();
@@ -454,7 +454,7 @@ fn panic_with_nested_in_current_context_restores_everything() {
             "round {round}: a worker kept a context"
         );
         assert_eq!(
-            ctx.get(&ROOT),
+            ctx.snapshot().get(&ROOT).cloned(),
             Some("in ctx"),
             "the run's set was handed back"
         );

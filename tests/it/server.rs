@@ -106,7 +106,7 @@ async fn handler(request: Request) -> Response {
     let blocking = contextvars::tokio::spawn_blocking(|| {
         let items: Vec<String> = (0..4)
             .into_par_iter()
-            .in_current_context()
+            .in_copied_context()
             .map(|_| seen())
             .collect();
         (seen(), items)

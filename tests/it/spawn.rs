@@ -49,7 +49,7 @@ fn thread_spawn_in_uses_the_object() {
     checked.wait();
     assert_eq!(handle.join().unwrap(), "acme");
     assert_eq!(
-        ctx.get(&REQUEST),
+        ctx.snapshot().get(&REQUEST).cloned(),
         Some(7),
         "the child's set is kept by the object"
     );
@@ -77,7 +77,7 @@ fn builder_spawns() {
             .spawn_in_context(&ctx, || drop(REQUEST.set(12)))
             .unwrap();
         first.join().unwrap();
-        assert_eq!(ctx.get(&REQUEST), Some(12));
+        assert_eq!(ctx.snapshot().get(&REQUEST).cloned(), Some(12));
 
         let held = ctx.copy();
         let blocker = std::sync::Barrier::new(2);

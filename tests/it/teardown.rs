@@ -38,7 +38,7 @@ fn observe() -> Observed {
         is_set: VAR.is_set(),
         try_set_ok: VAR.try_set(7).map(drop).is_ok(),
         try_current_ok: Context::try_current().map(drop).is_ok(),
-        copy_len: copy_context().len(),
+        copy_len: copy_context().snapshot().len(),
         try_run: Context::new()
             .try_run(|| VAR.get_or(-2))
             .map_err(|e| e.to_string()),

@@ -21,8 +21,8 @@ fn fresh_thread_starts_empty() {
             assert!(V.try_get().is_err());
             assert!(!V.is_set());
             assert_eq!(D.get(), 5);
-            assert!(copy_context().is_empty());
-            assert!(Context::current().is_empty());
+            assert!(copy_context().snapshot().is_empty());
+            assert!(Context::current().snapshot().is_empty());
         })
         .join()
         .unwrap();
@@ -72,7 +72,7 @@ fn copy_context_moved_into_a_thread() {
         .unwrap();
         assert_eq!(seen, "parent");
         // The child's set stayed in the copy, not in the parent.
-        assert_eq!(ctx.get(&V).as_deref(), Some("child"));
+        assert_eq!(ctx.snapshot().get(&V).cloned().as_deref(), Some("child"));
         assert_eq!(V.get(), "parent");
     });
 }
@@ -95,9 +95,9 @@ fn one_context_shared_between_threads() {
         scope.spawn(|| {
             set_done.wait();
             // The running thread's set is visible through the shared object.
-            assert_eq!(ctx.get(&V), Some(1));
-            assert!(ctx.contains(&V));
-            assert_eq!(ctx.len(), 1);
+            assert_eq!(ctx.snapshot().get(&V).cloned(), Some(1));
+            assert!(ctx.snapshot().contains(&V));
+            assert_eq!(ctx.snapshot().len(), 1);
             // A second, simultaneous entry fails (CPython: "is already entered").
             let error = ctx.try_run(|| ()).unwrap_err();
             assert!(error.is_already_entered());
@@ -106,7 +106,7 @@ fn one_context_shared_between_threads() {
         });
     });
     // Both threads are done: the last set is there and the context can be entered.
-    assert_eq!(ctx.get(&V), Some(2));
+    assert_eq!(ctx.snapshot().get(&V).cloned(), Some(2));
     assert_eq!(ctx.run(|| V.get()), 2);
 }
 
@@ -121,7 +121,7 @@ fn one_context_run_by_threads_in_turn() {
             .join()
             .unwrap();
     }
-    assert_eq!(ctx.get(&N), Some(rounds));
+    assert_eq!(ctx.snapshot().get(&N).cloned(), Some(rounds));
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn contended_entry_is_exclusive() {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert!(entered >= 1);
-    assert_eq!(ctx.get(&N), Some(2 * entered));
+    assert_eq!(ctx.snapshot().get(&N).cloned(), Some(2 * entered));
 }
 
 #[test]
@@ -166,16 +166,16 @@ fn current_handle_read_from_another_thread() {
         drop(V.set(1));
         thread::scope(|scope| {
             scope.spawn(|| {
-                assert_eq!(here.get(&V), Some(1));
+                assert_eq!(here.snapshot().get(&V).cloned(), Some(1));
                 assert!(here.try_run(|| ()).unwrap_err().is_already_entered());
             });
         });
         drop(V.set(2));
         thread::scope(|scope| {
-            scope.spawn(|| assert_eq!(here.get(&V), Some(2)));
+            scope.spawn(|| assert_eq!(here.snapshot().get(&V).cloned(), Some(2)));
         });
         // Inside `ctx.run`, the handle is `ctx` itself.
-        assert_eq!(ctx.get(&V), Some(2));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), Some(2));
     });
 }
 
@@ -197,16 +197,28 @@ fn current_handle_of_thread_base_context_outlives_the_thread() {
         drop(W.set(4));
     });
     let handle = from_thread.recv().unwrap();
-    assert_eq!((handle.get(&V), handle.get(&W)), (Some(1), Some(2)));
+    assert_eq!(
+        (
+            handle.snapshot().get(&V).cloned(),
+            handle.snapshot().get(&W).cloned()
+        ),
+        (Some(1), Some(2))
+    );
     // The owner thread is running in it: no one else can enter it.
     assert!(handle.try_run(|| ()).unwrap_err().is_already_entered());
     to_thread.send(()).unwrap();
     owner.join().unwrap();
     // The owner exited: the handle has its last bindings and can be run here.
-    assert_eq!((handle.get(&V), handle.get(&W)), (Some(3), Some(4)));
+    assert_eq!(
+        (
+            handle.snapshot().get(&V).cloned(),
+            handle.snapshot().get(&W).cloned()
+        ),
+        (Some(3), Some(4))
+    );
     assert_eq!(handle.run(|| (V.get(), W.get())), (3, 4));
     handle.run(|| drop(V.set(5)));
-    assert_eq!(handle.get(&V), Some(5));
+    assert_eq!(handle.snapshot().get(&V).cloned(), Some(5));
 }
 
 #[test]
@@ -216,14 +228,14 @@ fn current_handle_of_a_run_is_enterable_after_the_run() {
         drop(V.set(1));
         Context::current()
     });
-    assert_eq!(handle.get(&V), Some(1));
+    assert_eq!(handle.snapshot().get(&V).cloned(), Some(1));
     let handle = thread::spawn(move || {
         handle.run(|| drop(V.set(2)));
         handle
     })
     .join()
     .unwrap();
-    assert_eq!(handle.get(&V), Some(2));
+    assert_eq!(handle.snapshot().get(&V).cloned(), Some(2));
 }
 
 #[test]

@@ -95,11 +95,11 @@ fn token_stays_valid_after_current_handle_is_taken() {
     std::thread::spawn(|| {
         let token = V.set(1);
         let handle = Context::current();
-        assert_eq!(handle.get(&V), Some(1));
+        assert_eq!(handle.snapshot().get(&V).cloned(), Some(1));
         V.reset(token).unwrap();
         assert!(!V.is_set());
         assert_eq!(
-            handle.get(&V),
+            handle.snapshot().get(&V).cloned(),
             None,
             "the reset is visible through the handle"
         );
@@ -116,7 +116,7 @@ fn token_made_in_a_context_works_in_a_later_run_of_it() {
     ctx.run(|| drop(V.set(2)));
     // Not LIFO, and from a later entry: restores "no binding".
     ctx.run(|| V.reset(token)).unwrap();
-    assert!(!ctx.contains(&V));
+    assert!(!ctx.snapshot().contains(&V));
 }
 
 #[test]
@@ -191,17 +191,17 @@ fn copies_keep_their_values_across_in_place_sets() {
         let t2 = V.set(2);
         let middle = copy_context();
         let t3 = V.set(3); // unshared again (the copy holds the old node): in place
-        assert_eq!(before.get(&V), Some(1));
-        assert_eq!(middle.get(&V), Some(2));
+        assert_eq!(before.snapshot().get(&V).cloned(), Some(1));
+        assert_eq!(middle.snapshot().get(&V).cloned(), Some(2));
         V.reset(t3).unwrap(); // in place
         assert_eq!(V.get(), 2);
-        assert_eq!(middle.get(&V), Some(2));
+        assert_eq!(middle.snapshot().get(&V).cloned(), Some(2));
         V.reset(t2).unwrap();
         assert_eq!(V.get(), 1);
         V.reset(t1).unwrap();
         assert!(!V.is_set());
-        assert_eq!(before.get(&V), Some(1));
-        assert_eq!(middle.get(&V), Some(2));
+        assert_eq!(before.snapshot().get(&V).cloned(), Some(1));
+        assert_eq!(middle.snapshot().get(&V).cloned(), Some(2));
     })
     .join()
     .unwrap();
@@ -222,10 +222,10 @@ fn out_of_order_resets_with_copies_in_between() {
         assert_eq!(B.get(), 2);
         B.reset(tb).unwrap();
         assert!(!B.is_set());
-        assert_eq!(copy_a.get(&A), Some(1));
-        assert_eq!(copy_a.get(&B), None);
-        assert_eq!(copy_ab.get(&A), Some(1));
-        assert_eq!(copy_ab.get(&B), Some(2));
+        assert_eq!(copy_a.snapshot().get(&A).cloned(), Some(1));
+        assert_eq!(copy_a.snapshot().get(&B).cloned(), None);
+        assert_eq!(copy_ab.snapshot().get(&A).cloned(), Some(1));
+        assert_eq!(copy_ab.snapshot().get(&B).cloned(), Some(2));
     });
 }
 
@@ -237,16 +237,16 @@ fn observed_context_object_sees_every_set_and_reset() {
     let ctx = Context::new();
     ctx.run(|| {
         let t1 = V.set(1);
-        assert_eq!(ctx.get(&V), Some(1));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), Some(1));
         let t2 = V.set(2);
-        assert_eq!(ctx.get(&V), Some(2));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), Some(2));
         V.reset(t2).unwrap();
-        assert_eq!(ctx.get(&V), Some(1));
+        assert_eq!(ctx.snapshot().get(&V).cloned(), Some(1));
         V.reset(t1).unwrap();
-        assert_eq!(ctx.get(&V), None);
+        assert_eq!(ctx.snapshot().get(&V).cloned(), None);
         drop(V.set(5));
     });
-    assert_eq!(ctx.get(&V), Some(5));
+    assert_eq!(ctx.snapshot().get(&V).cloned(), Some(5));
     // The next run starts from the handed-back snapshot.
     ctx.run(|| assert_eq!(V.get(), 5));
 }

@@ -126,9 +126,9 @@ struct Registry {
 ///
 /// // The receiving side: a fresh context with the declared variables bound.
 /// let received = propagation.extract(&headers);
-/// assert_eq!(received.get(&REQUEST_ID), Some(7));
+/// assert_eq!(received.snapshot().get(&REQUEST_ID), Some(&7));
 /// assert_eq!(received.run(|| TENANT.get()).as_ref(), "acme");
-/// assert!(!received.contains(&AUTH_TOKEN));
+/// assert!(!received.snapshot().contains(&AUTH_TOKEN));
 /// # drop(copy_context());
 /// ```
 #[derive(Clone, Default)]
@@ -359,7 +359,7 @@ impl Propagation {
     /// headers.insert("baggage", "user=five".parse().unwrap());
     /// headers.insert("traceparent", "ff-00-00-00".parse().unwrap());
     /// let (context, report) = propagation.extract_with_report(&headers);
-    /// assert!(!context.contains(&USER));
+    /// assert!(!context.snapshot().contains(&USER));
     /// assert_eq!(report.count(Reason::CodecRejected), 1);
     /// assert_eq!(report.count(Reason::TraceparentVersion), 1);
     /// ```
@@ -406,7 +406,7 @@ impl Propagation {
     /// let cx = opentelemetry::Context::new()
     ///     .with_baggage([KeyValue::new("user", "5"), KeyValue::new("region", "eu")]);
     /// let (context, report) = propagation.from_otel(&cx);
-    /// assert_eq!(context.get(&USER), Some(5));
+    /// assert_eq!(context.snapshot().get(&USER), Some(&5));
     /// assert_eq!(report.to_string(), "1 × baggage key not declared");
     /// ```
     pub fn from_otel(&self, cx: &OtelContext) -> (Context, ExtractReport) {

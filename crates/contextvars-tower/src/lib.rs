@@ -16,7 +16,7 @@
 //!
 //! When the task that calls the service has a context of its own (a connection task
 //! spawned with `contextvars::tokio::spawn` (feature `tokio`) or wrapped with
-//! [`in_current_context`](contextvars::future::ContextFutureExt::in_current_context), or any
+//! [`in_copied_context`](contextvars::future::ContextFutureExt::in_copied_context), or any
 //! task of a runtime with the task hooks), that context is kept across the requests of a
 //! keep-alive connection. When each request ends (its response body dropped, or its
 //! future dropped without one), the layer gives that task back the bindings it started
@@ -270,7 +270,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 /// Gives the task that called the service (a server's connection task) back the
 /// bindings it started with, once the request is over, if it runs in a context of its
 /// own that remembers them: a task spawned with `contextvars::tokio::spawn` (feature
-/// `tokio`) or [`in_current_context`](contextvars::future::ContextFutureExt::in_current_context),
+/// `tokio`) or [`in_copied_context`](contextvars::future::ContextFutureExt::in_copied_context),
 /// or any task of a runtime with the task hooks (`contextvars::tokio::isolate_tasks`).
 /// Such a context is kept across the requests of a keep-alive connection; the restore
 /// keeps anything a middleware outside the layer set while serving one request (before

@@ -12,12 +12,12 @@
 //!
 //! * [`contextvars::thread::spawn`], `spawn_in`, and the `Builder` and `Scope`
 //!   extensions;
-//! * the future wrapper ([`in_current_context`](contextvars::future::ContextFutureExt::in_current_context),
+//! * the future wrapper ([`in_copied_context`](contextvars::future::ContextFutureExt::in_copied_context),
 //!   `in_context`, [`ContextVar::scope_future`](contextvars::ContextVar::scope_future)),
 //!   so also `contextvars::tokio::spawn`, `spawn_local` and `JoinSetExt`, and
 //!   `spawn_blocking`;
 //! * rayon's `join`, `join_context`, `scope`, `in_place_scope`, `Scope::spawn`,
-//!   `spawn`, `spawn_fifo`, `ThreadPoolExt` and the `in_current_context`
+//!   `spawn`, `spawn_fifo`, `ThreadPoolExt` and the `in_copied_context`
 //!   parallel-iterator adapter (`contextvars`' feature `rayon`);
 //! * `contextvars-tower`'s `ContextLayer`: the service future and the response body are
 //!   polled in the span current when the service was called;
@@ -32,7 +32,7 @@
 //! let span = tracing::info_span!("request", id = 7);
 //! span.in_scope(|| {
 //!     // Each item's event sits in `request{id=7}`, on whichever worker runs it.
-//!     (0..4).into_par_iter().in_current_context().for_each(|i| tracing::info!(i, "item"));
+//!     (0..4).into_par_iter().in_copied_context().for_each(|i| tracing::info!(i, "item"));
 //!     // A thread too: no span is passed by hand.
 //!     contextvars::thread::spawn(|| tracing::info!("from a thread")).join().unwrap();
 //! });
