@@ -232,7 +232,7 @@ fn our_parent() -> &'static Context {
             let var: &'static ContextVar<u64> = Box::leak(Box::new(ContextVar::new("parent")));
             ctx = ctx.with_value(var, i as u64);
         }
-        assert_eq!(ctx.len(), PARENT_VALUES);
+        assert_eq!(ctx.snapshot().len(), PARENT_VALUES);
         ctx
     })
 }
@@ -317,7 +317,7 @@ const CONTENDERS: &[Contender] = &[
     Contender {
         name: "contextvars: 3 sets in task, in_copied_context",
         spawn: |rt, task| {
-            debug_assert!(copy_context().is_empty());
+            debug_assert!(copy_context().snapshot().is_empty());
             spawn_sized(rt, set_three(task).in_copied_context())
         },
     },

@@ -21,7 +21,7 @@
 //! `tests/request_metadata.rs` runs the same with 1,000 requests.
 //!
 //! ```text
-//! cargo run --example request_metadata --features rayon,tokio,tower,tracing
+//! cargo run --example request_metadata --features tokio,rayon
 //! ```
 
 use std::collections::{BTreeMap, HashMap};

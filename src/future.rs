@@ -36,7 +36,7 @@
 //! whichever thread polls it. In an *unwrapped* future, in whatever context the poller
 //! runs: for a plain tokio task, the worker thread's own context, which the next task on
 //! that worker would see, so such a set is refused in every build (see
-//! [`SetError`](crate::SetError) and the README's propagation section).
+//! [`SetError`](crate::SetError) and [`docs::isolation`](crate::docs::isolation)).
 //! [`ContextVar::scope_future`](crate::ContextVar::scope_future) wraps a future with one
 //! more binding.
 //!

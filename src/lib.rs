@@ -71,8 +71,8 @@
 //! | [`copy_context`], [`Context::copy`] | one reference-count increment, whatever the size |
 //! | [`Context::run`] | enter flag, one snapshot load, two thread-local swaps |
 //!
-//! Figures measured against `thread_local!` and tokio's `task_local!` are in the README's
-//! performance section; [`docs::performance`] explains the cost model.
+//! Figures measured against `thread_local!` and tokio's `task_local!` are in the
+//! repository's `BENCHMARKS.md`; [`docs::performance`] explains the cost model.
 //!
 //! # Propagation
 //!
@@ -104,7 +104,7 @@
 //!
 //! By hand: `let ctx = copy_context(); spawn(move || ctx.run(f))`. [`Context`] is
 //! `Send + Sync`; a [`Token`] and a [`ScopedSet`] guard are `!Send`, because they restore
-//! *this* thread's (or task's) state. The README has the full propagation table.
+//! *this* thread's (or task's) state. [`docs::isolation`] has the full propagation table.
 //!
 //! # Differences from Python
 //!

@@ -58,7 +58,8 @@ impl Snapshot {
             .is_some_and(|id| self.vars.contains_key(id))
     }
 
-    /// The bindings, in variable-id order.
+    /// The bindings, in the snapshot's own order (the trie's, stable for one snapshot;
+    /// not the order of the sets).
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             inner: self.vars.iter(),

@@ -52,6 +52,6 @@
 //!
 //! Measured figures, side by side with `thread_local!`, tokio's `task_local!`,
 //! opentelemetry's `Context` and the other peers in the same run, are in `BENCHMARKS.md`
-//! and the README's performance section; they come from `cargo bench` (`benches/ops.rs`,
+//! (with the commit and machine they were taken on); they come from `cargo bench` (`benches/ops.rs`,
 //! `benches/peers.rs`, `benches/propagation.rs`, `benches/memory.rs`, `benches/observe.rs`,
 //! `benches/cells.rs`, `benches/map.rs`).

@@ -4,6 +4,8 @@
 //! semantics, the same error cases where Rust can reach them at run time. This page maps
 //! each piece of the Python API to its Rust form, and lists every test of CPython's
 //! `Lib/test/test_context.py` with the Rust test that ports it (or why none does).
+//! `cargo run --example tour` walks through the lines of the overview this project
+//! started from, one at a time (see [the overview's lines](#the-overviews-lines)).
 //!
 //! ## The API, side by side
 //!
@@ -17,7 +19,7 @@
 //! | `v.get()` | [`ContextVar::get`](crate::ContextVar::get) (clones; panics with the `LookupError` message), [`try_get`](crate::ContextVar::try_get) (returns [`LookupError`](crate::LookupError)), [`with`](crate::ContextVar::with) / [`try_with`](crate::ContextVar::try_with) (borrow, no clone) |
 //! | `v.get(default)` | [`ContextVar::get_or`](crate::ContextVar::get_or), [`with_or`](crate::ContextVar::with_or): the binding, else the call-site default; the variable's own default is **not** consulted, as in Python |
 //! | `v in copy_context()` | [`ContextVar::is_set`](crate::ContextVar::is_set): defaults do not count |
-//! | `tok = v.set(x)` | `let tok = V.set(x);` returns a [`Token`](crate::Token); [`try_set`](crate::ContextVar::try_set) returns a [`SetError`](crate::SetError) during thread teardown, or in the own context of a pool thread (a tokio task or rayon job with no context of its own) |
+//! | `tok = v.set(x)` | `let tok = V.set(x);` returns a [`Token`](crate::Token) (`#[must_use]`; dropping it keeps the value, as discarding Python's token does: `drop(V.set(x))` sets for the rest of the context); [`try_set`](crate::ContextVar::try_set) returns a [`SetError`](crate::SetError) during thread teardown, or in the own context of a pool thread (a tokio task or rayon job with no context of its own) |
 //! | `v.reset(tok)` | [`ContextVar::reset`](crate::ContextVar::reset)`(tok)`, returning a [`ResetError`](crate::ResetError) that hands the token back |
 //! | `tok.var` | [`Token::var`](crate::Token::var) |
 //! | `tok.old_value` | [`Token::old_value`](crate::Token::old_value): `Some(&old)` |
@@ -27,15 +29,17 @@
 //! | `copy_context()` | [`copy_context`](crate::copy_context), O(1) |
 //! | `ctx.run(f, *args, **kw)` | [`Context::run`](crate::Context::run)`(\|\| f(args))`; [`try_run`](crate::Context::try_run) returns [`EnterError`](crate::EnterError) instead of panicking |
 //! | `ctx.copy()` | [`Context::copy`](crate::Context::copy) (`Context` is deliberately not `Clone`) |
-//! | `ctx[v]`, `ctx.get(v)`, `ctx.get(v, d)` | [`Context::get`](crate::Context::get) → `Option<T>` (`.unwrap_or(d)`); borrowing: [`Snapshot::get`](crate::Snapshot::get). Variable defaults are ignored, as in Python |
-//! | `v in ctx`, `len(ctx)` | [`Context::contains`](crate::Context::contains), [`Context::len`](crate::Context::len), [`is_empty`](crate::Context::is_empty) |
-//! | `iter(ctx)`, `ctx.keys()` | [`Context::iter`](crate::Context::iter) (an [`Entry`](crate::Entry) per binding), [`Context::keys`](crate::Context::keys) ([`VarId`](crate::VarId)s); both walk the snapshot taken when they were made |
+//! | `ctx[v]`, `ctx.get(v)`, `ctx.get(v, d)` | [`Context::snapshot`](crate::Context::snapshot) (O(1): the bindings as of now, a [`Snapshot`](crate::Snapshot) that later sets do not change), then [`Snapshot::get`](crate::Snapshot::get) → `Option<&T>` (`.cloned()`, `.unwrap_or(&d)`). Variable defaults are ignored, as in Python |
+//! | `v in ctx`, `len(ctx)` | [`Snapshot::contains`](crate::Snapshot::contains), [`Snapshot::len`](crate::Snapshot::len), [`is_empty`](crate::Snapshot::is_empty), on `ctx.snapshot()` |
+//! | `iter(ctx)`, `ctx.keys()` | [`Snapshot::iter`](crate::Snapshot::iter) (an [`Entry`](crate::Entry) per binding; `into_iter` for owned entries), [`Snapshot::keys`](crate::Snapshot::keys) ([`VarId`](crate::VarId)s); like Python's, they walk what the context held when the snapshot was taken |
 //! | `ctx.values()`, `ctx.items()` | [`Snapshot::values`](crate::Snapshot::values) ([`ValueRef`](crate::ValueRef): `Debug`, `downcast_ref`), [`Snapshot::iter`](crate::Snapshot::iter) + [`Entry::get`](crate::Entry::get) |
 //! | `ctx1 == ctx2` | `PartialEq` on [`Context`](crate::Context) and [`Snapshot`](crate::Snapshot): same variables, and values that are the same value object or, for [`context_var!`](crate::context_var) variables whose type is `PartialEq`, `==` (variables made with [`ContextVar::new`](crate::ContextVar::new) compare by identity only) |
 //! | `repr(ctx)` | `Debug`: `Context {REQUEST: 42, opaque: <u64>}` |
-//! | `Thread(target=f, context=ctx)` (3.14) | `spawn(move \|\| ctx.run(f))` with a moved context, or a borrowed/`Arc` one to share the object (`std::thread::scope`); a plain thread starts **empty**, like CPython with `thread_inherit_context=0` |
-//! | the overview's `get_current_context()` | [`Context::current`](crate::Context::current): a handle to the running context (it counts as entered while it runs; readable from any thread) |
-//! | the overview's factory functions | [`Context::with_value`](crate::Context::with_value): a new context with one more binding, without entering anything |
+//! | `Thread(target=f, context=ctx)` (3.14) | [`thread::spawn_in`](crate::thread::spawn_in)`(&ctx, f)` (the sets are made to `ctx`), or by hand `spawn(move \|\| ctx.run(f))` with a moved context, or a borrowed/`Arc` one to share the object (`std::thread::scope`); [`thread::spawn`](crate::thread::spawn) runs `f` in a copy of the current context. A plain thread starts **empty**, like CPython with `thread_inherit_context=0` |
+//! | `asyncio.create_task(coro)` (a copy of the current context) | `fut.in_copied_context()` ([`ContextFutureExt`](crate::future::ContextFutureExt)) on any executor; with tokio, `contextvars::tokio::spawn` (feature `tokio`). A plain `tokio::spawn`ed task has no context of its own: see [`isolation`](super::isolation) |
+//! | `asyncio.create_task(coro, context=ctx)` | `fut.in_context(&ctx)` ([`ContextFutureExt`](crate::future::ContextFutureExt)) |
+//! | the overview's `get_current_context()` (Python has no such function, only `copy_context()`) | [`Context::current`](crate::Context::current): a handle to the running context (it counts as entered while it runs, so set through the variable; readable from any thread) |
+//! | the overview's factory functions (a context with one more binding) | [`Context::with_value`](crate::Context::with_value): a new context, without entering anything |
 //!
 //! What differs on purpose:
 //!
@@ -57,9 +61,25 @@
 //!   `tokio::spawn`ed task runs in the worker thread's own context, and a plain rayon job
 //!   in its worker's. A `set` there is refused in every build
 //!   ([`SetError::is_pool_thread`](crate::SetError::is_pool_thread)) instead of leaking
-//!   into the next task or job, where Python's thread pools leak; the `tower` layer,
-//!   `contextvars::tokio::isolate_tasks`, the wrappers and `contextvars::rayon` give the
-//!   work contexts of their own.
+//!   into the next task or job, where Python's thread pools leak. The layer of
+//!   `contextvars-tower`, `contextvars::tokio::isolate_tasks`, the wrappers and
+//!   `contextvars::rayon` give the work contexts of their own; [`isolation`](super::isolation)
+//!   goes through every configuration.
+//!
+//! ## The overview's lines
+//!
+//! This project started from an overview of `contextvars` whose examples are not all
+//! valid Python. `cargo run --example tour` runs each of its steps the correct way and
+//! prints what happens; this is what each of those lines becomes.
+//!
+//! | the overview | Rust | why |
+//! |---|---|---|
+//! | `context = Context(); context[user_id] = 12345` | `context.run(\|\| drop(USER_ID.set(12345)))`, or `Context::new().with_value(&USER_ID, 12345)` | invalid in Python: a `Context` is a read-only mapping |
+//! | `with contextvars.ContextVar('user_id').set(67890):` | `let _guard = USER_ID.scoped_set(67890);` | the overview's line makes a *new* variable; the scoped set is on `user_id` itself |
+//! | `user_id.reset()` | `USER_ID.reset(token)` | `reset` needs the token that `set` returned; use `scoped_set` for the token-free style |
+//! | `return contextvars.Context().set(user_id, 12345)` | `Context::new().with_value(&USER_ID, 12345)` | no such method in Python; `with_value` returns a new context |
+//! | `contextvars.get_current_context()[user_id] = 67890` | `let current = Context::current(); let token = USER_ID.set(67890);` | Python has no such function; the handle counts as entered, so the set goes through the variable |
+//! | "each thread can have its own context" | [`copy_context`](crate::copy_context) handed to the thread and [`Context::run`](crate::Context::run) there, or [`thread::spawn`](crate::thread::spawn) | a new thread starts with an empty context (Python's default too) |
 //!
 //! ## CPython's `ContextTest`, test by test
 //!

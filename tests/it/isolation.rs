@@ -376,7 +376,7 @@ fn tasks_of_a_runtime_driven_inside_a_run_cannot_set_in_its_context() {
     assert_eq!(ctx.snapshot().get(&REQUEST_ID).cloned(), Some(81));
 }
 
-/// Not covered, and documented so (the README's isolation table, `docs::internals`): the
+/// Not covered, and documented so (`docs::isolation`'s table, `docs::internals`): the
 /// `spawn_local` tasks of a `LocalSet` whose `run_until` future is wrapped are polled inside
 /// that future's own frame, which is never checked (checking it would cost every poll a
 /// read of tokio's task id), so a local task's set is accepted there and the next local
