@@ -64,17 +64,12 @@
 //! thread's slot (an `arc_swap` store), and a thread's first publication registers it
 //! (one allocation and a CAS).
 //!
-//! Medians from `benches/observe.rs` on a 2-core build machine (they move with load):
-//!
-//! | operation | off | on | on, while another thread calls [`threads`] in a loop |
-//! |---|---|---|---|
-//! | `set` + `reset` in the thread's own context | 170 ns | 255 ns (1.5×) | 550 ns (3.2×) |
-//! | [`Context::run`](crate::Context::run) of an empty closure | 29 ns | 112 ns (3.8×) | 225 ns (7.7×) |
-//!
-//! `run` publishes twice (entering and leaving). About a third of a publication is
-//! `arc_swap`'s store settling readers' outstanding loads; the last column, a reader
-//! polling in a tight loop and so contending for the same cache lines, is the worst
-//! case.
+//! Per operation while it is on: `set` + `reset` publish once each, and
+//! [`Context::run`](crate::Context::run) twice (entering and leaving). The measured
+//! figures (`benches/observe.rs`: off, on, and on while another thread calls [`threads`]
+//! in a loop) are in the repository's `BENCHMARKS.md`. About a third of a publication is
+//! `arc_swap`'s store settling readers' outstanding loads; a reader polling in a tight
+//! loop, and so contending for the same cache lines, is the worst case.
 //!
 //! Readers never block the observed threads, and the observed threads never wait for
 //! readers: the slots are `arc_swap` cells (lock-free stores, wait-free loads), and the

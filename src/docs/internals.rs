@@ -34,8 +34,7 @@
 //! computation with no liveness check. `with_hot` takes only the address inside
 //! `LocalKey::with`, so that the access inlines into `ContextVar::get` whatever the
 //! size of the code around it (left to LLVM, `get` was a call plus an indirect call into
-//! the TLS accessor, and cost twice as much: 6.3 against 3.3 ns in a `get` bench run while
-//! developing). A zero-sized thread-local, `TEARDOWN`,
+//! the TLS accessor, and cost twice the instructions). A zero-sized thread-local, `TEARDOWN`,
 //! registered the first time the thread stores something in its frame, releases the frame
 //! at thread exit and marks `HOT` torn down, after which writes are refused with an
 //! [`AccessError`].
