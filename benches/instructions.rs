@@ -36,7 +36,7 @@ use gungraun::{
     library_benchmark_group, main,
 };
 
-static VARS: [ContextVar<u64>; 1024] = [const { ContextVar::new("v") }; 1024];
+static VARS: [ContextVar<u64>; 1024] = [const { contextvars::context_var!(u64, "v") }; 1024];
 
 tokio::task_local! {
     static TASK_LOCAL: u64;

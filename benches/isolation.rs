@@ -28,7 +28,7 @@ use criterion::{Criterion, Throughput, criterion_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 
 tokio::task_local! {
     static TASK_REQUEST_ID: u64;

@@ -185,11 +185,11 @@ impl Reading {
 // ----- the request's values ----------------------------------------------------------------
 
 /// The request's id (ours).
-static ID: ContextVar<u64> = ContextVar::new("request_id");
+static ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 /// The request's name (ours).
-static NAME: ContextVar<Arc<str>> = ContextVar::new("request_name");
+static NAME: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "request_name");
 /// The request's deadline (ours).
-static DEADLINE: ContextVar<Instant> = ContextVar::new("deadline");
+static DEADLINE: ContextVar<Instant> = contextvars::context_var!(Instant, "deadline");
 
 tokio::task_local! {
     /// The request's id (tokio).
@@ -229,7 +229,8 @@ fn our_parent() -> &'static Context {
     PARENT.get_or_init(|| {
         let mut ctx = Context::new();
         for i in 0..PARENT_VALUES {
-            let var: &'static ContextVar<u64> = Box::leak(Box::new(ContextVar::new("parent")));
+            let var: &'static ContextVar<u64> =
+                Box::leak(Box::new(contextvars::context_var!(u64, "parent")));
             ctx = ctx.with_value(var, i as u64);
         }
         assert_eq!(ctx.snapshot().len(), PARENT_VALUES);

@@ -26,8 +26,8 @@ use criterion::{BenchmarkGroup, Criterion, criterion_group, measurement::WallTim
 #[path = "support/summary.rs"]
 mod summary;
 
-static TARGET: ContextVar<u64> = ContextVar::new("target");
-static OTHER: ContextVar<u64> = ContextVar::new("other");
+static TARGET: ContextVar<u64> = contextvars::context_var!(u64, "target");
+static OTHER: ContextVar<u64> = contextvars::context_var!(u64, "other");
 
 // ----- contenders ------------------------------------------------------------------------
 

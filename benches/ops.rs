@@ -177,7 +177,7 @@ fn get(c: &mut Criterion) {
     }
     // A miss: the variable has an id (it is bound elsewhere) but not in this context, so
     // the lookup runs to the end and falls back to the default.
-    static MISS: ContextVar<u64> = ContextVar::with_default("miss", 7);
+    static MISS: ContextVar<u64> = contextvars::context_var!(u64, "miss", default 7);
     Context::new().run(|| drop(MISS.set(1)));
     for n in [1, 1024] {
         let (ctx, _) = shape(n);

@@ -738,9 +738,9 @@ fn print_allocations() {
 
 // ----- memory per in-flight request ----------------------------------------------------------
 
-static REQ_ID: ContextVar<u64> = ContextVar::new("request_id");
-static REQ_TENANT: ContextVar<u64> = ContextVar::new("tenant");
-static REQ_DEADLINE: ContextVar<u64> = ContextVar::new("deadline");
+static REQ_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+static REQ_TENANT: ContextVar<u64> = contextvars::context_var!(u64, "tenant");
+static REQ_DEADLINE: ContextVar<u64> = contextvars::context_var!(u64, "deadline");
 
 tokio::task_local! {
     static TASK_ID: u64;

@@ -33,7 +33,7 @@ use rayon::prelude::*;
 #[path = "support/summary.rs"]
 mod summary;
 
-static VALUE: ContextVar<u64> = ContextVar::with_default("value", 0);
+static VALUE: ContextVar<u64> = contextvars::context_var!(u64, "value", default 0);
 
 thread_local! {
     static TL_VALUE: Cell<u64> = const { Cell::new(1) };
@@ -54,7 +54,8 @@ fn pool() -> rayon::ThreadPool {
 fn context_of(n: usize) -> Context {
     let mut ctx = Context::new();
     for _ in 1..n {
-        let var: &'static ContextVar<u64> = Box::leak(Box::new(ContextVar::new("other")));
+        let var: &'static ContextVar<u64> =
+            Box::leak(Box::new(contextvars::context_var!(u64, "other")));
         ctx = ctx.with_value(var, 0);
     }
     ctx.with_value(&VALUE, 1)

@@ -147,9 +147,9 @@ impl Stop {
 }
 
 /// The request a task serves.
-pub static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+pub static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 /// What the task is doing, set inside it.
-pub static STAGE: ContextVar<Arc<str>> = ContextVar::new("stage");
+pub static STAGE: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "stage");
 
 /// Serves `requests` requests on `threads` workers, each a task spawned in a context that
 /// binds its request id; each task sets a stage of its own, yields (so tasks interleave

@@ -18,8 +18,8 @@ use contextvars::future::{ContextFutureExt, WithContext};
 use contextvars_tower::{ContextBody, ContextLayer, Layer, Service};
 use http_body::Body;
 
-static VAR: ContextVar<u64> = ContextVar::new("v");
-static OTHER: ContextVar<u64> = ContextVar::new("o");
+static VAR: ContextVar<u64> = contextvars::context_var!(u64, "v");
+static OTHER: ContextVar<u64> = contextvars::context_var!(u64, "o");
 
 /// `set` + `reset` in the thread's own context.
 #[inline(never)]

@@ -34,7 +34,7 @@
 //!
 //! ```compile_fail
 //! use contextvars::ContextVar;
-//! static V: ContextVar<u32> = ContextVar::new("v");
+//! static V: ContextVar<u32> = contextvars::context_var!(u32, "v");
 //! fn assert_send<T: Send>(_: T) {}
 //! async fn yield_now() {}
 //! assert_send(async {
@@ -47,7 +47,7 @@
 //!
 //! ```
 //! use contextvars::ContextVar;
-//! static V: ContextVar<u32> = ContextVar::new("v");
+//! static V: ContextVar<u32> = contextvars::context_var!(u32, "v");
 //! fn assert_send<T: Send>(_: T) {}
 //! async fn yield_now() {}
 //! assert_send(async {
@@ -61,8 +61,8 @@
 //!
 //! ```compile_fail
 //! use contextvars::ContextVar;
-//! static A: ContextVar<u32> = ContextVar::new("a");
-//! static B: ContextVar<String> = ContextVar::new("b");
+//! static A: ContextVar<u32> = contextvars::context_var!(u32, "a");
+//! static B: ContextVar<String> = contextvars::context_var!(String, "b");
 //! let token = A.set(1);
 //! let _ = B.reset(token);
 //! ```
@@ -71,7 +71,7 @@
 //!
 //! ```compile_fail
 //! use contextvars::ContextVar;
-//! static A: ContextVar<u32> = ContextVar::new("a");
+//! static A: ContextVar<u32> = contextvars::context_var!(u32, "a");
 //! let token = A.set(1);
 //! let _ = A.reset(token);
 //! let _ = A.reset(token);

@@ -22,7 +22,7 @@ use crate::var::ContextVar;
 ///
 /// ```
 /// use contextvars::{Context, ContextVar, copy_context};
-/// static USER: ContextVar<u32> = ContextVar::new("user");
+/// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
 ///
 /// let ctx = Context::new();
 /// ctx.run(|| drop(USER.set(7))); // dropping the token keeps the binding
@@ -90,7 +90,7 @@ impl Context {
     ///
     /// ```
     /// use contextvars::{Context, ContextVar};
-    /// static N: ContextVar<i32> = ContextVar::new("n");
+    /// static N: ContextVar<i32> = contextvars::context_var!(i32, "n");
     /// let here = Context::current();
     /// let _token = N.set(1);
     /// assert_eq!(here.snapshot().get(&N), Some(&1));
@@ -149,7 +149,7 @@ impl Context {
     ///
     /// ```
     /// use contextvars::{Context, ContextVar};
-    /// static USER: ContextVar<u32> = ContextVar::new("user");
+    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
     /// let ctx = Context::new().with_value(&USER, 12345);
     /// assert_eq!(ctx.run(|| USER.get()), 12345);
     /// ```
@@ -222,7 +222,7 @@ impl fmt::Debug for Context {
 ///
 /// ```
 /// use contextvars::{ContextVar, copy_context};
-/// static REQUEST: ContextVar<u64> = ContextVar::new("request");
+/// static REQUEST: ContextVar<u64> = contextvars::context_var!(u64, "request");
 /// let _token = REQUEST.set(1);
 /// let ctx = copy_context();
 /// let _token2 = REQUEST.set(2);

@@ -250,7 +250,7 @@ impl From<TornDown> for AccessError {
 /// ```
 /// use contextvars::ContextVar;
 ///
-/// static TENANT: ContextVar<&'static str> = ContextVar::new("tenant");
+/// static TENANT: ContextVar<&'static str> = contextvars::context_var!(&'static str, "tenant");
 ///
 /// let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
 /// // A plain rayon job runs in the worker's own context, shared by every job it runs.

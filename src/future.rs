@@ -10,7 +10,7 @@
 //! use contextvars::ContextVar;
 //! use contextvars::future::ContextFutureExt;
 //!
-//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 //!
 //! let _token = REQUEST_ID.set(7);
 //! let task = async {
@@ -54,7 +54,7 @@
 //!
 //! ```compile_fail
 //! use contextvars::ContextVar;
-//! static N: ContextVar<u32> = ContextVar::new("n");
+//! static N: ContextVar<u32> = contextvars::context_var!(u32, "n");
 //! fn assert_send<T: Send>(_: T) {}
 //! assert_send(async {
 //!     let _guard = N.scoped_set(1);
@@ -198,7 +198,7 @@ pub trait ContextFutureExt: Future + Sized {
     /// ```
     /// use contextvars::ContextVar;
     /// use contextvars::future::ContextFutureExt;
-    /// static USER: ContextVar<&str> = ContextVar::new("user");
+    /// static USER: ContextVar<&str> = contextvars::context_var!(&'static str, "user");
     ///
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let _token = USER.set("ada");
@@ -223,7 +223,7 @@ pub trait ContextFutureExt: Future + Sized {
     /// ```
     /// use contextvars::{Context, ContextVar};
     /// use contextvars::future::ContextFutureExt;
-    /// static HITS: ContextVar<u32> = ContextVar::new("hits");
+    /// static HITS: ContextVar<u32> = contextvars::context_var!(u32, "hits");
     ///
     /// let ctx = Context::new();
     /// let task = async { drop(HITS.set(1)) }.in_context(&ctx);

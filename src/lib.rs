@@ -160,11 +160,13 @@ pub use token::{ScopedSet, Token};
 pub use value::Entry;
 pub use var::{ContextVar, VarId};
 
-/// Declares `static` [`ContextVar`]s whose values print with their `Debug` and compare
-/// with their `PartialEq` (when the type has them) in a [`Context`]'s `Debug` and `==`.
+/// Declares [`ContextVar`]s: the one way to make a variable. Its values print with their
+/// `Debug` and compare with their `PartialEq` (when the type has them; otherwise they
+/// print as their type's name and compare by identity) in a [`Context`]'s or
+/// [`Snapshot`]'s `Debug` and `==`, as Python's do.
 ///
-/// The variable's name is the identifier. A default is either a constant expression
-/// (`= expr`) or computed on first use (`= lazy expr`).
+/// **Statics**, named after their identifier. A default is either a constant expression
+/// (`= expr`) or computed once, on first need (`= lazy expr`):
 ///
 /// ```
 /// use contextvars::context_var;
@@ -183,29 +185,55 @@ pub use var::{ContextVar, VarId};
 /// assert_eq!(TENANT.get(), "public");
 /// assert!(STARTED.get() <= Instant::now());
 /// ```
+///
+/// **A value** (`context_var!(Type, name)`, then optionally `, default expr` or
+/// `, lazy expr`), for a name of your choosing (Python's `ContextVar("request_id")`), an
+/// array of variables, or a variable made at run time (leaked, as variables are never
+/// freed in Python either). It is a constant expression:
+///
+/// ```
+/// use contextvars::{ContextVar, context_var};
+///
+/// static REQUEST_ID: ContextVar<u64> = context_var!(u64, "request_id");
+/// static RETRIES: ContextVar<u32> = context_var!(u32, "retries", default 3);
+/// static SHARDS: [ContextVar<u8>; 4] = [const { context_var!(u8, "shard") }; 4];
+/// let plugin: &'static ContextVar<String> =
+///     Box::leak(Box::new(context_var!(String, "plugin", lazy String::from("none"))));
+///
+/// assert_eq!(REQUEST_ID.name(), "request_id");
+/// assert_eq!(RETRIES.get(), 3);
+/// assert_ne!(SHARDS[0].id(), SHARDS[1].id()); // each is a variable of its own
+/// assert_eq!(plugin.get(), "none");
+/// ```
 #[macro_export]
 macro_rules! context_var {
     () => {};
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::ContextVar::<$t>::new(::core::stringify!($name))
-                .__with_traits($crate::__value_traits!($t));
+            $crate::context_var!($t, ::core::stringify!($name));
         $crate::context_var!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = lazy $init:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::ContextVar::<$t>::with_lazy_default(::core::stringify!($name), || $init)
-                .__with_traits($crate::__value_traits!($t));
+            $crate::context_var!($t, ::core::stringify!($name), lazy $init);
         $crate::context_var!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = $default:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::ContextVar::<$t>::with_default(::core::stringify!($name), $default)
-                .__with_traits($crate::__value_traits!($t));
+            $crate::context_var!($t, ::core::stringify!($name), default $default);
         $crate::context_var!($($rest)*);
+    };
+    ($t:ty, $name:expr $(,)?) => {
+        $crate::ContextVar::<$t>::__new($name, $crate::__value_traits!($t))
+    };
+    ($t:ty, $name:expr, lazy $init:expr $(,)?) => {
+        $crate::ContextVar::<$t>::__with_lazy_default($name, || $init, $crate::__value_traits!($t))
+    };
+    ($t:ty, $name:expr, default $default:expr $(,)?) => {
+        $crate::ContextVar::<$t>::__with_default($name, $default, $crate::__value_traits!($t))
     };
 }
 

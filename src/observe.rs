@@ -185,7 +185,7 @@ pub fn is_enabled() -> bool {
 ///
 /// ```
 /// use contextvars::{ContextVar, observe};
-/// static STAGE: ContextVar<&str> = ContextVar::new("stage");
+/// static STAGE: ContextVar<&str> = contextvars::context_var!(&'static str, "stage");
 ///
 /// observe::enable();
 /// let _token = STAGE.set("parsing");

@@ -59,7 +59,7 @@
 //!     }
 //! }
 //!
-//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 //!
 //! let _id = REQUEST_ID.set(7);
 //! let task = InContext::new(async {

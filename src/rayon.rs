@@ -27,7 +27,7 @@
 //! use contextvars::rayon::ParallelIteratorExt;
 //! use rayon::prelude::*;
 //!
-//! static TENANT: ContextVar<&str> = ContextVar::new("tenant");
+//! static TENANT: ContextVar<&str> = contextvars::context_var!(&'static str, "tenant");
 //!
 //! let _token = TENANT.set("acme");
 //! let (a, b) = contextvars::rayon::join(|| TENANT.get(), || TENANT.get());
@@ -137,7 +137,7 @@ impl<'scope> Scope<'_, 'scope> {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// static STAGE: ContextVar<u32> = ContextVar::new("stage");
+    /// static STAGE: ContextVar<u32> = contextvars::context_var!(u32, "stage");
     ///
     /// let seen = std::sync::Mutex::new(Vec::new());
     /// contextvars::rayon::scope(|s| {
@@ -201,7 +201,7 @@ where
 /// ```
 /// use contextvars::ContextVar;
 /// use contextvars::rayon::ThreadPoolExt;
-/// static USER: ContextVar<&str> = ContextVar::new("user");
+/// static USER: ContextVar<&str> = contextvars::context_var!(&'static str, "user");
 ///
 /// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
 /// let _token = USER.set("ada");
@@ -283,7 +283,7 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// use contextvars::ContextVar;
     /// use contextvars::rayon::ParallelIteratorExt;
     /// use rayon::prelude::*;
-    /// static SCALE: ContextVar<u64> = ContextVar::with_default("scale", 1);
+    /// static SCALE: ContextVar<u64> = contextvars::context_var!(u64, "scale", default 1);
     ///
     /// let _token = SCALE.set(10);
     /// let total: u64 = (1..=100u64)

@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use contextvars::{Context, ContextVar, thread};
-//! static JOB: ContextVar<&str> = ContextVar::new("job");
+//! static JOB: ContextVar<&str> = contextvars::context_var!(&'static str, "job");
 //!
 //! let _token = JOB.set("import");
 //! let copy = thread::spawn(|| {
@@ -115,7 +115,7 @@ where
 /// ```
 /// use contextvars::{ContextVar, copy_context};
 ///
-/// static TENANT: ContextVar<&'static str> = ContextVar::new("tenant");
+/// static TENANT: ContextVar<&'static str> = contextvars::context_var!(&'static str, "tenant");
 ///
 /// let _token = TENANT.set("alpha");
 /// let job = copy_context(); // captured when the work is submitted
@@ -183,7 +183,7 @@ impl From<SpawnError> for io::Error {
 /// ```
 /// use contextvars::ContextVar;
 /// use contextvars::thread::BuilderExt;
-/// static TENANT: ContextVar<&str> = ContextVar::new("tenant");
+/// static TENANT: ContextVar<&str> = contextvars::context_var!(&'static str, "tenant");
 ///
 /// let _token = TENANT.set("acme");
 /// let handle = std::thread::Builder::new()
@@ -254,7 +254,7 @@ impl BuilderExt for Builder {
 /// ```
 /// use contextvars::{Context, ContextVar};
 /// use contextvars::thread::ScopeExt;
-/// static STEP: ContextVar<u32> = ContextVar::new("step");
+/// static STEP: ContextVar<u32> = contextvars::context_var!(u32, "step");
 ///
 /// let _token = STEP.set(1);
 /// let ctx = Context::new();

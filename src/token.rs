@@ -38,7 +38,7 @@ use crate::var::ContextVar;
 ///
 /// ```compile_fail
 /// use contextvars::{ContextVar, Token};
-/// static V: ContextVar<u8> = ContextVar::new("v");
+/// static V: ContextVar<u8> = contextvars::context_var!(u8, "v");
 /// fn assert_send<T: Send>(_: T) {}
 /// assert_send(V.set(1)); // error: a Token cannot move to another thread
 /// ```
@@ -106,7 +106,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for Token<'_, T> {
 ///
 /// ```compile_fail
 /// use contextvars::ContextVar;
-/// static V: ContextVar<u8> = ContextVar::new("v");
+/// static V: ContextVar<u8> = contextvars::context_var!(u8, "v");
 /// fn assert_send<T: Send>(_: T) {}
 /// assert_send(V.scoped_set(1)); // error: the guard restores this thread's state
 /// ```

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use contextvars::ContextVar;
-//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 //!
 //! # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
 //! let _token = REQUEST_ID.set(42);
@@ -100,7 +100,7 @@ where
 /// ```
 /// use contextvars::ContextVar;
 /// use contextvars::tokio::JoinSetExt;
-/// static SHARD: ContextVar<u8> = ContextVar::new("shard");
+/// static SHARD: ContextVar<u8> = contextvars::context_var!(u8, "shard");
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let mut set = tokio::task::JoinSet::new();

@@ -22,7 +22,7 @@ use std::ptr::NonNull;
 use crate::sync::{Arc, arc_dyn};
 
 /// How to print and compare values of one variable's type, found by the declaration
-/// macro (or absent for [`ContextVar::new`](crate::ContextVar::new)).
+/// macro (each `None` where the type lacks the trait).
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct ValueTraits<T> {

@@ -92,9 +92,9 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// falling back to a default. Code running in another context (another thread, a
 /// [`Context::run`](crate::Context::run), a task) sees its own binding.
 ///
-/// Declare variables as `static`s, with [`context_var!`](crate::context_var) (which also
-/// makes values printable and comparable in [`Context`](crate::Context)'s `Debug` and
-/// `==`) or with the `const` constructors:
+/// Declare variables with [`context_var!`](crate::context_var), the one way to make one
+/// (statics named after their identifier, or a constant expression with a name of your
+/// choosing):
 ///
 /// ```
 /// use contextvars::{ContextVar, context_var};
@@ -105,7 +105,7 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 ///     /// The tenant, "public" unless a request says otherwise.
 ///     pub static TENANT: &'static str = "public";
 /// }
-/// static RETRIES: ContextVar<u32> = ContextVar::with_default("retries", 3);
+/// static RETRIES: ContextVar<u32> = contextvars::context_var!(u32, "retries", default 3);
 ///
 /// assert!(REQUEST_ID.try_get().is_err()); // no binding, no default
 /// assert_eq!(TENANT.get(), "public");
@@ -134,26 +134,31 @@ pub struct ContextVar<T: 'static> {
     traits: fn() -> ValueTraits<T>,
 }
 
-fn no_traits<T>() -> ValueTraits<T> {
-    ValueTraits::NONE
-}
-
 impl<T: Send + Sync + 'static> ContextVar<T> {
-    /// A variable with no default. Values print as `<type name>` in a
-    /// [`Context`](crate::Context)'s `Debug` and compare by identity in its `==`; use
-    /// [`context_var!`](crate::context_var) for `Debug`/`PartialEq`-aware variables.
-    pub const fn new(name: &'static str) -> Self {
-        Self::build(name, Default::None, no_traits::<T>)
+    // The constructors of the `context_var!` macro, the one way to make a variable (so
+    // every variable prints and compares its values the same way). Not public API.
+
+    #[doc(hidden)]
+    pub const fn __new(name: &'static str, traits: fn() -> ValueTraits<T>) -> Self {
+        Self::build(name, Default::None, traits)
     }
 
-    /// A variable whose default is `value` (Python's `ContextVar(name, default=value)`).
-    pub const fn with_default(name: &'static str, value: T) -> Self {
-        Self::build(name, Default::Value(value), no_traits::<T>)
+    #[doc(hidden)]
+    pub const fn __with_default(
+        name: &'static str,
+        value: T,
+        traits: fn() -> ValueTraits<T>,
+    ) -> Self {
+        Self::build(name, Default::Value(value), traits)
     }
 
-    /// A variable whose default is computed by `init` on first need, once per variable.
-    pub const fn with_lazy_default(name: &'static str, init: fn() -> T) -> Self {
-        Self::build(name, Default::Lazy(init, OnceLock::new()), no_traits::<T>)
+    #[doc(hidden)]
+    pub const fn __with_lazy_default(
+        name: &'static str,
+        init: fn() -> T,
+        traits: fn() -> ValueTraits<T>,
+    ) -> Self {
+        Self::build(name, Default::Lazy(init, OnceLock::new()), traits)
     }
 
     const fn build(
@@ -167,12 +172,6 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
             default,
             traits,
         }
-    }
-
-    #[doc(hidden)]
-    pub const fn __with_traits(mut self, traits: fn() -> ValueTraits<T>) -> Self {
-        self.traits = traits;
-        self
     }
 
     /// The name given at declaration.
@@ -436,7 +435,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// static LEVEL: ContextVar<u8> = ContextVar::with_default("level", 0);
+    /// static LEVEL: ContextVar<u8> = contextvars::context_var!(u8, "level", default 0);
     /// {
     ///     let _guard = LEVEL.scoped_set(3);
     ///     assert_eq!(LEVEL.get(), 3);
@@ -463,7 +462,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// static USER: ContextVar<&str> = ContextVar::with_default("user", "anonymous");
+    /// static USER: ContextVar<&str> = contextvars::context_var!(&'static str, "user", default "anonymous");
     /// let greeting = USER.scope("ada", || format!("hello {}", USER.get()));
     /// assert_eq!(greeting, "hello ada");
     /// assert_eq!(USER.get(), "anonymous");
@@ -495,7 +494,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// ```
     /// use contextvars::ContextVar;
-    /// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+    /// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
     ///
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let id = REQUEST_ID

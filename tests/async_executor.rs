@@ -99,7 +99,7 @@ fn an_unfinished_task_is_dropped_in_its_own_context() {
 
 #[test]
 fn tasks_polled_in_turn_on_one_thread_do_not_see_each_other() {
-    static ORDER: ContextVar<u32> = ContextVar::new("order");
+    static ORDER: ContextVar<u32> = contextvars::context_var!(u32, "order");
     let executor = Executor::new();
     let tasks: Vec<_> = (0..8)
         .map(|n| {

@@ -86,7 +86,8 @@ use rayon::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
+static TENANT: ContextVar<String> =
+    contextvars::context_var!(String, "tenant", default String::new());
 
 /// Set by `layerless_cells` in the child process it starts.
 const CHILD_ENV: &str = "CONTEXTVARS_ISOLATION_MATRIX_CHILD";
@@ -2019,7 +2020,7 @@ fn hooks_task_context_survives_cross_thread_wakeups() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::Waker;
 
-    static TASK: ContextVar<u64> = ContextVar::new("task");
+    static TASK: ContextVar<u64> = contextvars::context_var!(u64, "task");
     const TASKS: u64 = 32;
     const WAKE_UPS: u64 = 30_000;
 

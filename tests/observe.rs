@@ -58,7 +58,7 @@ impl Drop for Tracked {
     }
 }
 
-static TRACKED: ContextVar<Tracked> = ContextVar::new("tracked");
+static TRACKED: ContextVar<Tracked> = contextvars::context_var!(Tracked, "tracked");
 
 /// A worker thread driven step by step from the test: each `step` runs a closure on the
 /// worker and waits until it is done; the worker's context persists between steps.

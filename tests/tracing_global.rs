@@ -23,8 +23,8 @@ use contextvars_tracing::ContextFields;
 mod log_buffer;
 use log_buffer::Buffer;
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-static NOISY: ContextVar<Noisy> = ContextVar::new("noisy");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+static NOISY: ContextVar<Noisy> = contextvars::context_var!(Noisy, "noisy");
 
 thread_local! {
     static IN_DEBUG: Cell<bool> = const { Cell::new(false) };
@@ -102,7 +102,7 @@ fn allocations(f: impl FnOnce()) -> u64 {
 
 #[test]
 fn a_wrapped_event_allocates_no_more_than_a_plain_one() {
-    static TENANT: ContextVar<String> = ContextVar::new("tenant");
+    static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
     let _serial = serial();
     let plain = tracing::Dispatch::new(
         tracing_subscriber::fmt()

@@ -25,15 +25,16 @@ const SCENARIO: &str = "CONTEXTVARS_PANIC_HOOK_SCENARIO";
 /// The text a child prints once its scenario has run to the end.
 const SURVIVED: &str = "scenario survived";
 
-static REQUEST_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
-static ATTEMPT: ContextVar<u32> = ContextVar::new("attempt");
-static PEER: ContextVar<IpAddr> = ContextVar::new("peer");
-static BAD_DISPLAY: ContextVar<PanicsInDisplay> = ContextVar::new("bad_display");
-static BAD_DEBUG: ContextVar<PanicsInDebug> = ContextVar::new("bad_debug");
+static REQUEST_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "request_id");
+static ATTEMPT: ContextVar<u32> = contextvars::context_var!(u32, "attempt");
+static PEER: ContextVar<IpAddr> = contextvars::context_var!(IpAddr, "peer");
+static BAD_DISPLAY: ContextVar<PanicsInDisplay> =
+    contextvars::context_var!(PanicsInDisplay, "bad_display");
+static BAD_DEBUG: ContextVar<PanicsInDebug> = contextvars::context_var!(PanicsInDebug, "bad_debug");
 /// Read before the panic, so its lazy default is computed by then.
-static COMPUTED: ContextVar<u64> = ContextVar::with_lazy_default("computed", || 5);
+static COMPUTED: ContextVar<u64> = contextvars::context_var!(u64, "computed", lazy 5);
 /// Never read before the panic: its initialiser must not run inside the hook.
-static NOT_COMPUTED: ContextVar<u64> = ContextVar::with_lazy_default("not_computed", || {
+static NOT_COMPUTED: ContextVar<u64> = contextvars::context_var!(u64, "not_computed", lazy {
     NOT_COMPUTED_RAN.store(true, Ordering::SeqCst);
     6
 });

@@ -28,7 +28,7 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, Registry};
 
-static USER: ContextVar<&str> = ContextVar::with_default("user", "-");
+static USER: ContextVar<&str> = contextvars::context_var!(&'static str, "user", default "-");
 
 /// What one event saw: the spans it sat in (root first) and the `user` variable.
 #[derive(Clone, Debug, PartialEq, Eq)]

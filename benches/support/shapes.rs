@@ -14,7 +14,7 @@ pub(crate) type Var = &'static ContextVar<u64>;
 pub(crate) fn make_vars(n: usize) -> Vec<Var> {
     (0..n)
         .map(|_| {
-            let var: Var = Box::leak(Box::new(ContextVar::new("v")));
+            let var: Var = Box::leak(Box::new(contextvars::context_var!(u64, "v")));
             var.id(); // assigns the id
             var
         })

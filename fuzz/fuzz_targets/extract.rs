@@ -33,12 +33,12 @@ use contextvars_opentelemetry::{Bool, Deadline, Int, Millis, Propagation, Reason
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-static TENANT: ContextVar<Arc<str>> = ContextVar::new("tenant");
-static DEADLINE: ContextVar<Instant> = ContextVar::new("deadline");
-static DEBUG: ContextVar<bool> = ContextVar::new("debug");
-static TIMEOUT: ContextVar<std::time::Duration> = ContextVar::new("timeout");
-static SMALL: ContextVar<i8> = ContextVar::new("small");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+static TENANT: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "tenant");
+static DEADLINE: ContextVar<Instant> = contextvars::context_var!(Instant, "deadline");
+static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug");
+static TIMEOUT: ContextVar<std::time::Duration> = contextvars::context_var!(std::time::Duration, "timeout");
+static SMALL: ContextVar<i8> = contextvars::context_var!(i8, "small");
 
 fn propagation() -> &'static Propagation {
     static PROPAGATION: OnceLock<Propagation> = OnceLock::new();

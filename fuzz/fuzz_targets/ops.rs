@@ -25,9 +25,9 @@ use libfuzzer_sys::fuzz_target;
 /// The variables under test. The last one has a default, which `get` falls back to and
 /// which does not count as a binding (`is_set`, `Context::get`, `Token::old_value`).
 static VARS: [ContextVar<u32>; 3] = [
-    ContextVar::new("a"),
-    ContextVar::new("b"),
-    ContextVar::with_default("c", DEFAULT_C),
+    contextvars::context_var!(u32, "a"),
+    contextvars::context_var!(u32, "b"),
+    contextvars::context_var!(u32, "c", default DEFAULT_C),
 ];
 const DEFAULT_C: u32 = 7;
 const DEFAULTS: [Option<u32>; 3] = [None, None, Some(DEFAULT_C)];

@@ -32,7 +32,7 @@ use loom::sync::atomic::{AtomicU8, Ordering};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The tenant of the request being served.
-pub static TENANT: ContextVar<&'static str> = ContextVar::new("tenant");
+pub static TENANT: ContextVar<&'static str> = contextvars::context_var!(&'static str, "tenant");
 
 /// A slot's states: nobody has started the lookup, one request is writing the quota, the
 /// quota is published.

@@ -42,7 +42,7 @@ fn each_request_sees_its_tenants_quota() {
 /// A worker's own set stays in its copy.
 #[test]
 fn context_follows_the_hand_off() {
-    static REQUEST: ContextVar<u32> = ContextVar::new("request");
+    static REQUEST: ContextVar<u32> = contextvars::context_var!(u32, "request");
     loom::model(|| {
         let cache = Arc::new(QuotaCache::new(&["alpha", "beta"], lookup));
         let copied = {

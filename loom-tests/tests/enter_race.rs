@@ -34,7 +34,7 @@ mod tests {
     use loom_tests::model;
 
     /// Which racer won: 1 or 2.
-    static WINNER: ContextVar<u32> = ContextVar::new("winner");
+    static WINNER: ContextVar<u32> = contextvars::context_var!(u32, "winner");
 
     /// Tries to run `ctx` once; inside, records `me` as the winner.
     ///

@@ -28,7 +28,7 @@ mod tests {
     use rayon::iter::ParallelIterator;
     use rayon::iter::plumbing::{Folder, UnindexedConsumer};
 
-    static X: ContextVar<u32> = ContextVar::new("x");
+    static X: ContextVar<u32> = contextvars::context_var!(u32, "x");
 
     /// The hostile driver: makes the folder inside `a.try_run` (or outside, if the main
     /// thread holds `a`), then feeds and completes it outside any run.

@@ -33,8 +33,8 @@ mod tests {
     use loom::thread;
     use loom_tests::model;
 
-    static A: ContextVar<u32> = ContextVar::new("a");
-    static B: ContextVar<u32> = ContextVar::new("b");
+    static A: ContextVar<u32> = contextvars::context_var!(u32, "a");
+    static B: ContextVar<u32> = contextvars::context_var!(u32, "b");
 
     #[test]
     fn reader_sees_whole_snapshots() {
@@ -80,7 +80,7 @@ mod tests {
         }
     }
 
-    static TRACKED: ContextVar<Counted> = ContextVar::new("tracked");
+    static TRACKED: ContextVar<Counted> = contextvars::context_var!(Counted, "tracked");
 
     #[test]
     fn every_value_dropped_exactly_once() {

@@ -80,7 +80,7 @@ mod tests {
         );
     }
 
-    static REQUEST: ContextVar<u32> = ContextVar::new("request");
+    static REQUEST: ContextVar<u32> = contextvars::context_var!(u32, "request");
 
     /// What a reader may see of the publishing thread: an empty snapshot (published by
     /// `enable` and by the reset) or the one the set published.

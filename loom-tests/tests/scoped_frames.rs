@@ -104,8 +104,8 @@ mod tests {
     use loom::thread;
     use loom_tests::model;
 
-    static X: ContextVar<u32> = ContextVar::new("x");
-    static Y: ContextVar<u32> = ContextVar::new("y");
+    static X: ContextVar<u32> = contextvars::context_var!(u32, "x");
+    static Y: ContextVar<u32> = contextvars::context_var!(u32, "y");
 
     /// The current binding of `var`, `None` if unbound (the variables have no default).
     fn bound(var: &'static ContextVar<u32>) -> Option<u32> {

@@ -61,7 +61,7 @@
 //! use contextvars::rayon::ParallelIteratorExt;
 //! use rayon::prelude::*;
 //!
-//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 //!
 //! let _guard = REQUEST_ID.scoped_set(7);
 //! let ids: Vec<u64> = (0..4).into_par_iter().in_copied_context().map(|_| REQUEST_ID.get()).collect();
@@ -94,7 +94,7 @@
 //! use contextvars::ContextVar;
 //! use contextvars_tower::{ContextLayer, RequestId};
 //!
-//! static REQUEST_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "request_id");
 //!
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { REQUEST_ID.get().to_string() }))

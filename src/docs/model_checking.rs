@@ -103,7 +103,7 @@
 //! * **What is not modelled.** Variable and context ids come from a std atomic counter
 //!   (statics need a `const` constructor, which loom's atomics lack): unique, but not
 //!   explored. A variable's lazy default
-//!   ([`ContextVar::with_lazy_default`](crate::ContextVar::with_lazy_default)) is computed
+//!   (`context_var!`'s `lazy` form) is computed
 //!   once per process in a std `OnceLock`, not once per execution: keep loom objects out
 //!   of it, and make it a plain value. The observation registry
 //!   (`observe`) runs on crossbeam-epoch's normal build unless `--cfg crossbeam_loom` is

@@ -11,8 +11,8 @@
 //!
 //! | Python | Rust |
 //! |---|---|
-//! | `v = ContextVar('v')` | `static V: ContextVar<T> = ContextVar::new("v");` or [`context_var!`](crate::context_var)` { static V: T; }` (the macro also makes values printable and comparable in a [`Context`](crate::Context)'s `Debug` and `==`) |
-//! | `ContextVar('v', default=x)` | [`ContextVar::with_default`](crate::ContextVar::with_default), `context_var! { static V: T = x; }`; a default computed once on first need: [`ContextVar::with_lazy_default`](crate::ContextVar::with_lazy_default), `= lazy expr` |
+//! | `v = ContextVar('v')` | [`context_var!`](crate::context_var)` { static V: T; }` (named `"V"`), or `static V: ContextVar<T> = context_var!(T, "v");` for a name of your choosing; values print and compare in a [`Context`](crate::Context)'s `Debug` and `==` with their type's `Debug` and `PartialEq` |
+//! | `ContextVar('v', default=x)` | `context_var! { static V: T = x; }` or `context_var!(T, "v", default x)`; a default computed once on first need: `= lazy expr` or `, lazy expr` |
 //! | `v.name` | [`ContextVar::name`](crate::ContextVar::name) (read-only: there is no setter) |
 //! | `hash(v)`, identity | [`ContextVar::id`](crate::ContextVar::id), a [`VarId`](crate::VarId) unique in the process; two variables with the same name are different keys |
 //! | `repr(v)` | `Debug`: `<ContextVar name="v" default=123>` (no address) |
@@ -33,7 +33,7 @@
 //! | `v in ctx`, `len(ctx)` | [`Snapshot::contains`](crate::Snapshot::contains), [`Snapshot::len`](crate::Snapshot::len), [`is_empty`](crate::Snapshot::is_empty), on `ctx.snapshot()` |
 //! | `iter(ctx)`, `ctx.keys()` | [`Snapshot::iter`](crate::Snapshot::iter) (an [`Entry`](crate::Entry) per binding; `into_iter` for owned entries), [`Snapshot::keys`](crate::Snapshot::keys) ([`VarId`](crate::VarId)s); like Python's, they walk what the context held when the snapshot was taken |
 //! | `ctx.values()`, `ctx.items()` | [`Snapshot::values`](crate::Snapshot::values) ([`ValueRef`](crate::ValueRef): `Debug`, `downcast_ref`), [`Snapshot::iter`](crate::Snapshot::iter) + [`Entry::get`](crate::Entry::get) |
-//! | `ctx1 == ctx2` | `PartialEq` on [`Context`](crate::Context) and [`Snapshot`](crate::Snapshot): same variables, and values that are the same value object or, for [`context_var!`](crate::context_var) variables whose type is `PartialEq`, `==` (variables made with [`ContextVar::new`](crate::ContextVar::new) compare by identity only) |
+//! | `ctx1 == ctx2` | `PartialEq` on [`Context`](crate::Context) and [`Snapshot`](crate::Snapshot): same variables, and values that are the same value object or, where the type is `PartialEq`, `==` (values of other types compare by identity only) |
 //! | `repr(ctx)` | `Debug`: `Context {REQUEST: 42, opaque: <u64>}` |
 //! | `Thread(target=f, context=ctx)` (3.14) | [`thread::spawn_in`](crate::thread::spawn_in)`(&ctx, f)` (the sets are made to `ctx`), or by hand `spawn(move \|\| ctx.run(f))` with a moved context, or a borrowed/`Arc` one to share the object (`std::thread::scope`); [`thread::spawn`](crate::thread::spawn) runs `f` in a copy of the current context. A plain thread starts **empty**, like CPython with `thread_inherit_context=0` |
 //! | `asyncio.create_task(coro)` (a copy of the current context) | `fut.in_copied_context()` ([`ContextFutureExt`](crate::future::ContextFutureExt)) on any executor; with tokio, `contextvars::tokio::spawn` (feature `tokio`). A plain `tokio::spawn`ed task has no context of its own: see [`isolation`](super::isolation) |

@@ -388,7 +388,7 @@ fn on_terminate(id: Id) {
 /// ```
 /// # #[cfg(tokio_unstable)] {
 /// use contextvars::ContextVar;
-/// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+/// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 ///
 /// let mut builder = tokio::runtime::Builder::new_multi_thread();
 /// contextvars::tokio::isolate_tasks(&mut builder);

@@ -13,8 +13,9 @@ use contextvars::ContextVar;
 use contextvars::future::ContextFutureExt;
 use contextvars_tower::{ContextLayer, Layer, Service};
 
-static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
-static PEER: ContextVar<u32> = ContextVar::new("peer");
+static TENANT: ContextVar<String> =
+    contextvars::context_var!(String, "tenant", default String::new());
+static PEER: ContextVar<u32> = contextvars::context_var!(u32, "peer");
 
 /// Sets `closed:<tenant>` when dropped: a destructor that sets.
 struct SetsOnDrop;
@@ -26,7 +27,7 @@ impl Drop for SetsOnDrop {
 }
 
 static DROPS_IN_REQUEST: ContextVar<std::sync::Arc<SetsOnDrop>> =
-    ContextVar::new("drops_in_request");
+    contextvars::context_var!(std::sync::Arc<SetsOnDrop>, "drops_in_request");
 
 /// Answers with the tenant it sees, fails for `/err`, never answers for `/pending`;
 /// every request's context holds a value whose destructor sets.
@@ -300,7 +301,8 @@ fn a_set_outside_the_layer_is_noted_once() {
 /// the call, for this request, is gone, as it would be in the connection task's frame.
 #[test]
 fn a_scoped_future_around_the_call_is_restored_to_its_start() {
-    static USER: ContextVar<&'static str> = ContextVar::with_default("user", "");
+    static USER: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "user", default "");
     for &task in TASKS {
         let after = serve(task, "", async {
             let mut service = ContextLayer::new().layer(Inner);
@@ -323,7 +325,8 @@ fn a_scoped_future_around_the_call_is_restored_to_its_start() {
 /// after a failed request (which has no body to restore it later).
 #[test]
 fn a_call_awaited_inside_a_later_scope_restores_the_task() {
-    static USER: ContextVar<&'static str> = ContextVar::with_default("user", "");
+    static USER: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "user", default "");
     for &task in TASKS {
         let seen = serve(task, "", async {
             let mut service = ContextLayer::new().layer(Inner);
@@ -358,7 +361,8 @@ fn a_call_awaited_inside_a_later_scope_restores_the_task() {
 /// successful one's body, dropped in the task, restores the task.
 #[test]
 fn a_call_made_inside_a_scope_restores_the_task_too() {
-    static USER: ContextVar<&'static str> = ContextVar::with_default("user", "");
+    static USER: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "user", default "");
     for &task in TASKS {
         let seen = serve(task, "", async {
             let mut service = ContextLayer::new().layer(Inner);

@@ -13,23 +13,31 @@ fn debug_shows_names_and_values() {
         static REQUEST: u64;
         static TENANT: String;
     }
-    static OPAQUE: ContextVar<u64> = ContextVar::new("opaque");
+    /// A value type without `Debug`: it prints as its type's name.
+    struct Opaque(#[allow(dead_code)] u64);
+    static NAMED: ContextVar<u64> = contextvars::context_var!(u64, "named");
+    static OPAQUE: ContextVar<Opaque> = contextvars::context_var!(Opaque, "opaque");
     assert_eq!(format!("{:?}", Context::new()), "Context {}");
     let ctx = Context::new().with_value(&REQUEST, 42);
     assert_eq!(format!("{ctx:?}"), "Context {REQUEST: 42}");
     assert_eq!(format!("{:?}", ctx.snapshot()), "{REQUEST: 42}");
     let ctx = Context::new().with_value(&TENANT, "acme".to_string());
     assert_eq!(format!("{ctx:?}"), r#"Context {TENANT: "acme"}"#);
-    // `ContextVar::new` values are opaque: their type name.
-    let ctx = Context::new().with_value(&OPAQUE, 7);
-    assert_eq!(format!("{ctx:?}"), "Context {opaque: <u64>}");
-    // Two variables (order unspecified).
-    let ctx = Context::new()
-        .with_value(&REQUEST, 1)
-        .with_value(&OPAQUE, 2);
+    // A variable named by a string prints the same way as one named by its identifier.
+    let ctx = Context::new().with_value(&NAMED, 7);
+    assert_eq!(format!("{ctx:?}"), "Context {named: 7}");
+    // A value without `Debug`: its type name.
+    let ctx = Context::new().with_value(&OPAQUE, Opaque(7));
     let debug = format!("{ctx:?}");
     assert!(
-        debug.contains("REQUEST: 1") && debug.contains("opaque: <u64>"),
+        debug.starts_with("Context {opaque: <") && debug.ends_with("::Opaque>}"),
+        "{debug}"
+    );
+    // Two variables (order unspecified).
+    let ctx = Context::new().with_value(&REQUEST, 1).with_value(&NAMED, 2);
+    let debug = format!("{ctx:?}");
+    assert!(
+        debug.contains("REQUEST: 1") && debug.contains("named: 2"),
         "{debug}"
     );
 }
@@ -101,7 +109,7 @@ fn snapshot_values_keys_and_value_refs() {
 
 #[test]
 fn iteration_order_does_not_depend_on_insertion_order() {
-    static VARS: [ContextVar<u8>; 40] = [const { ContextVar::new("v") }; 40];
+    static VARS: [ContextVar<u8>; 40] = [const { contextvars::context_var!(u8, "v") }; 40];
     let forward = VARS
         .iter()
         .fold(Context::new(), |ctx, var| ctx.with_value(var, 1));
@@ -118,9 +126,9 @@ fn iteration_order_does_not_depend_on_insertion_order() {
 
 #[test]
 fn iterator_is_a_snapshot() {
-    static A: ContextVar<i32> = ContextVar::new("a");
-    static B: ContextVar<i32> = ContextVar::new("b");
-    static C: ContextVar<i32> = ContextVar::new("c");
+    static A: ContextVar<i32> = contextvars::context_var!(i32, "a");
+    static B: ContextVar<i32> = contextvars::context_var!(i32, "b");
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c");
     let ctx = Context::new();
     ctx.run(|| {
         drop(A.set(1));
@@ -156,7 +164,7 @@ fn iterator_is_a_snapshot() {
 
 #[test]
 fn equality_of_copies_and_of_empty_contexts() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     assert_eq!(Context::new(), Context::new());
     isolated(|| {
         let _keep = V.set(1);
@@ -170,31 +178,30 @@ fn equality_of_copies_and_of_empty_contexts() {
         assert_ne!(a, b);
         assert!(!a.snapshot().ptr_eq(&b.snapshot()));
         b.run(|| drop(V.set(1)));
-        // Equal contents but different value objects: `ContextVar::new` values compare by
-        // identity only.
-        assert_ne!(a, b);
+        // Equal contents in different value objects: equal, with the values' `==`.
+        assert_eq!(a, b);
+        assert!(!a.snapshot().ptr_eq(&b.snapshot()));
     });
 }
 
 #[test]
-fn equality_uses_partial_eq_for_macro_declared_vars() {
+fn equality_uses_partial_eq_where_the_type_has_it() {
     context_var! {
         static TYPED: String;
         static FLOAT: f64;
     }
-    static OPAQUE: ContextVar<String> = ContextVar::new("opaque");
+    /// A value type without `PartialEq`: compared by identity.
+    struct NoEq(#[allow(dead_code)] String);
+    static OPAQUE: ContextVar<NoEq> = contextvars::context_var!(NoEq, "opaque");
     let a = Context::new().with_value(&TYPED, "x".to_string());
     let b = Context::new().with_value(&TYPED, "x".to_string());
-    assert_eq!(
-        a, b,
-        "equal values of a PartialEq var declared with context_var!"
-    );
+    assert_eq!(a, b, "equal values of a PartialEq type");
     assert_ne!(a, Context::new().with_value(&TYPED, "y".to_string()));
     assert_eq!(a.snapshot(), b.snapshot());
 
-    let a = Context::new().with_value(&OPAQUE, "x".to_string());
-    let b = Context::new().with_value(&OPAQUE, "x".to_string());
-    assert_ne!(a, b, "ContextVar::new values compare by identity");
+    let a = Context::new().with_value(&OPAQUE, NoEq("x".to_string()));
+    let b = Context::new().with_value(&OPAQUE, NoEq("x".to_string()));
+    assert_ne!(a, b, "values without PartialEq compare by identity");
     assert_eq!(a, a.copy(), "the same value object is equal to itself");
 
     // NaN: the same value object is equal to itself (identity first), two NaNs are not.
@@ -239,7 +246,8 @@ fn with_value_builds_without_entering() {
 
 #[test]
 fn nested_runs_of_different_contexts_form_a_stack() {
-    static V: ContextVar<&'static str> = ContextVar::with_default("v", "base");
+    static V: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "v", default "base");
     let a = Context::new().with_value(&V, "a");
     let b = Context::new().with_value(&V, "b");
     let c = Context::new();
@@ -279,7 +287,7 @@ fn current_context_counts_as_entered() {
 
 #[test]
 fn current_handle_sees_sets_made_after_it_was_dropped_and_retaken() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     std::thread::spawn(|| {
         let first = Context::current();
         drop(first);
@@ -296,7 +304,7 @@ fn current_handle_sees_sets_made_after_it_was_dropped_and_retaken() {
 
 #[test]
 fn current_inside_run_is_that_context() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let ctx = Context::new();
     ctx.run(|| {
         let here = Context::current();
@@ -310,7 +318,7 @@ fn current_inside_run_is_that_context() {
 
 #[test]
 fn copy_context_is_o1_and_isolated_from_later_sets() {
-    static V: ContextVar<Vec<u8>> = ContextVar::new("v");
+    static V: ContextVar<Vec<u8>> = contextvars::context_var!(Vec<u8>, "v");
     isolated(|| {
         let _keep = V.set(vec![1]);
         let copy = copy_context();

@@ -20,8 +20,8 @@ use crate::{addr, expect_panic, isolated, mark_alive, record_drop, was_dropped};
 fn test_context_var_new_1() {
     // `ContextVar()` / `ContextVar(1)`: a name is required and is a `&'static str`, both
     // checked by the compiler. `.name` is read-only: there is no setter.
-    static C: ContextVar<i32> = ContextVar::new("aaa");
-    static SAME_NAME: ContextVar<i32> = ContextVar::new("aaa");
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "aaa");
+    static SAME_NAME: ContextVar<i32> = contextvars::context_var!(i32, "aaa");
     assert_eq!(C.name(), "aaa");
     // `hash(c) != hash('aaa')`: the identity is not derived from the name, so two
     // variables with the same name are different keys.
@@ -38,7 +38,7 @@ fn test_context_var_new_1() {
 
 #[test]
 fn test_context_var_repr_1() {
-    static A: ContextVar<i32> = ContextVar::new("a");
+    static A: ContextVar<i32> = contextvars::context_var!(i32, "a");
     context_var! {
         static WITH_DEFAULT: i32 = 123;
     }
@@ -65,7 +65,7 @@ fn test_context_var_repr_1() {
 fn test_token_repr_1() {
     // CPython: `^<Token var=<ContextVar name='a' at 0x[0-9a-fA-F]+> at 0x[0-9a-fA-F]+>$`.
     // Ours has no addresses, and Rust's string quoting.
-    static A: ContextVar<i32> = ContextVar::new("a");
+    static A: ContextVar<i32> = contextvars::context_var!(i32, "a");
     isolated(|| {
         let token = A.set(1);
         assert_eq!(format!("{token:?}"), r#"<Token var=<ContextVar name="a">>"#);
@@ -91,7 +91,7 @@ fn test_context_new_1() {
 fn test_context_get_context_1() {
     // `isinstance(copy_context(), Context)` is the type system's job. What remains: the
     // result is a new context object, never the running one (that one is entered).
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         let _keep = V.set(1);
         let ctx: Context = copy_context();
@@ -174,7 +174,7 @@ fn test_context_run_3() {
 
 #[test]
 fn test_context_run_4() {
-    static VAR: ContextVar<&'static str> = ContextVar::new("var");
+    static VAR: ContextVar<&'static str> = contextvars::context_var!(&'static str, "var");
     let ctx1 = Context::new();
     let ctx2 = Context::new();
 
@@ -202,7 +202,7 @@ fn test_context_run_4() {
 
 #[test]
 fn test_context_run_5() {
-    static VAR: ContextVar<&'static str> = ContextVar::new("var");
+    static VAR: ContextVar<&'static str> = contextvars::context_var!(&'static str, "var");
     isolated(|| {
         let ctx = Context::new();
         let func = || {
@@ -220,7 +220,7 @@ fn test_context_run_5() {
 
 #[test]
 fn test_context_run_6() {
-    static C: ContextVar<i32> = ContextVar::with_default("a", 0);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "a", default 0);
     let ctx = Context::new();
     ctx.run(|| {
         assert_eq!(C.get(), 0);
@@ -252,7 +252,7 @@ fn test_context_run_7() {
 
 #[test]
 fn test_context_getset_1() {
-    static C: ContextVar<String> = ContextVar::new("c");
+    static C: ContextVar<String> = contextvars::context_var!(String, "c");
     isolated(|| {
         let error = C.try_get().unwrap_err();
         assert_eq!(error.var_name(), "c");
@@ -337,8 +337,8 @@ fn test_context_getset_1() {
 fn test_context_getset_1_reset_missing_removes_binding() {
     // The "reset to MISSING removes the binding" step on its own: `len` drops by one and
     // the default is not stored.
-    static C: ContextVar<i32> = ContextVar::with_default("c", 5);
-    static OTHER: ContextVar<i32> = ContextVar::new("other");
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 5);
+    static OTHER: ContextVar<i32> = contextvars::context_var!(i32, "other");
     isolated(|| {
         let _keep = OTHER.set(1);
         let token = C.set(2);
@@ -354,8 +354,8 @@ fn test_context_getset_1_reset_missing_removes_binding() {
 
 #[test]
 fn test_context_getset_2() {
-    static V1: ContextVar<i32> = ContextVar::new("v1");
-    static V2: ContextVar<i32> = ContextVar::new("v2");
+    static V1: ContextVar<i32> = contextvars::context_var!(i32, "v1");
+    static V2: ContextVar<i32> = contextvars::context_var!(i32, "v2");
     isolated(|| {
         let t1 = V1.set(42);
         let error = V2.reset(t1).unwrap_err();
@@ -377,7 +377,7 @@ fn test_context_getset_2() {
 
 #[test]
 fn test_context_getset_3() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx = Context::new();
     ctx.run(|| {
         assert_eq!(C.get(), 42);
@@ -398,7 +398,7 @@ fn test_context_getset_3() {
 
 #[test]
 fn test_context_getset_4() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     isolated(|| {
         let ctx = Context::new();
         let tok = ctx.run(|| C.set(1));
@@ -409,7 +409,7 @@ fn test_context_getset_4() {
         assert!(message.contains("different Context"), "{message}");
         assert_eq!(
             message,
-            r#"<Token var=<ContextVar name="c" default=<i32>>> was created in a different Context"#
+            r#"<Token var=<ContextVar name="c" default=42>> was created in a different Context"#
         );
         assert_eq!(C.get(), 42);
         assert_eq!(ctx.snapshot().get(&C).cloned(), Some(1));
@@ -423,7 +423,7 @@ fn test_context_getset_4() {
 #[test]
 fn test_context_getset_4_copy_is_a_different_context() {
     // Token validity is the identity of the Context: a copy is a different one.
-    static C: ContextVar<i32> = ContextVar::new("c");
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c");
     let ctx = Context::new();
     let tok = ctx.run(|| C.set(1));
     let copy = ctx.copy();
@@ -440,7 +440,7 @@ fn test_context_getset_4_copy_is_a_different_context() {
 fn test_context_getset_5() {
     // Python lists are shared mutable objects: `Arc<Mutex<Vec<_>>>` models them.
     type List = Arc<Mutex<Vec<i32>>>;
-    static C: ContextVar<List> = ContextVar::new("c");
+    static C: ContextVar<List> = contextvars::context_var!(List, "c");
     isolated(|| {
         let _keep = C.set(List::default());
         copy_context().run(|| {
@@ -454,7 +454,7 @@ fn test_context_getset_5() {
 
 #[test]
 fn test_context_copy_1() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx1 = Context::new();
 
     let ctx2_fun = || {
@@ -521,7 +521,7 @@ fn test_context_isinstance() {
 
 #[test]
 fn test_context_threads_1() {
-    static CVAR: ContextVar<usize> = ContextVar::new("cvar");
+    static CVAR: ContextVar<usize> = contextvars::context_var!(usize, "cvar");
     fn sub(num: usize) -> usize {
         for i in 0..10 {
             let _keep = CVAR.set(num + i);
@@ -545,7 +545,7 @@ fn test_context_thread_inherit() {
     // Rust threads behave like CPython's `thread_inherit_context=0`: a plain thread starts
     // empty; `copy_context` handed over gives inheritance; `Thread(context=ctx)` is
     // `ctx.run` on a shared (not copied) context.
-    static C: ContextVar<&'static str> = ContextVar::new("c");
+    static C: ContextVar<&'static str> = contextvars::context_var!(&'static str, "c");
     isolated(|| {
         let _keep = C.set("parent");
 
@@ -591,7 +591,7 @@ fn test_context_thread_inherit() {
 
 #[test]
 fn test_token_contextmanager_with_default() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx = Context::new();
     ctx.run(|| {
         {
@@ -605,7 +605,7 @@ fn test_token_contextmanager_with_default() {
 
 #[test]
 fn test_token_contextmanager_without_default() {
-    static C: ContextVar<i32> = ContextVar::new("c");
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c");
     let ctx = Context::new();
     ctx.run(|| {
         {
@@ -625,7 +625,7 @@ fn test_token_contextmanager_without_default() {
 
 #[test]
 fn test_token_contextmanager_on_exception() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx = Context::new();
     let message = expect_panic(|| {
         ctx.run(|| {
@@ -646,7 +646,7 @@ fn test_token_contextmanager_on_exception() {
 
 #[test]
 fn test_token_contextmanager_multiple_c_set() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx = Context::new();
     ctx.run(|| {
         {
@@ -668,7 +668,7 @@ fn test_token_contextmanager_with_explicit_reset_the_same_token() {
     // "has already been used once". In Rust the guard owns the token; the explicit reset
     // is `ScopedSet::reset`, which consumes the guard, so there is no second reset at the
     // end of the scope (and no error to raise).
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx = Context::new();
     ctx.run(|| {
         {
@@ -685,7 +685,7 @@ fn test_token_contextmanager_with_explicit_reset_the_same_token() {
 
 #[test]
 fn test_token_contextmanager_with_explicit_reset_another_token() {
-    static C: ContextVar<i32> = ContextVar::with_default("c", 42);
+    static C: ContextVar<i32> = contextvars::context_var!(i32, "c", default 42);
     let ctx = Context::new();
     ctx.run(|| {
         {
@@ -778,7 +778,7 @@ fn test_context_eq_reentrant_contextvar_set_in_hash_1_structure_change() {
         static VAR: ReentrantEq;
         static EXTRA: i32;
     }
-    static MANY: [ContextVar<i32>; 20] = [const { ContextVar::new("many") }; 20];
+    static MANY: [ContextVar<i32>; 20] = [const { contextvars::context_var!(i32, "many") }; 20];
     let ctx1 = Arc::new(Context::new());
     let ctx2 = Arc::new(Context::new());
     let (h1, h2) = (Arc::clone(&ctx1), Arc::clone(&ctx2));

@@ -203,7 +203,7 @@ fn program_equality_by_value_and_by_identity() {
             var: 2,
             value: 1,
         },
-        Eq { a: 2, b: 3 }, // unequal: `C` compares by identity
+        Eq { a: 2, b: 3 }, // equal: `C` compares by value too (one semantics)
         CopyStored { ctx: 2 },
         Eq { a: 2, b: 4 }, // equal: a copy shares the value object
     ]);

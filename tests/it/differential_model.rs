@@ -8,7 +8,8 @@
 //! every context object is a `HashMap` from variable to value, each thread has a stack of
 //! the contexts it has entered, a token is `(variable, old value, context identity, used)`,
 //! and a value is `(object identity, payload)`, so that `==` can be by value for variables
-//! whose type has `PartialEq` ([`context_var!`]) and by object identity for the others.
+//! whose type has `PartialEq` and by object identity for the others (every variable here
+//! has a `PartialEq` type; `tests/it/context.rs` checks identity for a type without one).
 //!
 //! **The runner** executes a program (a `&[Op]`) against the crate and the model at the
 //! same time and asserts that they agree after every op. The program is flat: the ops
@@ -38,12 +39,12 @@ context_var! {
     /// `String` with a lazy default, `==` by value.
     static S: String = lazy String::from("100");
 }
-/// `u32`, no default, declared without the macro: `==` by object identity only.
-static C: ContextVar<u32> = ContextVar::new("C");
-/// `u32` with a default, `==` by object identity only.
-static D: ContextVar<u32> = ContextVar::with_default("D", 9);
-/// `String`, no default, `==` by object identity only.
-static T: ContextVar<String> = ContextVar::new("T");
+/// `u32`, no default, declared with a name of its own: `==` by value.
+static C: ContextVar<u32> = contextvars::context_var!(u32, "C");
+/// `u32` with a default, declared with a name of its own: `==` by value.
+static D: ContextVar<u32> = contextvars::context_var!(u32, "D", default 9);
+/// `String`, no default, declared with a name of its own: `==` by value.
+static T: ContextVar<String> = contextvars::context_var!(String, "T");
 
 /// A variable under test, typed.
 #[derive(Clone, Copy)]
@@ -81,13 +82,13 @@ static VARS: [VarSpec; 6] = [
         var: VarRef::U32(&C),
         name: "C",
         default: None,
-        by_value: false,
+        by_value: true,
     },
     VarSpec {
         var: VarRef::U32(&D),
         name: "D",
         default: Some(9),
-        by_value: false,
+        by_value: true,
     },
     VarSpec {
         var: VarRef::Str(&S),
@@ -99,7 +100,7 @@ static VARS: [VarSpec; 6] = [
         var: VarRef::Str(&T),
         name: "T",
         default: None,
-        by_value: false,
+        by_value: true,
     },
 ];
 

@@ -83,8 +83,8 @@ impl Drop for Reentrant {
 /// Declares the statics one test needs and a constructor for its values.
 macro_rules! reentrant_setup {
     ($var:ident, $seen:ident, $log:ident, $make:ident) => {
-        static $var: ContextVar<Reentrant> = ContextVar::new("var");
-        static $seen: ContextVar<u32> = ContextVar::new("seen");
+        static $var: ContextVar<Reentrant> = contextvars::context_var!(Reentrant, "var");
+        static $seen: ContextVar<u32> = contextvars::context_var!(u32, "seen");
         static $log: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
         let $make = |id: u32, replace_with: Option<u32>| {
             Reentrant::new(id, replace_with, &$var, &$seen, &$log)
@@ -379,22 +379,22 @@ fn clone_sets_scenario(
 
 #[test]
 fn clone_sets_other_var_during_get_in_context() {
-    static TARGET: ContextVar<CloneSets> = ContextVar::new("target");
-    static OTHER: ContextVar<u32> = ContextVar::new("other");
+    static TARGET: ContextVar<CloneSets> = contextvars::context_var!(CloneSets, "target");
+    static OTHER: ContextVar<u32> = contextvars::context_var!(u32, "other");
     isolated(|| clone_sets_scenario(&TARGET, &OTHER, false));
 }
 
 #[test]
 fn clone_sets_same_var_during_get_in_context() {
-    static TARGET: ContextVar<CloneSets> = ContextVar::new("target");
-    static OTHER: ContextVar<u32> = ContextVar::new("other");
+    static TARGET: ContextVar<CloneSets> = contextvars::context_var!(CloneSets, "target");
+    static OTHER: ContextVar<u32> = contextvars::context_var!(u32, "other");
     isolated(|| clone_sets_scenario(&TARGET, &OTHER, true));
 }
 
 #[test]
 fn clone_sets_other_var_during_get_in_thread_base_context() {
-    static TARGET: ContextVar<CloneSets> = ContextVar::new("target");
-    static OTHER: ContextVar<u32> = ContextVar::new("other");
+    static TARGET: ContextVar<CloneSets> = contextvars::context_var!(CloneSets, "target");
+    static OTHER: ContextVar<u32> = contextvars::context_var!(u32, "other");
     thread::spawn(|| clone_sets_scenario(&TARGET, &OTHER, false))
         .join()
         .unwrap();
@@ -402,8 +402,8 @@ fn clone_sets_other_var_during_get_in_thread_base_context() {
 
 #[test]
 fn clone_sets_same_var_during_get_in_thread_base_context() {
-    static TARGET: ContextVar<CloneSets> = ContextVar::new("target");
-    static OTHER: ContextVar<u32> = ContextVar::new("other");
+    static TARGET: ContextVar<CloneSets> = contextvars::context_var!(CloneSets, "target");
+    static OTHER: ContextVar<u32> = contextvars::context_var!(u32, "other");
     thread::spawn(|| clone_sets_scenario(&TARGET, &OTHER, true))
         .join()
         .unwrap();
@@ -437,7 +437,7 @@ fn with_survives(var: &'static ContextVar<Tracked>, change: impl FnOnce()) {
 
 #[test]
 fn with_closure_sets_and_drops_token_in_context() {
-    static VAR: ContextVar<Tracked> = ContextVar::new("var");
+    static VAR: ContextVar<Tracked> = contextvars::context_var!(Tracked, "var");
     isolated(|| {
         with_survives(&VAR, || {
             drop(VAR.set(Tracked(8)));
@@ -449,7 +449,7 @@ fn with_closure_sets_and_drops_token_in_context() {
 
 #[test]
 fn with_closure_sets_and_drops_token_in_thread_base_context() {
-    static VAR: ContextVar<Tracked> = ContextVar::new("var");
+    static VAR: ContextVar<Tracked> = contextvars::context_var!(Tracked, "var");
     thread::spawn(|| {
         with_survives(&VAR, || {
             drop(VAR.set(Tracked(8)));
@@ -463,7 +463,7 @@ fn with_closure_sets_and_drops_token_in_thread_base_context() {
 
 #[test]
 fn with_closure_sets_and_resets() {
-    static VAR: ContextVar<Tracked> = ContextVar::new("var");
+    static VAR: ContextVar<Tracked> = contextvars::context_var!(Tracked, "var");
     thread::spawn(|| {
         with_survives(&VAR, || {
             let token = VAR.set(Tracked(8));
@@ -480,7 +480,7 @@ fn with_closure_sets_and_resets() {
 
 #[test]
 fn with_closure_runs_other_contexts_and_scopes() {
-    static VAR: ContextVar<Tracked> = ContextVar::new("var");
+    static VAR: ContextVar<Tracked> = contextvars::context_var!(Tracked, "var");
     isolated(|| {
         with_survives(&VAR, || {
             Context::new().run(|| drop(VAR.set(Tracked(1))));
@@ -502,7 +502,7 @@ fn with_closure_runs_other_contexts_and_scopes() {
 
 #[test]
 fn with_or_closure_sets_and_drops_token() {
-    static VAR: ContextVar<Tracked> = ContextVar::new("var");
+    static VAR: ContextVar<Tracked> = contextvars::context_var!(Tracked, "var");
     thread::spawn(|| {
         drop(VAR.set(Tracked(7)));
         let fallback = Tracked(0);

@@ -11,7 +11,7 @@ use contextvars::{Context, ContextVar};
 
 use crate::{isolated, iterations};
 
-static TASK: ContextVar<u64> = ContextVar::new("task");
+static TASK: ContextVar<u64> = contextvars::context_var!(u64, "task");
 
 fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -192,7 +192,8 @@ impl Drop for SetsWhenDropped {
     }
 }
 
-static HELD: ContextVar<std::sync::Arc<SetsWhenDropped>> = ContextVar::new("held");
+static HELD: ContextVar<std::sync::Arc<SetsWhenDropped>> =
+    contextvars::context_var!(std::sync::Arc<SetsWhenDropped>, "held");
 
 /// What a wrapped future's context held is released where no one sees what its
 /// destructors do: a set in such a destructor reaches neither the code that drops the

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use contextvars::{Context, ContextVar};
 
-static ID: ContextVar<u64> = ContextVar::new("id");
-static TRACKED: ContextVar<Tracked> = ContextVar::new("tracked");
+static ID: ContextVar<u64> = contextvars::context_var!(u64, "id");
+static TRACKED: ContextVar<Tracked> = contextvars::context_var!(Tracked, "tracked");
 
 /// Counts its drops: a task's frame releases its values when the task ends.
 struct Tracked(Arc<AtomicUsize>);
@@ -124,7 +124,7 @@ fn a_run_around_block_on_and_panicking_tasks() {
 
 // ---- a replaced after-poll hook: memory-safe, context left once ----
 
-static SEEN: ContextVar<u64> = ContextVar::with_default("seen", 0);
+static SEEN: ContextVar<u64> = contextvars::context_var!(u64, "seen", default 0);
 
 /// Runs a task on a runtime whose after-poll hook was replaced after `isolate_tasks`
 /// (ordinary `Builder` use), so the task's frame is entered and never left, inside

@@ -45,7 +45,7 @@ use crate::{expect_panic, isolated, iterations, panic_message};
 // ============================================================ 1. a folder outlives its run
 
 /// The issue's variable (named `x` as there).
-static S: ContextVar<String> = ContextVar::new("x");
+static S: ContextVar<String> = contextvars::context_var!(String, "x");
 
 /// Where the evil driver puts the folder it made inside `a.run`.
 #[derive(Clone, Copy, Debug)]
@@ -269,7 +269,7 @@ mod pool {
 
     // ======================================= 2. two adapters: each closure in its capture
 
-    static N: ContextVar<usize> = ContextVar::new("n");
+    static N: ContextVar<usize> = contextvars::context_var!(usize, "n");
 
     /// The issue's pipeline. The consuming closure (`for_each`, after the outer adapter) must
     /// see the outer capture (2); before the fix it saw the inner one. `map` comes after the
@@ -368,7 +368,7 @@ fn assert_cycle_message(message: &str) {
 
 #[test]
 fn lazy_default_reading_itself_panics() {
-    static L: ContextVar<u64> = ContextVar::with_lazy_default("l", || L.get() + 1);
+    static L: ContextVar<u64> = contextvars::context_var!(u64, "l", lazy L.get() + 1);
     let messages = within("L.get() in L's lazy default", || {
         // Twice: the first failure must not leave the variable marked as initialising.
         (expect_panic(|| L.get()), expect_panic(|| L.get()))
@@ -380,7 +380,7 @@ fn lazy_default_reading_itself_panics() {
 #[test]
 fn lazy_default_reading_itself_try_get_is_an_error() {
     static INNER: Mutex<Option<Result<u64, LookupError>>> = Mutex::new(None);
-    static L: ContextVar<u64> = ContextVar::with_lazy_default("l", || {
+    static L: ContextVar<u64> = contextvars::context_var!(u64, "l", lazy {
         let inner = L.try_get();
         *INNER.lock().unwrap_or_else(PoisonError::into_inner) = Some(inner);
         41
@@ -405,7 +405,7 @@ fn lazy_default_reading_itself_try_get_is_an_error() {
 /// error), it names the variable and never hangs.
 #[test]
 fn lazy_default_reading_itself_never_hangs_try_get() {
-    static L: ContextVar<u64> = ContextVar::with_lazy_default("l", || L.get() + 1);
+    static L: ContextVar<u64> = contextvars::context_var!(u64, "l", lazy L.get() + 1);
     let outcome = within("L.try_get() with L.get() in its lazy default", || {
         catch_unwind(|| L.try_get()).map_err(|payload| panic_message(&*payload))
     });
@@ -418,9 +418,9 @@ fn lazy_default_reading_itself_never_hangs_try_get() {
 
 #[test]
 fn lazy_default_reading_another_lazy_default_works() {
-    static P: ContextVar<u64> = ContextVar::with_lazy_default("p", || Q.get() * 2);
-    static Q: ContextVar<u64> = ContextVar::with_lazy_default("q", || R.get() + 1);
-    static R: ContextVar<u64> = ContextVar::with_lazy_default("r", || 20);
+    static P: ContextVar<u64> = contextvars::context_var!(u64, "p", lazy Q.get() * 2);
+    static Q: ContextVar<u64> = contextvars::context_var!(u64, "q", lazy R.get() + 1);
+    static R: ContextVar<u64> = contextvars::context_var!(u64, "r", lazy 20);
     let seen = within("a chain of lazy defaults", || (P.get(), Q.get(), R.get()));
     assert_eq!(seen, (42, 21, 20));
     // From another thread, now that they are computed.
@@ -429,8 +429,9 @@ fn lazy_default_reading_another_lazy_default_works() {
 
 #[test]
 fn lazy_default_that_panics_poisons_nothing() {
-    static B: ContextVar<u64> = ContextVar::with_lazy_default("b", || panic!("b's default failed"));
-    static OK: ContextVar<u64> = ContextVar::with_lazy_default("ok", || 7);
+    static B: ContextVar<u64> =
+        contextvars::context_var!(u64, "b", lazy panic!("b's default failed"));
+    static OK: ContextVar<u64> = contextvars::context_var!(u64, "ok", lazy 7);
     let (first, second, other, try_get) = within("a panicking lazy default", || {
         let first = expect_panic(|| B.get());
         // Not reported as a cycle: the failed computation is over.
@@ -449,7 +450,7 @@ fn lazy_default_that_panics_poisons_nothing() {
 // ================================================== Token and ScopedSet drop orders
 
 /// `String` values: a read of a freed value is a use-after-free miri and ASAN report.
-static V: ContextVar<String> = ContextVar::new("v");
+static V: ContextVar<String> = contextvars::context_var!(String, "v");
 
 fn v() -> Option<String> {
     V.try_get().ok()

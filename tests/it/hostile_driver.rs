@@ -56,10 +56,10 @@ use rayon::iter::plumbing::{Folder, Reducer, UnindexedConsumer};
 // ------------------------------------------------------------------------------ values
 
 /// The variable the driver and the items set.
-static X: ContextVar<u64> = ContextVar::new("hostile_x");
+static X: ContextVar<u64> = contextvars::context_var!(u64, "hostile_x");
 /// A variable only the setup and the driver's contexts bind: a second witness of which
 /// snapshot a read sees.
-static Y: ContextVar<u64> = ContextVar::new("hostile_y");
+static Y: ContextVar<u64> = contextvars::context_var!(u64, "hostile_y");
 
 /// What the adapter captures (in [`Mode::Pipeline`], the outer one): every closure after
 /// it must see these.

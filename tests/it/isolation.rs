@@ -8,7 +8,7 @@ use contextvars::{Context, ContextVar, SetError};
 
 use crate::expect_panic;
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -30,16 +30,16 @@ use proptest::prelude::*;
 
 use crate::isolated;
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-static TENANT: ContextVar<Arc<str>> = ContextVar::new("tenant");
-static DEADLINE: ContextVar<Instant> = ContextVar::new("deadline");
-static AUTH_TOKEN: ContextVar<String> = ContextVar::new("auth_token");
-static DEBUG: ContextVar<bool> = ContextVar::new("debug");
-static TIMEOUT: ContextVar<Duration> = ContextVar::new("timeout");
-static SMALL: ContextVar<i8> = ContextVar::new("small");
-static BIG: ContextVar<u128> = ContextVar::new("big");
-static NAME: ContextVar<String> = ContextVar::new("name");
-static LABEL: ContextVar<Box<str>> = ContextVar::new("label");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+static TENANT: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "tenant");
+static DEADLINE: ContextVar<Instant> = contextvars::context_var!(Instant, "deadline");
+static AUTH_TOKEN: ContextVar<String> = contextvars::context_var!(String, "auth_token");
+static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug");
+static TIMEOUT: ContextVar<Duration> = contextvars::context_var!(Duration, "timeout");
+static SMALL: ContextVar<i8> = contextvars::context_var!(i8, "small");
+static BIG: ContextVar<u128> = contextvars::context_var!(u128, "big");
+static NAME: ContextVar<String> = contextvars::context_var!(String, "name");
+static LABEL: ContextVar<Box<str>> = contextvars::context_var!(Box<str>, "label");
 
 fn propagation() -> Propagation {
     Propagation::new()

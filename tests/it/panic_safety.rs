@@ -11,8 +11,8 @@ use crate::{expect_panic, isolated, iterations};
 
 #[test]
 fn panic_in_run_restores_outer_context_and_keeps_sets() {
-    static V: ContextVar<i32> = ContextVar::new("v");
-    static W: ContextVar<i32> = ContextVar::new("w");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
+    static W: ContextVar<i32> = contextvars::context_var!(i32, "w");
     isolated(|| {
         let _outer = V.set(1);
         let ctx = Context::new();
@@ -38,7 +38,7 @@ fn panic_in_run_restores_outer_context_and_keeps_sets() {
 
 #[test]
 fn panic_in_nested_runs_unwinds_every_frame() {
-    static V: ContextVar<i32> = ContextVar::with_default("v", 0);
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v", default 0);
     let (a, b, c) = (Context::new(), Context::new(), Context::new());
     thread::spawn(move || {
         let message = expect_panic(|| {
@@ -75,7 +75,7 @@ fn panic_in_nested_runs_unwinds_every_frame() {
 fn panic_in_run_with_token_reset_after_reentering() {
     // A token made before the panic is still valid in the same context (CPython's
     // `ctx.run(var.reset, tok)` after a failed run).
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let ctx = Context::new();
     let mut token = None;
     let _ = catch_unwind(AssertUnwindSafe(|| {
@@ -92,7 +92,8 @@ fn panic_in_run_with_token_reset_after_reentering() {
 
 #[test]
 fn panic_in_scope_restores_value() {
-    static V: ContextVar<&'static str> = ContextVar::with_default("v", "default");
+    static V: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "v", default "default");
     isolated(|| {
         let _outer = V.set("outer");
         let message = expect_panic(|| V.scope("inner", || -> () { panic!("in scope") }));
@@ -115,7 +116,7 @@ fn panic_in_scope_restores_value() {
 
 #[test]
 fn panic_while_scoped_set_guard_alive_restores_value() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         let message = expect_panic(|| {
             let _guard = V.scoped_set(5);
@@ -132,7 +133,7 @@ fn panic_while_scoped_set_guard_alive_restores_value() {
 fn scoped_set_guard_moved_into_another_context_panics_on_drop() {
     // Dropping a guard in a context other than the one it was made in is a misuse: drop
     // panics (outside unwinding), `ScopedSet::reset` reports it.
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         let guard = V.scoped_set(1);
         let other = Context::new();
@@ -169,8 +170,8 @@ impl Drop for Bomb {
 
 #[test]
 fn panic_in_value_drop_on_reset() {
-    static B: ContextVar<Bomb> = ContextVar::new("b");
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static B: ContextVar<Bomb> = contextvars::context_var!(Bomb, "b");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let ctx = Context::new();
     let message = expect_panic(|| {
         ctx.run(|| {
@@ -188,7 +189,7 @@ fn panic_in_value_drop_on_reset() {
 
 #[test]
 fn panic_in_value_drop_on_overwrite_in_thread_base_context() {
-    static B: ContextVar<Bomb> = ContextVar::new("b");
+    static B: ContextVar<Bomb> = contextvars::context_var!(Bomb, "b");
     thread::spawn(|| {
         drop(B.set(Bomb(true)));
         let message = expect_panic(|| drop(B.set(Bomb(false))));
@@ -206,8 +207,8 @@ fn panic_in_value_drop_on_overwrite_in_thread_base_context() {
 
 #[test]
 fn panic_in_value_drop_when_context_dropped() {
-    static B: ContextVar<Bomb> = ContextVar::new("b");
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static B: ContextVar<Bomb> = contextvars::context_var!(Bomb, "b");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         let _keep = V.set(1);
         let ctx = Context::new().with_value(&B, Bomb(true));
@@ -220,8 +221,8 @@ fn panic_in_value_drop_when_context_dropped() {
 #[test]
 fn panic_in_value_drop_while_leaving_run() {
     // The value dies when the frame is left (its context is a temporary copy).
-    static B: ContextVar<Bomb> = ContextVar::new("b");
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static B: ContextVar<Bomb> = contextvars::context_var!(Bomb, "b");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         let _keep = V.set(1);
         let message = expect_panic(|| copy_context().run(|| drop(B.set(Bomb(true)))));
@@ -236,7 +237,7 @@ fn panic_in_value_drop_while_leaving_run() {
 fn panic_in_value_drop_deferred_by_a_borrow() {
     // A value replaced while `with` borrows it dies when the borrow ends; that drop may
     // panic out of `with`, and the state must still be consistent.
-    static B: ContextVar<Bomb> = ContextVar::new("b");
+    static B: ContextVar<Bomb> = contextvars::context_var!(Bomb, "b");
     thread::spawn(|| {
         drop(B.set(Bomb(true)));
         let message = expect_panic(|| {

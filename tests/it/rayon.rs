@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use crate::{expect_panic, isolated, iterations};
 
-static JOB: ContextVar<u64> = ContextVar::new("job");
-static ROOT: ContextVar<&str> = ContextVar::new("root");
+static JOB: ContextVar<u64> = contextvars::context_var!(u64, "job");
+static ROOT: ContextVar<&str> = contextvars::context_var!(&'static str, "root");
 
 fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()

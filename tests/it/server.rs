@@ -34,9 +34,10 @@ use rayon::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
-static LAYER_ID: ContextVar<Arc<str>> = ContextVar::new("layer_id");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+static TENANT: ContextVar<String> =
+    contextvars::context_var!(String, "tenant", default String::new());
+static LAYER_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "layer_id");
 
 /// The name of every thread of the server's runtime.
 const SERVER_THREAD: &str = "server-load";

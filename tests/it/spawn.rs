@@ -8,8 +8,8 @@ use contextvars::{Context, ContextVar};
 
 use crate::isolated;
 
-static REQUEST: ContextVar<u64> = ContextVar::new("request");
-static TENANT: ContextVar<&str> = ContextVar::with_default("tenant", "none");
+static REQUEST: ContextVar<u64> = contextvars::context_var!(u64, "request");
+static TENANT: ContextVar<&str> = contextvars::context_var!(&'static str, "tenant", default "none");
 
 #[test]
 fn thread_spawn_runs_in_a_copy() {

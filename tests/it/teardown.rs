@@ -27,8 +27,9 @@ struct Observed {
     try_run: Result<i32, String>,
 }
 
-static VAR: ContextVar<i32> = ContextVar::new("teardown_var");
-static WITH_DEFAULT: ContextVar<i32> = ContextVar::with_default("teardown_default", 100);
+static VAR: ContextVar<i32> = contextvars::context_var!(i32, "teardown_var");
+static WITH_DEFAULT: ContextVar<i32> =
+    contextvars::context_var!(i32, "teardown_default", default 100);
 
 fn observe() -> Observed {
     Observed {
@@ -160,7 +161,8 @@ fn own_thread_local_on_a_thread_that_never_used_the_crate() {
 fn bound_value_destructor_calls_everything_at_thread_exit() {
     // A value bound in the thread's own context is dropped with the crate's storage.
     static LOG: Mutex<Vec<Result<Observed, String>>> = Mutex::new(Vec::new());
-    static HOLDS_OBSERVER: ContextVar<Observer> = ContextVar::new("holds_observer");
+    static HOLDS_OBSERVER: ContextVar<Observer> =
+        contextvars::context_var!(Observer, "holds_observer");
     thread::spawn(|| {
         drop(VAR.set(1));
         drop(HOLDS_OBSERVER.set(Observer { log: &LOG }));
@@ -196,7 +198,7 @@ impl<G> Drop for Holder<G> {
 #[test]
 fn token_in_thread_local_dropped_at_exit() {
     static LOG: Mutex<Vec<Result<(), String>>> = Mutex::new(Vec::new());
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     thread_local! {
         static HOLDER: RefCell<Option<Holder<Token<'static, i32>>>> = const { RefCell::new(None) };
     }
@@ -220,7 +222,7 @@ fn scoped_set_guard_in_thread_local_dropped_after_crate_storage() {
     // (with reverse-order destruction) it is dropped after that storage is gone. There
     // is nothing left to restore; the drop must not panic.
     static LOG: Mutex<Vec<Result<(), String>>> = Mutex::new(Vec::new());
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     thread_local! {
         static HOLDER: RefCell<Option<Holder<ScopedSet<'static, i32>>>> = const { RefCell::new(None) };
     }
@@ -243,7 +245,7 @@ fn scoped_set_guard_in_thread_local_dropped_after_crate_storage() {
 fn scoped_set_guard_in_thread_local_dropped_before_crate_storage() {
     // The other order: the crate's storage is alive, the guard resets normally.
     static LOG: Mutex<Vec<Result<(), String>>> = Mutex::new(Vec::new());
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     thread_local! {
         static HOLDER: RefCell<Option<Holder<ScopedSet<'static, i32>>>> = const { RefCell::new(None) };
     }
@@ -266,7 +268,7 @@ fn scoped_set_guard_in_thread_local_dropped_before_crate_storage() {
 fn context_in_thread_local_run_at_exit() {
     // A context object kept in a thread-local is run from its destructor.
     static LOG: Mutex<Vec<Result<Result<i32, String>, String>>> = Mutex::new(Vec::new());
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     struct RunsAtExit(Context);
     impl Drop for RunsAtExit {
         fn drop(&mut self) {

@@ -12,8 +12,8 @@ use crate::{isolated, iterations};
 
 #[test]
 fn fresh_thread_starts_empty() {
-    static V: ContextVar<i32> = ContextVar::new("v");
-    static D: ContextVar<i32> = ContextVar::with_default("d", 5);
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
+    static D: ContextVar<i32> = contextvars::context_var!(i32, "d", default 5);
     isolated(|| {
         let _keep = V.set(1);
         let _keep_d = D.set(6);
@@ -34,7 +34,7 @@ fn fresh_thread_starts_empty() {
 fn many_threads_set_the_same_var_independently() {
     // CPython's `test_context_threads_1`, with `yield_now` instead of sleeps and more
     // rounds.
-    static V: ContextVar<usize> = ContextVar::new("v");
+    static V: ContextVar<usize> = contextvars::context_var!(usize, "v");
     let rounds = iterations(200);
     thread::scope(|scope| {
         for num in 0..10 {
@@ -56,7 +56,7 @@ fn many_threads_set_the_same_var_independently() {
 
 #[test]
 fn copy_context_moved_into_a_thread() {
-    static V: ContextVar<String> = ContextVar::new("v");
+    static V: ContextVar<String> = contextvars::context_var!(String, "v");
     isolated(|| {
         let _keep = V.set("parent".to_string());
         let ctx = copy_context();
@@ -79,7 +79,7 @@ fn copy_context_moved_into_a_thread() {
 
 #[test]
 fn one_context_shared_between_threads() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let ctx = Context::new();
     let set_done = Barrier::new(2);
     let checked = Barrier::new(2);
@@ -112,7 +112,7 @@ fn one_context_shared_between_threads() {
 
 #[test]
 fn one_context_run_by_threads_in_turn() {
-    static N: ContextVar<usize> = ContextVar::with_default("n", 0);
+    static N: ContextVar<usize> = contextvars::context_var!(usize, "n", default 0);
     let ctx = Arc::new(Context::new());
     let rounds = iterations(50);
     for _ in 0..rounds {
@@ -128,7 +128,7 @@ fn one_context_run_by_threads_in_turn() {
 fn contended_entry_is_exclusive() {
     // Many threads race to run one context; whoever gets in increments twice with a
     // yield in between. Exclusive entry means no increment is lost.
-    static N: ContextVar<usize> = ContextVar::with_default("n", 0);
+    static N: ContextVar<usize> = contextvars::context_var!(usize, "n", default 0);
     let ctx = Context::new();
     let attempts = iterations(200);
     let entered: usize = thread::scope(|scope| {
@@ -159,7 +159,7 @@ fn contended_entry_is_exclusive() {
 
 #[test]
 fn current_handle_read_from_another_thread() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let ctx = Context::new();
     ctx.run(|| {
         let here = Context::current();
@@ -181,8 +181,8 @@ fn current_handle_read_from_another_thread() {
 
 #[test]
 fn current_handle_of_thread_base_context_outlives_the_thread() {
-    static V: ContextVar<i32> = ContextVar::new("v");
-    static W: ContextVar<i32> = ContextVar::new("w");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
+    static W: ContextVar<i32> = contextvars::context_var!(i32, "w");
     let (to_main, from_thread) = mpsc::channel();
     let (to_thread, from_main) = mpsc::channel::<()>();
     let owner = thread::spawn(move || {
@@ -223,7 +223,7 @@ fn current_handle_of_thread_base_context_outlives_the_thread() {
 
 #[test]
 fn current_handle_of_a_run_is_enterable_after_the_run() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let handle = Context::new().run(|| {
         drop(V.set(1));
         Context::current()
@@ -263,7 +263,7 @@ fn snapshots_and_equality_across_threads() {
 /// not model (`build.rs`).
 #[test]
 fn in_place_sets_after_a_child_dropped_its_copy() {
-    static V: ContextVar<u64> = ContextVar::new("in_place_after_child");
+    static V: ContextVar<u64> = contextvars::context_var!(u64, "in_place_after_child");
     // The test thread's own context: a private frame, where sets are in place (inside
     // `isolated` every set would path-copy, the context object being shared).
     //

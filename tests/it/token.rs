@@ -6,7 +6,7 @@ use crate::isolated;
 
 #[test]
 fn old_value_and_var() {
-    static V: ContextVar<String> = ContextVar::with_default("v", String::new());
+    static V: ContextVar<String> = contextvars::context_var!(String, "v", default String::new());
     isolated(|| {
         let t0 = V.set("a".into());
         assert_eq!(
@@ -30,7 +30,7 @@ fn old_value_and_var() {
 #[test]
 fn resets_need_not_be_lifo() {
     // Python: a stale token restores a stale value.
-    static V: ContextVar<&'static str> = ContextVar::new("v");
+    static V: ContextVar<&'static str> = contextvars::context_var!(&'static str, "v");
     isolated(|| {
         let _base = V.set("base");
         let t1 = V.set("A");
@@ -44,8 +44,8 @@ fn resets_need_not_be_lifo() {
 
 #[test]
 fn reset_only_touches_its_variable() {
-    static V: ContextVar<i32> = ContextVar::new("v");
-    static W: ContextVar<i32> = ContextVar::new("w");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
+    static W: ContextVar<i32> = contextvars::context_var!(i32, "w");
     isolated(|| {
         let tv = V.set(1);
         drop(W.set(2));
@@ -61,7 +61,7 @@ fn reset_only_touches_its_variable() {
 
 #[test]
 fn dropping_a_token_keeps_the_value() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         drop(V.set(1));
         assert_eq!(V.get(), 1);
@@ -73,7 +73,7 @@ fn dropping_a_token_keeps_the_value() {
 
 #[test]
 fn token_from_another_context_is_refused_and_handed_back() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     isolated(|| {
         let token = V.set(1);
         // In a nested run of another context (a copy, even with equal contents).
@@ -91,7 +91,7 @@ fn token_from_another_context_is_refused_and_handed_back() {
 #[test]
 fn token_stays_valid_after_current_handle_is_taken() {
     // Taking a handle to the running context does not change its identity.
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     std::thread::spawn(|| {
         let token = V.set(1);
         let handle = Context::current();
@@ -110,7 +110,7 @@ fn token_stays_valid_after_current_handle_is_taken() {
 
 #[test]
 fn token_made_in_a_context_works_in_a_later_run_of_it() {
-    static V: ContextVar<i32> = ContextVar::new("v");
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v");
     let ctx = Context::new();
     let token = ctx.run(|| V.set(1));
     ctx.run(|| drop(V.set(2)));
@@ -124,7 +124,7 @@ fn token_and_scoped_set_debug() {
     context_var! {
         static TYPED: i32 = 5;
     }
-    static OPAQUE: ContextVar<i32> = ContextVar::new("opaque");
+    static OPAQUE: ContextVar<i32> = contextvars::context_var!(i32, "opaque");
     isolated(|| {
         let token = TYPED.set(1);
         assert_eq!(
@@ -146,7 +146,7 @@ fn token_and_scoped_set_debug() {
 
 #[test]
 fn scoped_set_nests_and_restores_in_order() {
-    static V: ContextVar<i32> = ContextVar::with_default("v", 0);
+    static V: ContextVar<i32> = contextvars::context_var!(i32, "v", default 0);
     isolated(|| {
         let outer = V.scoped_set(1);
         {
@@ -163,7 +163,8 @@ fn scoped_set_nests_and_restores_in_order() {
 
 #[test]
 fn scope_returns_the_closure_result() {
-    static V: ContextVar<&'static str> = ContextVar::with_default("v", "anonymous");
+    static V: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "v", default "anonymous");
     isolated(|| {
         let greeting = V.scope("ada", || format!("hello {}", V.get()));
         assert_eq!(greeting, "hello ada");
@@ -184,7 +185,7 @@ fn scope_returns_the_closure_result() {
 
 #[test]
 fn copies_keep_their_values_across_in_place_sets() {
-    static V: ContextVar<u32> = ContextVar::new("v");
+    static V: ContextVar<u32> = contextvars::context_var!(u32, "v");
     std::thread::spawn(|| {
         let t1 = V.set(1); // the thread's own snapshot: made fresh, then in place
         let before = copy_context(); // now shared: the next set path-copies
@@ -209,8 +210,8 @@ fn copies_keep_their_values_across_in_place_sets() {
 
 #[test]
 fn out_of_order_resets_with_copies_in_between() {
-    static A: ContextVar<u32> = ContextVar::new("a");
-    static B: ContextVar<u32> = ContextVar::new("b");
+    static A: ContextVar<u32> = contextvars::context_var!(u32, "a");
+    static B: ContextVar<u32> = contextvars::context_var!(u32, "b");
     Context::new().run(|| {
         let ta = A.set(1);
         let copy_a = copy_context();
@@ -233,7 +234,7 @@ fn out_of_order_resets_with_copies_in_between() {
 fn observed_context_object_sees_every_set_and_reset() {
     // A context object with a handle outside the run publishes each change; the reset's
     // reinstall shortcut must publish too.
-    static V: ContextVar<u32> = ContextVar::new("v");
+    static V: ContextVar<u32> = contextvars::context_var!(u32, "v");
     let ctx = Context::new();
     ctx.run(|| {
         let t1 = V.set(1);
@@ -255,7 +256,7 @@ fn observed_context_object_sees_every_set_and_reset() {
 fn a_borrow_in_progress_forces_copies_and_sees_its_value() {
     // While `with` lends a reference into the snapshot, sets inside it must not write
     // into that snapshot, and the lent value must outlive the reset that replaces it.
-    static S: ContextVar<String> = ContextVar::new("s");
+    static S: ContextVar<String> = contextvars::context_var!(String, "s");
     std::thread::spawn(|| {
         let _outer = S.set("outer".to_owned());
         S.with(|outer| {

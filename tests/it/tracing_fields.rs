@@ -20,8 +20,8 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::isolated;
 use crate::log_buffer::Buffer;
 
-static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-static TENANT: ContextVar<String> = ContextVar::new("tenant");
+static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
 
 /// The same subscriber twice, one plain and one with `ContextFields` wrapping its event
 /// format (adding `$vars`), each writing to its own buffer.
@@ -304,10 +304,11 @@ fn threads_logging_concurrently_show_their_own_values() {
 
 #[test]
 fn variables_without_a_value_are_left_out_and_defaults_are_shown() {
-    static UNSET: ContextVar<u64> = ContextVar::new("unset");
-    static REGION: ContextVar<&'static str> = ContextVar::with_default("region", "eu");
+    static UNSET: ContextVar<u64> = contextvars::context_var!(u64, "unset");
+    static REGION: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "region", default "eu");
     static BROKEN: ContextVar<u64> =
-        ContextVar::with_lazy_default("broken", || panic!("a lazy default that panics"));
+        contextvars::context_var!(u64, "broken", lazy panic!("a lazy default that panics"));
     let buffer = Buffer::default();
     let subscriber = fmt()
         .without_time()
@@ -445,7 +446,7 @@ fn json_explicit_parent_is_the_span_shown() {
 
 #[test]
 fn the_events_own_field_wins_a_name_clash() {
-    static SHADOW: ContextVar<u64> = ContextVar::new("request_id"); // same name, other var
+    static SHADOW: ContextVar<u64> = contextvars::context_var!(u64, "request_id"); // same name, other var
     let buffer = Buffer::default();
     let subscriber = fmt()
         .json()
@@ -496,10 +497,10 @@ fn display_and_debug_variables() {
     struct Budget {
         millis: u32,
     }
-    static PEER: ContextVar<std::net::IpAddr> = ContextVar::new("peer");
-    static BUDGET: ContextVar<Budget> = ContextVar::new("budget");
-    static TRACE_ID: ContextVar<Arc<str>> = ContextVar::new("trace_id");
-    static USER: ContextVar<Option<u64>> = ContextVar::new("user");
+    static PEER: ContextVar<std::net::IpAddr> = contextvars::context_var!(std::net::IpAddr, "peer");
+    static BUDGET: ContextVar<Budget> = contextvars::context_var!(Budget, "budget");
+    static TRACE_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "trace_id");
+    static USER: ContextVar<Option<u64>> = contextvars::context_var!(Option<u64>, "user");
     let buffer = Buffer::default();
     let subscriber = fmt()
         .json()
@@ -624,7 +625,7 @@ fn a_value_whose_debug_logs_and_reads_variables_neither_deadlocks_nor_panics() {
             )
         }
     }
-    static NOISY: ContextVar<Noisy> = ContextVar::new("noisy");
+    static NOISY: ContextVar<Noisy> = contextvars::context_var!(Noisy, "noisy");
     let buffer = Buffer::default();
     let subscriber = fmt()
         .without_time()
@@ -664,7 +665,7 @@ fn a_value_whose_display_panics_is_left_out() {
             panic!("a Display that panics")
         }
     }
-    static BAD: ContextVar<Panics> = ContextVar::new("bad");
+    static BAD: ContextVar<Panics> = contextvars::context_var!(Panics, "bad");
     let buffer = Buffer::default();
     let subscriber = fmt()
         .without_time()
@@ -790,7 +791,7 @@ fn named_renames_the_last_variable_and_raw_identifiers_clash() {
 /// recorded as text: a string in JSON, quoted in the text formats, as a `String` is.
 #[test]
 fn an_arc_str_request_id_is_text_in_json_and_in_text() {
-    static ARC_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
+    static ARC_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "request_id");
     let ((plain, plain_buffer), (wrapped, wrapped_buffer)) =
         plain_and_wrapped!(fmt().without_time(), |format| ContextFields::new(format)
             .var(&ARC_ID));
@@ -836,14 +837,16 @@ fn an_arc_str_request_id_is_text_in_json_and_in_text() {
 fn text_numbers_and_wrappers_are_fields_of_their_own_kind() {
     use std::borrow::Cow;
     use std::num::NonZero;
-    static BOXED: ContextVar<Box<str>> = ContextVar::new("boxed");
-    static COW: ContextVar<Cow<'static, str>> = ContextVar::new("cow");
-    static STATIC: ContextVar<&'static str> = ContextVar::with_default("static", "fixed");
-    static MAYBE: ContextVar<Option<Arc<str>>> = ContextVar::new("maybe");
-    static BYTES: ContextVar<Arc<[u8]>> = ContextVar::new("bytes");
-    static NONZERO: ContextVar<NonZero<u32>> = ContextVar::new("nonzero");
-    static RATIO: ContextVar<f32> = ContextVar::new("ratio");
-    static BOXED_NUMBER: ContextVar<Box<i64>> = ContextVar::new("boxed_number");
+    static BOXED: ContextVar<Box<str>> = contextvars::context_var!(Box<str>, "boxed");
+    static COW: ContextVar<Cow<'static, str>> = contextvars::context_var!(Cow<'static, str>, "cow");
+    static STATIC: ContextVar<&'static str> =
+        contextvars::context_var!(&'static str, "static", default "fixed");
+    static MAYBE: ContextVar<Option<Arc<str>>> =
+        contextvars::context_var!(Option<Arc<str>>, "maybe");
+    static BYTES: ContextVar<Arc<[u8]>> = contextvars::context_var!(Arc<[u8]>, "bytes");
+    static NONZERO: ContextVar<NonZero<u32>> = contextvars::context_var!(NonZero<u32>, "nonzero");
+    static RATIO: ContextVar<f32> = contextvars::context_var!(f32, "ratio");
+    static BOXED_NUMBER: ContextVar<Box<i64>> = contextvars::context_var!(Box<i64>, "boxed_number");
     let buffer = Buffer::default();
     let dispatch = Dispatch::new(
         fmt()
@@ -910,7 +913,7 @@ fn every_codecs_type_is_named_in_var_directly() {
 
     macro_rules! int_vars {
         ($($name:ident: $t:ty = $text:literal,)*) => {
-            $(static $name: ContextVar<$t> = ContextVar::new(stringify!($t));)*
+            $(static $name: ContextVar<$t> = contextvars::context_var!($t, stringify!($t));)*
             /// Adds the integer variables.
             fn add_ints<E>(fields: ContextFields<E>) -> ContextFields<E> {
                 fields$(.var(&$name))*
@@ -941,13 +944,13 @@ fn every_codecs_type_is_named_in_var_directly() {
         I128: i128 = "-128",
         ISIZE: isize = "-7",
     }
-    static STRING: ContextVar<String> = ContextVar::new("string");
-    static ARC: ContextVar<Arc<str>> = ContextVar::new("arc");
-    static BOXED: ContextVar<Box<str>> = ContextVar::new("boxed");
-    static FLAG: ContextVar<bool> = ContextVar::new("flag");
-    static BUDGET: ContextVar<Duration> = ContextVar::new("budget");
-    static DEADLINE: ContextVar<Instant> = ContextVar::new("deadline");
-    static STARTED: ContextVar<Instant> = ContextVar::new("started");
+    static STRING: ContextVar<String> = contextvars::context_var!(String, "string");
+    static ARC: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "arc");
+    static BOXED: ContextVar<Box<str>> = contextvars::context_var!(Box<str>, "boxed");
+    static FLAG: ContextVar<bool> = contextvars::context_var!(bool, "flag");
+    static BUDGET: ContextVar<Duration> = contextvars::context_var!(Duration, "budget");
+    static DEADLINE: ContextVar<Instant> = contextvars::context_var!(Instant, "deadline");
+    static STARTED: ContextVar<Instant> = contextvars::context_var!(Instant, "started");
 
     let buffer = Buffer::default();
     let dispatch = Dispatch::new(

@@ -11,7 +11,7 @@
 //! use contextvars_futures::ContextStreamExt;
 //! use futures_util::StreamExt;
 //!
-//! static OFFSET: ContextVar<u32> = ContextVar::new("offset");
+//! static OFFSET: ContextVar<u32> = contextvars::context_var!(u32, "offset");
 //!
 //! let _token = OFFSET.set(10);
 //! let stream = futures_util::stream::iter(1..=3)

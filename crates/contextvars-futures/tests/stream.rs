@@ -6,7 +6,7 @@ use contextvars::{Context, ContextVar};
 use contextvars_futures::ContextStreamExt;
 use futures_util::StreamExt;
 
-static TASK: ContextVar<u64> = ContextVar::new("task");
+static TASK: ContextVar<u64> = contextvars::context_var!(u64, "task");
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

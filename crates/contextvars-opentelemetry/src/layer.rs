@@ -26,7 +26,7 @@ use contextvars_tower::{InitError, Initializer, Layer, Service};
 /// use contextvars_opentelemetry::{Int, Propagation};
 /// use contextvars_tower::ContextLayer;
 ///
-/// static USER: ContextVar<u32> = ContextVar::new("user");
+/// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
 ///
 /// let propagation = Propagation::new().var(&USER, "user", Int);
 /// let app: Router = Router::new()
@@ -81,7 +81,7 @@ fn outcome(
 /// use contextvars_opentelemetry::{InjectLayer, Int, Propagation};
 /// use contextvars_tower::{Layer, Service};
 ///
-/// static USER: ContextVar<u32> = ContextVar::new("user");
+/// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
 ///
 /// /// A stand-in client that answers with the request's baggage header.
 /// struct Echo;

@@ -73,7 +73,7 @@
 //! use contextvars_opentelemetry::{InjectLayer, Int, Propagation};
 //! use contextvars_tower::ContextLayer;
 //!
-//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
 //!
 //! let propagation = Propagation::new().var(&REQUEST_ID, "request_id", Int);
 //! let server: Router = Router::new()

@@ -35,7 +35,8 @@ use contextvars::{Context, ContextVar, SetError, Snapshot, copy_context};
 /// let cx = OTEL_CONTEXT.try_get().unwrap_or_default();
 /// assert!(!cx.span().span_context().is_valid());
 /// ```
-pub static OTEL_CONTEXT: ContextVar<OtelContext> = ContextVar::new("opentelemetry.context");
+pub static OTEL_CONTEXT: ContextVar<OtelContext> =
+    contextvars::context_var!(OtelContext, "opentelemetry.context");
 
 /// One declared variable, its type erased.
 trait Declared: Send + Sync {
@@ -106,9 +107,9 @@ struct Registry {
 /// use contextvars::{ContextVar, copy_context};
 /// use contextvars_opentelemetry::{Int, Propagation, Text};
 ///
-/// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-/// static TENANT: ContextVar<Arc<str>> = ContextVar::new("tenant");
-/// static AUTH_TOKEN: ContextVar<String> = ContextVar::new("auth_token"); // not declared
+/// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+/// static TENANT: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "tenant");
+/// static AUTH_TOKEN: ContextVar<String> = contextvars::context_var!(String, "auth_token"); // not declared
 ///
 /// let propagation = Propagation::new()
 ///     .var(&REQUEST_ID, "request_id", Int)
@@ -179,7 +180,7 @@ impl Propagation {
     /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Bool, Propagation};
     ///
-    /// static DEBUG: ContextVar<bool> = ContextVar::new("debug");
+    /// static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug");
     /// let propagation = Propagation::new().var(&DEBUG, "debug", Bool);
     /// assert!(propagation.is_declared("debug"));
     /// assert!(!propagation.is_declared("user"));
@@ -212,7 +213,7 @@ impl Propagation {
     /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Bool, Propagation};
     ///
-    /// static DEBUG: ContextVar<bool> = ContextVar::with_default("debug", false);
+    /// static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug", default false);
     /// let propagation = Propagation::new().var(&DEBUG, "debug", Bool);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -232,7 +233,7 @@ impl Propagation {
     /// use contextvars::{Context, ContextVar};
     /// use contextvars_opentelemetry::{Int, Propagation};
     ///
-    /// static USER: ContextVar<u32> = ContextVar::new("user");
+    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -259,7 +260,7 @@ impl Propagation {
     /// use contextvars_opentelemetry::{Int, Propagation};
     /// use opentelemetry::baggage::BaggageExt;
     ///
-    /// static USER: ContextVar<u32> = ContextVar::new("user");
+    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let cx = USER.scope(5, || propagation.otel_context());
@@ -325,7 +326,7 @@ impl Propagation {
     /// use contextvars_opentelemetry::{OTEL_CONTEXT, Int, Propagation};
     /// use opentelemetry::trace::TraceContextExt;
     ///
-    /// static USER: ContextVar<u32> = ContextVar::new("user");
+    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -352,7 +353,7 @@ impl Propagation {
     /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Int, Propagation, Reason};
     ///
-    /// static USER: ContextVar<u32> = ContextVar::new("user");
+    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -400,7 +401,7 @@ impl Propagation {
     /// use opentelemetry::KeyValue;
     /// use opentelemetry::baggage::BaggageExt;
     ///
-    /// static USER: ContextVar<u32> = ContextVar::new("user");
+    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let cx = opentelemetry::Context::new()

@@ -36,7 +36,7 @@
 //! use contextvars::ContextVar;
 //! use contextvars_tower::{ContextLayer, RequestId};
 //!
-//! static REQUEST_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
+//! static REQUEST_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "request_id");
 //!
 //! async fn handler() -> String {
 //!     format!("request {}", REQUEST_ID.get())
@@ -112,7 +112,7 @@ impl<I> ContextLayer<I> {
     /// use contextvars::ContextVar;
     /// use contextvars_tower::{ContextLayer, InitError};
     ///
-    /// static TENANT: ContextVar<String> = ContextVar::with_default("tenant", String::new());
+    /// static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant", default String::new());
     ///
     /// let layer = ContextLayer::new().init(|request: &http::request::Parts| {
     ///     let tenant = request.headers.get("x-tenant").ok_or(InitError::new("no x-tenant"))?;

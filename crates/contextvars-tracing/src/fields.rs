@@ -46,8 +46,8 @@ use super::value::FieldValue;
 /// use contextvars::ContextVar;
 /// use contextvars_tracing::ContextFields;
 ///
-/// static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-/// static TENANT: ContextVar<String> = ContextVar::new("tenant");
+/// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+/// static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
 ///
 /// let subscriber = tracing_subscriber::fmt()
 ///     .without_time()
@@ -203,7 +203,7 @@ impl<E> ContextFields<E> {
     /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
-    /// static ATTEMPT: ContextVar<u32> = ContextVar::with_default("attempt", 1);
+    /// static ATTEMPT: ContextVar<u32> = contextvars::context_var!(u32, "attempt", default 1);
     /// let format = ContextFields::new(format::Format::default()).var(&ATTEMPT);
     /// assert_eq!(format.var_names().collect::<Vec<_>>(), ["attempt"]);
     /// ```
@@ -219,7 +219,7 @@ impl<E> ContextFields<E> {
     /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
-    /// static PEER: ContextVar<IpAddr> = ContextVar::new("peer");
+    /// static PEER: ContextVar<IpAddr> = contextvars::context_var!(IpAddr, "peer");
     /// let format = ContextFields::new(format::Format::default()).var_display(&PEER);
     /// # drop(format);
     /// ```
@@ -238,7 +238,7 @@ impl<E> ContextFields<E> {
     /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
-    /// static BUDGET: ContextVar<Duration> = ContextVar::new("budget");
+    /// static BUDGET: ContextVar<Duration> = contextvars::context_var!(Duration, "budget");
     /// let format = ContextFields::new(format::Format::default()).var_debug(&BUDGET);
     /// # drop(format);
     /// ```

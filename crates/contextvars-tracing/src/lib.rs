@@ -76,8 +76,8 @@
 //! use contextvars_tracing::ContextFields;
 //!
 //! // A variable's field name is its name.
-//! static REQUEST_ID: ContextVar<u64> = ContextVar::new("request_id");
-//! static TENANT: ContextVar<String> = ContextVar::new("tenant");
+//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
 //!
 //! // A writer into a buffer, to look at the output.
 //! #[derive(Clone, Default)]

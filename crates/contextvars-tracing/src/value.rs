@@ -49,9 +49,9 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 /// use contextvars_tracing::ContextFields;
 /// use tracing_subscriber::fmt::format;
 ///
-/// static REQUEST_ID: ContextVar<Arc<str>> = ContextVar::new("request_id");
-/// static BUDGET: ContextVar<Duration> = ContextVar::new("budget");
-/// static USER: ContextVar<Option<u64>> = ContextVar::new("user");
+/// static REQUEST_ID: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "request_id");
+/// static BUDGET: ContextVar<Duration> = contextvars::context_var!(Duration, "budget");
+/// static USER: ContextVar<Option<u64>> = contextvars::context_var!(Option<u64>, "user");
 ///
 /// let format = ContextFields::new(format::Format::default())
 ///     .var(&REQUEST_ID)
@@ -69,7 +69,7 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 /// use contextvars_tracing::ContextFields;
 /// use tracing_subscriber::fmt::format;
 ///
-/// static PEER: ContextVar<IpAddr> = ContextVar::new("peer");
+/// static PEER: ContextVar<IpAddr> = contextvars::context_var!(IpAddr, "peer");
 /// let format = ContextFields::new(format::Format::default()).var(&PEER);
 /// ```
 ///
@@ -79,7 +79,7 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 /// use contextvars_tracing::ContextFields;
 /// use tracing_subscriber::fmt::format;
 ///
-/// static PEER: ContextVar<IpAddr> = ContextVar::new("peer");
+/// static PEER: ContextVar<IpAddr> = contextvars::context_var!(IpAddr, "peer");
 /// let format = ContextFields::new(format::Format::default()).var_display(&PEER);
 /// # drop(format);
 /// ```
