@@ -37,7 +37,8 @@ static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id"
 static TENANT: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "tenant");
 static DEADLINE: ContextVar<Instant> = contextvars::context_var!(Instant, "deadline");
 static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug");
-static TIMEOUT: ContextVar<std::time::Duration> = contextvars::context_var!(std::time::Duration, "timeout");
+static TIMEOUT: ContextVar<std::time::Duration> =
+    contextvars::context_var!(std::time::Duration, "timeout");
 static SMALL: ContextVar<i8> = contextvars::context_var!(i8, "small");
 
 fn propagation() -> &'static Propagation {
@@ -76,11 +77,11 @@ fn headers(data: &[u8]) -> HeaderMap {
 /// The declared variables other than the deadline (whose remaining time moves on).
 fn stable_values(context: &Context) -> impl PartialEq + std::fmt::Debug {
     (
-        context.get(&REQUEST_ID),
-        context.get(&TENANT),
-        context.get(&DEBUG),
-        context.get(&TIMEOUT),
-        context.get(&SMALL),
+        context.snapshot().get(&REQUEST_ID).cloned(),
+        context.snapshot().get(&TENANT).cloned(),
+        context.snapshot().get(&DEBUG).cloned(),
+        context.snapshot().get(&TIMEOUT).cloned(),
+        context.snapshot().get(&SMALL).cloned(),
     )
 }
 
@@ -115,7 +116,10 @@ fuzz_target!(|data: &[u8]| {
             "{report} re-extracting {again:?} from {headers:?}"
         );
         assert_eq!(stable_values(&second), stable_values(&context), "{again:?}");
-        assert_eq!(second.contains(&DEADLINE), context.contains(&DEADLINE));
+        assert_eq!(
+            second.snapshot().contains(&DEADLINE),
+            context.snapshot().contains(&DEADLINE)
+        );
         assert_eq!(report.count(Reason::CodecRejected), 0);
     }
 });

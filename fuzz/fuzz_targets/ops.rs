@@ -124,14 +124,14 @@ impl Harness {
     }
 
     fn check_context(&self, ctx: &Context, map: &BTreeMap<usize, u32>) {
-        assert_eq!(ctx.len(), map.len(), "len");
+        assert_eq!(ctx.snapshot().len(), map.len(), "len");
         for (i, var) in VARS.iter().enumerate() {
             assert_eq!(
-                ctx.get(var),
+                ctx.snapshot().get(var).cloned(),
                 map.get(&i).copied(),
                 "Context::get of var {i}"
             );
-            assert_eq!(ctx.contains(var), map.contains_key(&i));
+            assert_eq!(ctx.snapshot().contains(var), map.contains_key(&i));
         }
     }
 

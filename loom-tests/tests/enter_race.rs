@@ -102,16 +102,20 @@ mod tests {
                     let theirs = second.join().expect("second racer panicked");
                     let winner = check_outcome(&mine, &theirs);
                     assert_eq!(winner_inside(&ctx), winner, "re-entry by a racer");
-                    assert_eq!(ctx.get(&WINNER), Some(winner));
+                    assert_eq!(ctx.snapshot().get(&WINNER).cloned(), Some(winner));
                     winner
                 })
             };
             let winner = first.join().expect("first racer panicked");
 
             // And from a third thread (the model's main thread), after both are done.
-            assert_eq!(ctx.get(&WINNER), Some(winner), "the winner's set persists");
+            assert_eq!(
+                ctx.snapshot().get(&WINNER).cloned(),
+                Some(winner),
+                "the winner's set persists"
+            );
             assert_eq!(winner_inside(&ctx), winner, "re-entry by the main thread");
-            assert_eq!(ctx.len(), 1);
+            assert_eq!(ctx.snapshot().len(), 1);
             // Nothing leaked into the caller's context.
             assert!(!WINNER.is_set());
         });
@@ -138,7 +142,7 @@ mod tests {
             let first = results.next().unwrap();
             let second = results.next().unwrap();
             let winner = check_outcome(&first, &second);
-            assert_eq!(ctx.get(&WINNER), Some(winner));
+            assert_eq!(ctx.snapshot().get(&WINNER).cloned(), Some(winner));
             assert_eq!(winner_inside(&ctx), winner);
         });
     }

@@ -64,10 +64,19 @@ mod tests {
             let seen = (snapshot.get(&A).copied(), snapshot.get(&B).copied());
             assert!(allowed.contains(&seen), "torn snapshot {seen:?}");
             let copy = ctx.copy();
-            let seen_copy = (copy.get(&A), copy.get(&B));
+            let seen_copy = (
+                copy.snapshot().get(&A).cloned(),
+                copy.snapshot().get(&B).cloned(),
+            );
             assert!(allowed.contains(&seen_copy), "torn copy {seen_copy:?}");
             owner.join().unwrap();
-            assert_eq!((ctx.get(&A), ctx.get(&B)), (Some(3), None));
+            assert_eq!(
+                (
+                    ctx.snapshot().get(&A).cloned(),
+                    ctx.snapshot().get(&B).cloned()
+                ),
+                (Some(3), None)
+            );
         });
     }
 
@@ -98,7 +107,7 @@ mod tests {
             let task = ctx.copy().run(|| async {}.in_copied_context());
             drop(ctx);
             worker.join().unwrap();
-            assert_eq!(copy.len(), 1);
+            assert_eq!(copy.snapshot().len(), 1);
             drop(copy);
             drop(task);
             // Both values are gone once the last handle anywhere is: dropped once each.
@@ -151,7 +160,7 @@ mod tests {
             };
             // Meanwhile this thread drops the context the snapshot came from (a reference
             // count race with the worker's reads), and its own state is untouched.
-            assert_eq!(ctx.get(&A), Some(1));
+            assert_eq!(ctx.snapshot().get(&A).cloned(), Some(1));
             drop(ctx);
             assert!(!A.is_set());
             worker.join().unwrap();

@@ -255,8 +255,13 @@
 //!   handing the runner copy back at thread exit.
 //! * `src/engine/binding.rs`: dereferencing `HOT.root` in `with_bound` (invariant: the
 //!   root pointer is owned).
-//! * `src/engine/frame.rs`: the light-frame record and its storage, and the runner copy
-//!   of an entered context object (`run_entered`, `Frame::entered`, `Frame::release`).
+//! * `src/engine/frame.rs`: the runner copy of an entered context object
+//!   (`Frame::entered`, `Frame::release`).
+//! * `src/engine/light.rs`: the light-frame record, its storage and its borrowed
+//!   snapshot (`enter_light`, `materialize`, `vars`, `with_captured`).
+//! * `src/engine/run.rs`: `run_entered`'s borrow of the runner copy, and its leave.
+//! * `src/engine/origin.rs`: walking the light-frame records outward (`origin_frames`)
+//!   and reading the storage of the current one (`restore_origin`).
 //! * `src/value.rs`: `Entry::downcast_unchecked` (invariant: id → type).
 //! * `src/sync/`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
 //!   (the value behind the entered flag), the observation registry's lock-free list, and

@@ -10,7 +10,8 @@
 
 use super::Vars;
 use super::announce;
-use super::frame::{Origin, materialize};
+use super::frame::Origin;
+use super::light::materialize;
 use super::object::Shared;
 use super::thread::{Borrow, Hot, TornDown, retire, with_hot, with_state};
 use crate::pool::{self, Entered, Pool};

@@ -2,11 +2,16 @@
 //!
 //! Everything the public API does to the current context goes through here, and nothing
 //! here knows the public API: the engine imports neither `context`, `var`, `token` nor
-//! `observe`. It is three concepts, each in its own file:
+//! `observe`. One job per file:
 //!
 //! * [`thread`]: the thread's state, `HOT`, one destructor-free thread-local holding the
 //!   current frame, the root pointer reads follow, ids, the borrow counter and teardown;
-//! * [`frame`]: frames, and entering them (`run_in`, `run_borrowed`, `run_entered`, ...);
+//! * [`frame`]: the frame, the state a thread runs in, and releasing it;
+//! * [`light`]: light frames, current for reads only, and making one the thread's own
+//!   (`materialize`);
+//! * [`run`]: entering frames, every lexically scoped entry point (`run_in`,
+//!   `run_owned`, `run_borrowed`, `run_entered`, ...), and the detached pair;
+//! * [`origin`]: the frames a request layer restores when a request ends;
 //! * [`binding`]: binding changes in the current frame (`with_bound`, `set_binding`,
 //!   `reset_binding`) and the frame's context object (`current_shared`).
 //!
@@ -41,23 +46,29 @@
 
 mod binding;
 mod frame;
+mod light;
 mod object;
+mod origin;
+mod run;
 mod thread;
 
 pub(crate) use binding::{
     MissSite, ResetFailure, SetRefused, SetState, current_shared, miss_site, reset_binding,
     set_binding, with_bound,
 };
+pub(crate) use frame::Frame;
+pub(crate) use light::vars;
 #[allow(
     unused_imports,
     reason = "the rayon module's (feature `rayon`); the engine does not know its users"
 )]
-pub(crate) use frame::with_captured;
-pub(crate) use frame::{
-    Frame, enter_detached, leave_detached, origin_frames, release_isolated, restore_origins,
-    run_borrowed, run_borrowed_each, run_entered, run_in, run_owned, run_read_only, vars,
-};
+pub(crate) use light::with_captured;
 pub(crate) use object::Shared;
+pub(crate) use origin::{origin_frames, restore_origins};
+pub(crate) use run::{
+    enter_detached, leave_detached, release_isolated, run_borrowed, run_borrowed_each, run_entered,
+    run_in, run_owned, run_read_only,
+};
 pub(crate) use thread::{TornDown, check_alive, next_context_id};
 
 use crate::map::Map;

@@ -60,7 +60,7 @@ pub(super) struct Hot {
     pub(super) root: Cell<*const Node<Entry>>,
     pub(super) borrows: Cell<usize>,
     /// The light frame running now, if the current frame is one (`frame::Light`).
-    pub(super) light: Cell<*const super::frame::Light>,
+    pub(super) light: Cell<*const super::light::Light>,
     /// How many frames that are not light sit above the thread's base frame now
     /// (materialized light frames): with `light`, tells whether the thread runs in its
     /// own base frame ([`Hot::in_base_frame`]).
@@ -82,7 +82,7 @@ pub(super) struct Hot {
     /// one. Set by `frame::materialize` and put back when that light frame exits (and
     /// around detached frames), so it always points to the `Light` of an active
     /// `enter_light` call on this thread.
-    pub(super) materialized: Cell<*const super::frame::Light>,
+    pub(super) materialized: Cell<*const super::light::Light>,
     ids_next: Cell<u64>,
     ids_end: Cell<u64>,
     // ----- the current frame (moved in and out as a whole by `frame::swap_frame`) -----
@@ -110,7 +110,7 @@ pub(super) struct Hot {
 
 /// What entering a detached frame displaced: `HOT.stacked` while the detached frame is
 /// current, then the `entered_cell`, `materialized` and frame it replaced.
-pub(super) type DetachedEntry = (u32, Entered, *const super::frame::Light, super::Frame);
+pub(super) type DetachedEntry = (u32, Entered, *const super::light::Light, super::Frame);
 
 /// Where the thread is in its life, as far as `HOT` is concerned.
 #[derive(Clone, Copy, PartialEq, Eq)]
