@@ -44,7 +44,8 @@
 //!
 //! A poll swaps the task's frame into the thread-local state and back: a fixed number of
 //! word moves, whatever the number of variables. No reference count is touched and
-//! nothing is allocated.
+//! nothing is allocated, unless the poll sets or resets a variable ([`WithContext`] has
+//! the cost).
 //!
 //! # Guards and `.await`
 //!
@@ -94,6 +95,15 @@ pin_project! {
     /// while serving one keep-alive request reaches the next. That costs nothing until
     /// the context's first set, which keeps a counted reference to the starting
     /// snapshot.
+    ///
+    /// # Cost
+    ///
+    /// A poll that only reads enters and leaves the frame with two thread-local cell swaps
+    /// each way, whatever n: no allocation, no atomic read-modify-write. A poll that sets
+    /// takes counted copies of the frame's snapshot (and context object) at its first set,
+    /// which path-copies, and releases the snapshot it replaced when it ends; its later
+    /// sets are in place in a copy's frame, and publish in an `in_context` one. Dropping
+    /// the wrapper drops the inner future in the frame, then releases the frame.
     #[must_use = "futures do nothing unless polled"]
     pub struct WithContext<F> {
         #[pin]
@@ -206,6 +216,13 @@ pub trait ContextFutureExt: Future + Sized {
     /// assert_eq!(handle.await.unwrap(), "ada");
     /// # });
     /// ```
+    ///
+    /// # Cost
+    ///
+    /// One reference-count increment (the copy, whatever n), no allocation: the wrapper
+    /// holds its frame inline. The task's first set or reset also keeps a counted copy of
+    /// its starting snapshot; both are released when the wrapper is dropped. Polls: see
+    /// [`WithContext`].
     fn in_copied_context(self) -> WithContext<Self> {
         WithContext::in_copy(self)
     }
@@ -236,6 +253,14 @@ pub trait ContextFutureExt: Future + Sized {
     ///
     /// If `ctx` is already entered; [`try_in_context`](Self::try_in_context) returns the
     /// error instead.
+    ///
+    /// # Cost
+    ///
+    /// The compare-and-swap on `ctx`'s entered flag and two reference-count increments (the
+    /// object and its snapshot), plus one allocation the first time `ctx` is entered (its
+    /// shared object). While another handle holds `ctx`, every set in the task path-copies
+    /// and publishes. Dropping the wrapper leaves `ctx` (a release store) and releases
+    /// both counts.
     #[track_caller]
     fn in_context(self, ctx: &Context) -> WithContext<Self> {
         WithContext::in_object(self, ctx)
@@ -243,6 +268,10 @@ pub trait ContextFutureExt: Future + Sized {
 
     /// [`in_context`](Self::in_context), returning an [`EnterError`] if `ctx` is already
     /// entered (by a thread, or by another wrapper that is still alive).
+    ///
+    /// # Cost
+    ///
+    /// As [`in_context`](Self::in_context); a refusal costs the failed compare-and-swap.
     fn try_in_context(self, ctx: &Context) -> Result<WithContext<Self>, EnterError> {
         WithContext::try_in(self, ctx)
     }

@@ -259,6 +259,14 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// If there is neither (Python's `LookupError`); [`try_with`](Self::try_with) returns
     /// the error instead.
+    ///
+    /// # Cost
+    ///
+    /// A thread-local load, a relaxed load of the variable's id and a bounded lookup: one
+    /// node up to 4 variables, else O(log₃₂ n) trie levels (at most 13). No allocation, no
+    /// lock, no atomic read-modify-write; a lazy default runs its initialiser once per
+    /// process. While `f` runs, a non-atomic counter marks the borrow, so a set inside `f`
+    /// path-copies instead of writing in place.
     #[track_caller]
     #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
@@ -270,6 +278,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// Calls `f` with the current value, or returns a [`LookupError`] if the variable has
     /// no binding in the current context and no default.
+    ///
+    /// # Cost
+    ///
+    /// As [`with`](Self::with). The error allocates nothing (it reads a few thread-locals
+    /// for its hint).
     #[inline(always)]
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         let f = match self.existing_id() {
@@ -284,6 +297,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// Calls `f` with the binding in the current context, or with `default` if there is
     /// none (Python's `var.get(default)`: the variable's own default is not consulted).
+    ///
+    /// # Cost
+    ///
+    /// As [`with`](Self::with); a lazy default is never computed.
     pub fn with_or<R>(&self, default: &T, f: impl FnOnce(&T) -> R) -> R {
         let Some(id) = self.existing_id() else {
             return f(default);
@@ -292,6 +309,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     }
 
     /// Whether the current context binds this variable (defaults do not count).
+    ///
+    /// # Cost
+    ///
+    /// The lookup of [`with`](Self::with): no allocation, no atomic read-modify-write, no
+    /// default computed.
     pub fn is_set(&self) -> bool {
         match self.existing_id() {
             None => false,
@@ -305,6 +327,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// If there is no binding and no default; [`try_get`](Self::try_get) returns the
     /// error instead.
+    ///
+    /// # Cost
+    ///
+    /// As [`with`](Self::with), plus `T::clone` (which may itself allocate or count a
+    /// reference: `with` avoids it).
     #[track_caller]
     #[inline]
     pub fn get(&self) -> T
@@ -315,6 +342,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     }
 
     /// A clone of the current value, or a [`LookupError`].
+    ///
+    /// # Cost
+    ///
+    /// As [`try_with`](Self::try_with), plus `T::clone` on success.
     #[inline]
     pub fn try_get(&self) -> Result<T, LookupError>
     where
@@ -325,6 +356,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// A clone of the binding in the current context, else `default` (Python's
     /// `var.get(default)`).
+    ///
+    /// # Cost
+    ///
+    /// As [`with`](Self::with), plus `T::clone` on a hit. `default` is built by the caller
+    /// on every call, hit or miss ([`with_or`](Self::with_or) borrows it instead).
     pub fn get_or(&self, default: T) -> T
     where
         T: Clone,
@@ -399,6 +435,20 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// If the set is refused (above), or while the thread is being torn down (its
     /// context storage is already gone, e.g. in a thread-local's destructor);
     /// [`try_set`](Self::try_set) returns the [`SetError`] instead.
+    ///
+    /// # Cost
+    ///
+    /// One allocation, the value. It is written in place, with no atomic read-modify-write,
+    /// if the frame holds its snapshot alone (as
+    /// [`docs::performance`](crate::docs::performance) details), no [`with`](Self::with)
+    /// borrow is active, and the variable is bound already or the small form (up to 4
+    /// variables) has room. Otherwise O(log₃₂ n) nodes are path-copied (one allocation up
+    /// to 4 variables, two per trie level), with a reference-count increment per slot
+    /// copied, and a context object another handle holds gets an `arc_swap` store.
+    /// Amortized: a shared `fetch_add` per 65,536 change markers of the thread (two more
+    /// at a variable's first use, for its id). While [`observe`](crate::observe)
+    /// publication is on, each set and reset, and each entry into or exit from a context
+    /// (a `run`, a poll, a job), also publishes.
     #[track_caller]
     pub fn set(&self, value: T) -> Token<'_, T> {
         match self.try_set(value) {
@@ -408,6 +458,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     }
 
     /// [`set`](Self::set), returning a [`SetError`] instead of panicking.
+    ///
+    /// # Cost
+    ///
+    /// As [`set`](Self::set). A refused set has allocated the value already, and drops it.
     pub fn try_set(&self, value: T) -> Result<Token<'_, T>, SetError> {
         let entry = self.make_entry(value);
         let state = engine::set_binding(self.raw_id(), entry)
@@ -426,6 +480,15 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// A [`ResetError`] that hands the token back if it was made by a different variable
     /// or in a different [`Context`](crate::Context) than the current one.
+    ///
+    /// # Cost
+    ///
+    /// No allocation when the frame holds its snapshot alone and no borrow is active (the
+    /// old binding is written back in place; over 4 variables, only if there was one), or
+    /// when nothing changed since the set and its token kept the snapshot the set replaced
+    /// (it is reinstalled). Otherwise a path copy, as in [`set`](Self::set). Atomic
+    /// read-modify-writes: the release of the value the set bound (one decrement) and,
+    /// unless in place, of the snapshot replaced; publication as in `set`.
     pub fn reset<'v>(&self, token: Token<'v, T>) -> Result<(), ResetError<'v, T>> {
         token.reset_in(self)
     }
@@ -448,12 +511,21 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// As [`set`](Self::set). Dropping the guard panics if the current context is no
     /// longer the one it was made in (it was moved into another context's `run`); use
     /// [`ScopedSet::reset`] to get that as an error.
+    ///
+    /// # Cost
+    ///
+    /// A [`set`](Self::set) now and a [`reset`](Self::reset) when the guard drops; the
+    /// guard itself allocates nothing.
     #[track_caller]
     pub fn scoped_set(&self, value: T) -> ScopedSet<'_, T> {
         ScopedSet::new(self.set(value))
     }
 
     /// [`scoped_set`](Self::scoped_set), returning a [`SetError`] if the set is refused.
+    ///
+    /// # Cost
+    ///
+    /// As [`scoped_set`](Self::scoped_set).
     pub fn try_scoped_set(&self, value: T) -> Result<ScopedSet<'_, T>, SetError> {
         self.try_set(value).map(ScopedSet::new)
     }
@@ -477,6 +549,13 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// As [`set`](Self::set) (before `f` runs); [`try_scope`](Self::try_scope) returns
     /// the error instead. Panics of `f` propagate after the value is restored.
+    ///
+    /// # Cost
+    ///
+    /// A [`set`](Self::set) before `f` and a [`reset`](Self::reset) after it. Both are in
+    /// place when the frame holds its snapshot alone and the variable is bound already or
+    /// the small form has room: one allocation (the value) and one atomic
+    /// read-modify-write (its release).
     #[track_caller]
     pub fn scope<R>(&self, value: T, f: impl FnOnce() -> R) -> R {
         let _guard = self.scoped_set(value);
@@ -507,6 +586,13 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// assert!(!REQUEST_ID.is_set());
     /// # });
     /// ```
+    ///
+    /// # Cost
+    ///
+    /// At the call, the value's allocation and a path copy of the current snapshot (one
+    /// more allocation up to 4 variables; O(log₃₂ n) nodes, two allocations per trie
+    /// level, beyond), with a reference-count increment per slot copied; the caller's
+    /// context is not changed. Each poll costs what a [`WithContext`] poll costs.
     pub fn scope_future<F: std::future::Future>(&self, value: T, future: F) -> WithContext<F> {
         let entry = self.make_entry(value);
         WithContext::in_vars(future, engine::vars().insert(self.raw_id(), entry))
@@ -514,6 +600,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// [`scope`](Self::scope), returning a [`SetError`] (without running `f`) if the set
     /// is refused.
+    ///
+    /// # Cost
+    ///
+    /// As [`scope`](Self::scope).
     pub fn try_scope<R>(&self, value: T, f: impl FnOnce() -> R) -> Result<R, SetError> {
         let _guard = self.try_scoped_set(value)?;
         Ok(f())

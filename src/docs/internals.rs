@@ -197,8 +197,9 @@
 //! holds the identity, the published snapshot in a `SnapshotCell` (arc-swap's
 //! `ArcSwapOption`; a mutex stand-in under loom), and an `EnteredCell<Vars>`: the
 //! entered flag together with the runner's own copy of the snapshot. Deferring `Shared`
-//! keeps `copy_context()` and `Context::copy` to a single reference-count increment; the
-//! first `run` (or a handle to a running frame) makes it.
+//! keeps `copy_context()`, and `Context::copy` of a context never run, to a single
+//! reference-count increment; the first `run` (or a handle to a running frame) makes it,
+//! and from then on a copy also loads from its cell.
 //!
 //! While a frame runs a context object, each `set`/`reset` publishes the new snapshot into
 //! the object's cell so other threads (and the caller, after `run`) see it. Publication is

@@ -6,6 +6,12 @@
 //!   poll or job. That first set path-copies, because the poll or job was lent its
 //!   snapshot; the sets after it are in place.
 //!
+//! A copy taken from a private frame (`copy_context`, a spawn's, task's or job's capture)
+//! shares its snapshot, so the frame's next set path-copies (and its result is private
+//! again). In place also needs no `ContextVar::with` borrow of the snapshot active, and a
+//! change the node's form allows: a replaced value, or a new key while the small form has
+//! room (at most 4 variables, ids distinct in their low 6 bits).
+//!
 //! A frame that runs a context object is never private, since the `Context` being run
 //! holds the object (`Context::run`, `in_context`, `spawn_in`). "Observed" means a
 //! context object that some other handle can read while it runs: each change is published
@@ -15,20 +21,21 @@
 //! |---|---|---|---|
 //! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 4 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
 //! | `get` of a never-set variable | one relaxed load of the variable's id (0: nothing to look up) | 0 | 0 |
-//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form; a replaced value in the trie; a new key in the trie path-copies, as below) | 1 (the value; 3 for a new key in the trie: the root node, its slot array and the value) | 0 |
+//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form, while it has room; a replaced value in the trie; a new key in the trie, or one the small form has no room for, path-copies, as below) | 1 (the value; a new key in the trie: 3 if it lands in the root branch, the root node, its slot array and the value, plus 2 per deeper branch copied) | 0 |
 //! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 4 variables), the value's allocation, publication if the context object is observed | 2 up to 4 variables (node + value); a copied trie branch costs 2 (the node and its slot array) | one per entry of each copied node (reference counts), plus the publication's |
-//! | the isolation check of a `set` (`crate::pool`) | in a future's own frame (a wrapped future, a hooked task, a request behind the layer): none; in a frame entered by synchronous code (`run`, a thread's, a job's): tokio's task id (a thread-local read), compared with the one recorded when the frame was entered; in the thread's own context also rayon-core's worker index and the declared-pool flag; 2% of a set + reset | 0 | 0 |
-//! | `reset` | in place if the snapshot is the frame's alone; else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall) | 1 (the replaced value's release) |
-//! | `copy_context`, `Context::copy` | shares the snapshot | 0 | 1 |
+//! | the isolation check of a `set` (`crate::pool`) | in a future's own frame (a wrapped future, a hooked task, a request behind the layer): none; in a frame entered by synchronous code (`run`, a thread's, a job's): tokio's task id (a thread-local read), compared with the one recorded when the frame was entered; in the thread's own context also rayon-core's worker index and the declared-pool flag | 0 | 0 |
+//! | `reset` | in place if the snapshot is the frame's alone (in the trie, only if the variable had a value before the set); else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall); a path copy's as for a set | 1 (the replaced value's release); reinstalled or path-copied, also the replaced snapshot's release (one per slot if that frees it) |
+//! | `copy_context`; `Context::copy` / `snapshot` of a context never run | shares the snapshot | 0 | 1 |
+//! | `Context::copy` / `snapshot` of a context that has run (or a `Context::current` handle) | loads the published snapshot from its `arc_swap` cell | 0 | 1, plus arc-swap's debt-slot bookkeeping |
 //! | `Context::run` | the entered flag's CAS, tokio's task id (a thread-local read, recorded for the isolation check), a light frame over the runner's own copy of the snapshot (no reference count, no arc-swap load), the flag's release store | 0 (1 the first time a `Context` is run: its shared object) | 1 (the CAS) |
-//! | a future's poll, a rayon job (`contextvars::rayon`) | a light frame: two TLS cell swaps on entry and exit (a job also reads tokio's task id); the first write materializes a copy | 0 | 0 (a job: 1 if it writes) |
+//! | a future's poll, a rayon job (`contextvars::rayon`) | a light frame: two TLS cell swaps on entry and exit (a job also reads tokio's task id); the first write materializes a copy | 0 | 0 (if it writes, one per snapshot and context object the copy holds: 1 for a job, 1 to 3 for a poll) |
 //! | a task's starting bindings (a wrapped future's, a scope's future's or hooked task's frame, for the tower layer's restore) | nothing at creation; one check on each set or reset; at the frame's first change, a counted clone of its starting snapshot, held until the frame ends or is restored | 0 | 1 at the first change |
-//! | a wrapped future's or request's end | its inner future (or body) dropped inside its frame; its frame released in a fresh empty frame only if it is the last owner of its snapshot (a reference-count load decides), so a destructor that sets reaches no one | 0 | 1 (the snapshot's release) |
+//! | a wrapped future's or request's end | its inner future (or body) dropped inside its frame; its frame released in a fresh empty frame only if it is the last owner of its snapshot, runs a context object or kept its starting bindings (a reference-count load decides), so a destructor that sets reaches no one | 0 | 1 (the snapshot's release) |
 //! | an `in_copied_context()` item | runs in the frame of its batch (one light frame per call rayon makes into the adapter); an item that wrote (a set, a handle) ends that frame, and the next item enters a fresh one | 0 | 0 (1 if it writes) |
 //! | `contextvars::rayon::join` | lends the current snapshot to both halves (no count inside a light frame; one count otherwise); on a rayon worker, the wait runs in an empty read-only light frame (two TLS cell swaps each way) | 0 | 0 or 2 |
 //! | the `tracing` span at a hand-off (`contextvars-tracing`'s carrier) | at each capture (a spawn, a wrapped future, a `join`, a parallel iterator, a request), the dispatcher's current-span lookup; if a span is current, its handle is cloned, and each run, poll or job enters and exits it | 0 | 1–2 per capture with a span current (the subscriber's reference count, and the `Dispatch`'s under a scoped dispatcher), their releases when the child ends, plus what the subscriber's `enter`/`exit` do |
 //! | an event through `contextvars_tracing::ContextFields` | a per-thread cache lookup of the combined callsite, one read per variable, a copy of the event's values into a reused per-thread buffer | 0 once warm | 0 |
-//! | `Snapshot` iteration | walks the snapshot | 0 | 0 (`iter`) / per entry (the owning iterator's clones) |
+//! | `Snapshot` iteration | walks the snapshot | 0 (`iter`) / 1, a `Vec` (the owning iterator) | 0 (`iter`) / per entry (the owning iterator's clones) |
 //!
 //! ## Memory
 //!
@@ -52,6 +59,6 @@
 //!
 //! Measured figures, side by side with `thread_local!`, tokio's `task_local!`,
 //! opentelemetry's `Context` and the other peers in the same run, are in `BENCHMARKS.md`
-//! (with the commit and machine they were taken on); they come from `cargo bench` (`benches/ops.rs`,
-//! `benches/peers.rs`, `benches/propagation.rs`, `benches/memory.rs`, `benches/observe.rs`,
-//! `benches/cells.rs`, `benches/map.rs`).
+//! (with the commit and machine they were taken on); they come from `cargo bench`
+//! (`benches/ops.rs`, `benches/peers.rs`, `benches/propagation.rs`, `benches/memory.rs`,
+//! `benches/observe.rs`, `benches/cells.rs`, `benches/map.rs`).

@@ -9,7 +9,7 @@ use std::ptr;
 use super::frame::{Frame, swap_frame};
 use super::light::{enter_light, materialize};
 use super::object::Shared;
-use super::thread::{Status, with_hot};
+use super::thread::{Status, with_hot, with_state};
 use super::{Vars, announce};
 use crate::map::Map;
 use crate::pool::{self, Entered};
@@ -42,6 +42,12 @@ pub(crate) fn isolated(f: impl FnOnce()) {
         }
         let leftover = std::mem::replace(&mut frame, Frame::private(Vars::default()));
         run_in(&mut frame, move || drop(leftover));
+    }
+    if frame.ctx.is_some() || !frame.vars.is_empty() {
+        // Still setting after every round: let it go (leaked, never dropped). Dropping it
+        // here would run those destructors in the caller's frame, where their sets would
+        // land.
+        std::mem::forget(frame);
     }
 }
 
@@ -249,10 +255,10 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
 /// the task's context (a wrong value, never a dangling one).
 pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
     let mut frame = Some(frame);
-    let entered = with_hot(|hot| {
-        if hot.status.get() == Status::TornDown {
-            return false;
-        }
+    // `with_state`: the thread's teardown guard is registered (a thread whose first call
+    // of the crate is this one still releases what it leaves entered), and a thread being
+    // torn down refuses.
+    let entered = with_state(|hot| {
         materialize(hot);
         let mut displaced = frame.take().expect("taken once");
         swap_frame(hot, &mut displaced);
@@ -268,8 +274,8 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
             displaced,
         ));
         hot.detached.set(stack);
-        true
-    });
+    })
+    .is_ok();
     if !entered {
         return Err(frame.take().expect("not entered"));
     }

@@ -25,6 +25,7 @@ mod isolation;
 mod log_buffer;
 mod otel;
 mod panic_safety;
+mod plumbing;
 #[cfg(feature = "rayon")]
 mod rayon;
 #[cfg(all(feature = "rayon", feature = "tokio"))]
