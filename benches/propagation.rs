@@ -97,7 +97,7 @@ fn rayon_join(c: &mut Criterion) {
         group.bench_function("ours", |b| {
             b.iter_custom(|iters| {
                 ctx.copy().run(|| {
-                    contextvars::rayon::ThreadPoolExt::install_with_context(&pool, || {
+                    contextvars::rayon::ThreadPoolExt::install_in_copied_context(&pool, || {
                         assert_eq!(VALUE.get(), 1, "the worker runs in the caller's context");
                         let start = Instant::now();
                         for _ in 0..iters {
@@ -147,7 +147,7 @@ fn par_iter(c: &mut Criterion) {
         b.iter(|| {
             let sum = ctx.copy().run(|| {
                 // On the same pool as the thread-local version, in the caller's context.
-                contextvars::rayon::ThreadPoolExt::install_with_context(&pool, || {
+                contextvars::rayon::ThreadPoolExt::install_in_copied_context(&pool, || {
                     (0..black_box(ITEMS))
                         .into_par_iter()
                         .map(|_| ours_get())

@@ -51,7 +51,7 @@ fn main() {
     let _batch = BATCH.set("nightly");
 
     // join: both halves, on any worker, see the caller's batch.
-    let total = pool.install_with_context(|| sum(&values, &mismatches));
+    let total = pool.install_in_copied_context(|| sum(&values, &mismatches));
     assert_eq!(total, 500_000_500_000);
     println!("join: sum = {total}");
 

@@ -32,7 +32,7 @@ fn main() -> std::io::Result<()> {
     // A named thread from a Builder, also in a copy.
     let named = std::thread::Builder::new()
         .name("reporter".into())
-        .spawn_with_context(|| {
+        .spawn_in_copied_context(|| {
             let name = std::thread::current().name().unwrap_or("?").to_owned();
             format!("{name} works for {}", USER.get())
         })?;
@@ -61,7 +61,7 @@ fn main() -> std::io::Result<()> {
     std::thread::scope(|s| {
         let handles: Vec<_> = words
             .iter()
-            .map(|word| s.spawn_with_context(move || format!("{word}:{}", USER.get())))
+            .map(|word| s.spawn_in_copied_context(move || format!("{word}:{}", USER.get())))
             .collect();
         let joined: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         println!("scope: {joined:?}");

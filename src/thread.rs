@@ -3,7 +3,7 @@
 //! A thread made with [`std::thread::spawn`] starts with an empty context, as in Python.
 //! The functions here carry the context over, in the two ways Python offers:
 //!
-//! * [`spawn`], [`BuilderExt::spawn_with_context`] and [`ScopeExt::spawn_with_context`]
+//! * [`spawn`], [`BuilderExt::spawn_in_copied_context`] and [`ScopeExt::spawn_in_copied_context`]
 //!   run the child in a **copy** of the spawner's context, taken at the call (Python
 //!   3.14's `thread_inherit_context`). The child sees the spawner's values; its `set`s
 //!   stay in the child.
@@ -60,7 +60,7 @@ fn copied() -> Frame {
 /// # Panics
 ///
 /// If the operating system cannot create a thread, as [`std::thread::spawn`] does;
-/// [`BuilderExt::spawn_with_context`] returns the error instead.
+/// [`BuilderExt::spawn_in_copied_context`] returns the error instead.
 ///
 /// # Cost
 ///
@@ -206,13 +206,13 @@ impl From<SpawnError> for io::Error {
 /// let _token = TENANT.set("acme");
 /// let handle = std::thread::Builder::new()
 ///     .name("worker".into())
-///     .spawn_with_context(|| TENANT.get())
+///     .spawn_in_copied_context(|| TENANT.get())
 ///     .unwrap();
 /// assert_eq!(handle.join().unwrap(), "acme");
 /// ```
 pub trait BuilderExt: Sized {
     /// [`Builder::spawn`], running `f` in a copy of the current context.
-    fn spawn_with_context<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
+    fn spawn_in_copied_context<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static;
@@ -224,7 +224,7 @@ pub trait BuilderExt: Sized {
         T: Send + 'static;
 
     /// [`Builder::spawn_scoped`], running `f` in a copy of the current context.
-    fn spawn_scoped_with_context<'scope, 'env, F, T>(
+    fn spawn_scoped_in_copied_context<'scope, 'env, F, T>(
         self,
         scope: &'scope Scope<'scope, 'env>,
         f: F,
@@ -235,7 +235,7 @@ pub trait BuilderExt: Sized {
 }
 
 impl BuilderExt for Builder {
-    fn spawn_with_context<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
+    fn spawn_in_copied_context<F, T>(self, f: F) -> io::Result<JoinHandle<T>>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -254,7 +254,7 @@ impl BuilderExt for Builder {
         self.spawn(carry::job(frame, f)).map_err(SpawnError::Io)
     }
 
-    fn spawn_scoped_with_context<'scope, 'env, F, T>(
+    fn spawn_scoped_in_copied_context<'scope, 'env, F, T>(
         self,
         scope: &'scope Scope<'scope, 'env>,
         f: F,
@@ -277,7 +277,7 @@ impl BuilderExt for Builder {
 /// let _token = STEP.set(1);
 /// let ctx = Context::new();
 /// std::thread::scope(|s| {
-///     let copy = s.spawn_with_context(|| STEP.get());
+///     let copy = s.spawn_in_copied_context(|| STEP.get());
 ///     s.spawn_in_context(&ctx, || drop(STEP.set(2)));
 ///     assert_eq!(copy.join().unwrap(), 1);
 /// });
@@ -285,7 +285,7 @@ impl BuilderExt for Builder {
 /// ```
 pub trait ScopeExt<'scope> {
     /// [`Scope::spawn`], running `f` in a copy of the current context.
-    fn spawn_with_context<F, T>(&'scope self, f: F) -> ScopedJoinHandle<'scope, T>
+    fn spawn_in_copied_context<F, T>(&'scope self, f: F) -> ScopedJoinHandle<'scope, T>
     where
         F: FnOnce() -> T + Send + 'scope,
         T: Send + 'scope;
@@ -314,7 +314,7 @@ pub trait ScopeExt<'scope> {
 }
 
 impl<'scope> ScopeExt<'scope> for Scope<'scope, '_> {
-    fn spawn_with_context<F, T>(&'scope self, f: F) -> ScopedJoinHandle<'scope, T>
+    fn spawn_in_copied_context<F, T>(&'scope self, f: F) -> ScopedJoinHandle<'scope, T>
     where
         F: FnOnce() -> T + Send + 'scope,
         T: Send + 'scope,

@@ -105,7 +105,7 @@ where
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let mut set = tokio::task::JoinSet::new();
 /// for shard in 0..4 {
-///     SHARD.scope(shard, || set.spawn_with_context(async { SHARD.get() }));
+///     SHARD.scope(shard, || set.spawn_in_copied_context(async { SHARD.get() }));
 /// }
 /// let mut seen: Vec<u8> = set.join_all().await;
 /// seen.sort();
@@ -114,26 +114,26 @@ where
 /// ```
 pub trait JoinSetExt<T> {
     /// [`JoinSet::spawn`], running the task in a copy of the current context.
-    fn spawn_with_context<F>(&mut self, future: F) -> AbortHandle
+    fn spawn_in_copied_context<F>(&mut self, future: F) -> AbortHandle
     where
         F: Future<Output = T> + Send + 'static,
         T: Send;
 
     /// [`JoinSet::spawn_blocking`], running `f` in a copy of the current context.
-    fn spawn_blocking_with_context<F>(&mut self, f: F) -> AbortHandle
+    fn spawn_blocking_in_copied_context<F>(&mut self, f: F) -> AbortHandle
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send;
 
     /// [`JoinSet::spawn_local`], running the task in a copy of the current context.
-    fn spawn_local_with_context<F>(&mut self, future: F) -> AbortHandle
+    fn spawn_local_in_copied_context<F>(&mut self, future: F) -> AbortHandle
     where
         F: Future<Output = T> + 'static;
 }
 
 impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
     #[track_caller]
-    fn spawn_with_context<F>(&mut self, future: F) -> AbortHandle
+    fn spawn_in_copied_context<F>(&mut self, future: F) -> AbortHandle
     where
         F: Future<Output = T> + Send + 'static,
         T: Send,
@@ -142,7 +142,7 @@ impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
     }
 
     #[track_caller]
-    fn spawn_blocking_with_context<F>(&mut self, f: F) -> AbortHandle
+    fn spawn_blocking_in_copied_context<F>(&mut self, f: F) -> AbortHandle
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send,
@@ -151,7 +151,7 @@ impl<T: 'static> JoinSetExt<T> for JoinSet<T> {
     }
 
     #[track_caller]
-    fn spawn_local_with_context<F>(&mut self, future: F) -> AbortHandle
+    fn spawn_local_in_copied_context<F>(&mut self, future: F) -> AbortHandle
     where
         F: Future<Output = T> + 'static,
     {

@@ -1456,7 +1456,7 @@ struct Stolen {
 /// while the waiting job is inside a *plain* `rayon::join` it called itself runs in the
 /// waiting job's context, reads its value, and its set lands there.
 ///
-/// Deterministic, on a 2-thread pool: a job spawned with `spawn_with_context` from a
+/// Deterministic, on a 2-thread pool: a job spawned with `spawn_in_copied_context` from a
 /// context holding `waiting<round>` calls `contextvars::rayon::join(a, b)`. `b` is
 /// stolen by the other worker and blocks until the plain job has run; `a` returns only
 /// once the plain job is spawned, by this thread (holding `creator<round>`) with
@@ -1526,7 +1526,7 @@ fn stolen_plain_rayon_job() {
             Context::new()
                 .with_value(&TENANT, format!("waiting{round}"))
                 .run(|| {
-                    pool.spawn_with_context(move || {
+                    pool.spawn_in_copied_context(move || {
                         let a = move || {
                             let in_time = wait_for_spawn.recv_timeout(PATIENCE).is_ok();
                             (rayon::current_thread_index(), in_time)

@@ -189,13 +189,13 @@ fn thread_spawns_carry_the_span() {
             .join()
             .unwrap();
         std::thread::Builder::new()
-            .spawn_with_context(|| log("Builder::spawn_with_context"))
+            .spawn_in_copied_context(|| log("Builder::spawn_in_copied_context"))
             .unwrap()
             .join()
             .unwrap();
         std::thread::scope(|scope| {
             let handle: ScopedJoinHandle<'_, ()> =
-                scope.spawn_with_context(|| log("Scope::spawn_with_context"));
+                scope.spawn_in_copied_context(|| log("Scope::spawn_in_copied_context"));
             handle.join().unwrap();
         });
         // The control: a plain spawn carries neither.
@@ -206,8 +206,8 @@ fn thread_spawns_carry_the_span() {
     for test in [
         "thread::spawn",
         "thread::spawn_in",
-        "Builder::spawn_with_context",
-        "Scope::spawn_with_context",
+        "Builder::spawn_in_copied_context",
+        "Scope::spawn_in_copied_context",
     ] {
         assert_in_request(test, 1);
     }
@@ -229,8 +229,8 @@ fn futures_and_tokio_helpers_carry_the_span_on_every_poll() {
             log(test);
         };
         let mut set = tokio::task::JoinSet::new();
-        set.spawn_with_context(twice("JoinSet::spawn_with_context"));
-        set.spawn_blocking_with_context(|| log("JoinSet::spawn_blocking_with_context"));
+        set.spawn_in_copied_context(twice("JoinSet::spawn_in_copied_context"));
+        set.spawn_blocking_in_copied_context(|| log("JoinSet::spawn_blocking_in_copied_context"));
         vec![
             contextvars::tokio::spawn(twice("tokio::spawn")),
             contextvars::tokio::spawn_blocking(|| log("tokio::spawn_blocking")),
@@ -257,13 +257,13 @@ fn futures_and_tokio_helpers_carry_the_span_on_every_poll() {
         }
     });
     for test in [
-        "JoinSet::spawn_with_context",
+        "JoinSet::spawn_in_copied_context",
         "tokio::spawn",
         "in_copied_context",
     ] {
         assert_in_request(test, 2);
     }
-    assert_in_request("JoinSet::spawn_blocking_with_context", 1);
+    assert_in_request("JoinSet::spawn_blocking_in_copied_context", 1);
     assert_in_request("tokio::spawn_blocking", 1);
     assert_eq!(seen("plain tokio::spawn"), vec![outside(); 2]);
     assert_eq!(seen("tokio worker after"), vec![outside(); 8]);
@@ -277,8 +277,8 @@ fn rayon_jobs_carry_the_span() {
         .unwrap();
     let (done, finished) = std::sync::mpsc::channel();
     in_span(|| {
-        pool.install_with_context(|| {
-            log("install_with_context");
+        pool.install_in_copied_context(|| {
+            log("install_in_copied_context");
             contextvars::rayon::join(|| log("join"), || log("join"));
             contextvars::rayon::join_context(|_| log("join_context"), |_| log("join_context"));
             contextvars::rayon::scope(|s| {
@@ -312,8 +312,8 @@ fn rayon_jobs_carry_the_span() {
             });
         });
         let spawned = done.clone();
-        pool.spawn_with_context(move || {
-            log("ThreadPool::spawn_with_context");
+        pool.spawn_in_copied_context(move || {
+            log("ThreadPool::spawn_in_copied_context");
             spawned.send(()).unwrap();
         });
     });
@@ -323,7 +323,7 @@ fn rayon_jobs_carry_the_span() {
     // After the jobs, the workers are in no span.
     pool.broadcast(|_| log("rayon worker after"));
     for (test, count) in [
-        ("install_with_context", 1),
+        ("install_in_copied_context", 1),
         ("join", 2),
         ("join_context", 2),
         ("scope", 1),
@@ -333,7 +333,7 @@ fn rayon_jobs_carry_the_span() {
         ("par_iter map", 64),
         ("rayon::spawn", 1),
         ("rayon::spawn_fifo", 1),
-        ("ThreadPool::spawn_with_context", 1),
+        ("ThreadPool::spawn_in_copied_context", 1),
     ] {
         assert_in_request(test, count);
     }

@@ -329,7 +329,7 @@ pub(crate) fn vars() -> Vars {
 /// `f` returns (a rayon `join` or `scope`).
 ///
 /// Inside a light frame (a rayon job, a task's poll, `Context::run`, an
-/// `install_with_context`) the frame's own snapshot is lent, so `join`s there take no
+/// `install_in_copied_context`) the frame's own snapshot is lent, so `join`s there take no
 /// reference count at all; elsewhere `f` gets a counted clone. A lent snapshot outlives
 /// `f`: it is kept alive by the code that started the enclosing light frame, which
 /// cannot return before `f` does, and a write in the frame (even by an unrelated job that

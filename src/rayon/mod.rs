@@ -10,7 +10,7 @@
 //!   (CPython's rule for concurrent work, as for asyncio tasks), and
 //! * a stolen job made here never sees the state of the job it interrupted, nor the
 //!   reverse. While a call of this module waits (a [`join`]'s other half, the end of a
-//!   [`scope`], an [`install_with_context`](ThreadPoolExt::install_with_context) from
+//!   [`scope`], an [`install_in_copied_context`](ThreadPoolExt::install_in_copied_context) from
 //!   another pool's worker, a parallel iterator's splits), the worker runs in an empty,
 //!   read-only context: a *plain* rayon job it steals meanwhile sees no values, and its
 //!   `set` is refused ([`SetError::pool_name`](crate::SetError::pool_name) `"rayon"`), as
@@ -44,7 +44,7 @@
 //! # Cost
 //!
 //! * Structured forms ([`join`], [`join_context`], [`scope`], [`in_place_scope`],
-//!   [`ThreadPoolExt::install_with_context`], and indexed parallel iterators) finish
+//!   [`ThreadPoolExt::install_in_copied_context`], and indexed parallel iterators) finish
 //!   before the caller continues, so their jobs *borrow* the caller's snapshot. A call
 //!   from outside a job takes one reference-count increment on the calling thread; a
 //!   call from inside a job (a nested `join`, the usual divide-and-conquer shape) passes
@@ -205,28 +205,28 @@ where
 ///
 /// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
 /// let _token = USER.set("ada");
-/// assert_eq!(pool.install_with_context(|| USER.get()), "ada");
+/// assert_eq!(pool.install_in_copied_context(|| USER.get()), "ada");
 /// ```
 pub trait ThreadPoolExt {
     /// [`ThreadPool::install`], running `op` in a copy of the current context.
-    fn install_with_context<OP, R>(&self, op: OP) -> R
+    fn install_in_copied_context<OP, R>(&self, op: OP) -> R
     where
         OP: FnOnce() -> R + Send,
         R: Send;
 
     /// [`ThreadPool::spawn`], running `op` in a copy of the current context.
-    fn spawn_with_context<OP>(&self, op: OP)
+    fn spawn_in_copied_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static;
 
     /// [`ThreadPool::spawn_fifo`], running `op` in a copy of the current context.
-    fn spawn_fifo_with_context<OP>(&self, op: OP)
+    fn spawn_fifo_in_copied_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static;
 }
 
 impl ThreadPoolExt for ThreadPool {
-    fn install_with_context<OP, R>(&self, op: OP) -> R
+    fn install_in_copied_context<OP, R>(&self, op: OP) -> R
     where
         OP: FnOnce() -> R + Send,
         R: Send,
@@ -234,14 +234,14 @@ impl ThreadPoolExt for ThreadPool {
         with_captured(move |capture| waiting(|| self.install(move || capture.run(op))))
     }
 
-    fn spawn_with_context<OP>(&self, op: OP)
+    fn spawn_in_copied_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static,
     {
         self.spawn(carry::job(Frame::private(engine::vars()), op));
     }
 
-    fn spawn_fifo_with_context<OP>(&self, op: OP)
+    fn spawn_fifo_in_copied_context<OP>(&self, op: OP)
     where
         OP: FnOnce() + Send + 'static,
     {

@@ -179,7 +179,7 @@ fn panic_in_job_restores_worker_state() {
     });
     // Panics inside a parallel iterator, on every path.
     let _ = expect_panic(|| {
-        pool.install_with_context(|| {
+        pool.install_in_copied_context(|| {
             (0..1000u64)
                 .into_par_iter()
                 .in_copied_context()
@@ -348,9 +348,11 @@ fn static_spawns_take_an_owned_copy() {
         }
         {
             let send = send.clone();
-            pool.spawn_with_context(move || send.send(("pool.spawn", JOB.get())).unwrap());
+            pool.spawn_in_copied_context(move || send.send(("pool.spawn", JOB.get())).unwrap());
         }
-        pool.spawn_fifo_with_context(move || send.send(("pool.spawn_fifo", JOB.get())).unwrap());
+        pool.spawn_fifo_in_copied_context(move || {
+            send.send(("pool.spawn_fifo", JOB.get())).unwrap()
+        });
         // The caller's later changes do not reach jobs that were already spawned.
         JOB.reset(token).unwrap();
         let mut seen: Vec<_> = receive.iter().take(4).collect();
@@ -369,11 +371,11 @@ fn static_spawns_take_an_owned_copy() {
 }
 
 #[test]
-fn install_with_context_runs_a_copy() {
+fn install_in_copied_context_runs_a_copy() {
     let pool = pool(2);
     isolated(|| {
         let _job = JOB.set(3);
-        let inside = pool.install_with_context(|| {
+        let inside = pool.install_in_copied_context(|| {
             let seen = JOB.get();
             drop(JOB.set(4));
             seen
@@ -431,7 +433,7 @@ fn panic_with_nested_in_copied_context_restores_everything() {
     // Scenario A: plain nesting, on workers.
     for _ in 0..iterations(20) {
         let message = expect_panic(|| {
-            pool.install_with_context(|| nested_pipeline_failing_at(&items, |n| n % 97 == 3))
+            pool.install_in_copied_context(|| nested_pipeline_failing_at(&items, |n| n % 97 == 3))
         });
         assert!(message.contains("failed"), "{message}");
         assert!(workers_clean(&pool), "a worker kept a job's context");

@@ -63,7 +63,7 @@ fn builder_spawns() {
         let _token = REQUEST.set(11);
         let named = std::thread::Builder::new()
             .name("ctx-worker".into())
-            .spawn_with_context(|| {
+            .spawn_in_copied_context(|| {
                 (
                     std::thread::current().name().map(str::to_owned),
                     REQUEST.get(),
@@ -108,14 +108,14 @@ fn scoped_threads() {
         let counter = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
-                s.spawn_with_context(|| {
+                s.spawn_in_copied_context(|| {
                     assert_eq!(REQUEST.get(), 21);
                     drop(REQUEST.set(22));
                     counter.fetch_add(1, Ordering::Relaxed);
                 });
             }
             let handle = std::thread::Builder::new()
-                .spawn_scoped_with_context(s, || REQUEST.get())
+                .spawn_scoped_in_copied_context(s, || REQUEST.get())
                 .unwrap();
             assert_eq!(handle.join().unwrap(), 21);
         });
@@ -150,7 +150,7 @@ mod tokio_tasks {
             for id in 0..tasks {
                 let checks = checks.clone();
                 REQUEST.scope(id, || {
-                    set.spawn_with_context(async move {
+                    set.spawn_in_copied_context(async move {
                         for round in 0..yields {
                             tokio::task::yield_now().await;
                             assert_eq!(REQUEST.get(), id, "task {id} round {round}");
@@ -187,7 +187,7 @@ mod tokio_tasks {
             let rt = runtime();
             let seen = rt.block_on(async {
                 let mut set = tokio::task::JoinSet::new();
-                set.spawn_blocking_with_context(|| TENANT.get());
+                set.spawn_blocking_in_copied_context(|| TENANT.get());
                 let direct = contextvars::tokio::spawn_blocking(|| TENANT.get())
                     .await
                     .unwrap();
@@ -210,7 +210,7 @@ mod tokio_tasks {
             let local = tokio::task::LocalSet::new();
             let seen = local.block_on(&rt, async {
                 let mut set = tokio::task::JoinSet::new();
-                set.spawn_local_with_context(async { TENANT.get() });
+                set.spawn_local_in_copied_context(async { TENANT.get() });
                 let direct = contextvars::tokio::spawn_local(async { TENANT.get() })
                     .await
                     .unwrap();
