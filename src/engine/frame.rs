@@ -126,6 +126,18 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Gives up this frame's reference to its snapshot, after [`release_isolated`]
+    /// (`crate::engine::release_isolated`) left the frame as it was: the snapshot is
+    /// shared, so the decrement runs no destructor. The frame is left empty.
+    #[inline]
+    pub(crate) fn let_go_of_shared(&mut self) {
+        if !self.vars.is_empty() {
+            drop(std::mem::take(&mut self.vars));
+        }
+    }
+}
+
 impl Drop for Frame {
     /// Releases what a frame that stopped running holds: publishes an unpublished change
     /// to its context object and leaves that object, handing it the final snapshot as the
