@@ -14,7 +14,7 @@
 //! services with 1,000 requests, 64 at a time).
 //!
 //! ```text
-//! cargo run --example across_processes --features opentelemetry,tokio,rayon
+//! cargo run --example across_processes --features tokio,rayon
 //! ```
 
 use std::collections::HashMap;

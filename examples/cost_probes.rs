@@ -5,7 +5,7 @@
 //! two commits and prints the counts side by side.
 //!
 //! ```text
-//! cargo run --release --example cost_probes --features tokio,tower
+//! cargo run --release --example cost_probes --features tokio
 //! ```
 
 use std::future::Future;

@@ -74,7 +74,7 @@ use crate::sync::OnceLock;
 /// let seen = contextvars::thread::spawn(|| SPAN.get()).join().unwrap();
 /// assert_eq!(seen, 7);
 /// ```
-pub trait Carrier: Send + Sync + 'static {
+pub trait Carrier: std::any::Any + Send + Sync {
     /// The state to carry with a context captured now, or `None` if there is nothing to
     /// carry (then nothing is allocated and the child pays one branch). Called on the
     /// capturing thread, outside any frame switch; it must not panic.
@@ -90,7 +90,7 @@ pub trait Carried: Send + Sync + 'static {
     fn enter(&self, run: &mut dyn FnMut());
 }
 
-/// The carrier is already set to another one ([`set_carrier`]).
+/// A carrier of another type is registered already ([`set_carrier`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CarrierTaken;
 
@@ -98,7 +98,7 @@ impl fmt::Display for CarrierTaken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(
             "another carrier is registered: a process has one `contextvars::plumbing::Carrier` \
-             (registering the same one again is fine)",
+             (registering one of the same type again is fine)",
         )
     }
 }
@@ -109,11 +109,13 @@ impl std::error::Error for CarrierTaken {}
 static CARRIER: OnceLock<&'static dyn Carrier> = OnceLock::new();
 
 /// Registers `carrier` for the rest of the process: every context captured from now on
-/// carries its state (see [`Carrier`]). Registering the same carrier (the same `static`)
-/// again is `Ok`; another one is refused with [`CarrierTaken`].
+/// carries its state (see [`Carrier`]). Registering a carrier of the same type again is
+/// `Ok` (and changes nothing); one of another type is refused with [`CarrierTaken`].
 pub fn set_carrier(carrier: &'static dyn Carrier) -> Result<(), CarrierTaken> {
-    let set = CARRIER.get_or_init(|| carrier);
-    if std::ptr::addr_eq(*set as *const dyn Carrier, carrier as *const dyn Carrier) {
+    let set: &dyn std::any::Any = *CARRIER.get_or_init(|| carrier);
+    // By type, not by address: distinct zero-sized statics may share one.
+    let offered: &dyn std::any::Any = carrier;
+    if set.type_id() == offered.type_id() {
         Ok(())
     } else {
         Err(CarrierTaken)

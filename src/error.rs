@@ -52,7 +52,7 @@ enum HandOffHint {
 impl LookupError {
     /// A miss in the current context, whose message says which hand-off may have been
     /// forgotten (see the type's docs). Called on the cold path only.
-    pub(crate) fn in_copied_context(name: &'static str) -> Self {
+    pub(crate) fn in_current_context(name: &'static str) -> Self {
         let hint = match engine::miss_site() {
             MissSite::Elsewhere => HandOffHint::None,
             MissSite::ReadOnly => HandOffHint::Pool(Pool::RayonWaiting),

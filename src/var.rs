@@ -396,7 +396,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),
-            None => Err(LookupError::in_copied_context(self.name)),
+            None => Err(LookupError::in_current_context(self.name)),
         }
     }
 

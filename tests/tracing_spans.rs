@@ -1,4 +1,4 @@
-//! The `tracing` span follows the work (feature `tracing`): every place the crate carries
+//! The `tracing` span follows the work: every place the crate carries
 //! a context also carries the span current at the capture, enters it around the child's
 //! run, poll or job, and leaves it before returning, also on unwind.
 //!

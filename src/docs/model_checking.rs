@@ -112,9 +112,9 @@
 //!   thread's name and id in `observe::threads()`.
 //! * **Integrations.** The core (variables, contexts, threads, futures, `observe`) is
 //!   what a model exercises. The `rayon` helpers start real rayon jobs, which cannot run
-//!   inside a model; the `tracing` integration and `tracing-subscriber` keep std
-//!   thread-locals, shared by every modelled thread. `tower` and `opentelemetry` build
-//!   under `--cfg loom`, but are not model material.
+//!   inside a model; `contextvars-tracing` and `tracing-subscriber` keep std
+//!   thread-locals, shared by every modelled thread. `contextvars-tower` and
+//!   `contextvars-opentelemetry` are built on the public API, and are not model material.
 //! * **Not available under `--cfg loom`**: the `tokio` feature's module, and the check
 //!   that refuses a set in a tokio task's own context. tokio itself does not build with
 //!   `--cfg loom`, so the crate does not depend on it there; a model has no tokio tasks.

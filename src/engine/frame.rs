@@ -8,8 +8,8 @@
 //! `Context::run` call).
 //!
 //! **Every frame switch is lexically scoped.** A frame is entered and left inside one
-//! call of this module ([`run_in`], [`run_owned`], [`run_borrowed`],
-//! [`run_borrowed_each`], [`run_entered`]), and left again when that call returns or
+//! call of this module ([`run_in`](super::run::run_in), [`run_owned`](super::run::run_owned), [`run_borrowed`](super::run::run_borrowed),
+//! [`run_borrowed_each`](super::run::run_borrowed_each), [`run_entered`](super::run::run_entered)), and left again when that call returns or
 //! unwinds, by a guard that lives on that call's stack and never leaves it. No value that
 //! user code can move, leak, `mem::forget` or drop out of order ever restores a frame:
 //! the folders, futures and tokens the crate hands out hold frames or snapshots as data,
@@ -18,9 +18,9 @@
 //! (below) is a caller of the code that reads it.
 //!
 //! **Light frames.** Work that usually only reads (a rayon job, a future's poll,
-//! `Context::run`) runs in a *light* frame ([`Light`]): only `HOT.root` and `HOT.light`
+//! `Context::run`) runs in a *light* frame ([`Light`](super::light::Light)): only `HOT.root` and `HOT.light`
 //! change on entry and exit. The first operation that needs the frame itself (a set, a
-//! reset, a context handle) *materializes* it ([`materialize`]).
+//! reset, a context handle) *materializes* it ([`materialize`](super::light::materialize)).
 //!
 //! **Why the raw root pointer is valid.** Outside light frames, `HOT.root` equals
 //! `HOT.vars.root_ptr()`: both are written together, before anything else can observe
@@ -29,6 +29,7 @@
 //! that frame's snapshot, owned by the caller of the `enter_light` call running it (a
 //! task's frame, the snapshot a rayon job borrows, the runner copy of a context object),
 //! which cannot return before `enter_light` does, and `enter_light` puts the previous
+//! pointer back before it returns, also when unwinding.
 
 use super::Vars;
 use super::object::Shared;
@@ -37,7 +38,7 @@ use crate::sync::Arc;
 
 /// A frame: the state a thread runs in, kept outside the thread-local while it is not
 /// running (owned by a task wrapper between polls, a spawned job, or the storage of a
-/// [`Light`] frame waiting for its first write).
+/// [`Light`](super::light::Light) frame waiting for its first write).
 pub(crate) struct Frame {
     pub(super) vars: Vars,
     pub(super) ctx: Option<Arc<Shared>>,
@@ -52,7 +53,7 @@ pub(crate) struct Frame {
     pub(super) origin_vars: Vars,
 }
 
-/// What a frame remembers of the bindings it started with, so that [`restore_origin`]
+/// What a frame remembers of the bindings it started with, so that [`restore_origin`](super::origin::restore_origin)
 /// can give them back (a server's connection task, between two requests).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Origin {
@@ -84,9 +85,9 @@ impl Frame {
 
     /// A private frame over `vars` (see [`Frame::private`]) that remembers them as the
     /// bindings it started with: a task's frame, which the tower layer gives back its
-    /// starting bindings when a request it served ends ([`restore_origin`]). Costs
+    /// starting bindings when a request it served ends ([`restore_origin`](super::origin::restore_origin)). Costs
     /// nothing more than a private frame: the frame gets its id when the layer first asks
-    /// for it ([`origin_frames`]), and its starting bindings are kept by its first change.
+    /// for it ([`origin_frames`](super::origin::origin_frames)), and its starting bindings are kept by its first change.
     #[inline]
     pub(crate) fn with_origin(vars: Vars) -> Self {
         Self::private(vars).remembering_origin()
@@ -127,7 +128,7 @@ impl Frame {
 }
 
 impl Frame {
-    /// Gives up this frame's reference to its snapshot, after [`release_isolated`]
+    /// Gives up this frame's reference to its snapshot, after [`release_isolated`](super::run::release_isolated)
     /// (`crate::engine::release_isolated`) left the frame as it was: the snapshot is
     /// shared, so the decrement runs no destructor. The frame is left empty.
     #[inline]

@@ -37,14 +37,14 @@ use crate::value::Entry;
 pub(super) struct Light {
     /// The frame's storage: the frame the light frame runs, written back (with what the
     /// work made of it) when a materialized light frame ends. Null for the borrowed
-    /// frames of [`run_borrowed`], whose private frame is simply released at the end;
+    /// frames of [`run_borrowed`](super::run::run_borrowed), whose private frame is simply released at the end;
     /// `borrowed` is then set.
     pub(super) frame: *mut Frame,
     /// If set, the frame's snapshot is this borrowed one, cloned into the storage only on
-    /// materialization ([`run_borrowed`], [`run_entered`]).
+    /// materialization ([`run_borrowed`](super::run::run_borrowed), [`run_entered`](super::run::run_entered)).
     pub(super) borrowed: *const Vars,
     /// If set, the frame runs this context object, entered by the caller of
-    /// [`run_entered`]; materialization makes the storage a frame of that object, which
+    /// [`run_entered`](super::run::run_entered); materialization makes the storage a frame of that object, which
     /// then leaves it when dropped.
     pub(super) object: *const Arc<Shared>,
     /// What leaving the frame has to do besides putting `HOT.root` and `HOT.light`
@@ -52,7 +52,7 @@ pub(super) struct Light {
     pub(super) exit_work: Cell<u8>,
     /// `HOT.light` when this frame was entered (the light frame it runs inside, if that
     /// one had not materialized), put back when it exits; also followed outward by
-    /// [`origin_frames`].
+    /// [`origin_frames`](super::origin::origin_frames).
     pub(super) outer: Cell<*const Light>,
     /// What ran when the frame was entered (`crate::pool::Entered`), what a set in it is
     /// checked against: read from here while the frame is light, and kept in
@@ -81,7 +81,7 @@ pub(super) struct Displaced {
 /// [`Light::exit_work`]: the frame materialized (see [`materialize`]).
 pub(super) const MATERIALIZED: u8 = 1;
 /// [`Light::exit_work`]: a request ended while the frame was current, and frames outside
-/// it wait to be restored (`HOT.pending_restore`, see [`restore_origins`]).
+/// it wait to be restored (`HOT.pending_restore`, see [`restore_origins`](super::origin::restore_origins)).
 pub(super) const RESTORE_OUTSIDE: u8 = 2;
 
 impl Light {
@@ -274,7 +274,7 @@ impl Exit<'_> {
 }
 
 impl Exit<'_> {
-    /// Ends the detached frames ([`enter_detached`]) entered inside this light frame that
+    /// Ends the detached frames ([`enter_detached`](super::run::enter_detached)) entered inside this light frame that
     /// were never left (a runtime whose after-poll hook was replaced, say), so that the
     /// light frame leaves from the frame it materialized into, which alone may hand back
     /// its context object's entered flag. Returns the frames it ended, to be released

@@ -65,9 +65,14 @@ pub(crate) use light::vars;
 pub(crate) use light::with_captured;
 pub(crate) use object::Shared;
 pub(crate) use origin::{origin_frames, restore_origins};
+#[allow(
+    unused_imports,
+    reason = "tokio's task hooks' (`contextvars::tokio::isolate_tasks`); not public API"
+)]
+pub(crate) use run::{enter_detached, leave_detached};
 pub(crate) use run::{
-    enter_detached, leave_detached, release_isolated, run_borrowed, run_borrowed_each, run_entered,
-    run_in, run_owned, run_read_only,
+    release_isolated, run_borrowed, run_borrowed_each, run_entered, run_in, run_owned,
+    run_read_only,
 };
 pub(crate) use thread::{TornDown, check_alive, next_context_id};
 

@@ -17,7 +17,7 @@ use crate::sync::Arc;
 
 /// Runs `f` in `frame`, then puts the thread's previous frame back and leaves `frame`
 /// holding what `f` made of it (a task's context between polls). `frame` runs as a
-/// light frame: see [`Light`]. For a future's poll (or drop) in its own frame, and for
+/// light frame: see [`Light`](super::light::Light). For a future's poll (or drop) in its own frame, and for
 /// releasing what a unit of work left ([`Entered::FOR_POLL`]: a set there is the unit's
 /// own, whichever task polls it); synchronous work runs with [`run_owned`].
 #[inline]
@@ -30,25 +30,28 @@ pub(crate) fn run_in<R>(frame: &mut Frame, f: impl FnOnce() -> R) -> R {
 /// request, a task) held once the unit is over, so that a value's destructor that reads
 /// sees no other unit's values and one that sets changes nothing any other code sees.
 /// What such destructors set is released the same way, a few rounds deep (a destructor
-/// that sets a value whose destructor sets again, forever, is let go after that).
+/// that sets a value whose destructor sets again, forever, is let go after that: leaked,
+/// never dropped, so a context object such a destructor entered stays entered).
+///
+/// A destructor that panics ends the rounds the same way: what the rounds before it set
+/// is let go, never dropped in the caller's frame.
 pub(crate) fn isolated(f: impl FnOnce()) {
     /// Rounds of destructors that set, released in frames of their own.
     const ROUNDS: usize = 4;
-    let mut frame = Frame::private(Vars::default());
+    // Never dropped here, not even while unwinding: dropping what destructors set in it
+    // would run their destructors in the caller's frame, where their sets would land. An
+    // empty frame (the way out of the loop) holds nothing, so not dropping it frees
+    // nothing.
+    let mut frame = ManuallyDrop::new(Frame::private(Vars::default()));
     run_in(&mut frame, f);
     for _ in 0..ROUNDS {
         if frame.ctx.is_none() && frame.vars.is_empty() {
             return;
         }
-        let leftover = std::mem::replace(&mut frame, Frame::private(Vars::default()));
+        let leftover = std::mem::replace(&mut *frame, Frame::private(Vars::default()));
         run_in(&mut frame, move || drop(leftover));
     }
-    if frame.ctx.is_some() || !frame.vars.is_empty() {
-        // Still setting after every round: let it go (leaked, never dropped). Dropping it
-        // here would run those destructors in the caller's frame, where their sets would
-        // land.
-        std::mem::forget(frame);
-    }
+    // Still setting after every round: let go (leaked).
 }
 
 /// Drops `value` in a fresh, empty private frame ([`isolated`]). `value` must not own the
@@ -253,6 +256,10 @@ pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
 /// ends them first, so that it leaves from its own frame, the one that holds its context
 /// object's entered flag. A missing leave outside any light frame leaves the thread in
 /// the task's context (a wrong value, never a dangling one).
+#[allow(
+    dead_code,
+    reason = "tokio's task hooks' (`contextvars::tokio::isolate_tasks`) and the tests'"
+)]
 pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
     let mut frame = Some(frame);
     // `with_state`: the thread's teardown guard is registered (a thread whose first call
@@ -286,6 +293,10 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
 /// Leaves the frame the last [`enter_detached`] entered and returns it, with what the
 /// work made of it; `None` (and nothing changes) if there is none, or if a light frame
 /// entered after it is still running.
+#[allow(
+    dead_code,
+    reason = "tokio's task hooks' (`contextvars::tokio::isolate_tasks`) and the tests'"
+)]
 pub(crate) fn leave_detached() -> Option<Frame> {
     let left = with_hot(|hot| {
         if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {

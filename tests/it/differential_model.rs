@@ -198,8 +198,15 @@ impl VarRef {
                 snapshot.get(var).map(|v| parse(v)),
             ),
         };
-        assert_eq!(got.is_some(), contains, "Context::contains vs Context::get");
-        assert_eq!(got, in_snapshot, "Snapshot::get vs Context::get");
+        assert_eq!(
+            got.is_some(),
+            contains,
+            "contains vs get, on the context's snapshot"
+        );
+        assert_eq!(
+            got, in_snapshot,
+            "a snapshot taken before vs the context's now"
+        );
         got
     }
 

@@ -118,7 +118,7 @@ fn a_run_around_block_on_and_panicking_tasks() {
         })
     });
     assert_eq!(seen, (1, 1));
-    assert_eq!(ctx.get(&ID), Some(1));
+    assert_eq!(ctx.snapshot().get(&ID).cloned(), Some(1));
     assert!(!ID.is_set());
 }
 
@@ -159,7 +159,7 @@ fn a_replaced_after_hook_cannot_leave_a_context_entered_twice() {
     };
     stranded.recv().unwrap();
     // The run's set reached the context object, and the object was left exactly once.
-    assert_eq!(ctx.get(&SEEN), Some(1));
+    assert_eq!(ctx.snapshot().get(&SEEN).cloned(), Some(1));
     let inside = Arc::new(std::sync::Barrier::new(2));
     let runner = {
         let (ctx, inside) = (ctx.clone(), inside.clone());

@@ -1,4 +1,4 @@
-//! `contextvars_tracing::ContextFields` (feature `tracing`): context variables as fields
+//! `contextvars_tracing::ContextFields`: context variables as fields
 //! of every event, in the JSON and text formats of tracing-subscriber's `fmt`.
 //!
 //! Most tests format the same events with the plain format and with the wrapped one and

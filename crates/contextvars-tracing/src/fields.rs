@@ -73,7 +73,7 @@ use super::value::FieldValue;
 /// [`var`](Self::var) takes a variable whose type is a [`FieldValue`]: numbers, `bool`,
 /// text (`String`, `&'static str`, `Box<str>`, `Arc<str>`, `Cow<'static, str>`),
 /// `Duration`, `Instant`, and `Option`s of them, among others; every type that
-/// `contextvars::tower::RequestId` or a codec of `contextvars::opentelemetry` produces
+/// `contextvars_tower::RequestId` or a codec of `contextvars_opentelemetry` produces
 /// is one. It is recorded as that kind, so JSON gets a number for a `u64` and a string
 /// for an `Arc<str>` (an `Option` that is `None` is left out).
 /// [`var_display`](Self::var_display) and [`var_debug`](Self::var_debug) take any other

@@ -33,8 +33,8 @@ use ::tracing_core::field::{DebugValue, DisplayValue, Empty, Field, Value, Visit
 ///   `tracing::field::display` and `debug`), and errors (`Box<dyn Error + Send + Sync>`,
 ///   `Arc<dyn Error + Send + Sync>`), as `tracing` records them.
 ///
-/// These are the types of `contextvars::tower::RequestId`'s variable (`Arc<str>`) and of
-/// every codec of `contextvars::opentelemetry` (`Int`'s integers, `Text`'s `String`,
+/// These are the types of `contextvars_tower::RequestId`'s variable (`Arc<str>`) and of
+/// every codec of `contextvars_opentelemetry` (`Int`'s integers, `Text`'s `String`,
 /// `Arc<str>` and `Box<str>`, `Bool`'s `bool`, `Millis`' `Duration`, `Deadline`'s
 /// `Instant`), so any variable that crosses a process boundary can be a field too.
 ///

@@ -2,10 +2,11 @@
 //! that runs later or elsewhere (an executor's tasks, a pool's jobs, a server's
 //! requests), without ever switching the thread's context outside a call of the crate.
 //!
-//! This is what `contextvars::future`, `contextvars::thread`, `contextvars::tokio` and
-//! `contextvars::rayon` are built on, and what the separate crates
-//! (`contextvars-tower`, `contextvars-tracing`, `contextvars-opentelemetry`) use: they
-//! see nothing of the crate but this module and the rest of its public API. An
+//! This is what the separate crates (`contextvars-futures`, `contextvars-tower`,
+//! `contextvars-tracing`, `contextvars-opentelemetry`) are built on: they see nothing of
+//! the crate but this module and the rest of its public API. (`contextvars::future`,
+//! `thread`, `tokio` and `rayon`, inside the crate, use the same engine calls directly:
+//! `WithContext` holds a [`TaskFrame`].) An
 //! integration with an executor or pool the crate does not know (smol, a custom thread
 //! pool) is written the same way. Most programs never need this module.
 //!
@@ -78,9 +79,6 @@
 //! * [`run_in_snapshot`] and [`run_in_snapshot_each`]: run a closure (or each item of a
 //!   batch) in a private frame over a borrowed snapshot, with no reference count unless
 //!   it writes (structured parallelism);
-//! * [`enter_detached`] / [`leave_detached`]: the one switch that is not lexically
-//!   scoped, for executors that only offer hooks before and after a poll (tokio's task
-//!   hooks); the engine refuses to leave any frame but the current one;
 //! * [`CallerFrames`]: a request layer's restore of the task that called it (a server's
 //!   connection task), so that nothing set outside the layer reaches the next request;
 //! * [`Carrier`] / [`Carried`] / [`set_carrier`]: what travels with every capture
@@ -92,10 +90,19 @@
 //!
 //! Nothing here lets code outside the crate switch the thread's frame except for the
 //! duration of one call of the crate ([`TaskFrame::enter`], [`TaskFrame::run`],
-//! [`run_read_only`], [`run_in_snapshot`]), or through the detached pair, which moves
-//! owned frames only and checks that the frame it leaves is the current one. A
-//! `TaskFrame` that is leaked, forgotten, moved to another thread or dropped anywhere
-//! restores nothing: it is data.
+//! [`run_read_only`], [`run_in_snapshot`]). A `TaskFrame` that is leaked, forgotten,
+//! moved to another thread or dropped anywhere restores nothing: it is data.
+//!
+//! # Not offered: detached frames
+//!
+//! An executor that only calls hooks before and after each poll cannot use this module
+//! to enter a task's frame in one hook and leave it in the other: that pair (which
+//! tokio's task hooks use inside the crate, `contextvars::tokio::isolate_tasks`) is not
+//! public. A leave that never comes (a skipped hook, a task that calls the pair itself)
+//! would leave one task's frame current on a shared worker thread, where every task that
+//! runs next would read its values and set into it, and nothing on the read path could
+//! tell. Wrap the task's future instead, as `examples/async_executor.rs` does: each poll
+//! is then a [`TaskFrame::enter`], which leaves on return whatever the task does.
 
 #![deny(unsafe_code)]
 
@@ -297,8 +304,9 @@ impl TaskFrame {
         self.frame.bindings_changed()
     }
 
-    /// This frame without its carried state, for [`enter_detached`] (a hook-entered state
+    /// This frame without its carried state, for `enter_detached` (a hook-entered state
     /// would have to stay entered between two hook calls, which is not a lexical scope).
+    #[cfg(test)]
     fn into_frame(self) -> Frame {
         self.frame
     }
@@ -342,6 +350,10 @@ pub fn run_in_snapshot_each(snapshot: &Snapshot, step: impl FnMut() -> bool) {
     engine::run_borrowed_each(snapshot.vars(), step);
 }
 
+// The detached pair over task frames: crate-private (see the module docs), for the
+// tests of the engine's detached frames (`detached_tests`); tokio's hooks use the
+// engine's pair directly.
+
 /// Enters `frame` on this thread *without* a lexical scope, for executors that only call
 /// hooks before and after each poll (tokio's `on_before_task_poll`); the frame's carried
 /// state is dropped (it cannot stay entered between two hook calls). Undo it with
@@ -363,7 +375,8 @@ pub fn run_in_snapshot_each(snapshot: &Snapshot, step: impl FnMut() -> bool) {
 /// frame onto a per-thread stack (a `Vec`: an allocation only when it grows). No atomic
 /// read-modify-write, except the counted copy a set would take when called inside a
 /// poll, job or `run` that has not written yet, and the carried state's release.
-pub fn enter_detached(frame: TaskFrame) -> Result<(), TaskFrame> {
+#[cfg(test)]
+pub(crate) fn enter_detached(frame: TaskFrame) -> Result<(), TaskFrame> {
     engine::enter_detached(frame.into_frame()).map_err(|frame| TaskFrame {
         frame,
         carried: CarriedState::NONE,
@@ -377,7 +390,8 @@ pub fn enter_detached(frame: TaskFrame) -> Result<(), TaskFrame> {
 /// # Cost
 ///
 /// A pop and the same moves back, whatever n: no allocation, no atomic read-modify-write.
-pub fn leave_detached() -> Option<TaskFrame> {
+#[cfg(test)]
+pub(crate) fn leave_detached() -> Option<TaskFrame> {
     engine::leave_detached().map(|frame| TaskFrame {
         frame,
         carried: CarriedState::NONE,
@@ -460,3 +474,6 @@ pub fn peek<T: Send + Sync + 'static, R>(
 pub fn note_request_layer() {
     crate::pool::note_request_layer();
 }
+
+#[cfg(test)]
+mod detached_tests;
