@@ -11,6 +11,11 @@
 //!   ([`declare_pool_thread`]), so a *plain* `spawn`ed task that sets a variable is
 //!   refused there instead of leaving its value to the next task on that thread.
 //!
+//! `InTaskContext` is what `contextvars::future::WithContext` already is: a program would
+//! write `executor.spawn(future.in_copied_context())`. It is written out here to show
+//! that an integration needs nothing of the crate but `plumbing` (the same holds for an
+//! executor or pool with no future to wrap: a job is a [`TaskFrame::run`]).
+//!
 //! `cargo run --example async_executor` serves 10,000 "requests" on two worker threads
 //! and checks that every task saw only its own values; `tests/async_executor.rs` tests
 //! the same pieces one by one.

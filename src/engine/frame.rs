@@ -128,11 +128,13 @@ impl Frame {
 }
 
 impl Frame {
-    /// Gives up this frame's reference to its snapshot, after [`release_isolated`](super::run::release_isolated)
-    /// (`crate::engine::release_isolated`) left the frame as it was: the snapshot is
-    /// shared, so the decrement runs no destructor. The frame is left empty.
+    /// Gives up this frame's reference to its snapshot, for
+    /// [`release_isolated`](super::run::release_isolated) when the snapshot is shared (or
+    /// empty) and the frame holds nothing else: the decrement runs no destructor (unless
+    /// the other holders let go in between, as they could before any later drop of the
+    /// frame too). The frame is left empty.
     #[inline]
-    pub(crate) fn let_go_of_shared(&mut self) {
+    pub(super) fn let_go_of_shared(&mut self) {
         if !self.vars.is_empty() {
             drop(std::mem::take(&mut self.vars));
         }

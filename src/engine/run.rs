@@ -76,12 +76,14 @@ impl Frame {
 
 /// Releases the frame in `slot`, which a unit of work (a request, a wrapped future) ran
 /// in and which is over, in a frame of its own ([`drop_isolated`]) if that may run a
-/// value's destructor; otherwise leaves it for its owner's drop, which releases it
-/// without running any.
+/// value's destructor; otherwise lets go of its shared snapshot in place, which runs
+/// none. Either way `slot` is left empty.
 #[inline]
 pub(crate) fn release_isolated(slot: &mut Frame) {
     if slot.release_may_run_destructors() {
         release_isolated_now(slot);
+    } else {
+        slot.let_go_of_shared();
     }
 }
 

@@ -279,10 +279,6 @@ impl TaskFrame {
     #[inline]
     pub fn release(&mut self) {
         engine::release_isolated(&mut self.frame);
-        // What is left is empty, or only shares its snapshot: letting go of it runs no
-        // destructor (unless the other holders let go in between, as they could before
-        // any later drop of this frame too).
-        self.frame.let_go_of_shared();
         self.carried = CarriedState::NONE;
     }
 
