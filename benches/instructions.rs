@@ -36,6 +36,14 @@ use gungraun::{
     library_benchmark_group, main,
 };
 
+contextvars::context_var! {
+    /// The variable most benchmarks read and write: a `static` of a small `Copy + Eq`
+    /// type, so its values are stored inline in the snapshot (no allocation, no borrow).
+    static FIRST: u64;
+}
+
+/// `FIRST`'s 1,023 companions, made with the expression form: their values are boxed (one
+/// allocation per set). `VARS[1]` is the boxed twin of `FIRST` in the `*_boxed` benchmarks.
 static VARS: [ContextVar<u64>; 1024] = [const { contextvars::context_var!(u64, "v") }; 1024];
 
 tokio::task_local! {
@@ -46,10 +54,11 @@ thread_local! {
     static THREAD_LOCAL: Cell<u64> = const { Cell::new(7) };
 }
 
-/// Binds the first `n` variables in the thread's own context (their tokens dropped: the
-/// values stay).
+/// Binds `n` variables in the thread's own context, `FIRST` and `VARS[1..n]` (their
+/// tokens dropped: the values stay).
 fn bound(n: usize) {
-    for (i, var) in VARS.iter().take(n).enumerate() {
+    drop(FIRST.set(0));
+    for (i, var) in VARS.iter().enumerate().take(n).skip(1) {
         drop(var.set(i as u64));
     }
 }
@@ -94,12 +103,19 @@ fn probe_limit(probe: &str, ir: u64) -> LibraryBenchmarkConfig {
 #[bench::vars_16(args = (16), setup = bound, config = limit(48))]
 #[bench::vars_1024(args = (1024), setup = bound, config = limit(67))]
 fn get_own_context(_: ()) -> u64 {
-    black_box(VARS[0].get())
+    black_box(FIRST.get())
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = limit(48))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limit(67))]
+fn get_boxed_own_context(_: ()) -> u64 {
+    black_box(VARS[1].get())
 }
 
 #[inline(never)]
 fn probe_get() -> u64 {
-    black_box(VARS[0].get())
+    black_box(FIRST.get())
 }
 
 #[library_benchmark]
@@ -140,6 +156,7 @@ library_benchmark_group!(
     name = reads,
     benchmarks = [
         get_own_context,
+        get_boxed_own_context,
         get_in_run,
         get_in_poll,
         peer_thread_local_get,
@@ -152,14 +169,27 @@ library_benchmark_group!(
 #[library_benchmark]
 #[bench::vars_8(args = (8), setup = bound, config = limit(1_000))]
 fn set_reset_own_context(_: ()) -> bool {
-    let token = VARS[0].set(black_box(41));
-    black_box(VARS[0].reset(token).is_ok())
+    let token = FIRST.set(black_box(41));
+    black_box(FIRST.reset(token).is_ok())
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = limit(1_000))]
+fn set_reset_boxed_own_context(_: ()) -> bool {
+    let token = VARS[1].set(black_box(41));
+    black_box(VARS[1].reset(token).is_ok())
 }
 
 #[library_benchmark]
 #[bench::vars_8(args = (8), setup = bound, config = limit(1_075))]
 fn scope_own_context(_: ()) -> u64 {
-    VARS[0].scope(black_box(41), || black_box(VARS[0].get()))
+    FIRST.scope(black_box(41), || black_box(FIRST.get()))
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = limit(1_075))]
+fn scope_boxed_own_context(_: ()) -> u64 {
+    VARS[1].scope(black_box(41), || black_box(VARS[1].get()))
 }
 
 #[library_benchmark(config = limit(67))]
@@ -195,7 +225,9 @@ library_benchmark_group!(
     name = writes,
     benchmarks = [
         set_reset_own_context,
+        set_reset_boxed_own_context,
         scope_own_context,
+        scope_boxed_own_context,
         peer_task_local_sync_scope,
         run_empty,
         copy_context_and_drop,

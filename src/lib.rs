@@ -187,6 +187,9 @@ pub use var::{ContextVar, VarId};
 /// assert!(STARTED.get() <= Instant::now());
 /// ```
 ///
+/// A static of a `Copy + Eq` type that fits a word (here `REQUEST_ID`) stores its values
+/// inline: its sets allocate nothing ([Inline values](ContextVar#inline-values)).
+///
 /// **A value** (`context_var!(Type, name)`, then optionally `, default expr` or
 /// `, lazy expr`), for a name of your choosing (Python's `ContextVar("request_id")`), an
 /// array of variables, or a variable made at run time (leaked, as variables are never
@@ -206,25 +209,32 @@ pub use var::{ContextVar, VarId};
 /// assert_ne!(SHARDS[0].id(), SHARDS[1].id()); // each is a variable of its own
 /// assert_eq!(plugin.get(), "none");
 /// ```
+///
+/// A value's variable boxes every value it is set to (one allocation per set), whatever
+/// its type: unlike a static's, its address is not fixed, so a snapshot cannot point back
+/// at it.
 #[macro_export]
 macro_rules! context_var {
     () => {};
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::context_var!($t, ::core::stringify!($name));
+            $crate::context_var!($t, ::core::stringify!($name))
+                .__in_static(|| &$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = lazy $init:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::context_var!($t, ::core::stringify!($name), lazy $init);
+            $crate::context_var!($t, ::core::stringify!($name), lazy $init)
+                .__in_static(|| &$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = $default:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::context_var!($t, ::core::stringify!($name), default $default);
+            $crate::context_var!($t, ::core::stringify!($name), default $default)
+                .__in_static(|| &$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
     ($t:ty, $name:expr $(,)?) => {
@@ -257,6 +267,18 @@ macro_rules! __value_traits {
     }};
 }
 
+/// The proof that a concrete type is `Copy + Eq`, if it is (an inherent associated
+/// constant, found before the trait's fallback only where its bounds hold).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __copy_eq {
+    ($t:ty) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::NotCopyEq as _;
+        $crate::__private::Probe::<$t>::COPY_EQ
+    }};
+}
+
 #[doc(hidden)]
 pub mod __private {
     //! Support for the macros. Not public API.
@@ -265,13 +287,21 @@ pub mod __private {
     use std::fmt;
     use std::marker::PhantomData;
 
-    pub use crate::value::ValueTraits;
+    pub use crate::value::{CopyEq, ValueTraits};
 
     pub struct Probe<T>(PhantomData<T>);
 
     impl<T> Probe<T> {
         pub const NEW: Self = Probe(PhantomData);
     }
+
+    impl<T: Copy + Eq> Probe<T> {
+        pub const COPY_EQ: Option<CopyEq<T>> = Some(CopyEq::new());
+    }
+    pub trait NotCopyEq<T> {
+        const COPY_EQ: Option<CopyEq<T>> = None;
+    }
+    impl<T> NotCopyEq<T> for Probe<T> {}
 
     type DebugFn<T> = fn(&T, &mut fmt::Formatter<'_>) -> fmt::Result;
 

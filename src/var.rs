@@ -9,7 +9,7 @@ use crate::error::{LookupError, ResetError, SetError};
 use crate::future::WithContext;
 use crate::sync::{Cell, OnceLock, StaticCounter, thread_locals};
 use crate::token::{ScopedSet, Token};
-use crate::value::{Entry, ValueTraits};
+use crate::value::{CopyEq, Entry, InlineMeta, ValueTraits};
 
 /// Source of variable ids. Ids start at 1 (0 means "not assigned yet") and are dense, so
 /// the variables of a program fill the root of a snapshot's trie first.
@@ -127,11 +127,38 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// at the call ([`get_or`](Self::get_or), [`with_or`](Self::with_or)), then the variable's
 /// own default, else a [`LookupError`]. Reading is wait-free: a thread-local load and a
 /// bounded lookup, with no lock, no atomic read-modify-write and no allocation.
+///
+/// # Inline values
+///
+/// A variable declared as a `static` with [`context_var!`](crate::context_var) whose type
+/// is `Copy + Eq` and at most a pointer's size and alignment (`u64`, `u32`, `bool`,
+/// `char`, a field-less enum, `(u32, u32)`, `Option<NonZeroU64>`) stores its values in
+/// the snapshot itself: a [`set`](Self::set) allocates nothing, cloning a snapshot's
+/// entry copies it, and a read copies the value out. Other variables *box* each value
+/// (one allocation per set, shared by every snapshot that binds it): other types, and the
+/// expression form `context_var!(T, "name")`, whose result could be moved (even when it
+/// initialises a `static`). Both behave the same in every other way; only cost differs
+/// (as [`docs::performance`](crate::docs::performance) details). `==` on contexts
+/// compares inline values with their `Eq`.
+///
+/// ```
+/// contextvars::context_var! {
+///     /// Stored inline: a `static` of a `Copy + Eq` type that fits a word.
+///     static REQUEST_ID: u64;
+///     /// Boxed: a `String` is not `Copy`.
+///     static USER: String;
+/// }
+/// let _id = REQUEST_ID.scoped_set(7); // no allocation in a private frame
+/// assert_eq!(REQUEST_ID.get(), 7);
+/// ```
 pub struct ContextVar<T: 'static> {
     name: &'static str,
     id: StaticCounter,
     default: Default<T>,
     traits: fn() -> ValueTraits<T>,
+    /// Set for a `static` whose type is `Copy + Eq` and fits a word: its values are stored
+    /// in the snapshot's entries themselves (no allocation; see `value`'s module docs).
+    inline: Option<InlineMeta<T>>,
 }
 
 impl<T: Send + Sync + 'static> ContextVar<T> {
@@ -171,7 +198,22 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
             id: StaticCounter::new(0),
             default,
             traits,
+            inline: None,
         }
+    }
+
+    /// Marks a variable that is the initializer of a `static` (`this` returns that
+    /// static): if `proof` shows its type is `Copy + Eq` and the type fits a word, its
+    /// values are stored inline. A `this` that returns another variable only means
+    /// that this one never stores inline.
+    #[doc(hidden)]
+    pub const fn __in_static(
+        mut self,
+        this: fn() -> &'static ContextVar<T>,
+        proof: Option<CopyEq<T>>,
+    ) -> Self {
+        self.inline = InlineMeta::new(this, proof);
+        self
     }
 
     /// The name given at declaration.
@@ -240,7 +282,23 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     }
 
     pub(crate) fn make_entry(&self, value: T) -> Entry {
-        Entry::new(self.raw_id(), self.name, self.traits, value)
+        if let Some(meta) = &self.inline {
+            let var = meta.var();
+            if std::ptr::eq(var, self) {
+                // Assign the id before the entry exists: an entry's id is read from the
+                // variable.
+                var.raw_id();
+                // `var` is `self` with a `'static` lifetime, so is its metadata.
+                let meta = var.inline.as_ref().expect("the same variable");
+                return Entry::inline(meta, value);
+            }
+        }
+        Entry::boxed(self.raw_id(), self.name, self.traits, value)
+    }
+
+    /// How this variable's values print and compare.
+    pub(crate) fn traits(&self) -> ValueTraits<T> {
+        (self.traits)()
     }
 
     pub(crate) fn fmt_value(&self, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -265,8 +323,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// A thread-local load, a relaxed load of the variable's id and a bounded lookup: one
     /// node up to 4 variables, else O(log₃₂ n) trie levels (at most 13). No allocation, no
     /// lock, no atomic read-modify-write; a lazy default runs its initialiser once per
-    /// process. While `f` runs, a non-atomic counter marks the borrow, so a set inside `f`
-    /// path-copies instead of writing in place.
+    /// process. A value stored inline (see [Inline values](Self#inline-values)) is copied
+    /// out and `f` gets the copy; a boxed value is lent in place, and while `f` runs a
+    /// non-atomic counter marks the borrow, so a set inside `f` path-copies instead of
+    /// writing in place.
     #[track_caller]
     #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
@@ -438,7 +498,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// One allocation, the value. It is written in place, with no atomic read-modify-write,
+    /// One allocation, the value, unless it is stored inline (see
+    /// [Inline values](Self#inline-values): then none). It is written in place, with no atomic read-modify-write,
     /// if the frame holds its snapshot alone (as
     /// [`docs::performance`](crate::docs::performance) details), no [`with`](Self::with)
     /// borrow is active, and the variable is bound already or the small form (up to 4

@@ -6,9 +6,18 @@
 //!
 //! ## Snapshots
 //!
-//! A snapshot is a persistent map from variable id (`u64`) to an `Entry` (an
-//! `Arc<dyn ErasedBinding>`, kept in raw form, holding the variable's id, name,
-//! formatting/equality hooks and the value). It is our own code (`src/map/`): a *small
+//! A snapshot is a persistent map from variable id (`u64`) to an `Entry`: two words, a
+//! value word and a pointer to the functions for the value's type (`src/value.rs`). A
+//! *boxed* entry's word is an `Arc` of a binding (the variable's id, name,
+//! formatting/equality hooks and the value), kept in raw form. An *inline* entry's word is
+//! the value itself: a `static` declared with `context_var!` whose type is `Copy + Eq`
+//! and fits a word stores its values so, which makes a set allocate nothing and lets a
+//! read copy the value out instead of counting a borrow of the snapshot (a copy runs no
+//! code of the program's). Its function pointer is tagged and leads to the variable, a
+//! `static` that outlives every entry; the declaration macro finds the `Copy + Eq` proof
+//! (`value::CopyEq`, which only the compiler can make) and gives the variable a function
+//! returning the static, which the variable checks is itself before it stores inline. It
+//! is our own code (`src/map/`): a *small
 //! form* for up to 4 bindings (one node, indexed by a 64-bit bitmap over the low 6 bits of
 //! the id and a position table, so a lookup is one table load, one entry load and one
 //! compare), and a 32-way HAMT beyond that (one level, with the same loads plus the slot

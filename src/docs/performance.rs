@@ -19,12 +19,12 @@
 //!
 //! | operation | what it does | allocations | atomic RMW |
 //! |---|---|---|---|
-//! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 4 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); a non-atomic borrow counter | 0 | 0 |
+//! | `ContextVar::get` / `with` | an inlined TLS access for the root pointer, then a position-table load and a key compare (the small form, up to 4 variables), or per trie level a bitmap test, a position-table load and a key compare (two levels for about a thousand variables, at most 13 for any id); an inline value is copied out, a boxed one is read in place under a non-atomic borrow counter | 0 | 0 |
 //! | `get` of a never-set variable | one relaxed load of the variable's id (0: nothing to look up) | 0 | 0 |
-//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form, while it has room; a replaced value in the trie; a new key in the trie, or one the small form has no room for, path-copies, as below) | 1 (the value; a new key in the trie: 3 if it lands in the root branch, the root node, its slot array and the value, plus 2 per deeper branch copied) | 0 |
-//! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 4 variables), the value's allocation, publication if the context object is observed | 2 up to 4 variables (node + value); a copied trie branch costs 2 (the node and its slot array) | one per entry of each copied node (reference counts), plus the publication's |
+//! | `ContextVar::set`, private frame | writes the binding into the snapshot's node in place (a new key or a replaced value in the small form, while it has room; a replaced value in the trie; a new key in the trie, or one the small form has no room for, path-copies, as below) | 0 for an inline value (a `static` of a `Copy + Eq` type that fits a word), else 1 (the value); a new key in the trie: 2 more if it lands in the root branch (the root node and its slot array), plus 2 per deeper branch copied | 0 |
+//! | `ContextVar::set`, shared snapshot | path copy of O(log₃₂ n) nodes (one node up to 4 variables), the value's allocation (none inline), publication if the context object is observed | 2 up to 4 variables (node + value; 1 for an inline value); a copied trie branch costs 2 (the node and its slot array) | one per boxed entry and child of each copied node (reference counts; inline entries are copied), plus the publication's |
 //! | the isolation check of a `set` (`crate::pool`) | in a future's own frame (a wrapped future, a hooked task, a request behind the layer): none; in a frame entered by synchronous code (`run`, a thread's, a job's): tokio's task id (a thread-local read), compared with the one recorded when the frame was entered; in the thread's own context also rayon-core's worker index and the declared-pool flag | 0 | 0 |
-//! | `reset` | in place if the snapshot is the frame's alone (in the trie, only if the variable had a value before the set); else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall); a path copy's as for a set | 1 (the replaced value's release); reinstalled or path-copied, also the replaced snapshot's release (one per slot if that frees it) |
+//! | `reset` | in place if the snapshot is the frame's alone (in the trie, only if the variable had a value before the set); else reinstalls the snapshot its set replaced if nothing changed since; else a path copy | 0 (in place, reinstall); a path copy's as for a set | 1 (the replaced value's release; 0 inline); reinstalled or path-copied, also the replaced snapshot's release (one per slot if that frees it) |
 //! | `copy_context`; `Context::copy` / `snapshot` of a context never run | shares the snapshot | 0 | 1 |
 //! | `Context::copy` / `snapshot` of a context that has run (or a `Context::current` handle) | loads the published snapshot from its `arc_swap` cell | 0 | 1, plus arc-swap's debt-slot bookkeeping |
 //! | `Context::run` | the entered flag's CAS, tokio's task id (a thread-local read, recorded for the isolation check), a light frame over the runner's own copy of the snapshot (no reference count, no arc-swap load), the flag's release store | 0 (1 the first time a `Context` is run: its shared object) | 1 (the CAS) |
@@ -40,9 +40,12 @@
 //! ## Memory
 //!
 //! What a context holds, on x86-64 (`benches/memory.rs` lists it per task):
-//! * each bound value: one allocation of a 16-byte reference-count header, 32 bytes of
+//! * each boxed value: one allocation of a 16-byte reference-count header, 32 bytes of
 //!   the variable's id, name and formatting hook, and the value (56 bytes for a `u64`,
-//!   64 for an `Arc<str>` or an `Instant`); shared by every snapshot that binds it;
+//!   64 for an `Arc<str>` or an `Instant`); shared by every snapshot that binds it. An
+//!   inline value (a `static` declared with `context_var!` of a `Copy + Eq` type of at
+//!   most a word: `u64`, `bool`, a field-less enum, a pair of `u32`) costs nothing beyond
+//!   its entry;
 //! * the snapshot's root node: 200 bytes, up to 4 bindings inline (the small form);
 //!   beyond 4, or when two ids share their low 6 bits, a 32-way trie whose root node has
 //!   the same size plus a slot array of 24 bytes per slot, and a child branch (72 bytes

@@ -38,12 +38,20 @@ pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> R
         let Some(entry) = node.get(key) else {
             return Err(f);
         };
+        if entry.is_inline() {
+            // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is
+            // `key`, and an inline one holds a `T: Copy` (`value`'s invariants). The copy
+            // is taken before `f` runs, so no borrow of the snapshot is needed.
+            let value = unsafe { entry.read_inline::<T>() };
+            return Ok(f(&value));
+        }
         // From here on `f` runs (user code: a closure, `T::clone`), which may set
         // variables or enter contexts: `_borrow` defers the release of the snapshot that
         // owns `entry` until after `f` returns, and keeps it from being changed in place.
         let _borrow = Borrow::new(hot);
-        // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is `key`.
-        let value = unsafe { entry.downcast_unchecked::<T>() };
+        // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is `key`,
+        // and it is not inline.
+        let value = unsafe { entry.downcast_boxed_unchecked::<T>() };
         Ok(f(value))
     })
 }

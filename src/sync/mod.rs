@@ -56,17 +56,6 @@ mod imp {
     }
     pub(crate) use globals;
 
-    /// Wraps a value as the crate's shared, type-erased `Arc`.
-    ///
-    /// A macro because unsizing (`Arc<T>` to `Arc<dyn Trait>`) cannot be written
-    /// generically on stable; the loom twin goes through `loom::sync::Arc::from_std`.
-    macro_rules! arc_dyn {
-        ($value:expr) => {
-            $crate::sync::Arc::new($value)
-        };
-    }
-    pub(crate) use arc_dyn;
-
     /// A cell holding an optional `Arc<T>` that any thread can read lock-free while one
     /// writer replaces it.
     ///
@@ -170,13 +159,6 @@ mod imp {
         };
     }
     pub(crate) use globals;
-
-    macro_rules! arc_dyn {
-        ($value:expr) => {
-            $crate::sync::Arc::from_std(std::sync::Arc::new($value))
-        };
-    }
-    pub(crate) use arc_dyn;
 
     /// Loom stand-in for the arc-swap cell: a mutex, which loom can see and which has the
     /// same "old or new, never torn" behaviour.
