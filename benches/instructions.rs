@@ -9,7 +9,9 @@
 //! go through `black_box`; peers' statics are named directly, as users name them.
 //!
 //! Every benchmark has a committed hard limit on instructions (`Ir`): its count when the
-//! limit was set, plus about 5%. Run with
+//! limit was set, plus about 5%. The reads, the writes, `run` and `copy_context` also have
+//! one on heap allocations (DHAT's total blocks, exact: 0 for a value stored inline, 1 for
+//! a boxed one). Run with
 //!
 //! ```text
 //! cargo bench --bench instructions
@@ -32,7 +34,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use contextvars::future::ContextFutureExt;
 use contextvars::{Context, ContextVar, copy_context};
 use gungraun::{
-    Callgrind, EntryPoint, EventKind, LibraryBenchmarkConfig, library_benchmark,
+    Callgrind, Dhat, DhatMetric, EntryPoint, EventKind, LibraryBenchmarkConfig, library_benchmark,
     library_benchmark_group, main,
 };
 
@@ -84,6 +86,14 @@ fn limit(ir: u64) -> LibraryBenchmarkConfig {
     config
 }
 
+/// A limit of `ir` instructions and of `blocks` heap allocations (counted by DHAT), both
+/// counted from the benchmark function.
+fn limits(ir: u64, blocks: u64) -> LibraryBenchmarkConfig {
+    let mut config = limit(ir);
+    config.tool(Dhat::default().hard_limits([(DhatMetric::TotalBlocks, blocks)]));
+    config
+}
+
 /// A limit of `ir` instructions, counted from the probe functions matching `probe`.
 fn probe_limit(probe: &str, ir: u64) -> LibraryBenchmarkConfig {
     let mut config = LibraryBenchmarkConfig::default();
@@ -98,17 +108,17 @@ fn probe_limit(probe: &str, ir: u64) -> LibraryBenchmarkConfig {
 // ------------------------------------------------------------------------------ reads
 
 #[library_benchmark]
-#[bench::vars_1(args = (1), setup = bound, config = limit(44))]
-#[bench::vars_8(args = (8), setup = bound, config = limit(48))]
-#[bench::vars_16(args = (16), setup = bound, config = limit(48))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limit(67))]
+#[bench::vars_1(args = (1), setup = bound, config = limits(38, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(42, 0))]
+#[bench::vars_16(args = (16), setup = bound, config = limits(42, 0))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limits(62, 0))]
 fn get_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(48))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limit(67))]
+#[bench::vars_8(args = (8), setup = bound, config = limit(50))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limit(70))]
 fn get_boxed_own_context(_: ()) -> u64 {
     black_box(VARS[1].get())
 }
@@ -119,13 +129,13 @@ fn probe_get() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 48))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 42))]
 fn get_in_run(ctx: Context) -> u64 {
     ctx.run(probe_get)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 48))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 42))]
 fn get_in_poll(_: ()) -> u64 {
     let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_copied_context());
     match future
@@ -167,27 +177,27 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(1_000))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(671, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(1_000))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(994, 1))]
 fn set_reset_boxed_own_context(_: ()) -> bool {
     let token = VARS[1].set(black_box(41));
     black_box(VARS[1].reset(token).is_ok())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(1_075))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(741, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), || black_box(FIRST.get()))
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(1_075))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(1_073, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), || black_box(VARS[1].get()))
 }
@@ -198,14 +208,14 @@ fn peer_task_local_sync_scope() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = entered_once, config = limit(124))]
+#[bench::vars_8(args = (8), setup = entered_once, config = limits(124, 0))]
 fn run_empty(ctx: Context) -> (Context, u64) {
     let value = ctx.run(|| black_box(1));
     (ctx, value)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(71))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(71, 0))]
 fn copy_context_and_drop(_: ()) {
     drop(black_box(copy_context()));
 }
