@@ -59,6 +59,60 @@ mod shapes;
 mod summary;
 use shapes::{Var, context_with, in_private_shape, make_vars, shape};
 
+contextvars::context_var! {
+    /// The target of the `*_inline` rows: a `static` declared with `context_var!` of a
+    /// `Copy + Eq` type, so its values are stored inline (no allocation per set).
+    static INLINE_TARGET: u64;
+}
+
+/// The target of the `*_boxed_twin` rows: a `static` made with the expression form, so
+/// its values are boxed. Its id is assigned right after [`INLINE_TARGET`]'s (both after
+/// the pool's, see [`twins`]), so the two sit at the same depth of the trie: the pair
+/// compares the two forms of a value and nothing else. (The other rows' targets,
+/// `pool[n]`, have lower ids, so a lookup walks fewer levels than the twins' beyond 32
+/// variables.)
+static BOXED_TWIN: ContextVar<u64> = contextvars::context_var!(u64, "boxed_twin");
+
+/// The twin targets, their ids assigned once, in order, after the pool's.
+fn twins() -> [Var; 2] {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        shapes::pool();
+        INLINE_TARGET.id();
+        BOXED_TWIN.id();
+    });
+    [&INLINE_TARGET, &BOXED_TWIN]
+}
+
+/// The rows' names for the twins, in [`twins`]' order.
+const TWIN_NAMES: [&str; 2] = ["inline", "boxed_twin"];
+
+/// Shape `n` with `target` (a twin) as its target, as a context object.
+fn shape_of(n: usize, target: Var) -> (Context, Var) {
+    (context_with(&shapes::pool()[..n], target), target)
+}
+
+/// [`in_private_shape`] with `target` (a twin) as its target.
+fn in_private_shape_of<R>(n: usize, target: Var, f: impl FnOnce(Var) -> R) -> R {
+    let pool = shapes::pool();
+    let tokens: Vec<_> = pool[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, var)| var.set(i as u64))
+        .collect();
+    let token = target.set(42);
+    let result = f(target);
+    if target.reset(token).is_err() {
+        unreachable!("reset in the context of the set");
+    }
+    for token in tokens.into_iter().rev() {
+        if token.var().reset(token).is_err() {
+            unreachable!("reset in the context of the set");
+        }
+    }
+    result
+}
+
 /// Context sizes (other values bound).
 const SIZES: [usize; 4] = [1, 8, 64, 1024];
 /// The large context of the copy group.
@@ -385,6 +439,15 @@ fn get(c: &mut Criterion) {
                 b.iter(|| ours_get(black_box(var)));
             });
         });
+        for (target, name) in twins().into_iter().zip(TWIN_NAMES) {
+            let (ctx, var) = shape_of(n, target);
+            group.bench_function(BenchmarkId::new(format!("contextvars_{name}"), n), |b| {
+                ctx.run(|| {
+                    assert_eq!(ours_get(var), 42);
+                    b.iter(|| ours_get(black_box(var)));
+                });
+            });
+        }
     }
     for n in SIZES {
         let cx = otel_shape(n);
@@ -457,6 +520,36 @@ fn set(c: &mut Criterion) {
                 assert_eq!(var.get(), 42);
             });
         });
+        for (target, name) in twins().into_iter().zip(TWIN_NAMES) {
+            let (ctx, var) = shape_of(n, target);
+            group.bench_function(
+                BenchmarkId::new(format!("contextvars_set_reset_{name}"), n),
+                |b| {
+                    ctx.run(|| {
+                        b.iter(|| ours_set_reset(black_box(var), black_box(7)));
+                        assert_eq!(var.get(), 42);
+                    });
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new(format!("contextvars_set_reset_private_{name}"), n),
+                |b| {
+                    in_private_shape_of(n, target, |var| {
+                        b.iter(|| ours_set_reset(black_box(var), black_box(7)));
+                        assert_eq!(var.get(), 42);
+                    });
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new(format!("contextvars_scoped_set_private_{name}"), n),
+                |b| {
+                    in_private_shape_of(n, target, |var| {
+                        b.iter(|| ours_scoped_set(black_box(var), black_box(7)));
+                        assert_eq!(var.get(), 42);
+                    });
+                },
+            );
+        }
     }
     for n in SIZES {
         let cx = otel_shape(n);
@@ -694,6 +787,28 @@ fn print_allocations() {
                 allocations_per_op(|| ours_set_reset(var, black_box(7))),
             );
         });
+        for (target, name) in twins().into_iter().zip(TWIN_NAMES) {
+            in_private_shape_of(n, target, |var| {
+                row(
+                    &format!("contextvars set + reset, private, {name}"),
+                    n,
+                    allocations_per_op(|| ours_set_reset(var, black_box(7))),
+                );
+                row(
+                    &format!("contextvars scoped_set, private, {name}"),
+                    n,
+                    allocations_per_op(|| ours_scoped_set(var, black_box(7))),
+                );
+            });
+            let (ctx, var) = shape_of(n, target);
+            ctx.run(|| {
+                row(
+                    &format!("contextvars set + reset, {name}"),
+                    n,
+                    allocations_per_op(|| ours_set_reset(var, black_box(7))),
+                );
+            });
+        }
         let (ctx, var) = shape(n);
         ctx.run(|| {
             row(

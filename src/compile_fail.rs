@@ -76,5 +76,61 @@
 //! let _ = A.reset(token);
 //! let _ = A.reset(token);
 //! ```
+//!
+//! Inline values: the proof that a type is `Copy + Eq` is invariant in the type, so a
+//! proof for a type that is `Copy` at one higher-ranked `fn` type cannot be turned into
+//! one for a supertype that is not (which would store a non-`Copy` value inline):
+//!
+//! ```compile_fail,E0308
+//! use contextvars::ContextVar;
+//! use contextvars::__private::{CopyEq, ValueTraits};
+//! use std::marker::PhantomData;
+//!
+//! pub struct H<T>(PhantomData<T>, u64);
+//! impl Clone for H<for<'a> fn(&'a ())> {
+//!     fn clone(&self) -> Self {
+//!         *self
+//!     }
+//! }
+//! impl Copy for H<for<'a> fn(&'a ())> {}
+//! impl<T> PartialEq for H<T> {
+//!     fn eq(&self, other: &Self) -> bool {
+//!         self.1 == other.1
+//!     }
+//! }
+//! impl<T> Eq for H<T> {}
+//! type NotCopy = H<fn(&'static ())>; // a supertype of the `Copy` one, not `Copy` itself
+//! const PROOF: Option<CopyEq<H<for<'a> fn(&'a ())>>> = Some(CopyEq::new());
+//! static V: ContextVar<NotCopy> =
+//!     ContextVar::__new("v", || ValueTraits::NONE).__in_static(&V, PROOF);
+//! assert_eq!(V.name(), "v");
+//! ```
+//!
+//! The same declaration with the proof's own type compiles:
+//!
+//! ```
+//! use contextvars::ContextVar;
+//! use contextvars::__private::{CopyEq, ValueTraits};
+//! use std::marker::PhantomData;
+//!
+//! pub struct H<T>(PhantomData<T>, u64);
+//! impl Clone for H<for<'a> fn(&'a ())> {
+//!     fn clone(&self) -> Self {
+//!         *self
+//!     }
+//! }
+//! impl Copy for H<for<'a> fn(&'a ())> {}
+//! impl<T> PartialEq for H<T> {
+//!     fn eq(&self, other: &Self) -> bool {
+//!         self.1 == other.1
+//!     }
+//! }
+//! impl<T> Eq for H<T> {}
+//! type IsCopy = H<for<'a> fn(&'a ())>;
+//! const PROOF: Option<CopyEq<IsCopy>> = Some(CopyEq::new());
+//! static V: ContextVar<IsCopy> =
+//!     ContextVar::__new("v", || ValueTraits::NONE).__in_static(&V, PROOF);
+//! assert_eq!(V.name(), "v");
+//! ```
 
 #![deny(unsafe_code)]

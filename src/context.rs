@@ -57,7 +57,8 @@ use crate::var::ContextVar;
 /// `Context.__eq__`). Values are equal if they are the same value object (set once,
 /// shared by copies), or, for variables declared with [`context_var!`](crate::context_var)
 /// whose type implements `PartialEq`, if `==` says so. Values of other variables compare
-/// by identity only. `==` takes both [`snapshot`](Self::snapshot)s and compares them as
+/// by identity only. Values stored inline (statics of small `Copy + Eq` types, see
+/// [Inline values](ContextVar#inline-values)) have no identity and compare with `==`. `==` takes both [`snapshot`](Self::snapshot)s and compares them as
 /// [`Snapshot`]'s `==` does.
 pub struct Context {
     /// The snapshot the context was created with; authoritative until `shared` exists.
@@ -187,7 +188,8 @@ impl Context {
     ///
     /// # Cost
     ///
-    /// The value's allocation and a path copy of this context's snapshot (read as
+    /// The value's allocation (none if it is stored inline, see
+    /// [Inline values](ContextVar#inline-values)) and a path copy of this context's snapshot (read as
     /// [`snapshot`](Self::snapshot) does): one more allocation up to 4 variables, two per
     /// copied trie level beyond, and a reference-count increment per slot copied.
     pub fn with_value<T: Send + Sync + 'static>(&self, var: &ContextVar<T>, value: T) -> Context {

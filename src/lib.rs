@@ -220,21 +220,21 @@ macro_rules! context_var {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
             $crate::context_var!($t, ::core::stringify!($name))
-                .__in_static(|| &$name, $crate::__copy_eq!($t));
+                .__in_static(&$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = lazy $init:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
             $crate::context_var!($t, ::core::stringify!($name), lazy $init)
-                .__in_static(|| &$name, $crate::__copy_eq!($t));
+                .__in_static(&$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
     ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = $default:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
             $crate::context_var!($t, ::core::stringify!($name), default $default)
-                .__in_static(|| &$name, $crate::__copy_eq!($t));
+                .__in_static(&$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
     ($t:ty, $name:expr $(,)?) => {

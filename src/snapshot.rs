@@ -55,9 +55,9 @@ impl Snapshot {
     ///
     /// # Cost
     ///
-    /// A relaxed load of the variable's id and a bounded lookup (one node up to 4
-    /// variables, else O(log₃₂ n) trie levels, at most 13). No allocation, no atomic
-    /// read-modify-write.
+    /// A relaxed load of the variable's id, a bounded lookup (one node up to 4 variables,
+    /// else O(log₃₂ n) trie levels, at most 13) and a check of the entry's id through its
+    /// table of functions. No allocation, no atomic read-modify-write.
     pub fn get<T: Send + Sync + 'static>(&self, var: &ContextVar<T>) -> Option<&T> {
         self.vars.get(var.existing_id()?)?.get(var)
     }

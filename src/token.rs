@@ -76,8 +76,9 @@ impl<'v, T: Send + Sync + 'static> Token<'v, T> {
     ///
     /// # Cost
     ///
-    /// O(1): a relaxed load of the variable's id and a comparison with the binding's. No
-    /// allocation, no atomic read-modify-write: the token holds the old value already.
+    /// O(1): a relaxed load of the variable's id and a comparison with the binding's (read
+    /// through the entry's table of functions). No allocation, no atomic
+    /// read-modify-write: the token holds the old value already.
     pub fn old_value(&self) -> Option<&T> {
         self.state.old.as_ref()?.get(self.var)
     }
@@ -119,7 +120,8 @@ impl<T: Send + Sync + 'static> fmt::Debug for Token<'_, T> {
 /// # Cost
 ///
 /// Dropping the guard, or [`reset`](Self::reset), costs a [`ContextVar::reset`]: when it
-/// is in place, no allocation and one reference-count decrement (the value it releases).
+/// is in place, no allocation and one reference-count decrement (the value it releases;
+/// none for an inline value).
 /// The guard allocates nothing itself.
 #[must_use = "the value is reset as soon as the guard is dropped: bind it to a name (`let _guard = ...`), not to `_`"]
 pub struct ScopedSet<'v, T: Send + Sync + 'static> {

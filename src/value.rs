@@ -61,17 +61,27 @@ impl<T> ValueTraits<T> {
 }
 
 /// A proof that `T` is `Copy + Eq`, which only the compiler can make ([`CopyEq::new`]
-/// has those bounds): what lets a variable store its values inline (see the module docs).
-/// The declaration macro finds it by the inherent-before-trait rule for associated
-/// constants (`__private::Probe::COPY_EQ`).
+/// has those bounds), carrying `T`'s `==`: what lets a variable store its values inline
+/// (see the module docs). The declaration macro finds it by the inherent-before-trait
+/// rule for associated constants (`__private::Probe::COPY_EQ`).
+///
+/// Invariant in `T` (`fn(T) -> T`): a covariant proof could be turned into one for a
+/// supertype that is not `Copy` (a type generic over a higher-ranked `fn` that is `Copy`
+/// only at that one type).
 #[doc(hidden)]
 #[allow(missing_debug_implementations)]
-pub struct CopyEq<T>(PhantomData<fn() -> T>);
+pub struct CopyEq<T> {
+    eq: fn(&T, &T) -> bool,
+    invariant: PhantomData<fn(T) -> T>,
+}
 
 impl<T: Copy + Eq> CopyEq<T> {
     /// The proof, for a type that is `Copy + Eq`.
     pub const fn new() -> Self {
-        CopyEq(PhantomData)
+        CopyEq {
+            eq: <T as PartialEq>::eq,
+            invariant: PhantomData,
+        }
     }
 }
 
@@ -200,21 +210,21 @@ fn eq_with<T: 'static>(traits: ValueTraits<T>, value: &T, other: &Entry) -> Opti
 
 /// What a variable that stores its values inline keeps for its entries (see the module
 /// docs): an inline entry's tagged table pointer points here, and this leads to the
-/// variable itself. Only a `static` variable has one (the declaration macro gives it a
-/// function that returns the static, and [`ContextVar`] checks that it returns itself
-/// before it makes an inline entry); its type is `Copy + Eq` and fits the word.
+/// variable itself. Only a `static` uses one: the declaration macro gives the static a
+/// reference to itself, and [`ContextVar`] makes an inline entry only if that reference
+/// is to itself; its type is `Copy + Eq` and fits the word.
 #[repr(C)] // `vtable` first: `Entry::vtable` reads it through an untyped pointer.
 pub(crate) struct InlineMeta<T: 'static> {
     vtable: &'static Vtable,
-    this: fn() -> &'static ContextVar<T>,
+    this: &'static ContextVar<T>,
     proof: CopyEq<T>,
 }
 
 impl<T: Send + Sync + 'static> InlineMeta<T> {
-    /// The metadata for the variable `this` returns, or `None` if `T` does not fit the
-    /// word or has no `Copy + Eq` proof.
+    /// The metadata for the variable `this`, or `None` if `T` does not fit the word or
+    /// has no `Copy + Eq` proof.
     pub(crate) const fn new(
-        this: fn() -> &'static ContextVar<T>,
+        this: &'static ContextVar<T>,
         proof: Option<CopyEq<T>>,
     ) -> Option<Self> {
         match proof {
@@ -230,7 +240,7 @@ impl<T: Send + Sync + 'static> InlineMeta<T> {
     /// The variable this metadata belongs to (if it is `var`, the variable may make
     /// inline entries).
     pub(crate) fn var(&self) -> &'static ContextVar<T> {
-        (self.this)()
+        self.this
     }
 
     const VTABLE: Vtable = Vtable {
@@ -256,10 +266,13 @@ impl<T: Send + Sync + 'static> InlineMeta<T> {
             fmt_with(traits, unsafe { entry.inline_ref::<T>() }, f)
         },
         eq_value: |entry, other| {
+            // The proof's `==` (the type is `Eq`), whatever the variable's traits say.
             // SAFETY: as above.
-            let traits = unsafe { Self::of(entry) }.var().traits();
+            let eq = unsafe { Self::of(entry) }.proof.eq;
             // SAFETY: as above.
-            eq_with(traits, unsafe { entry.inline_ref::<T>() }, other)
+            let value = unsafe { entry.inline_ref::<T>() };
+            let other = other.value_any().downcast_ref::<T>()?;
+            Some(eq(value, other))
         },
     };
 
@@ -325,7 +338,6 @@ impl Entry {
 
     /// An inline entry of the variable `meta` belongs to: no allocation.
     pub(crate) fn inline<T: Send + Sync + 'static>(meta: &'static InlineMeta<T>, value: T) -> Self {
-        let _: CopyEq<T> = meta.proof;
         let mut word = Word::uninit();
         // `InlineMeta::new` checked that a `T` fits the word.
         assert!(fits_inline::<T>());
@@ -386,7 +398,8 @@ impl Entry {
     /// then `T` is `Copy` (the invariant inline → `Copy`), so the copy runs no code and
     /// owns nothing.
     #[inline(always)]
-    pub(crate) unsafe fn read_inline<T>(&self) -> T {
+    pub(crate) unsafe fn read_inline<T: 'static>(&self) -> T {
+        debug_assert!(self.is_inline() && self.value_any().is::<T>());
         // SAFETY: the word holds an initialized `T` (caller's guarantee), and a `T` is
         // `Copy`, so a bitwise copy is a copy.
         unsafe { self.word.as_ptr().cast::<T>().read() }

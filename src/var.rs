@@ -137,9 +137,15 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// entry copies it, and a read copies the value out. Other variables *box* each value
 /// (one allocation per set, shared by every snapshot that binds it): other types, and the
 /// expression form `context_var!(T, "name")`, whose result could be moved (even when it
-/// initialises a `static`). Both behave the same in every other way; only cost differs
-/// (as [`docs::performance`](crate::docs::performance) details). `==` on contexts
-/// compares inline values with their `Eq`.
+/// initialises a `static`). The word is a pointer's size: 8 bytes on 64-bit targets, 4 on
+/// 32-bit ones (where a `u64` is boxed).
+///
+/// Both forms read, set, print and propagate the same; they differ in cost (as
+/// [`docs::performance`](crate::docs::performance) details) and in two details of
+/// identity: [`with`](Self::with) hands its closure a reference to a copy of an inline
+/// value (its address is not stable across calls), and `==` on contexts compares inline
+/// values with their `Eq` only, where boxed values that are the very same object (one
+/// `set` made both) are equal without it.
 ///
 /// ```
 /// contextvars::context_var! {
@@ -202,14 +208,14 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         }
     }
 
-    /// Marks a variable that is the initializer of a `static` (`this` returns that
-    /// static): if `proof` shows its type is `Copy + Eq` and the type fits a word, its
-    /// values are stored inline. A `this` that returns another variable only means
-    /// that this one never stores inline.
+    /// Marks a variable that is the initializer of a `static` (`this` is that static):
+    /// if `proof` shows its type is `Copy + Eq` and the type fits a word, its values are
+    /// stored inline. A `this` that is another variable only means that this one never
+    /// stores inline.
     #[doc(hidden)]
     pub const fn __in_static(
         mut self,
-        this: fn() -> &'static ContextVar<T>,
+        this: &'static ContextVar<T>,
         proof: Option<CopyEq<T>>,
     ) -> Self {
         self.inline = InlineMeta::new(this, proof);
@@ -522,7 +528,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// As [`set`](Self::set). A refused set has allocated the value already, and drops it.
+    /// As [`set`](Self::set). A refused set has made the value's binding already (an
+    /// allocation, unless the value is stored inline), and drops it.
     pub fn try_set(&self, value: T) -> Result<Token<'_, T>, SetError> {
         let entry = self.make_entry(value);
         let state = engine::set_binding(self.raw_id(), entry)
@@ -548,8 +555,9 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// old binding is written back in place; over 4 variables, only if there was one), or
     /// when nothing changed since the set and its token kept the snapshot the set replaced
     /// (it is reinstalled). Otherwise a path copy, as in [`set`](Self::set). Atomic
-    /// read-modify-writes: the release of the value the set bound (one decrement) and,
-    /// unless in place, of the snapshot replaced; publication as in `set`.
+    /// read-modify-writes: the release of the value the set bound (one decrement; none
+    /// for an inline value) and, unless in place, of the snapshot replaced; publication as
+    /// in `set`.
     pub fn reset<'v>(&self, token: Token<'v, T>) -> Result<(), ResetError<'v, T>> {
         token.reset_in(self)
     }
@@ -616,7 +624,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// A [`set`](Self::set) before `f` and a [`reset`](Self::reset) after it. Both are in
     /// place when the frame holds its snapshot alone and the variable is bound already or
     /// the small form has room: one allocation (the value) and one atomic
-    /// read-modify-write (its release).
+    /// read-modify-write (its release), or neither for a value stored inline (see
+    /// [Inline values](Self#inline-values)).
     #[track_caller]
     pub fn scope<R>(&self, value: T, f: impl FnOnce() -> R) -> R {
         let _guard = self.scoped_set(value);
@@ -650,8 +659,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// At the call, the value's allocation and a path copy of the current snapshot (one
-    /// more allocation up to 4 variables; O(log₃₂ n) nodes, two allocations per trie
+    /// At the call, the value's allocation (none if it is stored inline) and a path copy
+    /// of the current snapshot (one more allocation up to 4 variables; O(log₃₂ n) nodes, two allocations per trie
     /// level, beyond), with a reference-count increment per slot copied; the caller's
     /// context is not changed. Each poll costs what a [`WithContext`] poll costs.
     pub fn scope_future<F: std::future::Future>(&self, value: T, future: F) -> WithContext<F> {

@@ -371,7 +371,13 @@ fn many_inline_and_boxed_values_through_a_deep_trie() {
 /// A static whose `__in_static` names *another* static: the crate must notice and box its
 /// values (an inline entry leads to its variable through that function).
 static IMPOSTOR: ContextVar<u64> = contextvars::context_var!(u64, "impostor")
-    .__in_static(|| &REQUEST_ID, Some(contextvars::__private::CopyEq::new()));
+    .__in_static(&REQUEST_ID, Some(contextvars::__private::CopyEq::new()));
+
+/// Inline, through the hidden constructors, with traits that say "no `==`": contexts
+/// still compare its values, with the `==` of the `Copy + Eq` proof.
+static NO_TRAITS: ContextVar<u64> =
+    ContextVar::__new("no_traits", || contextvars::__private::ValueTraits::NONE)
+        .__in_static(&NO_TRAITS, Some(contextvars::__private::CopyEq::new()));
 
 #[test]
 fn a_static_that_names_another_variable_is_never_inline() {
@@ -387,6 +393,69 @@ fn a_static_that_names_another_variable_is_never_inline() {
         assert_eq!(entry.name(), "impostor");
         assert_eq!(entry.get(&IMPOSTOR), Some(&5));
         assert_eq!(IMPOSTOR.get(), 5);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn inline_values_compare_with_the_proofs_eq_whatever_the_traits_say() {
+    std::thread::spawn(|| {
+        let (count, base) = allocations(|| Context::new().with_value(&NO_TRAITS, 1));
+        // The context's root node only: the value is inline.
+        assert_eq!(count, 1);
+        let x = base.with_value(&EXPRESSION, 2);
+        let y = base.with_value(&EXPRESSION, 2);
+        assert_eq!(x, y, "same bindings, made by separate calls");
+        assert_ne!(base, Context::new().with_value(&NO_TRAITS, 2));
+        assert_eq!(base.run(|| NO_TRAITS.get()), 1);
+        // No `Debug` in the traits: printed as the type's name.
+        assert_eq!(format!("{base:?}"), "Context {no_traits: <u64>}");
+    })
+    .join()
+    .unwrap();
+}
+
+/// A field then padding.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Padded(u8, u32);
+
+static FORTY_TWO: u64 = 42;
+
+context_var! {
+    /// Inline, with padding bytes in the word.
+    static PADDED: Padded;
+    /// Inline: a reference.
+    static REFERENCE: &'static u64;
+    /// Inline: one byte.
+    static BYTE: u8;
+}
+
+#[test]
+fn padded_zero_sized_reference_and_byte_values_round_trip() {
+    std::thread::spawn(|| {
+        let ctx = Context::new()
+            .with_value(&PADDED, Padded(1, 2))
+            .with_value(&UNIT, ())
+            .with_value(&REFERENCE, &FORTY_TWO)
+            .with_value(&BYTE, 3);
+        let copy = ctx.copy();
+        ctx.run(|| {
+            assert_eq!(PADDED.get(), Padded(1, 2));
+            UNIT.get();
+            assert_eq!(*REFERENCE.get(), 42);
+            assert!(std::ptr::eq(REFERENCE.get(), &FORTY_TWO));
+            assert_eq!(BYTE.get(), 3);
+            let token = BYTE.set(4);
+            assert_eq!(token.old_value(), Some(&3));
+            BYTE.reset(token).unwrap();
+        });
+        assert_eq!(ctx, copy);
+        for entry in ctx.snapshot() {
+            let clone = entry.clone();
+            assert_eq!(clone.name(), entry.name());
+            assert_eq!(clone.type_name(), entry.type_name());
+        }
     })
     .join()
     .unwrap();

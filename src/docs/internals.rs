@@ -15,10 +15,12 @@
 //! read copy the value out instead of counting a borrow of the snapshot (a copy runs no
 //! code of the program's). Its function pointer is tagged and leads to the variable, a
 //! `static` that outlives every entry; the declaration macro finds the `Copy + Eq` proof
-//! (`value::CopyEq`, which only the compiler can make) and gives the variable a function
-//! returning the static, which the variable checks is itself before it stores inline. It
-//! is our own code (`src/map/`): a *small
-//! form* for up to 4 bindings (one node, indexed by a 64-bit bitmap over the low 6 bits of
+//! (`value::CopyEq`, which only the compiler can make, invariant in its type) and gives
+//! the static a reference to itself, which the variable checks is itself before it
+//! stores inline. Inline values are compared with the proof's `==` (they have no
+//! identity to compare).
+//!
+//! The map is our own code (`src/map/`): a *small form* for up to 4 bindings (one node, indexed by a 64-bit bitmap over the low 6 bits of
 //! the id and a position table, so a lookup is one table load, one entry load and one
 //! compare), and a 32-way HAMT beyond that (one level, with the same loads plus the slot
 //! array's, for up to 32 sequential ids). Variable ids are
@@ -152,8 +154,10 @@
 //! snapshot that a rayon job borrows, or the context object's runner copy that
 //! `Context::run` borrows, each of which outlives the work) until that call returns, and
 //! that call restores `HOT.root` before it returns, also when unwinding. `with_bound`
-//! dereferences it (the first `unsafe` block) and hands the caller a `&T` into the node.
-//! While that reference is in use, user code may run (the closure of `ContextVar::with`,
+//! dereferences it (the first `unsafe` block). An inline value is copied out of the node
+//! before anything else runs, and the caller gets a `&T` to the copy: no borrow. A boxed
+//! value is handed to the caller as a `&T` into its binding, which the node owns. While
+//! that reference is in use, user code may run (the closure of `ContextVar::with`,
 //! or `T::clone` in `get`), and that code may `set`, `reset` or `run`, which replaces
 //! `HOT.vars`. So a reader increments `HOT.borrows` for the duration, and every snapshot
 //! that stops being current goes through `retire`: dropped at once if no borrow is
@@ -173,15 +177,25 @@
 //! snapshot anyone else can observe is never changed; one only this frame can reach is
 //! changed without allocating a node where the map's form allows it (any change in the
 //! small form, up to 4 bindings; a replaced value in the trie), and the set allocates only
-//! the binding itself. A new key in a trie path-copies the root (node, slot array,
+//! the binding itself (nothing, for an inline value). A new key in a trie path-copies the root (node, slot array,
 //! binding); its reset reinstalls the replaced root.
 //!
 //! ### Invariant: id → type
 //!
-//! The second `unsafe` block (`Entry::downcast_unchecked`) reads an entry as a `T`
-//! without a `TypeId` check. It is only called for the entry found under the id of a
-//! `ContextVar<T>`, and only that variable ever binds its id, because ids are unique and
-//! never reused. Debug builds assert the type anyway.
+//! The second `unsafe` block (`Entry::downcast_unchecked`, `downcast_boxed_unchecked`,
+//! `read_inline`) reads an entry as a `T` without a `TypeId` check. It is only called for
+//! the entry found under the id of a `ContextVar<T>`, and only that variable ever binds
+//! its id, because ids are unique and never reused. Debug builds assert the type anyway.
+//!
+//! ### Invariant: inline → `Copy`
+//!
+//! `read_inline` copies an inline entry's word out as a `T` bit for bit, which is a copy
+//! only for a `Copy` type. An inline entry is made only by `Entry::inline`, from a
+//! variable's `InlineMeta`, which exists only with a `CopyEq<T>` proof: constructible only
+//! where the compiler checks `T: Copy + Eq`, and invariant in `T`, so no subtyping turns a
+//! proof for one type into one for another. `ContextVar::make_entry` makes one only if the
+//! metadata's `this` is the variable itself (a `&'static`, so it outlives every entry and
+//! never changes); the hidden constructor `__in_static` is safe to call with anything.
 //!
 //! ### No borrow across user code
 //!
@@ -219,8 +233,9 @@
 //! cannot exist without a handle). Such a frame is marked dirty; a handle made later
 //! publishes first. Because the published cell shares the snapshot, sets in an observable
 //! context object always path-copy (two allocations up to 4 variables: the node and the
-//! value; more for the trie, two per copied branch). Sets in a frame nobody else holds
-//! are in place (one allocation, the value), except a new key in the trie form.
+//! value, one for an inline value; more for the trie, two per copied branch). Sets in a
+//! frame nobody else holds are in place (one allocation, the value, none inline), except a
+//! new key in the trie form.
 //!
 //! ### The entered flag and the runner's copy
 //!
@@ -272,7 +287,11 @@
 //! * `src/engine/run.rs`: `run_entered`'s borrow of the runner copy, and its leave.
 //! * `src/engine/origin.rs`: walking the light-frame records outward (`origin_frames`)
 //!   and reading the storage of the current one (`restore_origin`).
-//! * `src/value.rs`: `Entry::downcast_unchecked` (invariant: id → type).
+//! * `src/value.rs`: the two forms of `Entry` (invariants: id → type, inline → `Copy`):
+//!   `downcast_unchecked`, `downcast_boxed_unchecked`, `read_inline`, writing an inline
+//!   value (`Entry::inline`), the tagged metadata pointer (`vtable`, `InlineMeta::of`),
+//!   the boxed form's `Arc` (`Binding::of`, `retain`, `release`), and `Send`/`Sync` for
+//!   `Entry`.
 //! * `src/sync/`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
 //!   (the value behind the entered flag), the observation registry's lock-free list, and
 //!   the loom stand-in's `OnceArc::get` (loom builds only).

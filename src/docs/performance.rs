@@ -44,8 +44,8 @@
 //!   the variable's id, name and formatting hook, and the value (56 bytes for a `u64`,
 //!   64 for an `Arc<str>` or an `Instant`); shared by every snapshot that binds it. An
 //!   inline value (a `static` declared with `context_var!` of a `Copy + Eq` type of at
-//!   most a word: `u64`, `bool`, a field-less enum, a pair of `u32`) costs nothing beyond
-//!   its entry;
+//!   most a word, 8 bytes on 64-bit targets: `u64`, `bool`, a field-less enum, a pair of
+//!   `u32`) costs nothing beyond its entry;
 //! * the snapshot's root node: 200 bytes, up to 4 bindings inline (the small form);
 //!   beyond 4, or when two ids share their low 6 bits, a 32-way trie whose root node has
 //!   the same size plus a slot array of 24 bytes per slot, and a child branch (72 bytes
