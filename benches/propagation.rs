@@ -9,7 +9,8 @@
 //!   plain `rayon::join` against `contextvars::rayon::join`; `rayon_join_one_worker`: the
 //!   same on a 1-thread pool, where nothing is stolen (the per-join cost alone).
 //! * `par_iter`: a `par_iter` over 1,000,000 items reading a variable per item with
-//!   `in_copied_context`, against the same reading a non-inlined `thread_local!`.
+//!   `in_copied_context` (`ours`: a boxed value; `ours_inline`: a value stored inline),
+//!   against the same reading a non-inlined `thread_local!`.
 //! * `poll`: one poll of a future that is always pending, bare, in the [`WithContext`]
 //!   wrapper (with 1 and 64 variables in the context: the cost must not depend on it),
 //!   and in tokio's `task_local!` scope.
@@ -35,6 +36,12 @@ mod summary;
 
 static VALUE: ContextVar<u64> = contextvars::context_var!(u64, "value", default 0);
 
+contextvars::context_var! {
+    /// `VALUE`'s inline twin (a `static` declared with `context_var!`: its `u64` values are
+    /// stored in the snapshot's entries), read by `par_iter/ours_inline`.
+    static INLINE_VALUE: u64 = 0;
+}
+
 thread_local! {
     static TL_VALUE: Cell<u64> = const { Cell::new(1) };
 }
@@ -58,7 +65,7 @@ fn context_of(n: usize) -> Context {
             Box::leak(Box::new(contextvars::context_var!(u64, "other")));
         ctx = ctx.with_value(var, 0);
     }
-    ctx.with_value(&VALUE, 1)
+    ctx.with_value(&VALUE, 1).with_value(&INLINE_VALUE, 1)
 }
 
 #[inline(never)]
@@ -118,6 +125,11 @@ fn ours_get() -> u64 {
 }
 
 #[inline(never)]
+fn ours_inline_get() -> u64 {
+    INLINE_VALUE.get()
+}
+
+#[inline(never)]
 fn tl_get() -> u64 {
     TL_VALUE.with(Cell::get)
 }
@@ -151,6 +163,20 @@ fn par_iter(c: &mut Criterion) {
                     (0..black_box(ITEMS))
                         .into_par_iter()
                         .map(|_| ours_get())
+                        .in_copied_context()
+                        .sum::<u64>()
+                })
+            });
+            assert_eq!(sum, ITEMS);
+        })
+    });
+    group.bench_function("ours_inline", |b| {
+        b.iter(|| {
+            let sum = ctx.copy().run(|| {
+                contextvars::rayon::ThreadPoolExt::install_in_copied_context(&pool, || {
+                    (0..black_box(ITEMS))
+                        .into_par_iter()
+                        .map(|_| ours_inline_get())
                         .in_copied_context()
                         .sum::<u64>()
                 })
