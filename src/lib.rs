@@ -190,9 +190,23 @@ pub use var::{ContextVar, VarId};
 /// A static of a `Copy + Eq` type that fits a word (here `REQUEST_ID`) stores its values
 /// inline: its sets allocate nothing ([Inline values](ContextVar#inline-values)).
 ///
+/// **A name of your choosing** for a static (what `Debug` prints, and the field name
+/// `contextvars-tracing` logs): `as "name"` after the type.
+///
+/// ```
+/// contextvars::context_var! {
+///     pub static REQUEST_ID: u64 as "request_id";
+///     static TENANT: &'static str as "tenant" = "public";
+/// }
+///
+/// assert_eq!(REQUEST_ID.name(), "request_id");
+/// assert_eq!(TENANT.name(), "tenant");
+/// assert_eq!(TENANT.get(), "public");
+/// ```
+///
 /// **A value** (`context_var!(Type, name)`, then optionally `, default expr` or
-/// `, lazy expr`), for a name of your choosing (Python's `ContextVar("request_id")`), an
-/// array of variables, or a variable made at run time (leaked, as variables are never
+/// `, lazy expr`), for a name computed at compile time or run time (Python's
+/// `ContextVar("request_id")`), an array of variables, or a variable made at run time (leaked, as variables are never
 /// freed in Python either). It is a constant expression:
 ///
 /// ```
@@ -216,24 +230,24 @@ pub use var::{ContextVar, VarId};
 #[macro_export]
 macro_rules! context_var {
     () => {};
-    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty ; $($rest:tt)*) => {
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty $(as $alias:literal)? ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::context_var!($t, ::core::stringify!($name))
+            $crate::context_var!($t, $crate::__var_name!($name $(, $alias)?))
                 .__in_static(&$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
-    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = lazy $init:expr ; $($rest:tt)*) => {
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty $(as $alias:literal)? = lazy $init:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::context_var!($t, ::core::stringify!($name), lazy $init)
+            $crate::context_var!($t, $crate::__var_name!($name $(, $alias)?), lazy $init)
                 .__in_static(&$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
-    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty = $default:expr ; $($rest:tt)*) => {
+    ($(#[$attr:meta])* $vis:vis static $name:ident : $t:ty $(as $alias:literal)? = $default:expr ; $($rest:tt)*) => {
         $(#[$attr])*
         $vis static $name: $crate::ContextVar<$t> =
-            $crate::context_var!($t, ::core::stringify!($name), default $default)
+            $crate::context_var!($t, $crate::__var_name!($name $(, $alias)?), default $default)
                 .__in_static(&$name, $crate::__copy_eq!($t));
         $crate::context_var!($($rest)*);
     };
@@ -265,6 +279,18 @@ macro_rules! __value_traits {
         }
         value_traits
     }};
+}
+
+/// A static's variable name: the one after `as`, else the static's identifier.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __var_name {
+    ($name:ident) => {
+        ::core::stringify!($name)
+    };
+    ($name:ident, $alias:literal) => {
+        $alias
+    };
 }
 
 /// The proof that a concrete type is `Copy + Eq`, if it is (an inherent associated

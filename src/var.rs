@@ -134,10 +134,11 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// is `Copy + Eq` and at most a pointer's size and alignment (`u64`, `u32`, `bool`,
 /// `char`, a field-less enum, `(u32, u32)`, `Option<NonZeroU64>`) stores its values in
 /// the snapshot itself: a [`set`](Self::set) allocates nothing, cloning a snapshot's
-/// entry copies it, and a read copies the value out. Other variables *box* each value
-/// (one allocation per set, shared by every snapshot that binds it): other types, and the
-/// expression form `context_var!(T, "name")`, whose result could be moved (even when it
-/// initialises a `static`). The word is a pointer's size: 8 bytes on 64-bit targets, 4 on
+/// entry copies it, and a read copies the value out. That includes a static with a name
+/// of its own (`static REQUEST_ID: u64 as "request_id";`). Other variables *box* each
+/// value (one allocation per set, shared by every snapshot that binds it): other types,
+/// and the expression form `context_var!(T, "name")`, whose result could be moved (even
+/// when it initialises a `static`). The word is a pointer's size: 8 bytes on 64-bit targets, 4 on
 /// 32-bit ones (where a `u64` is boxed).
 ///
 /// Both forms read, set, print and propagate the same; they differ in cost (as

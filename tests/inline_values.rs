@@ -115,6 +115,15 @@ context_var! {
     static NAME: String;
 }
 
+context_var! {
+    /// Inline, with a name of its own.
+    static NAMED: u64 as "request_id";
+    /// Inline, with a name of its own and a default.
+    static NAMED_DEFAULT: u32 as "retries" = 3;
+    /// Boxed, with a name of its own and a lazy default.
+    static NAMED_LAZY: String as "user" = lazy String::from("anonymous");
+}
+
 /// Boxed: the expression form (its value could be moved, so it is never inline).
 static EXPRESSION: ContextVar<u64> = contextvars::context_var!(u64, "expression");
 
@@ -456,6 +465,30 @@ fn padded_zero_sized_reference_and_byte_values_round_trip() {
             assert_eq!(clone.name(), entry.name());
             assert_eq!(clone.type_name(), entry.type_name());
         }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_static_with_a_name_of_its_own_is_inline_too() {
+    std::thread::spawn(|| {
+        assert_eq!(NAMED.name(), "request_id");
+        assert_eq!(NAMED_DEFAULT.name(), "retries");
+        assert_eq!(NAMED_DEFAULT.get(), 3);
+        assert_eq!(NAMED_LAZY.name(), "user");
+        assert_eq!(NAMED_LAZY.get(), "anonymous");
+        drop(NAMED.set(0));
+        drop(NAMED_DEFAULT.set(0));
+        let (count, ()) = allocations(|| {
+            let _id = NAMED.scoped_set(9);
+            let _retries = NAMED_DEFAULT.scoped_set(4);
+            assert_eq!((NAMED.get(), NAMED_DEFAULT.get()), (9, 4));
+        });
+        assert_eq!(count, 0, "named statics store inline");
+        drop(NAMED.set(7));
+        let printed = format!("{:?}", copy_context());
+        assert!(printed.contains("request_id: 7"), "{printed}");
     })
     .join()
     .unwrap();
