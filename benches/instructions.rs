@@ -177,27 +177,27 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(671, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(626, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(994, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(955, 1))]
 fn set_reset_boxed_own_context(_: ()) -> bool {
     let token = VARS[1].set(black_box(41));
     black_box(VARS[1].reset(token).is_ok())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(741, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(697, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), || black_box(FIRST.get()))
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(1_073, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(1_034, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), || black_box(VARS[1].get()))
 }
