@@ -116,6 +116,20 @@ fn get_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
 
+/// `bound(n)`, then one read of `FIRST`: a read of a variable read before in the same
+/// frame, with nothing changed since (what a read cache would serve; there is none).
+fn bound_and_read(n: usize) {
+    bound(n);
+    black_box(FIRST.get());
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(42, 0))]
+#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(62, 0))]
+fn get_again_own_context(_: ()) -> u64 {
+    black_box(FIRST.get())
+}
+
 #[library_benchmark]
 #[bench::vars_8(args = (8), setup = bound, config = limit(50))]
 #[bench::vars_1024(args = (1024), setup = bound, config = limit(70))]
@@ -132,6 +146,15 @@ fn probe_get() -> u64 {
 #[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 42))]
 fn get_in_run(ctx: Context) -> u64 {
     ctx.run(probe_get)
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 42))]
+fn get_again_in_run(ctx: Context) -> u64 {
+    ctx.run(|| {
+        black_box(FIRST.get());
+        probe_get()
+    })
 }
 
 #[library_benchmark]
@@ -166,8 +189,10 @@ library_benchmark_group!(
     name = reads,
     benchmarks = [
         get_own_context,
+        get_again_own_context,
         get_boxed_own_context,
         get_in_run,
+        get_again_in_run,
         get_in_poll,
         peer_thread_local_get,
         peer_task_local_get
