@@ -58,8 +58,9 @@ use crate::var::ContextVar;
 /// shared by copies), or, for variables declared with [`context_var!`](crate::context_var)
 /// whose type implements `PartialEq`, if `==` says so. Values of other variables compare
 /// by identity only. Values stored inline (statics of small `Copy + Eq` types, see
-/// [Inline values](ContextVar#inline-values)) have no identity and compare with `==`. `==` takes both [`snapshot`](Self::snapshot)s and compares them as
-/// [`Snapshot`]'s `==` does.
+/// [Inline values](ContextVar#inline-values)) have no identity and compare with `==`.
+/// `==` takes both [`snapshot`](Self::snapshot)s and compares them as [`Snapshot`]'s `==`
+/// does.
 pub struct Context {
     /// The snapshot the context was created with; authoritative until `shared` exists.
     initial: Vars,
@@ -189,9 +190,10 @@ impl Context {
     /// # Cost
     ///
     /// The value's allocation (none if it is stored inline, see
-    /// [Inline values](ContextVar#inline-values)) and a path copy of this context's snapshot (read as
-    /// [`snapshot`](Self::snapshot) does): one more allocation up to 4 variables, two per
-    /// copied trie level beyond, and a reference-count increment per slot copied.
+    /// [Inline values](ContextVar#inline-values)) and a path copy of this context's
+    /// snapshot (read as [`snapshot`](Self::snapshot) does): one more allocation up to 4
+    /// variables, two per copied trie level beyond, and a reference-count increment per
+    /// boxed entry and child copied.
     pub fn with_value<T: Send + Sync + 'static>(&self, var: &ContextVar<T>, value: T) -> Context {
         let entry = var.make_entry(value);
         Self::from_vars(self.vars().insert(var.raw_id(), entry))

@@ -205,9 +205,9 @@ pub use var::{ContextVar, VarId};
 /// ```
 ///
 /// **A value** (`context_var!(Type, name)`, then optionally `, default expr` or
-/// `, lazy expr`), for a name computed at compile time or run time (Python's
-/// `ContextVar("request_id")`), an array of variables, or a variable made at run time (leaked, as variables are never
-/// freed in Python either). It is a constant expression:
+/// `, lazy expr`, as Python's `ContextVar("request_id")`), for an array of variables, a
+/// name that is not a literal, or a variable made at run time (leaked, as variables are
+/// never freed in Python either). It is a constant expression:
 ///
 /// ```
 /// use contextvars::{ContextVar, context_var};

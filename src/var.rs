@@ -138,8 +138,8 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// of its own (`static REQUEST_ID: u64 as "request_id";`). Other variables *box* each
 /// value (one allocation per set, shared by every snapshot that binds it): other types,
 /// and the expression form `context_var!(T, "name")`, whose result could be moved (even
-/// when it initialises a `static`). The word is a pointer's size: 8 bytes on 64-bit targets, 4 on
-/// 32-bit ones (where a `u64` is boxed).
+/// when it initialises a `static`). The word is a pointer's size: 8 bytes on 64-bit
+/// targets, 4 on 32-bit ones (where a `u64` is boxed).
 ///
 /// Both forms read, set, print and propagate the same; they differ in cost (as
 /// [`docs::performance`](crate::docs::performance) details) and in two details of
