@@ -67,7 +67,7 @@
 //! | operation | cost |
 //! |---|---|
 //! | [`ContextVar::get`] / [`with`](ContextVar::with) | a thread-local load and a bounded trie lookup: no lock, no atomic read-modify-write, no allocation (wait-free) |
-//! | [`ContextVar::set`] / [`reset`](ContextVar::reset) | in place when the frame holds its snapshot alone and the key has room (no allocation); otherwise path copying: O(log₃₂ n) new nodes, one node for up to 4 variables, two (a node and its slot array) up to 32 |
+//! | [`ContextVar::set`] / [`reset`](ContextVar::reset) | in place when the frame holds its snapshot alone and the key has room (no node allocated; the value's own allocation, unless it is stored inline); otherwise path copying: O(log₃₂ n) new nodes, one node for up to 4 variables, two (a node and its slot array) up to 32 |
 //! | [`copy_context`] | one reference-count increment, whatever the size |
 //! | [`Context::copy`] | the same for a context never run; for one that has run (or a [`Context::current`] handle), a load from its `arc_swap` cell too |
 //! | [`Context::run`] | a compare-and-swap on the enter flag, two thread-local swaps (no reference count unless the code inside writes) |
@@ -188,10 +188,11 @@ pub use var::{ContextVar, VarId};
 /// ```
 ///
 /// A static of a `Copy + Eq` type that fits a word (here `REQUEST_ID`) stores its values
-/// inline: its sets allocate nothing ([Inline values](ContextVar#inline-values)).
+/// inline: its sets allocate nothing for the value ([Inline values](ContextVar#inline-values)).
 ///
 /// **A name of your choosing** for a static (what `Debug` prints, and the field name
-/// `contextvars-tracing` logs): `as "name"` after the type.
+/// `contextvars-tracing` logs): `as "name"` after the type, a string literal (a name in
+/// a `const` needs the expression form below).
 ///
 /// ```
 /// contextvars::context_var! {

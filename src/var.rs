@@ -131,10 +131,11 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// # Inline values
 ///
 /// A variable declared as a `static` with [`context_var!`](crate::context_var) whose type
-/// is `Copy + Eq` and at most a pointer's size and alignment (`u64`, `u32`, `bool`,
-/// `char`, a field-less enum, `(u32, u32)`, `Option<NonZeroU64>`) stores its values in
-/// the snapshot itself: a [`set`](Self::set) allocates nothing, cloning a snapshot's
-/// entry copies it, and a read copies the value out. That includes a static with a name
+/// is `Copy + Eq` and at most a pointer's size and alignment (on 64-bit targets: `u64`,
+/// `u32`, `bool`, `char`, a field-less enum, `(u32, u32)`, `Option<NonZeroU64>`) stores
+/// its values in the snapshot itself: a [`set`](Self::set) allocates nothing for the
+/// value (a set in place allocates nothing at all; a path copy still makes its nodes),
+/// cloning a snapshot's entry copies it, and a read copies the value out. That includes a static with a name
 /// of its own (`static REQUEST_ID: u64 as "request_id";`). Other variables *box* each
 /// value (one allocation per set, shared by every snapshot that binds it): other types,
 /// and the expression form `context_var!(T, "name")`, whose result could be moved (even
@@ -155,7 +156,7 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 ///     /// Boxed: a `String` is not `Copy`.
 ///     static USER: String;
 /// }
-/// let _id = REQUEST_ID.scoped_set(7); // no allocation in a private frame
+/// let _id = REQUEST_ID.scoped_set(7); // nothing allocated for the value
 /// assert_eq!(REQUEST_ID.get(), 7);
 /// ```
 pub struct ContextVar<T: 'static> {
