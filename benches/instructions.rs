@@ -216,13 +216,13 @@ fn set_reset_boxed_own_context(_: ()) -> bool {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(697, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(687, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), || black_box(FIRST.get()))
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(1_034, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(1_024, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), || black_box(VARS[1].get()))
 }
@@ -240,7 +240,7 @@ fn run_empty(ctx: Context) -> (Context, u64) {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(71, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(51, 0))]
 fn copy_context_and_drop(_: ()) {
     drop(black_box(copy_context()));
 }

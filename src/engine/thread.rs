@@ -194,10 +194,11 @@ impl Hot {
 
     #[inline]
     pub(super) fn vars_clone(&self) -> Vars {
-        let vars = self.vars.take();
-        let copy = vars.clone();
-        self.vars.set(vars);
-        copy
+        // SAFETY: a shared reference into the cell, used only for the clone: cloning a
+        // `Map` counts a reference to its root node and copies its length, which runs no
+        // code of the program's and cannot reach `HOT`, so nothing writes the cell while
+        // the reference lives (`Cell` is `!Sync`: no other thread can).
+        unsafe { (*self.vars.as_ptr()).clone() }
     }
 
     /// Makes `new` the current snapshot and returns the old one. No user code runs.
