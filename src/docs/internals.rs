@@ -276,8 +276,9 @@
 //!
 //! ## Where `unsafe` lives
 //!
-//! * `src/engine/thread.rs`: `with_hot` (a reference to the destructor-free `HOT`) and
-//!   handing the runner copy back at thread exit.
+//! * `src/engine/thread.rs`: `with_hot` (a reference to the destructor-free `HOT`),
+//!   cloning the current snapshot through a reference into its cell (`vars_clone`: a
+//!   `Map` clone runs no program code), and handing the runner copy back at thread exit.
 //! * `src/engine/binding.rs`: dereferencing `HOT.root` in `with_bound` (invariant: the
 //!   root pointer is owned).
 //! * `src/engine/frame.rs`: the runner copy of an entered context object
