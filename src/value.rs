@@ -9,12 +9,12 @@
 //!   entry counts a reference, dropping the last one drops the value. The table is one
 //!   constant per type.
 //! * **Inline**: the word *is* the value. Only for a variable declared as a `static`
-//!   with `context_var!` whose type is `Copy + Eq` and fits a pointer-sized word
-//!   (`u64`, `bool`, `char`, `&'static str` does not fit, a field-less enum does): such
-//!   a set allocates nothing, cloning an entry copies two words and dropping it does
-//!   nothing. The table pointer is tagged (low bit set) and points at the variable's
-//!   [`InlineMeta`], which leads to the variable itself (its name, id and traits): a
-//!   `static`, so it outlives every entry.
+//!   with `context_var!` whose type is `Copy + Eq` and fits a pointer-sized word (on
+//!   64-bit targets a `u64`, `bool`, `char` or field-less enum; not a `&'static str`,
+//!   which is two words): its sets allocate nothing for the value, cloning an entry
+//!   copies two words and dropping one does nothing. The table pointer is tagged (low bit
+//!   set) and points at the variable's [`InlineMeta`], which leads to the variable itself
+//!   (its name, id and traits): a `static`, so it outlives every entry.
 //!
 //! Reading a value back as `T` is the unsafe step: [`Entry::downcast_unchecked`] and
 //! [`Entry::read_inline`] skip the type check because a variable id is only ever bound by
@@ -28,9 +28,10 @@
 //! always holds a value of the one `T` of that variable.
 //!
 //! **Invariant (inline → `Copy`).** An inline entry exists only for a type with a
-//! [`CopyEq`] proof, which only the compiler can make (for `T: Copy + Eq`): so reading
-//! one as a bitwise copy ([`Entry::read_inline`]) runs no code of the program's and
-//! holds no reference into the snapshot while the caller's closure runs.
+//! [`CopyEq`] proof, which only the compiler can make (for `T: Copy + Eq`; invariant in
+//! `T`, so no subtyping carries it to another type): so reading one as a bitwise copy
+//! ([`Entry::read_inline`]) runs no code of the program's and holds no reference into the
+//! snapshot while the caller's closure runs.
 
 use std::any::Any;
 use std::fmt;
