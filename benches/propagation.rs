@@ -136,6 +136,32 @@ fn tl_get() -> u64 {
 
 const ITEMS: u64 = 1_000_000;
 
+/// A `par_iter` row of ours: every item calls `read` (a fn item, called directly, as the
+/// thread-local row calls `tl_get`) in a copy of `ctx`, on `pool`.
+fn bench_ours(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    pool: &rayon::ThreadPool,
+    ctx: &Context,
+    name: &str,
+    read: impl Fn() -> u64 + Sync,
+) {
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let sum = ctx.copy().run(|| {
+                // On the same pool as the thread-local version, in the caller's context.
+                contextvars::rayon::ThreadPoolExt::install_in_copied_context(pool, || {
+                    (0..black_box(ITEMS))
+                        .into_par_iter()
+                        .map(|_| read())
+                        .in_copied_context()
+                        .sum::<u64>()
+                })
+            });
+            assert_eq!(sum, ITEMS);
+        })
+    });
+}
+
 fn par_iter(c: &mut Criterion) {
     let pool = pool();
     let mut group = c.benchmark_group("par_iter");
@@ -155,35 +181,8 @@ fn par_iter(c: &mut Criterion) {
             assert_eq!(sum, ITEMS);
         })
     });
-    group.bench_function("ours", |b| {
-        b.iter(|| {
-            let sum = ctx.copy().run(|| {
-                // On the same pool as the thread-local version, in the caller's context.
-                contextvars::rayon::ThreadPoolExt::install_in_copied_context(&pool, || {
-                    (0..black_box(ITEMS))
-                        .into_par_iter()
-                        .map(|_| ours_get())
-                        .in_copied_context()
-                        .sum::<u64>()
-                })
-            });
-            assert_eq!(sum, ITEMS);
-        })
-    });
-    group.bench_function("ours_inline", |b| {
-        b.iter(|| {
-            let sum = ctx.copy().run(|| {
-                contextvars::rayon::ThreadPoolExt::install_in_copied_context(&pool, || {
-                    (0..black_box(ITEMS))
-                        .into_par_iter()
-                        .map(|_| ours_inline_get())
-                        .in_copied_context()
-                        .sum::<u64>()
-                })
-            });
-            assert_eq!(sum, ITEMS);
-        })
-    });
+    bench_ours(&mut group, &pool, &ctx, "ours", ours_get);
+    bench_ours(&mut group, &pool, &ctx, "ours_inline", ours_inline_get);
     group.finish();
 }
 

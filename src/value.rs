@@ -59,6 +59,14 @@ impl<T> ValueTraits<T> {
         debug: None,
         eq: None,
     };
+
+    /// Prints `value` with its `Debug`, or as `<type name>` without one.
+    pub(crate) fn fmt_value(&self, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.debug {
+            Some(debug) => debug(value, f),
+            None => write!(f, "<{}>", std::any::type_name::<T>()),
+        }
+    }
 }
 
 /// A proof that `T` is `Copy + Eq`, which only the compiler can make ([`CopyEq::new`]
@@ -154,7 +162,7 @@ impl<T: Send + Sync + 'static> Binding<T> {
         fmt_value: |entry, f| {
             // SAFETY: as above.
             let binding = unsafe { Self::of(entry) };
-            fmt_with((binding.traits)(), &binding.value, f)
+            (binding.traits)().fmt_value(&binding.value, f)
         },
         eq_value: |entry, other| {
             // SAFETY: as above.
@@ -193,13 +201,6 @@ impl<T: Send + Sync + 'static> Binding<T> {
         // SAFETY: the pointer came from `Arc::into_raw` of an `Arc<Binding<T>>` (caller's
         // guarantee), and `entry` owns one strong count, given up here, once.
         unsafe { drop(Arc::from_raw(entry.word.assume_init().cast::<Self>())) };
-    }
-}
-
-fn fmt_with<T>(traits: ValueTraits<T>, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    match traits.debug {
-        Some(debug) => debug(value, f),
-        None => write!(f, "<{}>", std::any::type_name::<T>()),
     }
 }
 
@@ -262,9 +263,9 @@ impl<T: Send + Sync + 'static> InlineMeta<T> {
         },
         fmt_value: |entry, f| {
             // SAFETY: as above.
-            let traits = unsafe { Self::of(entry) }.var().traits();
+            let var = unsafe { Self::of(entry) }.var();
             // SAFETY: as above.
-            fmt_with(traits, unsafe { entry.inline_ref::<T>() }, f)
+            var.fmt_value(unsafe { entry.inline_ref::<T>() }, f)
         },
         eq_value: |entry, other| {
             // The proof's `==` (the type is `Eq`), whatever the variable's traits say.

@@ -304,16 +304,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         Entry::boxed(self.raw_id(), self.name, self.traits, value)
     }
 
-    /// How this variable's values print and compare.
-    pub(crate) fn traits(&self) -> ValueTraits<T> {
-        (self.traits)()
-    }
-
     pub(crate) fn fmt_value(&self, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.traits)().debug {
-            Some(debug) => debug(value, f),
-            None => write!(f, "<{}>", std::any::type_name::<T>()),
-        }
+        (self.traits)().fmt_value(value, f)
     }
 
     // ----- reading -------------------------------------------------------------------

@@ -5,59 +5,18 @@
 //! snapshot, for inline and boxed variables side by side), counting allocations with a
 //! global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use contextvars::{Context, ContextVar, context_var, copy_context};
 
-// ------------------------------------------------------------------ counting allocator
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::allocations;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`; `ptr` was allocated by `System` through this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The allocations `f` makes on this thread.
-fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
-    let before = ALLOCATIONS.with(Cell::get);
-    let result = f();
-    (ALLOCATIONS.with(Cell::get) - before, result)
+/// Runs `f` on a thread of its own, whose context starts empty, and propagates its panic.
+fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(f).join().unwrap();
 }
 
 // ------------------------------------------------------------------------- variables
@@ -140,7 +99,7 @@ fn warm_up() {
 
 #[test]
 fn a_set_and_reset_of_an_inline_value_allocates_nothing() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         warm_up();
         let (count, ()) = allocations(|| {
             for i in 0..100 {
@@ -159,14 +118,12 @@ fn a_set_and_reset_of_an_inline_value_allocates_nothing() {
             }
         });
         assert_eq!(count, 0, "inline scope / scoped_set allocated");
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn a_boxed_value_still_allocates_one_binding_per_set() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         warm_up();
         let (count, ()) = allocations(|| {
             let token = EXPRESSION.set(5);
@@ -179,14 +136,12 @@ fn a_boxed_value_still_allocates_one_binding_per_set() {
         drop(RATIO.set(0.0));
         let (count, ()) = allocations(|| drop(RATIO.set(0.5)));
         assert_eq!(count, 1, "an f64 is not Eq");
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn reads_see_inline_values_in_every_form() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         assert!(REQUEST_ID.try_get().is_err());
         assert_eq!(RETRIES.get(), 3);
         assert_eq!(LAZY.get(), 77);
@@ -206,14 +161,12 @@ fn reads_see_inline_values_in_every_form() {
         assert_eq!(PAIR.get(), (1, u32::MAX));
         UNIT.get();
         assert!(UNIT.is_set());
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn a_set_inside_a_read_of_an_inline_value_does_not_change_what_the_read_sees() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         drop(REQUEST_ID.set(1));
         let seen = REQUEST_ID.with(|id| {
             // No borrow of the snapshot is held: the set writes in place, and the read's
@@ -224,14 +177,12 @@ fn a_set_inside_a_read_of_an_inline_value_does_not_change_what_the_read_sees() {
         });
         assert_eq!(seen, 1);
         assert_eq!(REQUEST_ID.get(), 2);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn get_clones_an_inline_value_with_its_own_clone() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         drop(COUNTED.set(CountedClone(1)));
         CLONES.with(|clones| clones.set(0));
         // `get` is `T::clone` of the current value, whatever `Clone` does.
@@ -239,14 +190,12 @@ fn get_clones_an_inline_value_with_its_own_clone() {
         assert_eq!(CLONES.with(Cell::get), 1);
         // `with` hands over the value itself.
         assert_eq!(COUNTED.with(|value| value.0), 1);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn tokens_of_inline_values_reset_and_report_old_values() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         let first = TIER.set(Tier::Free);
         assert_eq!(first.old_value(), None);
         let second = TIER.set(Tier::Paid);
@@ -255,14 +204,12 @@ fn tokens_of_inline_values_reset_and_report_old_values() {
         assert_eq!(TIER.get(), Tier::Free);
         TIER.reset(first).unwrap();
         assert!(!TIER.is_set());
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn snapshots_print_compare_and_iterate_inline_and_boxed_values_alike() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         drop(REQUEST_ID.set(7));
         drop(TIER.set(Tier::Paid));
         drop(OPAQUE.set(Opaque(3)));
@@ -318,14 +265,12 @@ fn snapshots_print_compare_and_iterate_inline_and_boxed_values_alike() {
         let f = Context::new().with_value(&OPAQUE, Opaque(1));
         let g = Context::new().with_value(&OPAQUE, Opaque(1));
         assert_eq!(f, g, "an inline type is Eq, so == decides");
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn inline_values_follow_copies_into_threads_and_runs() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         drop(REQUEST_ID.set(11));
         let ctx = copy_context();
         drop(REQUEST_ID.set(12));
@@ -344,16 +289,14 @@ fn inline_values_follow_copies_into_threads_and_runs() {
         .unwrap();
         assert_eq!(seen, (13, 13, true));
         assert_eq!(REQUEST_ID.get(), 12);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn many_inline_and_boxed_values_through_a_deep_trie() {
     // Enough variables that the snapshot is a trie, with both kinds of entry in it.
     static MANY: [ContextVar<u64>; 200] = [const { contextvars::context_var!(u64, "many") }; 200];
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         for (i, var) in MANY.iter().enumerate() {
             drop(var.set(i as u64));
         }
@@ -370,9 +313,7 @@ fn many_inline_and_boxed_values_through_a_deep_trie() {
         let snapshot = copy_context().snapshot();
         assert_eq!(snapshot.get(&TIER), Some(&Tier::Free));
         assert!(snapshot.len() >= 201);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 // ----------------------------------------------------------------- the hidden constructor
@@ -390,7 +331,7 @@ static NO_TRAITS: ContextVar<u64> =
 
 #[test]
 fn a_static_that_names_another_variable_is_never_inline() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         drop(IMPOSTOR.set(0));
         let (count, ()) = allocations(|| drop(IMPOSTOR.set(5)));
         assert_eq!(count, 1, "boxed, since `this` is not the variable itself");
@@ -402,14 +343,12 @@ fn a_static_that_names_another_variable_is_never_inline() {
         assert_eq!(entry.name(), "impostor");
         assert_eq!(entry.get(&IMPOSTOR), Some(&5));
         assert_eq!(IMPOSTOR.get(), 5);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn inline_values_compare_with_the_proofs_eq_whatever_the_traits_say() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         let (count, base) = allocations(|| Context::new().with_value(&NO_TRAITS, 1));
         // The context's root node only: the value is inline.
         assert_eq!(count, 1);
@@ -420,9 +359,7 @@ fn inline_values_compare_with_the_proofs_eq_whatever_the_traits_say() {
         assert_eq!(base.run(|| NO_TRAITS.get()), 1);
         // No `Debug` in the traits: printed as the type's name.
         assert_eq!(format!("{base:?}"), "Context {no_traits: <u64>}");
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// A field then padding.
@@ -442,7 +379,7 @@ context_var! {
 
 #[test]
 fn padded_zero_sized_reference_and_byte_values_round_trip() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         let ctx = Context::new()
             .with_value(&PADDED, Padded(1, 2))
             .with_value(&UNIT, ())
@@ -465,14 +402,12 @@ fn padded_zero_sized_reference_and_byte_values_round_trip() {
             assert_eq!(clone.name(), entry.name());
             assert_eq!(clone.type_name(), entry.type_name());
         }
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
 fn a_static_with_a_name_of_its_own_is_inline_too() {
-    std::thread::spawn(|| {
+    on_fresh_thread(|| {
         assert_eq!(NAMED.name(), "request_id");
         assert_eq!(NAMED_DEFAULT.name(), "retries");
         assert_eq!(NAMED_DEFAULT.get(), 3);
@@ -489,7 +424,5 @@ fn a_static_with_a_name_of_its_own_is_inline_too() {
         drop(NAMED.set(7));
         let printed = format!("{:?}", copy_context());
         assert!(printed.contains("request_id: 7"), "{printed}");
-    })
-    .join()
-    .unwrap();
+    });
 }

@@ -10,7 +10,6 @@
 //! The tests take [`serial`]: the allocation test's scoped dispatchers must not exist
 //! while the re-entrancy test runs.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt;
 use std::io;
@@ -18,6 +17,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use contextvars::{Context, ContextVar};
 use contextvars_tracing::ContextFields;
+
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::allocations;
 
 #[path = "support/log_buffer.rs"]
 mod log_buffer;
@@ -52,54 +55,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts this thread's allocations (`alloc`, `alloc_zeroed`, `realloc`).
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded from our caller, who upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`; `ptr` was allocated by `System` through this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `realloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The allocations this thread makes in `f`.
-fn allocations(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
-
 #[test]
 fn a_wrapped_event_allocates_no_more_than_a_plain_one() {
     static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
@@ -131,7 +86,7 @@ fn a_wrapped_event_allocates_no_more_than_a_plain_one() {
         for (dispatch, count) in [&plain, &wrapped].into_iter().zip(&mut counts) {
             tracing::dispatcher::with_default(dispatch, || {
                 events(); // warm up: buffers, caches, the combined callsite
-                *count = allocations(events);
+                *count = allocations(events).0;
             });
         }
         let [plain, wrapped] = counts;
