@@ -8,7 +8,7 @@ use crate::engine::{self, Frame, Shared, Vars};
 use crate::error::{AccessError, EnterError};
 use crate::map::Map;
 use crate::snapshot::Snapshot;
-use crate::sync::{Arc, OnceArc};
+use crate::sync::{Arc, ArcRef, OnceArc};
 use crate::var::ContextVar;
 
 /// A context: a mapping from [`ContextVar`]s to values that code can run in.
@@ -62,11 +62,13 @@ use crate::var::ContextVar;
 /// `==` takes both [`snapshot`](Self::snapshot)s and compares them as [`Snapshot`]'s `==`
 /// does.
 pub struct Context {
-    /// The snapshot the context was created with; authoritative until `shared` exists.
-    initial: Vars,
     /// The shared cell, made on first [`run`](Self::run) or when a handle to a running
     /// frame is taken. Deferring it keeps `copy_context` to a reference-count increment.
+    /// (Declared first, so it is dropped first: the snapshot's release is then the
+    /// drop's last step, which compiles to a tail call.)
     shared: OnceArc<Shared>,
+    /// The snapshot the context was created with; authoritative until `shared` exists.
+    initial: Vars,
 }
 
 impl Context {
@@ -138,7 +140,7 @@ impl Context {
         })
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    fn shared(&self) -> ArcRef<'_, Shared> {
         self.shared.get_or_init(|| {
             Arc::new(Shared::new(
                 engine::next_context_id(),
@@ -237,7 +239,7 @@ impl Context {
             return Err(EnterError::ALREADY_ENTERED);
         }
         // The context is left when `f` returns or unwinds.
-        Ok(engine::run_entered(shared, f))
+        Ok(engine::run_entered(&shared, f))
     }
 
     /// Marks the context entered and returns a frame that runs it and leaves it when
@@ -288,6 +290,7 @@ impl fmt::Debug for Context {
 /// One reference-count increment, whatever n; no allocation. While the copy lives, the
 /// current context's snapshot is shared, so its next set path-copies instead of writing
 /// in place.
+#[inline]
 pub fn copy_context() -> Context {
     Context::from_vars(engine::vars())
 }

@@ -284,7 +284,9 @@
 //! * `src/engine/frame.rs`: the runner copy of an entered context object
 //!   (`Frame::entered`, `Frame::release`).
 //! * `src/engine/light.rs`: the light-frame record, its storage and its borrowed
-//!   snapshot (`enter_light`, `materialize`, `vars`, `with_captured`).
+//!   snapshot (`enter_light`, `materialize`, `with_captured`), and `vars`, which counts
+//!   one more reference to the node behind `HOT.root` (invariant: the root pointer is
+//!   owned).
 //! * `src/engine/run.rs`: `run_entered`'s borrow of the runner copy, and its leave.
 //! * `src/engine/origin.rs`: walking the light-frame records outward (`origin_frames`)
 //!   and reading the storage of the current one (`restore_origin`).
@@ -294,8 +296,10 @@
 //!   the boxed form's `Arc` (`Binding::of`, `retain`, `release`), and `Send`/`Sync` for
 //!   `Entry`.
 //! * `src/sync/`: `unique_mut` (a strong count of 1 with no `Weak`s), `EnteredCell`
-//!   (the value behind the entered flag), the observation registry's lock-free list, and
-//!   the loom stand-in's `OnceArc::get` (loom builds only).
+//!   (the value behind the entered flag), the observation registry's lock-free list,
+//!   `arc_clone_raw` (an `Arc` from `Arc::as_ptr` of a live one), `OnceArc` (an `Arc`
+//!   kept as its raw pointer, set once by compare-and-swap, lent as a never-dropped
+//!   `ArcRef`; the same code in loom builds, so loom models check it).
 //!
 //! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage
 //! checks it (`lib.rs`, `engine/mod.rs` and the documentation modules, which hold no

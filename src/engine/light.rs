@@ -12,9 +12,9 @@ use super::origin::restore_pending;
 use super::run::release_isolated;
 use super::thread::{Hot, Status, with_hot};
 use super::{Vars, announce};
-use crate::map::Node;
+use crate::map::{Map, Node};
 use crate::pool::Entered;
-use crate::sync::{Arc, Cell};
+use crate::sync::{Arc, Cell, arc_clone_raw};
 use crate::value::Entry;
 
 /// A *light* frame: one that is current for reads (`HOT.root` points at its snapshot)
@@ -315,14 +315,16 @@ impl Drop for Exit<'_> {
 /// A clone of the current snapshot (empty during thread teardown).
 #[inline]
 pub(crate) fn vars() -> Vars {
-    let light = with_hot(|hot| hot.light.get());
-    if !light.is_null() {
-        // SAFETY: a non-null `HOT.light` is the current, unmaterialized light frame
-        // (materializing clears it), alive for the duration of its `enter_light` call
-        // (see `Light`).
-        return unsafe { (*light).vars() }.clone();
+    // `HOT.root` is the root of the current snapshot in every frame, light or not: one
+    // load, and no branch on the frame's kind.
+    let root = with_hot(|hot| hot.root.get());
+    if root.is_null() {
+        return Map::new();
     }
-    with_hot(Hot::vars_clone)
+    // SAFETY: a non-null `HOT.root` is `Arc::as_ptr` of the root node of the current
+    // frame's snapshot, which stays alive while the frame is current, past this call
+    // (see `frame`'s module docs: why the raw root pointer is valid).
+    Map::from_arc(Some(unsafe { arc_clone_raw(root) }))
 }
 
 /// Calls `f` with the current snapshot, to hand to structured work that finishes before

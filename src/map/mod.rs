@@ -87,10 +87,10 @@ type SmallEntry<V> = Option<(u64, V)>;
 
 /// A persistent map from `u64` keys to `V`; cloning it is O(1) and versions share structure.
 pub(crate) struct Map<V> {
-    /// The root node, `None` when the map is empty (an empty map allocates nothing).
+    /// The root node, `None` when the map is empty (an empty map allocates nothing). The
+    /// map is this one pointer: its length is the root's (`Node::len`), so a snapshot
+    /// handle, a `Context` and a frame each hold one word for their bindings.
     root: Option<Arc<Node<V>>>,
-    /// Number of entries, kept here so that `len` is O(1) without touching the root.
-    len: usize,
 }
 
 /// A map's root node: a small-form node or the root branch of a trie, with the map's
@@ -152,19 +152,19 @@ enum Shrunk<V> {
 impl<V> Map<V> {
     /// The empty map; allocates nothing.
     pub(crate) const fn new() -> Self {
-        Self { root: None, len: 0 }
+        Self { root: None }
     }
 
     /// Number of entries, O(1).
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.root.as_ref().map_or(0, |node| node.len)
     }
 
     /// Whether the map has no entries.
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.root.is_none()
     }
 
     /// Whether dropping this map now would drop no value: it is empty, or its root node
@@ -198,11 +198,11 @@ impl<V> Map<V> {
             small: [].iter(),
             stack: [&[]; MAX_DEPTH],
             depth: 0,
-            remaining: self.len,
+            remaining: self.len(),
         };
         if let Some(root) = &self.root {
             match &root.repr {
-                Repr::Small(small) => iter.small = small.entries[..self.len].iter(),
+                Repr::Small(small) => iter.small = small.entries[..self.len()].iter(),
                 Repr::Trie(branch) => {
                     iter.stack[0] = &branch.slots;
                     iter.depth = 1;
@@ -238,7 +238,7 @@ impl<V> Map<V> {
         if self.ptr_eq(other) {
             return true;
         }
-        if self.len != other.len {
+        if self.len() != other.len() {
             return false;
         }
         self.iter()
@@ -249,14 +249,12 @@ impl<V> Map<V> {
     fn from_node(repr: Repr<V>, len: usize) -> Self {
         Self {
             root: Some(Arc::new(Node { len, repr })),
-            len,
         }
     }
 
     /// The map whose root is `root` (as returned by [`Map::into_arc`]).
     pub(crate) fn from_arc(root: Option<Arc<Node<V>>>) -> Self {
-        let len = root.as_ref().map_or(0, |node| node.len);
-        Self { root, len }
+        Self { root }
     }
 
     /// The root, for storing a map in a cell that holds `Option<Arc<_>>`.
@@ -275,7 +273,7 @@ impl<V: Clone> Map<V> {
         match &root.repr {
             Repr::Small(small) => match small.insert(key, value) {
                 Ok((small, added)) => {
-                    Self::from_node(Repr::Small(small), self.len + usize::from(added))
+                    Self::from_node(Repr::Small(small), self.len() + usize::from(added))
                 }
                 Err(value) => {
                     // One key too many, or a key sharing `key & 63` with a present one.
@@ -287,7 +285,7 @@ impl<V: Clone> Map<V> {
             },
             Repr::Trie(branch) => {
                 let (branch, added) = branch.insert(key, value, 0);
-                Self::from_node(Repr::Trie(branch), self.len + usize::from(added))
+                Self::from_node(Repr::Trie(branch), self.len() + usize::from(added))
             }
         }
     }
@@ -295,7 +293,7 @@ impl<V: Clone> Map<V> {
     /// A new version without `key`, or `None` (allocating nothing) if `key` is absent.
     pub(crate) fn remove(&self, key: u64) -> Option<Self> {
         let root = self.root.as_ref()?;
-        let len = self.len - 1;
+        let len = self.len() - 1;
         match &root.repr {
             Repr::Small(small) => {
                 let small = small.remove(key)?;
@@ -346,7 +344,6 @@ impl<V> Map<V> {
                 let old = small.insert_in_place(key, value)?;
                 if old.is_none() {
                     node.len += 1;
-                    self.len += 1;
                 }
                 Ok(old)
             }
@@ -370,8 +367,7 @@ impl<V> Map<V> {
         };
         let old = small.remove_in_place(key);
         node.len -= 1;
-        self.len -= 1;
-        if self.len == 0 {
+        if node.len == 0 {
             // The node holds no entries now; dropping it drops no value.
             self.root = None;
         }
@@ -821,7 +817,6 @@ impl<V> Clone for Map<V> {
     fn clone(&self) -> Self {
         Self {
             root: self.root.clone(),
-            len: self.len,
         }
     }
 }

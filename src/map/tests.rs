@@ -23,14 +23,14 @@ enum Form {
 /// Checks every structural invariant of `map` and returns its form.
 fn check_invariants<V>(map: &Map<V>) -> Form {
     let Some(root) = &map.root else {
-        assert_eq!(map.len, 0, "empty root with nonzero len");
         return Form::Empty;
     };
-    assert_eq!(root.len, map.len, "root node len != map len");
+    // The map's length is its root's: an empty map has no root node at all.
+    assert!(root.len > 0, "a root node with no entries");
     match &root.repr {
         Repr::Small(small) => {
             let n = small.bitmap.count_ones() as usize;
-            assert_eq!(n, map.len, "small bitmap popcount != len");
+            assert_eq!(n, root.len, "small bitmap popcount != len");
             assert!((1..=SMALL_MAX).contains(&n), "small form with {n} entries");
             let mut bits = small.bitmap;
             for (i, entry) in small.entries.iter().enumerate() {
@@ -49,7 +49,7 @@ fn check_invariants<V>(map: &Map<V>) -> Form {
         Repr::Trie(branch) => {
             let mut keys = Vec::new();
             let depth = check_branch(branch, 0, 0, &mut keys);
-            assert_eq!(keys.len(), map.len, "trie key count != len");
+            assert_eq!(keys.len(), root.len, "trie key count != len");
             let distinct: BTreeSet<u64> = keys.iter().copied().collect();
             assert_eq!(distinct.len(), keys.len(), "duplicate key in trie");
             let groups: BTreeSet<u64> = keys.iter().map(|k| k & 63).collect();

@@ -13,7 +13,8 @@
 //! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist); `Arc::get_mut` under TSAN | `loom::sync::Arc::get_mut` |
 //! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
-//! | `OnceArc` | `std::sync::OnceLock<Arc<T>>` | `loom::sync::Mutex<Option<Arc<T>>>` |
+//! | `AtomicPtr` | `std::sync::atomic` | `loom::sync::atomic` |
+//! | `OnceArc`, `ArcRef` | one code for both builds: an `AtomicPtr` from `Arc::into_raw`, set once by compare-and-swap (once_cell's `race::OnceBox`, for an `Arc`), so loom models check its orderings | the same |
 //! | `StaticCounter` | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
 //! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
 //! | `globals!` | a `static` (`const` init) or a `std::sync::LazyLock` (`lazy` init) | `loom::lazy_static!` (one value per execution) |
@@ -29,7 +30,7 @@
 #[cfg(not(loom))]
 mod imp {
     pub use std::sync::Arc;
-    pub use std::sync::atomic::{AtomicBool, Ordering};
+    pub use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
     pub use std::thread::{JoinHandle, spawn as spawn_thread};
 
     /// Declares thread-locals with a `const` initialiser (no lazy-init check on access).
@@ -116,32 +117,12 @@ mod imp {
     pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
         Arc::get_mut(arc)
     }
-
-    /// A lazily initialised, then immutable, `Arc<T>`.
-    pub struct OnceArc<T>(std::sync::OnceLock<Arc<T>>);
-
-    impl<T> OnceArc<T> {
-        pub const fn new() -> Self {
-            Self(std::sync::OnceLock::new())
-        }
-        pub fn with_value(value: Arc<T>) -> Self {
-            Self(std::sync::OnceLock::from(value))
-        }
-        /// `OnceLock::get` is an `Acquire` load that pairs with the `Release` publication
-        /// inside `get_or_init`, so the `Arc`'s contents are visible.
-        pub fn get(&self) -> Option<&Arc<T>> {
-            self.0.get()
-        }
-        pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> &Arc<T> {
-            self.0.get_or_init(init)
-        }
-    }
 }
 
 #[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;
-    pub use loom::sync::atomic::{AtomicBool, Ordering};
+    pub use loom::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
     pub use loom::thread::{JoinHandle, spawn as spawn_thread};
 
     macro_rules! thread_locals {
@@ -181,38 +162,139 @@ mod imp {
     pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
         Arc::get_mut(arc)
     }
+}
 
-    pub struct OnceArc<T>(loom::sync::Mutex<Option<Arc<T>>>);
+pub use imp::*;
 
-    impl<T> OnceArc<T> {
-        pub fn new() -> Self {
-            Self(loom::sync::Mutex::new(None))
+/// A lazily initialised, then immutable, `Arc<T>`: one word, the pointer of
+/// `Arc::into_raw` (null until initialised), where `OnceLock<Arc<T>>` takes two and
+/// its drop checks a state word (once_cell's `race::OnceBox`, for an `Arc`). Racing
+/// initialisers each make a value; the first compare-and-swap wins and the others
+/// drop theirs, as with `OnceBox`.
+pub struct OnceArc<T> {
+    ptr: AtomicPtr<T>,
+    /// Owns an `Arc<T>`: `Send`, `Sync` and drop checking follow `Arc<T>`'s (an
+    /// `AtomicPtr` alone would be `Send + Sync` for any `T`).
+    _owns: std::marker::PhantomData<Arc<T>>,
+}
+
+/// A borrowed view of the `Arc` in a [`OnceArc`], as if it were `&Arc<T>`: an `Arc`
+/// rebuilt from the stored pointer, never dropped, so the count is untouched.
+pub struct ArcRef<'a, T> {
+    arc: std::mem::ManuallyDrop<Arc<T>>,
+    _borrow: std::marker::PhantomData<&'a OnceArc<T>>,
+}
+
+impl<T> std::ops::Deref for ArcRef<'_, T> {
+    type Target = Arc<T>;
+    #[inline]
+    fn deref(&self) -> &Arc<T> {
+        &self.arc
+    }
+}
+
+impl<T> OnceArc<T> {
+    pub fn new() -> Self {
+        Self {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            _owns: std::marker::PhantomData,
         }
-        pub fn with_value(value: Arc<T>) -> Self {
-            Self(loom::sync::Mutex::new(Some(value)))
+    }
+
+    pub fn with_value(value: Arc<T>) -> Self {
+        Self {
+            ptr: AtomicPtr::new(Arc::into_raw(value).cast_mut()),
+            _owns: std::marker::PhantomData,
         }
-        pub fn get(&self) -> Option<&Arc<T>> {
-            let guard = self.0.lock().unwrap();
-            let ptr: Option<*const Arc<T>> = guard.as_ref().map(|a| a as *const Arc<T>);
-            drop(guard);
-            // SAFETY: once set, the `Option` is never changed again (there is no setter
-            // after initialisation), so the `Arc` stays at this address for as long as
-            // `self` lives; the mutex made its initialisation visible to this thread.
-            ptr.map(|p| unsafe { &*p })
+    }
+
+    /// The value, if initialised. `Acquire`: pairs with the `Release` of the
+    /// compare-and-swap that published it in `get_or_init`, so the `Arc`'s contents
+    /// are visible.
+    #[inline]
+    pub fn get(&self) -> Option<ArcRef<'_, T>> {
+        let ptr = self.ptr.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Arc::into_raw` and is owned by `self`
+        // until `self` drops, which the returned borrow outlives.
+        (!ptr.is_null()).then(|| unsafe { self.view(ptr) })
+    }
+
+    #[inline]
+    pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
+        match self.get() {
+            Some(arc) => arc,
+            None => self.init(init),
         }
-        pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> &Arc<T> {
-            {
-                let mut guard = self.0.lock().unwrap();
-                if guard.is_none() {
-                    *guard = Some(init());
-                }
+    }
+
+    #[cold]
+    fn init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
+        let new = Arc::into_raw(init()).cast_mut();
+        // `AcqRel` on success: `Release` publishes the new `Arc` to `get`'s `Acquire`
+        // load. `Acquire` on failure: pairs with the winner's `Release`, so its `Arc`
+        // is visible before we use it.
+        let ptr = match self.ptr.compare_exchange(
+            std::ptr::null_mut(),
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => new,
+            Err(winner) => {
+                // SAFETY: `new` came from `Arc::into_raw` above and was never
+                // published: this is its only owner.
+                drop(unsafe { Arc::from_raw(new) });
+                winner
             }
-            self.get().expect("initialised above")
+        };
+        // SAFETY: `ptr` is the published pointer, owned by `self` from now on.
+        unsafe { self.view(ptr) }
+    }
+
+    /// # Safety
+    ///
+    /// `ptr` must be the non-null pointer `self` holds.
+    #[inline]
+    unsafe fn view(&self, ptr: *mut T) -> ArcRef<'_, T> {
+        ArcRef {
+            // SAFETY: `ptr` came from `Arc::into_raw` and `self` owns that count; the
+            // `ManuallyDrop` never gives it up.
+            arc: std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(ptr) }),
+            _borrow: std::marker::PhantomData,
         }
     }
 }
 
-pub use imp::*;
+impl<T> Drop for OnceArc<T> {
+    #[inline]
+    fn drop(&mut self) {
+        // `Relaxed`: `&mut self` is exclusive, so whatever published the value happened
+        // before this drop already.
+        let ptr = self.ptr.load(Ordering::Relaxed);
+        if !ptr.is_null() {
+            // SAFETY: the pointer came from `Arc::into_raw`, and `self` owns that count.
+            drop(unsafe { Arc::from_raw(ptr) });
+        }
+    }
+}
+
+/// One more `Arc` for the value at `ptr`: counts a reference and makes an `Arc` of it
+/// (`Arc::increment_strong_count`, then `Arc::from_raw`; std and loom alike).
+///
+/// # Safety
+///
+/// `ptr` must come from `Arc::as_ptr` or `Arc::into_raw` of an `Arc<T>` that stays alive
+/// until this call returns.
+#[inline]
+pub unsafe fn arc_clone_raw<T>(ptr: *const T) -> Arc<T> {
+    // SAFETY: `ptr` points to the value of a live `Arc<T>` (caller's guarantee), so the
+    // strong count is at least 1 during the increment, and the new count is the one the
+    // returned `Arc` owns.
+    unsafe {
+        Arc::increment_strong_count(ptr);
+        Arc::from_raw(ptr)
+    }
+}
 
 /// A `const`-constructible 64-bit counter cell, used for variable ids and id blocks.
 ///
