@@ -329,3 +329,13 @@ fn copy_context_is_o1_and_isolated_from_later_sets() {
         assert_eq!(V.get(), vec![2]);
     });
 }
+
+/// A `Context` is two words (its snapshot's root node, and the shared object its first
+/// run makes), and a `Snapshot` one: copying a context and passing it around moves no
+/// more than that. Layout is not a public promise; this guards the cost the docs quote.
+#[test]
+fn handles_are_one_word_per_pointer() {
+    use std::mem::size_of;
+    assert_eq!(size_of::<contextvars::Snapshot>(), size_of::<usize>());
+    assert_eq!(size_of::<Context>(), 2 * size_of::<usize>());
+}
