@@ -386,6 +386,7 @@ impl Drop for Borrow<'_> {
 }
 
 /// `Ok` unless the thread's state is being torn down.
+#[inline]
 pub(crate) fn check_alive() -> Result<(), TornDown> {
     with_state(|_| ())
 }
