@@ -202,27 +202,27 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(626, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(596, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(955, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(924, 1))]
 fn set_reset_boxed_own_context(_: ()) -> bool {
     let token = VARS[1].set(black_box(41));
     black_box(VARS[1].reset(token).is_ok())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(687, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(644, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), || black_box(FIRST.get()))
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(1_024, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(981, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), || black_box(VARS[1].get()))
 }
@@ -233,14 +233,14 @@ fn peer_task_local_sync_scope() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = entered_once, config = limits(124, 0))]
+#[bench::vars_8(args = (8), setup = entered_once, config = limits(114, 0))]
 fn run_empty(ctx: Context) -> (Context, u64) {
     let value = ctx.run(|| black_box(1));
     (ctx, value)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(51, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(29, 0))]
 fn copy_context_and_drop(_: ()) {
     drop(black_box(copy_context()));
 }
