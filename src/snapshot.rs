@@ -41,7 +41,7 @@ impl Snapshot {
     ///
     /// # Cost
     ///
-    /// O(1): the length is stored with the snapshot.
+    /// O(1): the length is stored in the snapshot's root node.
     pub fn len(&self) -> usize {
         self.vars.len()
     }

@@ -216,8 +216,9 @@
 //!
 //! ## Context objects and publication
 //!
-//! A [`Context`](crate::Context) is `{ initial snapshot, lazily made Shared }`. `Shared`
-//! holds the identity, the published snapshot in a `SnapshotCell` (arc-swap's
+//! A [`Context`](crate::Context) is `{ lazily made Shared, initial snapshot }`: two
+//! words, the `Shared` an `Arc` kept as its raw pointer and set once by
+//! compare-and-swap (`sync::OnceArc`). `Shared` holds the identity, the published snapshot in a `SnapshotCell` (arc-swap's
 //! `ArcSwapOption`; a mutex stand-in under loom), and an `EnteredCell<Vars>`: the
 //! entered flag together with the runner's own copy of the snapshot. Deferring `Shared`
 //! keeps `copy_context()`, and `Context::copy` of a context never run, to a single

@@ -251,6 +251,10 @@ impl<T> OnceArc<T> {
         unsafe { self.view(ptr) }
     }
 
+    /// Under loom, `Arc::from_raw` also clones loom's own handle of the object, which the
+    /// never-dropped view then keeps: a few bytes per call in a model, invisible to its
+    /// checks (the reference counts stay exact).
+    ///
     /// # Safety
     ///
     /// `ptr` must be the non-null pointer `self` holds.
@@ -284,7 +288,9 @@ impl<T> Drop for OnceArc<T> {
 /// # Safety
 ///
 /// `ptr` must come from `Arc::as_ptr` or `Arc::into_raw` of an `Arc<T>` that stays alive
-/// until this call returns.
+/// until this call returns. (std documents `increment_strong_count` for pointers from
+/// `into_raw`; `as_ptr` gives the same pointer, with the provenance of the whole
+/// allocation: `into_raw` is `as_ptr` and a `forget`.)
 #[inline]
 pub unsafe fn arc_clone_raw<T>(ptr: *const T) -> Arc<T> {
     // SAFETY: `ptr` points to the value of a live `Arc<T>` (caller's guarantee), so the
