@@ -300,7 +300,7 @@
 //!   (the value behind the entered flag), the observation registry's lock-free list,
 //!   `arc_clone_raw` (an `Arc` from `Arc::as_ptr` of a live one), `OnceArc` (an `Arc`
 //!   kept as its raw pointer, set once by compare-and-swap, lent as a never-dropped
-//!   `ArcRef`; the same code in loom builds, so loom models check it).
+//!   `ArcRef`; loom builds keep a mutex stand-in, as for `SnapshotCell`).
 //!
 //! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage
 //! checks it (`lib.rs`, `engine/mod.rs` and the documentation modules, which hold no

