@@ -166,7 +166,7 @@ mod imp {
         pub fn get(&self) -> Option<ArcRef<'_, T>> {
             let ptr = self.ptr.load(Ordering::Acquire);
             // SAFETY: a non-null pointer came from `Arc::into_raw` and is owned by `self`
-            // until `self` drops, which the returned borrow outlives.
+            // until `self` drops, which the returned borrow of `self` prevents.
             (!ptr.is_null()).then(|| unsafe { self.view(ptr) })
         }
 
