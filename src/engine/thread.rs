@@ -195,9 +195,9 @@ impl Hot {
     #[inline]
     pub(super) fn vars_clone(&self) -> Vars {
         // SAFETY: a shared reference into the cell, used only for the clone: cloning a
-        // `Map` counts a reference to its root node (the map is that one pointer), which runs no
-        // code of the program's and cannot reach `HOT`, so nothing writes the cell while
-        // the reference lives (`Cell` is `!Sync`: no other thread can).
+        // `Map` counts a reference to its root node (the map is that one pointer), which
+        // runs no code of the program's and cannot reach `HOT`, so nothing writes the
+        // cell while the reference lives (`Cell` is `!Sync`: no other thread can).
         unsafe { (*self.vars.as_ptr()).clone() }
     }
 
