@@ -220,8 +220,8 @@
 //! words, the `Shared` an `Arc` kept as its raw pointer and set once by
 //! compare-and-swap (`sync::OnceArc`). `Shared` holds the identity, the published
 //! snapshot in a `SnapshotCell` (arc-swap's `ArcSwapOption`; a mutex stand-in under
-//! loom), and an `EnteredCell<Vars>`: the
-//! entered flag together with the runner's own copy of the snapshot. Deferring `Shared`
+//! loom), and an `EnteredCell<Vars>`: the entered flag together with the runner's own
+//! copy of the snapshot. Deferring `Shared`
 //! keeps `copy_context()`, and `Context::copy` of a context never run, to a single
 //! reference-count increment; the first `run` (or a handle to a running frame) makes it,
 //! and from then on a copy also loads from its cell.
