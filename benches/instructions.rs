@@ -108,10 +108,10 @@ fn probe_limit(probe: &str, ir: u64) -> LibraryBenchmarkConfig {
 // ------------------------------------------------------------------------------ reads
 
 #[library_benchmark]
-#[bench::vars_1(args = (1), setup = bound, config = limits(38, 0))]
-#[bench::vars_8(args = (8), setup = bound, config = limits(42, 0))]
-#[bench::vars_16(args = (16), setup = bound, config = limits(42, 0))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limits(62, 0))]
+#[bench::vars_1(args = (1), setup = bound, config = limits(35, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(34, 0))]
+#[bench::vars_16(args = (16), setup = bound, config = limits(34, 0))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limits(50, 0))]
 fn get_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
@@ -124,15 +124,15 @@ fn bound_and_read(n: usize) {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(42, 0))]
-#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(62, 0))]
+#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(34, 0))]
+#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(50, 0))]
 fn get_again_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(50))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limit(70))]
+#[bench::vars_8(args = (8), setup = bound, config = limit(42))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limit(58))]
 fn get_boxed_own_context(_: ()) -> u64 {
     black_box(VARS[1].get())
 }
@@ -143,13 +143,13 @@ fn probe_get() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 42))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 34))]
 fn get_in_run(ctx: Context) -> u64 {
     ctx.run(probe_get)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 42))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 34))]
 fn get_again_in_run(ctx: Context) -> u64 {
     ctx.run(|| {
         black_box(FIRST.get());
@@ -158,7 +158,7 @@ fn get_again_in_run(ctx: Context) -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 42))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 34))]
 fn get_in_poll(_: ()) -> u64 {
     let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_copied_context());
     match future

@@ -300,13 +300,21 @@ const _: () = assert!(!std::mem::needs_drop::<Hot>());
 /// inlines to a TLS address computation.
 #[inline(always)]
 pub(super) fn with_hot<R>(f: impl FnOnce(&Hot) -> R) -> R {
-    let hot: *const Hot = HOT.with(ptr::from_ref);
+    let hot = hot_ptr();
     // SAFETY: `HOT` has a `const` initialiser and no destructor, so its storage is
     // initialised before first use and stays valid until the thread's TLS block is freed,
     // after every frame of this thread (including the caller's) has returned. `Hot` is
     // `!Sync`, and the reference does not outlive the call, so it is used on this thread
     // only, and only through `Cell`s.
     f(unsafe { &*hot })
+}
+
+/// The address of this thread's `Hot`, for callers that cannot afford a closure (LLVM may
+/// leave `with_hot`'s out of line). Dereferencing it is sound for as long as
+/// [`with_hot`]'s argument is: within the caller's call, on this thread, through `Cell`s.
+#[inline(always)]
+pub(super) fn hot_ptr() -> *const Hot {
+    HOT.with(ptr::from_ref)
 }
 
 /// Calls `f` with the thread's state, registering the teardown guard on first use;

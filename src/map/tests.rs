@@ -853,3 +853,36 @@ fn in_place_changes_happen_only_on_unshared_nodes() {
     assert!(one.is_empty());
     assert!(one.root_ptr().is_null());
 }
+
+/// A trie lookup does not test the bitmap (`Branch::get`): an absent key follows whatever
+/// slot its bits name at each level (a child branch that holds other keys, an entry with
+/// another key). It must still miss, at every depth, and never read past a branch.
+#[test]
+fn absent_keys_miss_through_the_slots_their_bits_name() {
+    // Deep paths: keys sharing their low 35 bits, plus sequential ids.
+    let present: Vec<u64> = (0..40u64)
+        .map(|x| (x << 35) | 0x1_2345)
+        .chain(1..=300)
+        .collect();
+    let mut map = Map::new();
+    for (n, &key) in present.iter().enumerate() {
+        map = map.insert(key, n);
+    }
+    assert!(matches!(check_invariants(&map), Form::Trie(depth) if depth >= 3));
+    let present: BTreeSet<u64> = present.into_iter().collect();
+    let probes = (0..40u64)
+        .flat_map(|x| {
+            [
+                (x << 35) | 0x1_2344,
+                (x << 35) | 0x1_2346,
+                (x << 36) | 0x1_2345,
+            ]
+        })
+        .chain((0..64).map(|bit| 1u64 << bit))
+        .chain(301..2_000)
+        .chain([0, u64::MAX, u64::MAX - 1]);
+    for key in probes {
+        let expected = present.contains(&key);
+        assert_eq!(map.get(key).is_some(), expected, "key {key:#x}");
+    }
+}
