@@ -136,11 +136,43 @@ fn task_number(task: tokio::task::Id) -> u64 {
 /// Whether a set in the current frame, entered as `entered`, must be refused, and why: it
 /// would bind where other units of work see it. `in_base` tells whether the frame is
 /// the thread's own base frame.
+///
+/// The common answer, none, costs a few loads and no call but tokio's `try_id` (and,
+/// in a thread's base frame, rayon's `current_thread_index`); the reason is worked out
+/// only for a refusal, out of line.
 #[inline]
 pub(crate) fn refusal(entered: Entered, in_base: bool) -> Option<Pool> {
-    if entered == Entered::FOR_POLL {
+    if entered == Entered::FOR_POLL || !may_refuse(entered, in_base) {
         None
-    } else if entered == Entered::READ_ONLY {
+    } else {
+        refusal_slow(entered, in_base)
+    }
+}
+
+/// Whether [`refusal`] refuses: the same questions, answered as a `bool`.
+#[inline]
+fn may_refuse(entered: Entered, in_base: bool) -> bool {
+    if entered == Entered::READ_ONLY {
+        return true;
+    }
+    let now = entered_now();
+    if now != Entered::OUTSIDE_TASKS && now != entered {
+        return true;
+    }
+    in_base && (rayon_core::current_thread_index().is_some() || declared().is_some())
+}
+
+/// The name this thread was declared a pool thread under, if any (none during thread
+/// teardown, when the thread runs no pool's work any more).
+#[inline]
+fn declared() -> Option<&'static str> {
+    DECLARED.try_with(Cell::get).ok().flatten()
+}
+
+#[cold]
+#[inline(never)]
+fn refusal_slow(entered: Entered, in_base: bool) -> Option<Pool> {
+    if entered == Entered::READ_ONLY {
         Some(Pool::RayonWaiting)
     } else {
         refusal_by_thread(entered, in_base)
@@ -156,7 +188,6 @@ pub(crate) fn own_context_pool() -> Option<Pool> {
 /// [`refusal`] for a frame entered by synchronous code: asks, in this order, whether a
 /// tokio task runs now that did not enter the frame, and (in the thread's base frame)
 /// whether the thread belongs to a rayon pool or a declared one.
-#[inline(never)]
 fn refusal_by_thread(entered: Entered, in_base: bool) -> Option<Pool> {
     let now = entered_now();
     if now != Entered::OUTSIDE_TASKS && now != entered {
@@ -172,12 +203,7 @@ fn refusal_by_thread(entered: Entered, in_base: bool) -> Option<Pool> {
     if rayon_core::current_thread_index().is_some() {
         return Some(Pool::RayonWorker);
     }
-    // A thread whose thread-locals are being destroyed runs no pool's work any more.
-    DECLARED
-        .try_with(Cell::get)
-        .ok()
-        .flatten()
-        .map(Pool::Declared)
+    declared().map(Pool::Declared)
 }
 
 /// Declares the current thread a thread of the pool `name` for the rest of its life

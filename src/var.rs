@@ -338,7 +338,24 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     #[track_caller]
     #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        match self.try_with(f) {
+        let key = self.lookup_key();
+        match engine::with_bound::<T, R, _>(key, f) {
+            Ok(result) => result,
+            // A miss: a scope's binding (one call), else the default (another).
+            Err(f) => match engine::with_bound_scoped(key, f) {
+                Ok(result) => result,
+                Err(f) => self.with_default(f),
+            },
+        }
+    }
+
+    /// [`with`](Self::with)'s fallback: `f` with the default, or the panic. Out of line,
+    /// and returning `R` itself rather than a `Result` (which a caller would receive in
+    /// memory): a read that finds its binding then needs no stack frame.
+    #[track_caller]
+    #[inline(never)]
+    fn with_default<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        match self.default_or_error(f) {
             Ok(result) => result,
             Err(error) => error.panic(),
         }
@@ -366,7 +383,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// As [`with`](Self::with); a lazy default is never computed.
     pub fn with_or<R>(&self, default: &T, f: impl FnOnce(&T) -> R) -> R {
-        engine::with_bound::<T, R, _>(self.lookup_key(), f).unwrap_or_else(|f| f(default))
+        let key = self.lookup_key();
+        engine::with_bound::<T, R, _>(key, f)
+            .or_else(|f| engine::with_bound_scoped(key, f))
+            .unwrap_or_else(|f| f(default))
     }
 
     /// Whether the current context binds this variable (defaults do not count).
@@ -376,7 +396,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// The lookup of [`with`](Self::with): no allocation, no atomic read-modify-write, no
     /// default computed.
     pub fn is_set(&self) -> bool {
-        engine::with_bound::<T, (), _>(self.lookup_key(), |_| ()).is_ok()
+        let key = self.lookup_key();
+        engine::with_bound::<T, (), _>(key, |_| ())
+            .or_else(|f| engine::with_bound_scoped(key, f))
+            .is_ok()
     }
 
     /// A clone of the current value.
@@ -423,7 +446,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     where
         T: Clone,
     {
-        engine::with_bound::<T, T, _>(self.lookup_key(), T::clone).unwrap_or(default)
+        let key = self.lookup_key();
+        engine::with_bound::<T, T, _>(key, T::clone)
+            .or_else(|f| engine::with_bound_scoped(key, f))
+            .unwrap_or(default)
     }
 
     /// [`try_with`](Self::try_with), except that a lazy default not computed yet is not
@@ -431,7 +457,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// but `f`, for readers that must not, such as the formatting of an event inside a
     /// panic hook.
     pub(crate) fn with_computed<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
-        let f = match engine::with_bound::<T, R, _>(self.lookup_key(), f) {
+        let key = self.lookup_key();
+        let f = match engine::with_bound::<T, R, _>(key, f)
+            .or_else(|f| engine::with_bound_scoped(key, f))
+        {
             Ok(result) => return Some(result),
             Err(f) => f,
         };
@@ -444,8 +473,21 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// Calls `f` with the default, or explains why there is none. Out of line, so that
     /// the hit path of a read (`try_with`) inlines into its caller as a few instructions.
+    ///
+    /// A scope's binding is found here first (`engine::with_bound_scoped`): reads inside
+    /// a scope miss the snapshot.
     #[inline(never)]
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
+        let f = match engine::with_bound_scoped(self.lookup_key(), f) {
+            Ok(result) => return Ok(result),
+            Err(f) => f,
+        };
+        self.default_or_error(f)
+    }
+
+    /// `f` with the variable's own default, or the error: the end of every read's miss.
+    #[inline(always)]
+    fn default_or_error<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         match self.try_default_value()? {
             Some(default) => Ok(f(default)),
             None => Err(LookupError::in_current_context(self.name)),
@@ -607,15 +649,24 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// A [`set`](Self::set) before `f` and a [`reset`](Self::reset) after it. Both are in
-    /// place when the frame holds its snapshot alone and the variable is bound already or
-    /// the small form has room: one allocation (the value) and one atomic
-    /// read-modify-write (its release), or neither for a value stored inline (see
-    /// [Inline values](Self#inline-values)).
+    /// While `f` only reads, nothing but the value itself (one allocation, none for a
+    /// value stored inline: see [Inline values](Self#inline-values)): the binding stays
+    /// on this call's stack and reads inside `f` find it there, after missing the
+    /// snapshot, through one call. No snapshot is changed and no token is made. The
+    /// first thing in `f` that is not a read or a scope (a [`set`](Self::set), a copy of
+    /// the context, a [`Context::run`](crate::Context::run), a spawned task or thread, a
+    /// parallel iterator) first makes the binding a real set, at a [`set`](Self::set)'s
+    /// cost, which the scope's end then undoes at a [`reset`](Self::reset)'s. It is also
+    /// a real set from the start where someone else can see the current context's
+    /// bindings: inside [`Context::run`](crate::Context::run) (the `Context` is a handle
+    /// that reads them), while a [`Context::current`](crate::Context::current) handle of
+    /// this frame is held, or while [`observe`](crate::observe) is on.
     #[track_caller]
     pub fn scope<R>(&self, value: T, f: impl FnOnce() -> R) -> R {
-        let _guard = self.scoped_set(value);
-        f()
+        match self.try_scope(value, f) {
+            Ok(result) => result,
+            Err(error) => error.panic(),
+        }
     }
 
     /// The async form of [`scope`](Self::scope): `future`, wrapped to run in a copy of the
@@ -661,8 +712,14 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// As [`scope`](Self::scope).
     pub fn try_scope<R>(&self, value: T, f: impl FnOnce() -> R) -> Result<R, SetError> {
-        let _guard = self.try_scoped_set(value)?;
-        Ok(f())
+        let entry = self.make_entry(value);
+        // The binding lives on this call's stack while `f` only reads; anything else
+        // makes it a real set first, whose token this resets, as `scoped_set`'s guard
+        // does (see `engine::scope`).
+        engine::scope(self.raw_id(), entry, f, |state| {
+            drop(ScopedSet::new(Token::new(self, state)));
+        })
+        .map_err(|refused| SetError::from_refusal(self.name, refused))
     }
 }
 

@@ -180,6 +180,44 @@
 //! the binding itself (nothing, for an inline value). A new key in a trie path-copies the root (node, slot array,
 //! binding); its reset reinstalls the replaced root.
 //!
+//! ### Scopes: bindings on the stack
+//!
+//! `ContextVar::scope(v, f)` binds `v` for exactly one call, so while only reads happen it
+//! changes nothing at all: `engine::scope` keeps the binding in a record on its own stack,
+//! links it onto the thread's chain (`HOT.scopes`), runs `f` and unlinks it; nothing is
+//! allocated, no node written, no token made. While a record is linked, `HOT.root` is
+//! null and the frame's root waits in `HOT.scoped_root`, so a read outside any scope pays
+//! nothing (its fast path tests the root for null already), and one that misses there
+//! (every read inside a scope) looks at the chain on its miss path
+//! (`engine::with_bound_scoped`), before any default.
+//!
+//! Everything else the engine does first *flushes* the chain (`flush_scopes`): each
+//! record, oldest first, becomes the real set it stands for, in the frame it was made in,
+//! and the scope's end resets it as `ScopedSet` would. The calls that flush: `with_state`
+//! (every set, reset, context handle, detached entry, restore), `enter_light` (every
+//! frame entered: a `run`, a poll, a job), `vars` and `with_captured` (every copy and
+//! capture of the context), `leave_detached`, the origin walk and a lookup error's hint.
+//! So a record is only ever seen by reads on its own thread, in its own frame, while
+//! nothing but reads and scopes has happened there since it was linked; what any other
+//! operation observes is what the eager set would have shown. Three conditions keep it
+//! exact:
+//!
+//! * the chain only holds records of the current frame: entering any frame flushes first,
+//!   and a frame entered inside a scope returns before the scope does;
+//! * a scope is refused where a set is (`pool::refusal`), checked when it starts; its
+//!   flush is not checked again (what runs later in the same frame, a task polled by a
+//!   `block_on` inside `f`, must not undo a scope that was allowed);
+//! * if the frame's context object can be seen by anyone but the frame (a `Context`
+//!   being run is such a handle, as is any `Context::current` handle still held), or
+//!   `observe` is on, the scope sets for real at once: those read the object's published
+//!   snapshot, from any thread, without passing through this thread's engine.
+//!
+//! A record's value is lent to reads without a borrow count: the record lives on the
+//! stack of the scope's call, which encloses every read that can see it. The flush
+//! counts a borrow while it sets, so the snapshots it replaces are parked and no
+//! destructor runs with half the chain flushed. `scoped_set` (a guard, which user code
+//! can move, leak or forget) keeps the token path.
+//!
 //! ### Invariant: id → type
 //!
 //! The second `unsafe` block (`Entry::downcast_unchecked`, `downcast_boxed_unchecked`,
@@ -278,11 +316,16 @@
 //!
 //! ## Where `unsafe` lives
 //!
-//! * `src/engine/thread.rs`: `with_hot` (a reference to the destructor-free `HOT`),
-//!   cloning the current snapshot through a reference into its cell (`vars_clone`: a
-//!   `Map` clone runs no program code), and handing the runner copy back at thread exit.
+//! * `src/engine/thread.rs`: `with_hot` and `with_state` (a reference to the
+//!   destructor-free `HOT`), cloning the current snapshot through a reference into its
+//!   cell (`vars_clone`: a `Map` clone runs no program code), reading the context
+//!   object's reference count the same way (`object_observed`), and handing the runner
+//!   copy back at thread exit.
 //! * `src/engine/binding.rs`: dereferencing `HOT.root` in `with_bound` (invariant: the
-//!   root pointer is owned).
+//!   root pointer is owned), reaching `HOT` through its address.
+//! * `src/engine/scope.rs`: following the chain of scope records (each on the stack of a
+//!   `scope` call that has not returned), reading the current light frame's record and
+//!   storage (`object_observed`), and lending a record's value.
 //! * `src/engine/frame.rs`: the runner copy of an entered context object
 //!   (`Frame::entered`, `Frame::release`).
 //! * `src/engine/light.rs`: the light-frame record, its storage and its borrowed

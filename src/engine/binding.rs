@@ -13,7 +13,9 @@ use super::announce;
 use super::frame::Origin;
 use super::light::materialize;
 use super::object::Shared;
+use super::scope::flush_scopes;
 use super::thread::{Borrow, Hot, TornDown, hot_ptr, retire, with_hot, with_state};
+use crate::map::Node;
 use crate::pool::{self, Entered, Pool};
 use crate::sync::Arc;
 use crate::value::Entry;
@@ -23,6 +25,10 @@ use crate::value::Entry;
 ///
 /// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`), or
 /// 0 (a variable with no id yet), which no binding has: the lookup misses.
+///
+/// A miss must be followed by [`with_bound_scoped`](super::with_bound_scoped) before
+/// the caller falls back to a default: while a scope runs (`super::scope`), its binding
+/// is found there, not here.
 /// The miss path returns before the borrow is counted, so a read of a default never
 /// touches the borrow counter, and the hit path calls nothing but `f` (the graveyard
 /// drain after a borrow is out of line and cold).
@@ -40,14 +46,27 @@ pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> R
 /// [`with_bound`] in `hot`.
 #[inline(always)]
 fn bound_in<T: 'static, R, F: FnOnce(&T) -> R>(hot: &Hot, key: u64, f: F) -> Result<R, F> {
+    // Null: no bindings, or a scope's records are linked (`super::scope`); the caller's
+    // miss path, out of line, looks at them (`with_bound_scoped`), so that a read outside
+    // any scope pays nothing for them.
+    bound_at(hot, hot.root.get(), key, f)
+}
+
+/// The read of `key` in the snapshot whose root node is `root` (null: no bindings): the
+/// current frame's, or, while a scope's records are linked, `HOT.scoped_root`.
+#[inline(always)]
+pub(super) fn bound_at<T: 'static, R, F: FnOnce(&T) -> R>(
+    hot: &Hot,
+    root: *const Node<Entry>,
+    key: u64,
+    f: F,
+) -> Result<R, F> {
     {
-        let root = hot.root.get();
-        if root.is_null() {
+        // SAFETY: `root` is null or the root node of the current frame's snapshot (see
+        // `frame`'s module docs), and nothing has run since it was loaded.
+        let Some(node) = (unsafe { root.as_ref() }) else {
             return Err(f);
-        }
-        // SAFETY: `root` is owned by the current frame's snapshot (see `frame`'s module
-        // docs) and nothing has run since it was loaded.
-        let node = unsafe { &*root };
+        };
         let Some(entry) = node.get(key) else {
             return Err(f);
         };
@@ -84,6 +103,7 @@ pub(crate) enum MissSite {
 /// Where the thread runs now, for a missed lookup's hint (see [`MissSite`]).
 pub(crate) fn miss_site() -> MissSite {
     with_hot(|hot| {
+        flush_scopes(hot);
         if hot.entered() == Entered::READ_ONLY {
             MissSite::ReadOnly
         } else if hot.in_base_frame() {
@@ -185,11 +205,24 @@ impl From<TornDown> for SetRefused {
 /// [`SetRefused::PoolThread`] and `crate::pool`); the entry is then dropped, after the
 /// state is left as it was.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
+    set_binding_in::<true>(key, entry)
+}
+
+/// [`set_binding`] without the check of where the binding lands: the flush of a scope's
+/// record (`super::scope`), which was checked when the scope started.
+pub(super) fn set_binding_unchecked(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
+    set_binding_in::<false>(key, entry)
+}
+
+/// A const parameter, so that each caller has a closure of its own below: shared, LLVM
+/// left it out of line (a call and 45 more instructions per set).
+#[inline(always)]
+fn set_binding_in<const CHECK: bool>(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
     let mut entry = Some(entry);
     // The closure returns the parts, and the `SetState` is put together out here: moving
     // it out through two `Result`s cost more than the in-place rebinding itself.
     let outcome = with_state(|hot| {
-        if let Some(pool) = pool::refusal(hot.entered(), hot.in_base_frame()) {
+        if CHECK && let Some(pool) = pool::refusal(hot.entered(), hot.in_base_frame()) {
             return Err(pool);
         }
         let entry = entry.take().expect("taken once");

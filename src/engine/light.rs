@@ -10,6 +10,7 @@ use super::frame::{Frame, swap_frame};
 use super::object::Shared;
 use super::origin::restore_pending;
 use super::run::release_isolated;
+use super::scope::flush_scopes;
 use super::thread::{Hot, Status, with_hot};
 use super::{Vars, announce};
 use crate::map::{Map, Node};
@@ -180,11 +181,20 @@ pub(super) fn enter_light<R>(
         displaced: Cell::new(MaybeUninit::uninit()),
     };
     with_hot(|hot| {
+        let mut outer_root = hot.root.get();
+        if outer_root.is_null() {
+            // No bindings, or a scope's records linked: they belong to the frame they
+            // were made in, and are made real there before another frame becomes
+            // current (which may materialize it: `HOT.light` is read after this).
+            flush_scopes(hot);
+            outer_root = hot.root.get();
+        }
         light.outer.set(hot.light.replace(&light));
+        hot.root.set(root);
         let _exit = Exit {
             hot,
             light: &light,
-            root: hot.root.replace(root),
+            root: outer_root,
         };
         announce();
         f()
@@ -317,9 +327,16 @@ impl Drop for Exit<'_> {
 pub(crate) fn vars() -> Vars {
     // `HOT.root` is the root of the current snapshot in every frame, light or not: one
     // load, and no branch on the frame's kind.
-    let root = with_hot(|hot| hot.root.get());
+    let mut root = with_hot(|hot| hot.root.get());
     if root.is_null() {
-        return Map::new();
+        // No bindings, or a scope's records linked: a copy of the context includes them.
+        root = with_hot(|hot| {
+            flush_scopes(hot);
+            hot.root.get()
+        });
+        if root.is_null() {
+            return Map::new();
+        }
     }
     // SAFETY: a non-null `HOT.root` is `Arc::as_ptr` of the root node of the current
     // frame's snapshot, which stays alive while the frame is current, past this call
@@ -341,7 +358,12 @@ pub(crate) fn vars() -> Vars {
     reason = "the rayon module's (feature `rayon`); the engine does not know its users"
 )]
 pub(crate) fn with_captured<R>(f: impl FnOnce(&Vars) -> R) -> R {
-    let light = with_hot(|hot| hot.light.get());
+    let light = with_hot(|hot| {
+        // The work `f` hands the snapshot to sees what the scopes running here bound (a
+        // flush may materialize the light frame: `light` is read after it).
+        flush_scopes(hot);
+        hot.light.get()
+    });
     if light.is_null() {
         return f(&vars());
     }

@@ -13,7 +13,9 @@
 //!   `run_owned`, `run_borrowed`, `run_entered`, ...), and the detached pair;
 //! * [`origin`]: the frames a request layer restores when a request ends;
 //! * [`binding`]: binding changes in the current frame (`with_bound`, `set_binding`,
-//!   `reset_binding`) and the frame's context object (`current_shared`).
+//!   `reset_binding`) and the frame's context object (`current_shared`);
+//! * [`scope`]: lexical scoped bindings (`ContextVar::scope`), kept on the stack while only
+//!   reads happen, and made real sets (flushed) before anything else.
 //!
 //! [`object`] is the shared cell of a context object, below the frames that run it.
 //!
@@ -50,6 +52,7 @@ mod light;
 mod object;
 mod origin;
 mod run;
+mod scope;
 mod thread;
 
 pub(crate) use binding::{
@@ -74,6 +77,7 @@ pub(crate) use run::{
     release_isolated, run_borrowed, run_borrowed_each, run_entered, run_in, run_owned,
     run_read_only,
 };
+pub(crate) use scope::{scope, with_bound_scoped};
 pub(crate) use thread::{TornDown, check_alive, next_context_id};
 
 use crate::map::Map;

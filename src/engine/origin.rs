@@ -8,6 +8,7 @@ use super::announce;
 use super::frame::{Frame, Origin};
 use super::light::{Displaced, Light, RESTORE_OUTSIDE, materialize};
 use super::run::isolated;
+use super::scope::flush_scopes;
 use super::thread::{Hot, retire, with_hot, with_state};
 
 /// The frames a request's end may give back their starting bindings ([`restore_origin`]):
@@ -21,6 +22,7 @@ use super::thread::{Hot, retire, with_hot, with_state};
 /// displaced. A frame that has no id yet gets one now.
 pub(crate) fn origin_frames() -> [u64; 2] {
     with_hot(|hot| {
+        flush_scopes(hot);
         let mut found = [0; 2];
         let mut first = true;
         // Whether `id` ends the walk: the first frame looked at is the current one, and
@@ -217,7 +219,10 @@ pub(crate) fn restore_origin(id: u64) -> bool {
 pub(crate) fn restore_origins(frames: [u64; 2]) -> bool {
     let [calling, outside] = frames;
     let restored = restore_origin(calling) | restore_origin(outside);
-    let current = with_hot(current_origin);
+    let current = with_hot(|hot| {
+        flush_scopes(hot);
+        current_origin(hot)
+    });
     // The request ended inside the frames that are not current (they wait), unless it
     // ended in the outer one: then the calling frame, inside it, has ended (or is
     // another task's).

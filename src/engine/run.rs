@@ -9,6 +9,7 @@ use std::ptr;
 use super::frame::{Frame, swap_frame};
 use super::light::{enter_light, materialize};
 use super::object::Shared;
+use super::scope::flush_scopes;
 use super::thread::{Status, with_hot, with_state};
 use super::{Vars, announce};
 use crate::map::Map;
@@ -301,6 +302,7 @@ pub(crate) fn enter_detached(frame: Frame) -> Result<(), Frame> {
 )]
 pub(crate) fn leave_detached() -> Option<Frame> {
     let left = with_hot(|hot| {
+        flush_scopes(hot);
         if !hot.light.get().is_null() || hot.status.get() == Status::TornDown {
             return None;
         }

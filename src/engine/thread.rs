@@ -27,6 +27,7 @@ use std::ptr;
 
 use super::Vars;
 use super::object::Shared;
+use super::scope::{ScopeRecord, flush_scopes};
 use crate::map::{Map, Node};
 use crate::pool::Entered;
 use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
@@ -59,6 +60,11 @@ pub(super) struct Hot {
     /// frame's (see `frame`'s module docs for why it is always owned).
     pub(super) root: Cell<*const Node<Entry>>,
     pub(super) borrows: Cell<usize>,
+    /// The newest record of a scope running in the current frame (`super::scope`), null
+    /// when none is linked; while one is, `root` is null and the frame's root is in
+    /// `scoped_root`.
+    pub(super) scopes: Cell<*const ScopeRecord>,
+    pub(super) scoped_root: Cell<*const Node<Entry>>,
     /// The light frame running now, if the current frame is one (`frame::Light`).
     pub(super) light: Cell<*const super::light::Light>,
     /// How many frames that are not light sit above the thread's base frame now
@@ -128,6 +134,8 @@ impl Hot {
     const fn new() -> Self {
         Self {
             root: Cell::new(ptr::null()),
+            scopes: Cell::new(ptr::null()),
+            scoped_root: Cell::new(ptr::null()),
             light: Cell::new(ptr::null()),
             stacked: Cell::new(0),
             borrows: Cell::new(0),
@@ -201,6 +209,17 @@ impl Hot {
         unsafe { (*self.vars.as_ptr()).clone() }
     }
 
+    /// Whether the frame's context object, if it has one, has a holder besides the frame
+    /// (a handle someone can read it through).
+    #[inline]
+    pub(super) fn object_observed(&self) -> bool {
+        // SAFETY: a shared reference into the cell, used only to read a reference count,
+        // which runs no code of the program's and cannot reach `HOT`, so nothing writes
+        // the cell while the reference lives (`Cell` is `!Sync`: no other thread can).
+        let ctx = unsafe { &*self.ctx.as_ptr() };
+        ctx.as_ref().is_some_and(|ctx| Arc::strong_count(ctx) > 1)
+    }
+
     /// Makes `new` the current snapshot and returns the old one. No user code runs.
     pub(super) fn install(&self, new: Vars) -> Vars {
         self.root.set(new.root_ptr());
@@ -253,6 +272,10 @@ fn tear_down(hot: &Hot) {
     // Readers that run while the values below are dropped must not follow the root, and
     // writers are refused from here on (`with_state`).
     hot.root.set(ptr::null());
+    // A scope's record cannot be linked here (teardown runs in no scope's call); the
+    // chain is emptied all the same, so that nothing can follow it from now on.
+    hot.scopes.set(ptr::null());
+    hot.scoped_root.set(ptr::null());
     hot.light.set(ptr::null());
     hot.materialized.set(ptr::null());
     let vars = hot.vars.take();
@@ -319,14 +342,24 @@ pub(super) fn hot_ptr() -> *const Hot {
 
 /// Calls `f` with the thread's state, registering the teardown guard on first use;
 /// `Err` during thread teardown.
-#[inline]
+#[inline(always)]
 pub(super) fn with_state<R>(f: impl FnOnce(&Hot) -> R) -> Result<R, TornDown> {
-    with_hot(|hot| {
-        if hot.status.get() != Status::Alive && !register(hot) {
-            return Err(TornDown);
-        }
-        Ok(f(hot))
-    })
+    // Not through `with_hot`: LLVM left that closure, holding all of `f`, out of line.
+    // SAFETY: as in `with_hot` (see `hot_ptr`).
+    let hot = unsafe { &*hot_ptr() };
+    if !is_alive(hot) {
+        return Err(TornDown);
+    }
+    // Whatever `f` does, it is not a read: scoped bindings become real sets first.
+    flush_scopes(hot);
+    Ok(f(hot))
+}
+
+/// Whether the thread's state can be written: the teardown guard is registered (now, if
+/// the thread was fresh) and has not run.
+#[inline]
+pub(super) fn is_alive(hot: &Hot) -> bool {
+    hot.status.get() == Status::Alive || register(hot)
 }
 
 /// Registers the teardown guard if the thread is fresh; `false` if it is torn down.
@@ -396,7 +429,13 @@ impl Drop for Borrow<'_> {
 /// `Ok` unless the thread's state is being torn down.
 #[inline]
 pub(crate) fn check_alive() -> Result<(), TornDown> {
-    with_state(|_| ())
+    // Not `with_state`: nothing is done here, so nothing needs flushing.
+    // SAFETY: as in `with_hot` (see `hot_ptr`).
+    if is_alive(unsafe { &*hot_ptr() }) {
+        Ok(())
+    } else {
+        Err(TornDown)
+    }
 }
 
 /// A fresh context id from this thread's block. Context ids and frame ids share one

@@ -28,6 +28,7 @@ mod panic_safety;
 mod plumbing;
 #[cfg(feature = "rayon")]
 mod rayon;
+mod scope;
 #[cfg(all(feature = "rayon", feature = "tokio"))]
 mod server;
 mod spawn;

@@ -1,0 +1,367 @@
+//! Lexical scoped bindings: `ContextVar::scope(value, f)` without touching the snapshot.
+//!
+//! A scope binds a value for exactly the duration of one call, so it need not be a
+//! change of the snapshot at all while only reads happen: [`scope`] keeps the binding in
+//! a [`ScopeRecord`] on its own stack, links it onto the thread's chain of records
+//! (`HOT.scopes`), runs `f`, and unlinks it. Reads look at the chain first. Nothing is
+//! allocated, no node is written, no token is made.
+//!
+//! **Flushing.** Everything else the engine does (a set, a reset, a context handle, a
+//! copy of the context, entering any frame, a detached frame's entry or exit, the origin
+//! walk) first *flushes* the chain ([`flush_scopes`]): it makes each record, oldest first,
+//! the real set it stands for, in the frame it was made in, and keeps the set's state in
+//! the record; the scope's end then resets it as `ScopedSet` would. So the chain only
+//! ever holds records of the current frame, made since its last change, and whatever
+//! observes the context in any other way (a copy, a captured job, a frame entered inside
+//! the scope, a token) sees exactly what the eager set and reset would have shown.
+//!
+//! **Where reads go.** While the chain is not empty, `HOT.root` is null and the frame's
+//! root waits in `HOT.scoped_root`: the read's fast path already tests the root for null
+//! (an empty context), so a read outside any scope pays nothing for this, and one inside
+//! a scope misses there and takes the miss path ([`with_bound_scoped`], which every read
+//! calls before falling back to a default), which walks the chain, then looks the
+//! variable up in `HOT.scoped_root`. Every writer of `HOT.root` other than
+//! this module runs after a flush, when the chain is empty.
+//!
+//! **Isolation.** A record is seen only by reads on this thread while the chain holds
+//! it, and the chain is flushed before any other frame can become current: entering a
+//! light frame (a `run`, a poll, a job), a detached one, and capturing the context for
+//! other work all flush first. A scope is refused where a set would be (a pool thread's
+//! own context, a task's frame it did not enter, a read-only frame), checked when it
+//! starts; the flush of a record that started then is not checked again (what runs
+//! later in the same frame, a tokio task polled inside a `block_on` in `f` say, must not
+//! undo a scope that was allowed).
+//!
+//! **Where a scope sets at once.** A frame's bindings are also seen, without passing
+//! through this thread, by the holders of its context object (they read its published
+//! snapshot, from any thread) and by `observe`. Where either can see them
+//! ([`object_observed`], `announcing`), [`scope`] makes the set at once and resets it at
+//! the end, exactly as `ScopedSet` does.
+
+use std::ptr;
+
+use super::announcing;
+use super::binding::{SetRefused, SetState, bound_at, set_binding_unchecked};
+use super::thread::{Borrow, Hot, hot_ptr, is_alive};
+use crate::pool;
+use crate::sync::{Arc, Cell};
+use crate::value::Entry;
+
+/// One scoped binding, on the stack of the [`scope`] call that made it.
+pub(super) struct ScopeRecord {
+    key: u64,
+    /// The value, owned by the record and lent to reads while the scope runs (a read
+    /// inside the scope cannot outlive it: the scope's call encloses it).
+    entry: Entry,
+    /// The record made before this one (`HOT.scopes` when this one was linked), null for
+    /// the oldest.
+    below: *const ScopeRecord,
+    /// After a flush: the state of the real set made for this record, for the scope's end
+    /// to reset.
+    flushed: Cell<Option<SetState>>,
+}
+
+/// Runs `f` with `entry` bound under `key` in the current frame (a scope), then ends the
+/// binding. `reset` is called with the state of the real set if the scope was flushed
+/// (see the module docs), to reset it as a `ScopedSet` would, also when `f` unwinds.
+///
+/// Refused as `set_binding` refuses, before `f` runs (`entry` is then dropped, with the
+/// state consistent).
+#[inline]
+pub(crate) fn scope<R>(
+    key: u64,
+    entry: Entry,
+    f: impl FnOnce() -> R,
+    reset: impl FnOnce(SetState),
+) -> Result<R, SetRefused> {
+    // SAFETY: `HOT`'s address is valid for this call on this thread, used through
+    // `Cell`s (see `hot_ptr`).
+    let hot = unsafe { &*hot_ptr() };
+    // Not `with_state`, which would flush the records of enclosing scopes.
+    if !is_alive(hot) {
+        drop(entry);
+        return Err(SetRefused::TornDown);
+    }
+    if let Some(pool) = pool::refusal(hot.entered(), hot.in_base_frame()) {
+        drop(entry);
+        return Err(SetRefused::PoolThread(pool));
+    }
+    if announcing() || object_observed(hot) {
+        // Someone else can see this frame's bindings: a handle of its context object (a
+        // `Context` being run, a `Context::current` handle), or `observe`. The set is
+        // made now, as `scoped_set` does, so that they see it.
+        let state = super::binding::set_binding(key, entry)?;
+        let _end = EndEager(Some((state, reset)));
+        return Ok(f());
+    }
+    let record = ScopeRecord {
+        key,
+        entry,
+        below: hot.scopes.get(),
+        flushed: Cell::new(None),
+    };
+    if record.below.is_null() {
+        hot.scoped_root.set(hot.root.get());
+        hot.root.set(ptr::null());
+    }
+    hot.scopes.set(&record);
+    // Dropped before `record` (declared after it): unlinks it, or resets its real set.
+    let _end = End {
+        hot,
+        record: &record,
+        reset: Some(reset),
+    };
+    Ok(f())
+}
+
+/// Whether the current frame's context object can be seen by anyone but the frame: a
+/// set in the frame would publish to it (`Hot::publish`), so a scope must set for real.
+/// A light frame running a context object (`Context::run`) always can (the `Context`
+/// being run is a handle); otherwise the frame's object, if it has one, can while any
+/// handle besides the frame's own reference exists. None can appear while the scope
+/// runs without a flush: a new handle comes from `Context::current`, which flushes.
+#[inline]
+fn object_observed(hot: &Hot) -> bool {
+    let light = hot.light.get();
+    // SAFETY: a non-null `HOT.light` is the current light frame, alive for its
+    // `enter_light` call on this thread, which encloses this one (see `Light`).
+    let Some(light) = (unsafe { light.as_ref() }) else {
+        return hot.object_observed();
+    };
+    if !light.object.is_null() {
+        return true;
+    }
+    // SAFETY: the storage of a current, unmaterialized light frame is not written while
+    // it runs (see `Light`), and outlives its `enter_light` call.
+    match unsafe { light.frame.as_ref() } {
+        Some(storage) => storage
+            .ctx
+            .as_ref()
+            .is_some_and(|ctx| Arc::strong_count(ctx) > 1),
+        None => false,
+    }
+}
+
+/// Ends a linked scope: unlinks its record if it is still on the chain, else resets the
+/// set its flush made. The record itself (and its value) is dropped after this, with the
+/// state consistent.
+struct End<'a, F: FnOnce(SetState)> {
+    hot: &'a Hot,
+    record: &'a ScopeRecord,
+    reset: Option<F>,
+}
+
+impl<F: FnOnce(SetState)> Drop for End<'_, F> {
+    #[inline]
+    fn drop(&mut self) {
+        if ptr::eq(self.hot.scopes.get(), self.record) {
+            // Still linked, hence the newest record (records end in the reverse order of
+            // their scopes' calls, and a flush unlinks them all).
+            self.hot.scopes.set(self.record.below);
+            if self.record.below.is_null() {
+                self.hot.root.set(self.hot.scoped_root.replace(ptr::null()));
+            }
+            return;
+        }
+        self.reset_flushed();
+    }
+}
+
+impl<F: FnOnce(SetState)> End<'_, F> {
+    #[cold]
+    #[inline(never)]
+    fn reset_flushed(&mut self) {
+        // Not flushed either: the thread was being torn down when the flush came, and
+        // made no set to undo.
+        if let (Some(state), Some(reset)) = (self.record.flushed.take(), self.reset.take()) {
+            reset(state);
+        }
+    }
+}
+
+/// Ends a scope made by an eager set: `reset` gets the set's state.
+struct EndEager<F: FnOnce(SetState)>(Option<(SetState, F)>);
+
+impl<F: FnOnce(SetState)> Drop for EndEager<F> {
+    fn drop(&mut self) {
+        if let Some((state, reset)) = self.0.take() {
+            reset(state);
+        }
+    }
+}
+
+/// Makes every linked record the real set it stands for, oldest first, and empties the
+/// chain (see the module docs). Called first by every engine operation but a read and a
+/// scope; a no-op (two loads) when nothing is linked.
+#[inline]
+pub(super) fn flush_scopes(hot: &Hot) {
+    if !hot.scopes.get().is_null() {
+        flush_now(hot);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn flush_now(hot: &Hot) {
+    let newest = hot.scopes.replace(ptr::null());
+    hot.root.set(hot.scoped_root.replace(ptr::null()));
+    // Counted as a borrow while the sets are made: snapshots they replace are parked
+    // until all are done, so no destructor runs with half the records flushed (and the
+    // sets path-copy instead of writing in place, which is what a borrow means).
+    let borrow = Borrow::new(hot);
+    // SAFETY: a linked record is alive: it is on the stack of a `scope` call on this
+    // thread that has not returned (it unlinks its record, or finds it flushed, before
+    // returning, also when unwinding), and so is every record below it.
+    unsafe { flush_from(newest) };
+    drop(borrow);
+}
+
+/// Flushes `record` after the records below it.
+///
+/// # Safety
+///
+/// `record` and every record below it must be alive (linked records are: see
+/// [`flush_now`]).
+unsafe fn flush_from(record: *const ScopeRecord) {
+    // SAFETY: the caller's guarantee.
+    let record = unsafe { &*record };
+    if !record.below.is_null() {
+        // SAFETY: the caller's guarantee covers the records below.
+        unsafe { flush_from(record.below) };
+    }
+    // Only a thread being torn down refuses (the scope's own refusal was checked when it
+    // started); its record then simply ends unflushed.
+    if let Ok(state) = set_binding_unchecked(record.key, record.entry.clone()) {
+        record.flushed.set(Some(state));
+    }
+}
+
+/// The second half of a read, after `with_bound` missed: while records are linked
+/// (`HOT.root` is null then), the newest record for `key`, else the frame's snapshot
+/// (`HOT.scoped_root`); `Err(f)` for neither, and whenever no record is linked (the miss
+/// stands): every read's miss path, and the path of reads inside a scope.
+///
+/// The test for a linked record is inline (a thread-local load), the walk is not: a miss
+/// outside any scope (a read of a default) costs a few instructions more, not a call.
+///
+/// `key` as for `with_bound`.
+#[inline(always)]
+pub(crate) fn with_bound_scoped<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Result<R, F> {
+    // SAFETY: `HOT`'s address is valid for this call on this thread, used through
+    // `Cell`s (see `hot_ptr`).
+    let hot = unsafe { &*hot_ptr() };
+    if hot.scopes.get().is_null() {
+        return Err(f);
+    }
+    with_bound_in_scopes(hot, key, f)
+}
+
+/// [`with_bound_scoped`] with a record linked.
+#[inline(never)]
+fn with_bound_in_scopes<T: 'static, R, F: FnOnce(&T) -> R>(
+    hot: &Hot,
+    key: u64,
+    f: F,
+) -> Result<R, F> {
+    let mut record = hot.scopes.get();
+    // SAFETY: linked records are alive (see `flush_now`), and each one's `below` is a
+    // linked record or null.
+    while let Some(current) = unsafe { record.as_ref() } {
+        if current.key == key {
+            // SAFETY: the record was made by the `ContextVar<T>` whose id is `key` (the
+            // id → type invariant of `value`); it outlives this read, which runs inside
+            // its scope's call, and its entry is never changed while it lives.
+            return Ok(unsafe { lend(&current.entry, f) });
+        }
+        record = current.below;
+    }
+    // The frame's snapshot; null when the frame has no bindings (or no record is linked).
+    bound_at(hot, hot.scoped_root.get(), key, f)
+}
+
+/// `f` with the value of `entry`, a record's own.
+///
+/// # Safety
+///
+/// `entry` must have been made for a `T`, and outlive this call.
+#[inline]
+unsafe fn lend<T: 'static, R>(entry: &Entry, f: impl FnOnce(&T) -> R) -> R {
+    if entry.is_inline() {
+        // SAFETY: an inline entry made for a `T` holds a `T: Copy`.
+        let value = unsafe { entry.read_inline::<T>() };
+        return f(&value);
+    }
+    // SAFETY: a boxed entry made for a `T`; the record keeps its binding alive.
+    f(unsafe { entry.downcast_boxed_unchecked::<T>() })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Which path a scope takes: the crate's tests check what each path shows; these
+    //! check that each is the one taken.
+
+    use super::*;
+    use crate::value::Entry;
+    use crate::{Context, ContextVar};
+
+    static VAR: ContextVar<u64> = crate::context_var!(u64, "scope_path");
+
+    /// Whether a scope's record is linked on this thread now.
+    fn linked() -> bool {
+        // SAFETY: as in `scope`.
+        !unsafe { &*hot_ptr() }.scopes.get().is_null()
+    }
+
+    fn entry(value: u64) -> Entry {
+        VAR.make_entry(value)
+    }
+
+    fn run_scope(value: u64, f: impl FnOnce()) {
+        let key = VAR.id().as_u64();
+        scope(key, entry(value), f, drop).unwrap();
+    }
+
+    #[test]
+    fn a_thread_links_its_records_and_a_copy_flushes_them() {
+        std::thread::spawn(|| {
+            run_scope(1, || {
+                assert!(linked());
+                run_scope(2, || assert!(linked()));
+                let copy = crate::copy_context();
+                assert!(!linked(), "a copy flushes");
+                assert_eq!(copy.snapshot().get(&VAR), Some(&1));
+                run_scope(3, || assert!(linked(), "a new chain after the flush"));
+            });
+            assert!(!linked());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_run_context_or_a_handle_makes_the_set_real() {
+        std::thread::spawn(|| {
+            Context::new().run(|| run_scope(1, || assert!(!linked())));
+            let handle = Context::current();
+            run_scope(1, || assert!(!linked(), "a handle can see the frame"));
+            drop(handle);
+            run_scope(1, || assert!(linked(), "no handle left"));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn entering_a_frame_flushes() {
+        std::thread::spawn(|| {
+            run_scope(1, || {
+                assert!(linked());
+                Context::new().run(|| assert!(!linked()));
+                assert!(!linked());
+                assert_eq!(VAR.get(), 1);
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
