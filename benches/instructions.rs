@@ -240,13 +240,13 @@ fn set_reset_boxed_own_context(_: ()) -> bool {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(182, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(196, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), read_first)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(508, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(522, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), read_boxed_twin)
 }
@@ -258,7 +258,7 @@ fn probe_scope() -> u64 {
 
 // A scope inside a future's poll (a request handler's frame), counted in `probe_scope`.
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 156))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 170))]
 fn scope_in_poll(_: ()) -> u64 {
     let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_scope())).in_copied_context());
     match future
@@ -276,7 +276,7 @@ fn peer_task_local_sync_scope() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = entered_once, config = limits(120, 0))]
+#[bench::vars_8(args = (8), setup = entered_once, config = limits(116, 0))]
 fn run_empty(ctx: Context) -> (Context, u64) {
     let value = ctx.run(one);
     (ctx, value)

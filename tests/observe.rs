@@ -447,3 +447,43 @@ fn concurrent_readers_while_threads_set_and_exit() {
     );
     println!("{spawned} short-lived threads, {checked} snapshots checked");
 }
+
+/// A scope (`ContextVar::scope`) keeps its binding on its stack while publication is off;
+/// if publication comes on while it runs, the scope's end is published like any change,
+/// and a scope started while it is on is published at once.
+#[test]
+fn scopes_publish_their_end_when_publication_came_on_meanwhile() {
+    let _serial = serial();
+    let inside = Arc::new(Barrier::new(2));
+    let switched = Arc::new(Barrier::new(2));
+    let ended = Arc::new(Barrier::new(2));
+    let scoper = {
+        let (inside, switched, ended) = (inside.clone(), switched.clone(), ended.clone());
+        thread::spawn(move || {
+            let _request = REQUEST.set(1);
+            REQUEST.scope(2, || {
+                inside.wait();
+                switched.wait();
+            });
+            ended.wait(); // A: the first scope has ended
+            ended.wait(); // B: checked
+            // Publication is on now: a scope sets at once, and is seen inside.
+            REQUEST.scope(3, || {
+                ended.wait(); // C: inside
+                ended.wait(); // D: checked
+            });
+        })
+    };
+    let id = scoper.thread().id();
+    inside.wait();
+    observe::enable();
+    switched.wait();
+    ended.wait(); // A
+    let seen = find(id).expect("the scope's end published the thread");
+    assert_eq!(seen.snapshot().get(&REQUEST), Some(&1));
+    ended.wait(); // B
+    ended.wait(); // C
+    assert_eq!(find(id).unwrap().snapshot().get(&REQUEST), Some(&3));
+    ended.wait(); // D
+    scoper.join().unwrap();
+}

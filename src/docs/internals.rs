@@ -214,9 +214,16 @@
 //!
 //! A record's value is lent to reads without a borrow count: the record lives on the
 //! stack of the scope's call, which encloses every read that can see it. The flush
-//! counts a borrow while it sets, so the snapshots it replaces are parked and no
-//! destructor runs with half the chain flushed. `scoped_set` (a guard, which user code
-//! can move, leak or forget) keeps the token path.
+//! counts a borrow while it sets, and announces once at the end, so the snapshots it
+//! replaces are parked and no destructor runs with half the chain flushed. The chain
+//! holds at most 8 records: a scope nested deeper sets at once (after a flush), so a read
+//! walks at most 8 records and a flush recurses at most 8 deep. The end of a linked scope
+//! announces the change, for `observe` switched on while it ran. One difference with the
+//! eager set is deliberate: a linked record's value is dropped when its scope ends, even
+//! while a read of another variable is in progress around the scope (a reset would have
+//! parked the replaced snapshot, and the value with it, until that read ended), which is
+//! when a reset releases it in Python. `scoped_set` (a guard, which user code can move,
+//! leak or forget) keeps the token path.
 //!
 //! ### Invariant: id → type
 //!

@@ -208,8 +208,9 @@ pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused
     set_binding_in::<true>(key, entry)
 }
 
-/// [`set_binding`] without the check of where the binding lands: the flush of a scope's
-/// record (`super::scope`), which was checked when the scope started.
+/// [`set_binding`] without the check of where the binding lands, and without announcing
+/// the change: the flush of a scope's record (`super::scope`), which was checked when the
+/// scope started, and which announces once for all its records.
 pub(super) fn set_binding_unchecked(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
     set_binding_in::<false>(key, entry)
 }
@@ -244,7 +245,10 @@ fn set_binding_in<const CHECK: bool>(key: u64, entry: Entry) -> Result<SetState,
     drop(entry);
     let (old, prev, frame_id, seq, prev_change, published) =
         outcome?.map_err(SetRefused::PoolThread)?;
-    announce();
+    // A scope's flush announces once, after all its sets (`super::scope`).
+    if CHECK {
+        announce();
+    }
     if let Some(old) = published {
         retire(old);
     }

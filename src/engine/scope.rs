@@ -40,9 +40,9 @@
 
 use std::ptr;
 
-use super::announcing;
 use super::binding::{SetRefused, SetState, bound_at, set_binding_unchecked};
 use super::thread::{Borrow, Hot, hot_ptr, is_alive};
+use super::{announce, announcing};
 use crate::pool;
 use crate::sync::{Arc, Cell};
 use crate::value::Entry;
@@ -56,10 +56,17 @@ pub(super) struct ScopeRecord {
     /// The record made before this one (`HOT.scopes` when this one was linked), null for
     /// the oldest.
     below: *const ScopeRecord,
+    /// How many records the chain holds with this one: at most [`MAX_LINKED`].
+    depth: usize,
     /// After a flush: the state of the real set made for this record, for the scope's end
     /// to reset.
     flushed: Cell<Option<SetState>>,
 }
+
+/// The most records the chain holds: a scope nested deeper sets at once (after a flush of
+/// the chain), so a read inside walks at most this many records and a flush recurses at
+/// most this deep, however deep a recursion of scopes goes.
+const MAX_LINKED: usize = 8;
 
 /// Runs `f` with `entry` bound under `key` in the current frame (a scope), then ends the
 /// binding. `reset` is called with the state of the real set if the scope was flushed
@@ -86,10 +93,14 @@ pub(crate) fn scope<R>(
         drop(entry);
         return Err(SetRefused::PoolThread(pool));
     }
-    if announcing() || object_observed(hot) {
+    let below = hot.scopes.get();
+    // SAFETY: a linked record is alive (see `flush_now`).
+    let depth = unsafe { below.as_ref() }.map_or(0, |below| below.depth) + 1;
+    if announcing() || depth > MAX_LINKED || object_observed(hot) {
         // Someone else can see this frame's bindings: a handle of its context object (a
-        // `Context` being run, a `Context::current` handle), or `observe`. The set is
-        // made now, as `scoped_set` does, so that they see it.
+        // `Context` being run, a `Context::current` handle), or `observe`. Or the chain
+        // is full. The set is made now, as `scoped_set` does (after a flush: its own
+        // `with_state`), so that they see it.
         let state = super::binding::set_binding(key, entry)?;
         let _end = EndEager(Some((state, reset)));
         return Ok(f());
@@ -97,7 +108,8 @@ pub(crate) fn scope<R>(
     let record = ScopeRecord {
         key,
         entry,
-        below: hot.scopes.get(),
+        below,
+        depth,
         flushed: Cell::new(None),
     };
     if record.below.is_null() {
@@ -161,6 +173,9 @@ impl<F: FnOnce(SetState)> Drop for End<'_, F> {
             if self.record.below.is_null() {
                 self.hot.root.set(self.hot.scoped_root.replace(ptr::null()));
             }
+            // `observe` may have been switched on (by another thread) while the scope ran:
+            // its end is a change, as the reset would have been.
+            announce();
             return;
         }
         self.reset_flushed();
@@ -213,10 +228,14 @@ fn flush_now(hot: &Hot) {
     // thread that has not returned (it unlinks its record, or finds it flushed, before
     // returning, also when unwinding), and so is every record below it.
     unsafe { flush_from(newest) };
+    // The sets do not announce one by one: `observe`'s announcer may drop a snapshot
+    // (and a value's `Drop` may panic), which must not happen with half the chain set.
+    announce();
     drop(borrow);
 }
 
-/// Flushes `record` after the records below it.
+/// Flushes `record` after the records below it (a recursion at most [`MAX_LINKED`]
+/// deep).
 ///
 /// # Safety
 ///
@@ -253,16 +272,16 @@ pub(crate) fn with_bound_scoped<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: 
     if hot.scopes.get().is_null() {
         return Err(f);
     }
-    with_bound_in_scopes(hot, key, f)
+    with_bound_in_scopes(key, f)
 }
 
-/// [`with_bound_scoped`] with a record linked.
+/// [`with_bound_scoped`] with a record linked. It finds `HOT` again rather than taking
+/// its address: passing that made every read compute it up front (two instructions on
+/// the hit path).
 #[inline(never)]
-fn with_bound_in_scopes<T: 'static, R, F: FnOnce(&T) -> R>(
-    hot: &Hot,
-    key: u64,
-    f: F,
-) -> Result<R, F> {
+fn with_bound_in_scopes<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Result<R, F> {
+    // SAFETY: as in `with_bound_scoped`.
+    let hot = unsafe { &*hot_ptr() };
     let mut record = hot.scopes.get();
     // SAFETY: linked records are alive (see `flush_now`), and each one's `below` is a
     // linked record or null.
@@ -346,6 +365,41 @@ mod tests {
             run_scope(1, || assert!(!linked(), "a handle can see the frame"));
             drop(handle);
             run_scope(1, || assert!(linked(), "no handle left"));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// How many records are linked now.
+    fn chain_length() -> usize {
+        // SAFETY: as in `scope`.
+        let mut record = unsafe { &*hot_ptr() }.scopes.get();
+        let mut length = 0;
+        // SAFETY: linked records are alive (see `flush_now`).
+        while let Some(current) = unsafe { record.as_ref() } {
+            length += 1;
+            record = current.below;
+        }
+        length
+    }
+
+    #[test]
+    fn the_chain_holds_at_most_max_linked_records() {
+        fn nest(depth: usize, lengths: &mut Vec<usize>) {
+            lengths.push(chain_length());
+            if depth < 2 * MAX_LINKED {
+                run_scope(depth as u64, || nest(depth + 1, lengths));
+            }
+        }
+        std::thread::spawn(|| {
+            let mut lengths = Vec::new();
+            nest(0, &mut lengths);
+            // One more per level up to the cap; then a scope sets at once, which flushes
+            // the chain, and the scopes inside it link from an empty chain again.
+            assert_eq!(lengths[..=MAX_LINKED], (0..=MAX_LINKED).collect::<Vec<_>>());
+            assert!(lengths.iter().all(|&length| length <= MAX_LINKED));
+            assert_eq!(lengths[MAX_LINKED + 1], 0);
+            assert_eq!(chain_length(), 0);
         })
         .join()
         .unwrap();

@@ -272,8 +272,10 @@ fn tear_down(hot: &Hot) {
     // Readers that run while the values below are dropped must not follow the root, and
     // writers are refused from here on (`with_state`).
     hot.root.set(ptr::null());
-    // A scope's record cannot be linked here (teardown runs in no scope's call); the
-    // chain is emptied all the same, so that nothing can follow it from now on.
+    // A scope's record may still be linked here (`std::process::exit` inside its `f`
+    // runs the thread-local destructors with the scope's call still on the stack): the
+    // chain is emptied, so that nothing follows it from now on, and the scope's end finds
+    // its record unlinked and unflushed, with nothing to undo.
     hot.scopes.set(ptr::null());
     hot.scoped_root.set(ptr::null());
     hot.light.set(ptr::null());

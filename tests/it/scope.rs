@@ -554,3 +554,82 @@ mod against_scoped_set {
         }
     }
 }
+
+/// A task's frame with a context object whose handle a poll took and kept: a later poll's
+/// scope must be seen through that handle (the frame's object is observed).
+#[test]
+fn a_handle_a_task_kept_from_an_earlier_poll_sees_the_scope() {
+    thread::spawn(|| {
+        let handle: std::cell::RefCell<Option<Context>> = std::cell::RefCell::new(None);
+        let mut polls = 0;
+        let task = std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 1 {
+                *handle.borrow_mut() = Some(Context::current());
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let kept = handle.borrow();
+            let kept = kept.as_ref().unwrap();
+            ID.scope(7, || assert_eq!(kept.snapshot().get(&ID), Some(&7)));
+            assert_eq!(kept.snapshot().get(&ID), None);
+            std::task::Poll::Ready(())
+        })
+        .in_copied_context();
+        poll_to_completion(task);
+    })
+    .join()
+    .unwrap();
+}
+
+/// A scope's value is released when the scope ends, as a reset releases it in Python,
+/// also while a read of another variable is in progress around the scope.
+#[test]
+fn the_value_is_released_at_the_end_even_inside_a_read() {
+    thread::spawn(|| {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        contextvars::context_var! {
+            static COUNTED: Arc<Counted>;
+        }
+        let _name = NAME.set("outer".into());
+        NAME.with(|_| {
+            COUNTED.scope(Arc::new(Counted(dropped.clone())), || {});
+            assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// Scopes nested deeper than the chain holds set at once: reads at every depth, and the
+/// ends, still agree with the plain model.
+#[test]
+fn deeply_nested_scopes_read_and_end_right() {
+    fn nest(depth: u64, max: u64) {
+        if depth == max {
+            assert_eq!(ID.get(), max);
+            assert_eq!(OTHER.get(), 5);
+            let copy = copy_context();
+            copy.run(|| assert_eq!(ID.get(), max));
+            return;
+        }
+        ID.scope(depth + 1, || {
+            assert_eq!(ID.get(), depth + 1);
+            nest(depth + 1, max);
+            assert_eq!(ID.get(), depth + 1);
+        });
+    }
+    in_every_frame(|| {
+        let _other = OTHER.set(5);
+        for max in [1, 7, 8, 9, 30] {
+            nest(0, max);
+            assert!(!ID.is_set());
+        }
+    });
+}
