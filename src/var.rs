@@ -660,7 +660,12 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// a real set from the start where someone else can see the current context's
     /// bindings: inside [`Context::run`](crate::Context::run) (the `Context` is a handle
     /// that reads them), while a [`Context::current`](crate::Context::current) handle of
-    /// this frame is held, or while [`observe`](crate::observe) is on.
+    /// this frame is held, or while [`observe`](crate::observe) is on; and for a scope
+    /// nested inside 8 others that kept their bindings on the stack (so a read walks at
+    /// most 8 of them).
+    ///
+    /// The value is dropped when the scope ends (unless a copy of the context took it),
+    /// as a reset releases it in Python.
     #[track_caller]
     pub fn scope<R>(&self, value: T, f: impl FnOnce() -> R) -> R {
         match self.try_scope(value, f) {
