@@ -181,10 +181,10 @@ fn get_again_in_run(ctx: Context) -> u64 {
     })
 }
 
-#[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 34))]
-fn get_in_poll(_: ()) -> u64 {
-    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_copied_context());
+/// Polls, once, a future that returns `probe()`, wrapped to run in a copy of the current
+/// context: `probe` runs inside a poll's frame.
+fn poll_once_in_copied_context(probe: fn() -> u64) -> u64 {
+    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe())).in_copied_context());
     match future
         .as_mut()
         .poll(&mut TaskContext::from_waker(Waker::noop()))
@@ -192,6 +192,12 @@ fn get_in_poll(_: ()) -> u64 {
         Poll::Ready(value) => value,
         Poll::Pending => 0,
     }
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 34))]
+fn get_in_poll(_: ()) -> u64 {
+    poll_once_in_copied_context(probe_get)
 }
 
 #[library_benchmark(config = limit(6))]
@@ -260,14 +266,7 @@ fn probe_scope() -> u64 {
 #[library_benchmark]
 #[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 170))]
 fn scope_in_poll(_: ()) -> u64 {
-    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_scope())).in_copied_context());
-    match future
-        .as_mut()
-        .poll(&mut TaskContext::from_waker(Waker::noop()))
-    {
-        Poll::Ready(value) => value,
-        Poll::Pending => 0,
-    }
+    poll_once_in_copied_context(probe_scope)
 }
 
 #[library_benchmark(config = limit(67))]
