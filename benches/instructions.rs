@@ -14,7 +14,7 @@
 //! a boxed one). Run with
 //!
 //! ```text
-//! cargo bench --bench instructions
+//! cargo bench --bench instructions --features rayon
 //! ```
 //!
 //! (needs valgrind and `cargo install gungraun-runner --version 0.20.0`). A count over its
@@ -132,24 +132,26 @@ fn one() -> u64 {
 // ------------------------------------------------------------------------------ reads
 
 #[library_benchmark]
-#[bench::vars_1(args = (1), setup = bound, config = limits(35, 0))]
-#[bench::vars_8(args = (8), setup = bound, config = limits(34, 0))]
-#[bench::vars_16(args = (16), setup = bound, config = limits(34, 0))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limits(50, 0))]
+#[bench::vars_1(args = (1), setup = bound, config = limits(18, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(18, 0))]
+#[bench::vars_16(args = (16), setup = bound, config = limits(18, 0))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limits(18, 0))]
 fn get_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
 
 /// `bound(n)`, then one read of `FIRST`: a read of a variable read before in the same
-/// frame, with nothing changed since (what a read cache would serve; there is none).
+/// frame, with nothing changed since. (The set in `bound` already fills `FIRST`'s slot of
+/// the read cache, so this is the same as `get_own_context`; the `get_cold_*` rows below
+/// are the reads the cache cannot serve.)
 fn bound_and_read(n: usize) {
     bound(n);
     black_box(FIRST.get());
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(34, 0))]
-#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(50, 0))]
+#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(18, 0))]
+#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(18, 0))]
 fn get_again_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
@@ -167,13 +169,13 @@ fn probe_get() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 34))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 18))]
 fn get_in_run(ctx: Context) -> u64 {
     ctx.run(probe_get)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 34))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 18))]
 fn get_again_in_run(ctx: Context) -> u64 {
     ctx.run(|| {
         black_box(FIRST.get());
@@ -195,9 +197,68 @@ fn poll_once_in_copied_context(probe: fn() -> u64) -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 34))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 18))]
 fn get_in_poll(_: ()) -> u64 {
     poll_once_in_copied_context(probe_get)
+}
+
+// A read the read cache cannot serve: the first read of `FIRST` after the thread's
+// snapshot changed under it (a frame whose root is another node was entered or left), in
+// the three frame kinds. Only `probe_get` is counted.
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 41))]
+#[bench::vars_1024(args = (1024), setup = bound, config = probe_limit("probe_get", 69))]
+fn get_cold_own_context(_: ()) -> u64 {
+    // Entering an empty context and leaving it again starts new epochs.
+    Context::new().run(|| ());
+    probe_get()
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 41))]
+fn get_cold_in_run(ctx: Context) -> u64 {
+    // The thread's own snapshot is another node than `ctx`'s from here on.
+    drop(FIRST.set(black_box(9)));
+    ctx.run(probe_get)
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 41))]
+fn get_cold_in_poll(_: ()) -> u64 {
+    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_copied_context());
+    // The future's copy is another node than the thread's snapshot from here on.
+    drop(FIRST.set(black_box(9)));
+    match future
+        .as_mut()
+        .poll(&mut TaskContext::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => value,
+        Poll::Pending => 0,
+    }
+}
+
+// A read in a rayon job of `contextvars::rayon::join`, run by a worker of the global pool
+// (the caller is not one): the worker's first read of `FIRST` misses the cache (its own),
+// and the ones after hit it.
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 41))]
+fn get_cold_in_rayon_job(_: ()) -> u64 {
+    contextvars::rayon::join(probe_get, || 0).0
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 18))]
+fn get_in_rayon_job(_: ()) -> u64 {
+    contextvars::rayon::join(
+        || {
+            black_box(FIRST.get());
+            probe_get()
+        },
+        || 0,
+    )
+    .0
 }
 
 #[library_benchmark(config = limit(6))]
@@ -224,6 +285,11 @@ library_benchmark_group!(
         get_in_run,
         get_again_in_run,
         get_in_poll,
+        get_cold_own_context,
+        get_cold_in_run,
+        get_cold_in_poll,
+        get_in_rayon_job,
+        get_cold_in_rayon_job,
         peer_thread_local_get,
         peer_task_local_get
     ]
@@ -232,7 +298,7 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(587, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(617, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
@@ -246,13 +312,13 @@ fn set_reset_boxed_own_context(_: ()) -> bool {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(196, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(200, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), read_first)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(522, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(549, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), read_boxed_twin)
 }
@@ -264,7 +330,7 @@ fn probe_scope() -> u64 {
 
 // A scope inside a future's poll (a request handler's frame), counted in `probe_scope`.
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 170))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 174))]
 fn scope_in_poll(_: ()) -> u64 {
     poll_once_in_copied_context(probe_scope)
 }
@@ -275,7 +341,7 @@ fn peer_task_local_sync_scope() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = entered_once, config = limits(116, 0))]
+#[bench::vars_8(args = (8), setup = entered_once, config = limits(121, 0))]
 fn run_empty(ctx: Context) -> (Context, u64) {
     let value = ctx.run(one);
     (ctx, value)

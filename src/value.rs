@@ -111,9 +111,35 @@ impl<T> Copy for CopyEq<T> {}
 /// An entry's value word: a pointer (boxed) or the value's bytes (inline).
 type Word = MaybeUninit<*const ()>;
 
-/// Whether a `T` fits an entry's value word.
-const fn fits_inline<T>() -> bool {
+/// Whether a `T` fits an entry's value word (only such values are stored inline, and
+/// only they are served by the engine's read cache).
+pub(crate) const fn fits_inline<T>() -> bool {
     size_of::<T>() <= size_of::<Word>() && align_of::<T>() <= align_of::<Word>()
+}
+
+/// A copy of an inline entry's value word, as the engine's read cache keeps it
+/// (`engine::thread`'s module docs) and a read copies out of it.
+#[derive(Clone, Copy)]
+pub(crate) struct InlineWord(Word);
+
+impl InlineWord {
+    /// No value: a cache slot holds it only while it is not valid, so it is never read.
+    pub(crate) const EMPTY: Self = Self(Word::uninit());
+
+    /// The value, copied out.
+    ///
+    /// # Safety
+    ///
+    /// `self` must come from [`Entry::inline_word`] of an inline entry made for a `T`:
+    /// then the word holds an initialized `T`, and `T` is `Copy` (the invariant
+    /// inline → `Copy`), so the copy runs no code and owns nothing.
+    #[inline(always)]
+    pub(crate) unsafe fn read<T>(self) -> T {
+        debug_assert!(fits_inline::<T>());
+        // SAFETY: the word holds an initialized `T`, aligned (`fits_inline`), and a `T`
+        // is `Copy` (caller's guarantee).
+        unsafe { self.0.as_ptr().cast::<T>().read() }
+    }
 }
 
 /// The functions an entry of one type needs: one constant per type for boxed entries,
@@ -355,6 +381,13 @@ impl Entry {
     #[inline(always)]
     pub(crate) fn is_inline(&self) -> bool {
         self.meta.addr().get() & INLINE != 0
+    }
+
+    /// A copy of the value word of an inline entry, for the read cache; `None` for a
+    /// boxed entry.
+    #[inline(always)]
+    pub(crate) fn inline_word(&self) -> Option<InlineWord> {
+        self.is_inline().then_some(InlineWord(self.word))
     }
 
     /// The untagged `meta` pointer.

@@ -9,11 +9,23 @@ use crate::error::{LookupError, ResetError, SetError};
 use crate::future::WithContext;
 use crate::sync::{Cell, OnceLock, StaticCounter, thread_locals};
 use crate::token::{ScopedSet, Token};
-use crate::value::{CopyEq, Entry, InlineMeta, ValueTraits};
+use crate::value::{CopyEq, Entry, InlineMeta, ValueTraits, fits_inline};
 
-/// Source of variable ids. Ids start at 1 (0 means "not assigned yet") and are dense, so
-/// the variables of a program fill the root of a snapshot's trie first.
-static NEXT_VAR_ID: StaticCounter = StaticCounter::new(1);
+/// Sources of variable ids (0 means "not assigned yet"), both dense, so that the
+/// variables of a program fill the root of a snapshot's trie first.
+///
+/// Variables that store values inline take ids 1, 2, 3, ... while they are below the
+/// engine's read cache's size (`engine::READ_CACHE_SLOTS`): the cache serves exactly the
+/// ids below it, so a read tests its id alone to choose the cache, and no variable with
+/// boxed values pays more than that compare for it. Every other id comes from the
+/// second source, which starts half a trie level (16) above `READ_CACHE_SLOTS`: the low
+/// five bits choose the slot of a trie's root, so a program's first 15 inline and first
+/// 16 other variables take different slots (a second source starting at
+/// `READ_CACHE_SLOTS` itself put the first of each kind in the same ones). Ascending
+/// within each, so that sets in declaration order append to a small snapshot node
+/// rather than shift it (counting down made a set and reset 9% longer).
+static NEXT_INLINE_VAR_ID: StaticCounter = StaticCounter::new(1);
+static NEXT_VAR_ID: StaticCounter = StaticCounter::new(engine::READ_CACHE_SLOTS + 16);
 
 /// The identity of a [`ContextVar`]: unique in the process and never reused, even after
 /// the variable is dropped. Two variables with the same name have different ids.
@@ -21,7 +33,9 @@ static NEXT_VAR_ID: StaticCounter = StaticCounter::new(1);
 pub struct VarId(pub(crate) u64);
 
 impl VarId {
-    /// The id as an integer (assigned in creation order of first use, starting at 1).
+    /// The id as an integer: at least 1, unique in the process, assigned on the
+    /// variable's first use. Nothing else is promised about its value (not the order of
+    /// first use).
     pub fn as_u64(self) -> u64 {
         self.0
     }
@@ -161,6 +175,8 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// ```
 pub struct ContextVar<T: 'static> {
     name: &'static str,
+    /// The id (see [`NEXT_VAR_ID`]): below `engine::READ_CACHE_SLOTS` exactly when the
+    /// engine's read cache serves the variable, or 0 before one is assigned.
     id: StaticCounter,
     default: Default<T>,
     traits: fn() -> ValueTraits<T>,
@@ -291,10 +307,24 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     #[cold]
     fn assign_id(&self) -> u64 {
-        let fresh = NEXT_VAR_ID.fetch_add(1);
+        // The ids the read cache serves go to variables that store values inline, while
+        // they last.
+        let fresh = Some(())
+            .filter(|()| self.stores_inline())
+            .map(|()| NEXT_INLINE_VAR_ID.fetch_add(1))
+            .filter(|&id| id < engine::READ_CACHE_SLOTS)
+            .unwrap_or_else(|| NEXT_VAR_ID.fetch_add(1));
         // Another thread may have assigned one meanwhile; theirs wins and ours is simply
         // never used (ids need to be unique, not dense).
         self.id.compare_exchange(0, fresh)
+    }
+
+    /// Whether this variable stores its values inline (see
+    /// [Inline values](Self#inline-values)): its metadata is its own.
+    fn stores_inline(&self) -> bool {
+        self.inline
+            .as_ref()
+            .is_some_and(|meta| std::ptr::eq(meta.var(), self))
     }
 
     pub(crate) fn make_entry(&self, value: T) -> Entry {
@@ -328,23 +358,59 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// A thread-local load, a relaxed load of the variable's id and a bounded lookup: one
-    /// node up to 4 variables, else O(log₃₂ n) trie levels (at most 13). No allocation, no
-    /// lock, no atomic read-modify-write; a lazy default runs its initialiser once per
-    /// process. A value stored inline (see [Inline values](Self#inline-values)) is copied
-    /// out and `f` gets the copy; a boxed value is lent in place, and while `f` runs a
-    /// non-atomic counter marks the borrow, so a set inside `f` path-copies instead of
-    /// writing in place.
+    /// A relaxed load of the variable's id, then, for one of a program's first 63
+    /// variables that store values inline (see [Inline values](Self#inline-values)), the
+    /// thread's *read cache*: a compare of two thread-local words and a load, if this
+    /// thread read the variable (or set or scoped it) since its context last changed to
+    /// another snapshot. Otherwise a thread-local load and a bounded lookup: one node up
+    /// to 4 variables, else O(log₃₂ n) trie levels (at most 13), which fills the cache.
+    /// No allocation, no lock, no atomic read-modify-write; a lazy default runs its
+    /// initialiser once per process. An inline value is copied out and `f` gets the
+    /// copy; a boxed value is lent in place, and while `f` runs a non-atomic counter
+    /// marks the borrow, so a set inside `f` path-copies instead of writing in place.
+    ///
+    /// The cache survives a switch into the *same* snapshot (a rayon job of
+    /// `contextvars::rayon`, the poll of a task that set nothing, `Context::run` of an
+    /// unchanged copy), and a set or reset of another variable; see
+    /// [`docs::performance`](crate::docs::performance) for the counts.
     #[track_caller]
     #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        self.read(f, |f| self.with_default(f))
+    }
+
+    /// `f` with the binding of this variable in the current context, if it has one: from
+    /// the read cache if it holds it (a compare and a load), else by the lookup in the
+    /// current snapshot (`engine::lookup_bound`, which fills the cache), else in a
+    /// scope's record (`engine::with_bound_scoped`); `miss(f)` if there is none (the
+    /// caller's default). A continuation rather than a `Result`: passed back through a
+    /// `Result`, a miss cost 5 instructions more in every read.
+    #[track_caller]
+    #[inline(always)]
+    fn read<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(F) -> R) -> R {
         let key = self.lookup_key();
-        match engine::with_bound::<T, R, _>(key, f) {
+        // A variable the cache serves has an id below `READ_CACHE_SLOTS`, and so has one
+        // with no id yet (0), whose slot is never filled: it misses.
+        if const { fits_inline::<T>() } && key < engine::READ_CACHE_SLOTS {
+            return match engine::cached::<T>(key) {
+                Some(value) => f(&value),
+                None => self.look_up(key, f, miss),
+            };
+        }
+        self.look_up(key, f, miss)
+    }
+
+    /// [`read`](Self::read) without the cache, `key` being the id (or 0). Inlined in two
+    /// places of `read` rather than joined after it: a key that `read` picked from either
+    /// branch made the first read after a frame switch 5 instructions longer.
+    #[track_caller]
+    #[inline(always)]
+    fn look_up<R, F: FnOnce(&T) -> R>(&self, key: u64, f: F, miss: impl FnOnce(F) -> R) -> R {
+        match engine::lookup_bound(key, f) {
             Ok(result) => result,
-            // A miss: a scope's binding (one call), else the default (another).
             Err(f) => match engine::with_bound_scoped(key, f) {
                 Ok(result) => result,
-                Err(f) => self.with_default(f),
+                Err(f) => miss(f),
             },
         }
     }
@@ -370,10 +436,10 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// for its hint).
     #[inline(always)]
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
-        match engine::with_bound::<T, R, _>(self.lookup_key(), f) {
-            Ok(result) => Ok(result),
-            Err(f) => self.apply_default(f),
-        }
+        self.read(
+            |value| Ok(f(value)),
+            |f| self.apply_default(f).and_then(|result| result),
+        )
     }
 
     /// Calls `f` with the binding in the current context, or with `default` if there is
@@ -383,10 +449,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// As [`with`](Self::with); a lazy default is never computed.
     pub fn with_or<R>(&self, default: &T, f: impl FnOnce(&T) -> R) -> R {
-        let key = self.lookup_key();
-        engine::with_bound::<T, R, _>(key, f)
-            .or_else(|f| engine::with_bound_scoped(key, f))
-            .unwrap_or_else(|f| f(default))
+        self.read(f, |f| f(default))
     }
 
     /// Whether the current context binds this variable (defaults do not count).
@@ -396,10 +459,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// The lookup of [`with`](Self::with): no allocation, no atomic read-modify-write, no
     /// default computed.
     pub fn is_set(&self) -> bool {
-        let key = self.lookup_key();
-        engine::with_bound::<T, (), _>(key, |_| ())
-            .or_else(|f| engine::with_bound_scoped(key, f))
-            .is_ok()
+        self.read(|_| true, |_| false)
     }
 
     /// A clone of the current value.
@@ -446,10 +506,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     where
         T: Clone,
     {
-        let key = self.lookup_key();
-        engine::with_bound::<T, T, _>(key, T::clone)
-            .or_else(|f| engine::with_bound_scoped(key, f))
-            .unwrap_or(default)
+        self.read(T::clone, |_| default)
     }
 
     /// [`try_with`](Self::try_with), except that a lazy default not computed yet is not
@@ -457,31 +514,20 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// but `f`, for readers that must not, such as the formatting of an event inside a
     /// panic hook.
     pub(crate) fn with_computed<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
-        let key = self.lookup_key();
-        let f = match engine::with_bound::<T, R, _>(key, f)
-            .or_else(|f| engine::with_bound_scoped(key, f))
-        {
-            Ok(result) => return Some(result),
-            Err(f) => f,
-        };
-        match &self.default {
-            Default::None => None,
-            Default::Value(value) => Some(f(value)),
-            Default::Lazy(_, cell) => cell.get().map(f),
-        }
+        self.read(
+            |value| Some(f(value)),
+            |f| match &self.default {
+                Default::None => None,
+                Default::Value(value) => f(value),
+                Default::Lazy(_, cell) => cell.get().and_then(f),
+            },
+        )
     }
 
     /// Calls `f` with the default, or explains why there is none. Out of line, so that
     /// the hit path of a read (`try_with`) inlines into its caller as a few instructions.
-    ///
-    /// A scope's binding is found here first (`engine::with_bound_scoped`): reads inside
-    /// a scope miss the snapshot.
     #[inline(never)]
     fn apply_default<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
-        let f = match engine::with_bound_scoped(self.lookup_key(), f) {
-            Ok(result) => return Ok(result),
-            Err(f) => f,
-        };
         self.default_or_error(f)
     }
 

@@ -18,10 +18,26 @@ use super::thread::{Borrow, Hot, TornDown, hot_ptr, retire, with_hot, with_state
 use crate::map::Node;
 use crate::pool::{self, Entered, Pool};
 use crate::sync::Arc;
-use crate::value::Entry;
+use crate::value::{Entry, fits_inline};
 
-/// Calls `f` with the current binding of variable `key`, as a `T`, if there is one;
-/// gives `f` back if there is none (the caller falls back to a default).
+/// The current value of variable `key` if the thread's read cache holds it (`thread`'s
+/// module docs): only inline values are cached, so for a type that cannot be stored
+/// inline this is `None` at compile time. An id of 0 is never cached.
+///
+/// `key` as for [`lookup_bound`].
+#[inline(always)]
+pub(crate) fn cached<T: 'static>(key: u64) -> Option<T> {
+    if !const { fits_inline::<T>() } {
+        return None;
+    }
+    // SAFETY: `with_hot`'s argument (see `hot_ptr`); `key` is the id of a
+    // `ContextVar<T>`, or 0 (this function's contract).
+    unsafe { (*hot_ptr()).cached::<T>(key) }
+}
+
+/// Calls `f` with the binding of variable `key` in the current snapshot, as a `T`, if
+/// there is one; gives `f` back if there is none. An inline value found is cached
+/// ([`Hot::fill`]); a reader asks the cache first ([`cached`], `ContextVar::with_bound`).
 ///
 /// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`), or
 /// 0 (a variable with no id yet), which no binding has: the lookup misses.
@@ -37,25 +53,21 @@ use crate::value::Entry;
 /// LLVM otherwise left that closure out of line in some callers (a call and a stack frame
 /// more per read, 39 instructions instead of 32 at 8 variables).
 #[inline(always)]
-pub(crate) fn with_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Result<R, F> {
+pub(crate) fn lookup_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Result<R, F> {
     // SAFETY: `with_hot`'s argument (see `hot_ptr`): the reference is used within this
     // call, on this thread, through `Cell`s.
-    bound_in(unsafe { &*hot_ptr() }, key, f)
-}
-
-/// [`with_bound`] in `hot`.
-#[inline(always)]
-fn bound_in<T: 'static, R, F: FnOnce(&T) -> R>(hot: &Hot, key: u64, f: F) -> Result<R, F> {
+    let hot = unsafe { &*hot_ptr() };
     // Null: no bindings, or a scope's records are linked (`super::scope`); the caller's
     // miss path, out of line, looks at them (`with_bound_scoped`), so that a read outside
     // any scope pays nothing for them.
-    bound_at(hot, hot.root.get(), key, f)
+    bound_at::<true, T, R, F>(hot, hot.root(), key, f)
 }
 
 /// The read of `key` in the snapshot whose root node is `root` (null: no bindings): the
-/// current frame's, or, while a scope's records are linked, `HOT.scoped_root`.
+/// current frame's, or, while a scope's records are linked, `HOT.scoped_root`. `FILL`:
+/// `root` is `HOT.root`, so an inline value found is cached (`Hot::fill`).
 #[inline(always)]
-pub(super) fn bound_at<T: 'static, R, F: FnOnce(&T) -> R>(
+pub(super) fn bound_at<const FILL: bool, T: 'static, R, F: FnOnce(&T) -> R>(
     hot: &Hot,
     root: *const Node<Entry>,
     key: u64,
@@ -70,11 +82,14 @@ pub(super) fn bound_at<T: 'static, R, F: FnOnce(&T) -> R>(
         let Some(entry) = node.get(key) else {
             return Err(f);
         };
-        if entry.is_inline() {
+        if let Some(word) = entry.inline_word() {
+            if FILL {
+                hot.fill(key, word);
+            }
             // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is
             // `key`, and an inline one holds a `T: Copy` (`value`'s invariants). The copy
             // is taken before `f` runs, so no borrow of the snapshot is needed.
-            let value = unsafe { entry.read_inline::<T>() };
+            let value = unsafe { word.read::<T>() };
             return Ok(f(&value));
         }
         // From here on `f` runs (user code: a closure, `T::clone`), which may set
@@ -108,7 +123,7 @@ pub(crate) fn miss_site() -> MissSite {
             MissSite::ReadOnly
         } else if hot.in_base_frame() {
             MissSite::OwnContext {
-                empty: hot.root.get().is_null(),
+                empty: hot.root().is_null(),
             }
         } else {
             MissSite::Elsewhere
@@ -130,12 +145,14 @@ fn rebind_in_place(
     if hot.borrows.get() != 0 {
         return Err(entry);
     }
+    let now = entry.as_ref().and_then(Entry::inline_word);
     let mut vars = hot.vars.take();
     let outcome = match entry {
         Some(entry) => vars.insert_in_place(key, entry).map_err(Some),
         None => vars.remove_in_place(key).map_err(|()| None),
     };
-    hot.root.set(vars.root_ptr());
+    // Unchanged on `Err` (nothing was written): the cache stays right either way.
+    hot.rebound(vars.root_ptr(), key, now.filter(|_| outcome.is_ok()));
     hot.vars.set(vars);
     outcome
 }
@@ -146,11 +163,14 @@ fn rebind_in_place(
 fn rebind_copy(hot: &Hot, key: u64, entry: Option<Entry>) -> (Option<Entry>, Vars) {
     let current = hot.vars_clone();
     let old = current.get(key).cloned();
+    let now = entry.as_ref().and_then(Entry::inline_word);
     let new = match entry {
         Some(entry) => current.insert(key, entry),
         None => current.remove(key).unwrap_or(current),
     };
-    (old, hot.install(new))
+    // `new` differs from the current snapshot in `key`'s binding alone.
+    hot.rebound(new.root_ptr(), key, now);
+    (old, hot.vars.replace(new))
 }
 
 /// What a `set` leaves behind for its token.

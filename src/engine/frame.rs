@@ -195,7 +195,7 @@ impl Frame {
 /// Exchanges the thread's current frame with `frame`. Runs no user code.
 pub(super) fn swap_frame(hot: &Hot, frame: &mut Frame) {
     let vars = std::mem::take(&mut frame.vars);
-    hot.root.set(vars.root_ptr());
+    hot.set_root(vars.root_ptr());
     frame.vars = hot.vars.replace(vars);
     frame.ctx = hot.ctx.replace(frame.ctx.take());
     frame.id = hot.id.replace(frame.id);

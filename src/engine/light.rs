@@ -181,16 +181,16 @@ pub(super) fn enter_light<R>(
         displaced: Cell::new(MaybeUninit::uninit()),
     };
     with_hot(|hot| {
-        let mut outer_root = hot.root.get();
+        let mut outer_root = hot.root();
         if outer_root.is_null() {
             // No bindings, or a scope's records linked: they belong to the frame they
             // were made in, and are made real there before another frame becomes
             // current (which may materialize it: `HOT.light` is read after this).
             flush_scopes(hot);
-            outer_root = hot.root.get();
+            outer_root = hot.root();
         }
         light.outer.set(hot.light.replace(&light));
-        hot.root.set(root);
+        hot.set_root(root);
         let _exit = Exit {
             hot,
             light: &light,
@@ -219,7 +219,7 @@ impl Exit<'_> {
         if work & MATERIALIZED != 0 {
             self.leave_materialized();
         } else {
-            self.hot.root.set(self.root);
+            self.hot.set_root(self.root);
             self.hot.light.set(self.light.outer.get());
         }
         announce();
@@ -265,7 +265,7 @@ impl Exit<'_> {
             }
             // Without a storage (`run_borrowed`), the job's private frame ends here.
         }
-        self.hot.root.set(self.root);
+        self.hot.set_root(self.root);
         self.hot.light.set(self.light.outer.get());
         self.hot.stacked.set(level - 1);
         self.hot.entered_cell.set(entered);
@@ -316,7 +316,7 @@ impl Drop for Exit<'_> {
             self.leave_with_work(work);
             return;
         }
-        self.hot.root.set(self.root);
+        self.hot.set_root(self.root);
         self.hot.light.set(self.light.outer.get());
         announce();
     }
@@ -327,12 +327,12 @@ impl Drop for Exit<'_> {
 pub(crate) fn vars() -> Vars {
     // `HOT.root` is the root of the current snapshot in every frame, light or not: one
     // load, and no branch on the frame's kind.
-    let mut root = with_hot(|hot| hot.root.get());
+    let mut root = with_hot(|hot| hot.root());
     if root.is_null() {
         // No bindings, or a scope's records linked: a copy of the context includes them.
         root = with_hot(|hot| {
             flush_scopes(hot);
-            hot.root.get()
+            hot.root()
         });
         if root.is_null() {
             return Map::new();

@@ -12,8 +12,9 @@
 //! * [`run`]: entering frames, every lexically scoped entry point (`run_in`,
 //!   `run_owned`, `run_borrowed`, `run_entered`, ...), and the detached pair;
 //! * [`origin`]: the frames a request layer restores when a request ends;
-//! * [`binding`]: binding changes in the current frame (`with_bound`, `set_binding`,
-//!   `reset_binding`) and the frame's context object (`current_shared`);
+//! * [`binding`]: reading and changing bindings in the current frame (`lookup_bound`,
+//!   the read cache's `cached`, `set_binding`, `reset_binding`) and the frame's context
+//!   object (`current_shared`);
 //! * [`scope`]: lexical scoped bindings (`ContextVar::scope`), kept on the stack while only
 //!   reads happen, and made real sets (flushed) before anything else.
 //!
@@ -56,8 +57,8 @@ mod scope;
 mod thread;
 
 pub(crate) use binding::{
-    MissSite, ResetFailure, SetRefused, SetState, current_shared, miss_site, reset_binding,
-    set_binding, with_bound,
+    MissSite, ResetFailure, SetRefused, SetState, cached, current_shared, lookup_bound, miss_site,
+    reset_binding, set_binding,
 };
 pub(crate) use frame::Frame;
 pub(crate) use light::vars;
@@ -78,7 +79,7 @@ pub(crate) use run::{
     run_read_only,
 };
 pub(crate) use scope::{scope, with_bound_scoped};
-pub(crate) use thread::{TornDown, check_alive, next_context_id};
+pub(crate) use thread::{READ_CACHE_SLOTS, TornDown, check_alive, next_context_id};
 
 use crate::map::Map;
 use crate::sync::{AtomicBool, OnceLock, Ordering, globals};

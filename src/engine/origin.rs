@@ -180,7 +180,7 @@ pub(crate) fn restore_origin(id: u64) -> bool {
         }
         hot.origin.set(Origin::Unchanged);
         let origin = hot.origin_vars.take();
-        if hot.root.get() == origin.root_ptr() {
+        if hot.root() == origin.root_ptr() {
             // Changed and changed back: the same snapshot, which `HOT.vars` also holds,
             // so dropping this clone runs no destructor.
             drop(origin);

@@ -21,7 +21,9 @@
 //! a scope misses there and takes the miss path ([`with_bound_scoped`], which every read
 //! calls before falling back to a default), which walks the chain, then looks the
 //! variable up in `HOT.scoped_root`. Every writer of `HOT.root` other than
-//! this module runs after a flush, when the chain is empty.
+//! this module runs after a flush, when the chain is empty. A variable served by the read
+//! cache (`thread`'s module docs) is not even looked up: linking a record writes the
+//! record's value into the variable's slot, and unlinking it empties the slot.
 //!
 //! **Isolation.** A record is seen only by reads on this thread while the chain holds
 //! it, and the chain is flushed before any other frame can become current: entering a
@@ -112,9 +114,11 @@ pub(crate) fn scope<R>(
         depth,
         flushed: Cell::new(None),
     };
+    let now = record.entry.inline_word();
     if record.below.is_null() {
-        hot.scoped_root.set(hot.root.get());
-        hot.root.set(ptr::null());
+        hot.scoped_root.set(hot.link_scope(key, now));
+    } else {
+        hot.link_scope(key, now);
     }
     hot.scopes.set(&record);
     // Dropped before `record` (declared after it): unlinks it, or resets its real set.
@@ -170,9 +174,12 @@ impl<F: FnOnce(SetState)> Drop for End<'_, F> {
             // Still linked, hence the newest record (records end in the reverse order of
             // their scopes' calls, and a flush unlinks them all).
             self.hot.scopes.set(self.record.below);
-            if self.record.below.is_null() {
-                self.hot.root.set(self.hot.scoped_root.replace(ptr::null()));
-            }
+            let root = self
+                .record
+                .below
+                .is_null()
+                .then(|| self.hot.scoped_root.replace(ptr::null()));
+            self.hot.unlink_scope(self.record.key, root);
             // `observe` may have been switched on (by another thread) while the scope ran:
             // its end is a change, as the reset would have been.
             announce();
@@ -219,7 +226,7 @@ pub(super) fn flush_scopes(hot: &Hot) {
 #[inline(never)]
 fn flush_now(hot: &Hot) {
     let newest = hot.scopes.replace(ptr::null());
-    hot.root.set(hot.scoped_root.replace(ptr::null()));
+    hot.set_root(hot.scoped_root.replace(ptr::null()));
     // Counted as a borrow while the sets are made: snapshots they replace are parked
     // until all are done, so no destructor runs with half the records flushed (and the
     // sets path-copy instead of writing in place, which is what a borrow means).
@@ -255,7 +262,7 @@ unsafe fn flush_from(record: *const ScopeRecord) {
     }
 }
 
-/// The second half of a read, after `with_bound` missed: while records are linked
+/// The second half of a read, after `lookup_bound` missed: while records are linked
 /// (`HOT.root` is null then), the newest record for `key`, else the frame's snapshot
 /// (`HOT.scoped_root`); `Err(f)` for neither, and whenever no record is linked (the miss
 /// stands): every read's miss path, and the path of reads inside a scope.
@@ -263,7 +270,7 @@ unsafe fn flush_from(record: *const ScopeRecord) {
 /// The test for a linked record is inline (a thread-local load), the walk is not: a miss
 /// outside any scope (a read of a default) costs a few instructions more, not a call.
 ///
-/// `key` as for `with_bound`.
+/// `key` as for `lookup_bound`.
 #[inline(always)]
 pub(crate) fn with_bound_scoped<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Result<R, F> {
     // SAFETY: `HOT`'s address is valid for this call on this thread, used through
@@ -295,7 +302,7 @@ fn with_bound_in_scopes<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) -> Re
         record = current.below;
     }
     // The frame's snapshot; null when the frame has no bindings (or no record is linked).
-    bound_at(hot, hot.scoped_root.get(), key, f)
+    bound_at::<false, T, R, F>(hot, hot.scoped_root.get(), key, f)
 }
 
 /// `f` with the value of `entry`, a record's own.

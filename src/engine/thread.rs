@@ -15,6 +15,35 @@
 //! can run. Snapshots that stop being current are dropped only after the state is
 //! consistent again ([`retire`]).
 //!
+//! **The read cache.** `HOT.cache_epochs` and `HOT.cache_words` hold, for each of the
+//! first variables that store values inline (`var::assign_id` gives them the ids below
+//! [`READ_CACHE_SLOTS`]),
+//! the value a read found last and the *epoch* it was found in. A slot whose epoch is the
+//! current one holds what a lookup of its variable would find now, so a read that finds
+//! one ([`Hot::cached`]) is a compare and a load, with no lookup. Every write of
+//! `HOT.root` keeps that true:
+//!
+//! * [`Hot::set_root`] starts a new epoch (every slot goes stale) when the root *pointer*
+//!   changes, and keeps the epoch when it does not. `HOT.root` always points at a node
+//!   owned by the current frame (`frame`'s module docs), so two frames that show the same
+//!   pointer show the same node, whose bindings change only in place, through the next
+//!   point; the node cannot be freed and another made at its address while the pointer
+//!   is current. This is what keeps the cache across the switches into a copy of the
+//!   same snapshot that propagation makes: a rayon job, a poll, `Context::run` of a copy.
+//! * A set or reset rebinds one variable ([`Hot::rebound`]): the new root differs from
+//!   the old in that binding alone, so that variable's slot is updated (or emptied) and
+//!   the epoch stays.
+//! * A scope's record (`super::scope`) binds one variable while `root` is null: linking
+//!   it writes that variable's slot ([`Hot::link_scope`]), unlinking it empties the slot
+//!   ([`Hot::unlink_scope`]). While records are linked, "what a lookup would find" is
+//!   the chain's record, else `scoped_root`'s binding.
+//! * Thread teardown starts a new epoch whatever the root was.
+//!
+//! Only inline values are cached: they are `Copy`, so serving one runs no code and holds
+//! no reference into a snapshot. A slot is filled only by a read that found the value
+//! through `HOT.root` ([`Hot::fill`], before the reader's closure runs), by the set that
+//! made it, or by the scope that links it.
+//!
 //! **Borrows.** A reader that runs user code while holding a reference into the current
 //! root node (the closure of `ContextVar::with`, or `T::clone`) counts itself in
 //! `HOT.borrows` ([`Borrow`]); while that count is non-zero, no change is made in place,
@@ -31,7 +60,16 @@ use super::scope::{ScopeRecord, flush_scopes};
 use crate::map::{Map, Node};
 use crate::pool::Entered;
 use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
-use crate::value::Entry;
+use crate::value::{Entry, InlineWord};
+
+/// How many variables the read cache serves (see the module docs): those whose id is
+/// below this, which `var::assign_id` gives to the first variables that store values
+/// inline. Slot 0 is never filled (no variable has id 0).
+pub(crate) const READ_CACHE_SLOTS: u64 = 64;
+
+/// An empty slot of the read cache's epochs (`Hot::epoch` starts at 1, so a slot that
+/// holds 0 is never valid).
+const NO_EPOCH: u64 = 0;
 
 /// Context and frame ids are handed out in blocks, so a thread allocates ids without
 /// touching a shared counter. 0 means "not assigned".
@@ -57,8 +95,11 @@ pub(crate) struct TornDown;
 #[cfg_attr(any(target_os = "linux", target_os = "android"), repr(align(64)))]
 pub(super) struct Hot {
     /// The root node of the snapshot reads see: `vars`' root, or the current light
-    /// frame's (see `frame`'s module docs for why it is always owned).
-    pub(super) root: Cell<*const Node<Entry>>,
+    /// frame's (see `frame`'s module docs for why it is always owned). Written only
+    /// through [`Hot::set_root`] and [`Hot::rebound`], which keep the read cache right.
+    root: Cell<*const Node<Entry>>,
+    /// The read cache's current epoch (see the module docs): starts at 1.
+    epoch: Cell<u64>,
     pub(super) borrows: Cell<usize>,
     /// The newest record of a scope running in the current frame (`super::scope`), null
     /// when none is linked; while one is, `root` is null and the frame's root is in
@@ -112,6 +153,12 @@ pub(super) struct Hot {
     /// last, each with the value of `stacked` while its detached frame is current and
     /// the `entered` and `materialized` it displaced.
     pub(super) detached: ManuallyDrop<Cell<Vec<DetachedEntry>>>,
+    /// The read cache (see the module docs): slot `k`, for the variable whose id is `k`,
+    /// is valid while `cache_epochs[k]` is the current epoch, and then holds the value
+    /// `cache_words[k]`. Two arrays rather than one of pairs: a slot is reached with a
+    /// scaled index, no multiplication.
+    cache_epochs: [Cell<u64>; READ_CACHE_SLOTS as usize],
+    cache_words: [Cell<InlineWord>; READ_CACHE_SLOTS as usize],
 }
 
 /// What entering a detached frame displaced: `HOT.stacked` while the detached frame is
@@ -130,10 +177,18 @@ pub(super) enum Status {
     TornDown,
 }
 
+/// The read cache's slot index of variable `key`: out of bounds (`usize::MAX`) for an id
+/// the cache does not serve, so one bounds test covers both.
+#[inline(always)]
+fn slot_index(key: u64) -> usize {
+    usize::try_from(key).unwrap_or(usize::MAX)
+}
+
 impl Hot {
     const fn new() -> Self {
         Self {
             root: Cell::new(ptr::null()),
+            epoch: Cell::new(1),
             scopes: Cell::new(ptr::null()),
             scoped_root: Cell::new(ptr::null()),
             light: Cell::new(ptr::null()),
@@ -155,6 +210,107 @@ impl Hot {
             origin_vars: ManuallyDrop::new(Cell::new(Map::new())),
             graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
             detached: ManuallyDrop::new(Cell::new(Vec::new())),
+            cache_epochs: [const { Cell::new(NO_EPOCH) }; READ_CACHE_SLOTS as usize],
+            cache_words: [const { Cell::new(InlineWord::EMPTY) }; READ_CACHE_SLOTS as usize],
+        }
+    }
+
+    /// The root node reads follow now (null: no bindings, or a scope's records linked).
+    #[inline(always)]
+    pub(super) fn root(&self) -> *const Node<Entry> {
+        self.root.get()
+    }
+
+    /// Makes `root` what reads follow. A different pointer starts a new epoch, so that
+    /// every cached read is stale; the same pointer is the same node, and keeps them (see
+    /// the module docs).
+    #[inline(always)]
+    pub(super) fn set_root(&self, root: *const Node<Entry>) {
+        if self.root.replace(root) != root {
+            self.new_epoch();
+        }
+    }
+
+    /// After a set or reset rebound variable `key` alone, to the inline value `now`
+    /// (`None`: unbound, or a boxed value): makes `root` what reads follow and updates
+    /// `key`'s cache slot. Every other binding is as before, so the epoch stays.
+    #[inline(always)]
+    pub(super) fn rebound(&self, root: *const Node<Entry>, key: u64, now: Option<InlineWord>) {
+        self.root.set(root);
+        self.set_slot(key, now);
+    }
+
+    /// Links the first record of a scope (`super::scope`): `HOT.root` becomes null, so
+    /// that reads miss it and look at the chain, and `key`'s slot gets the record's value
+    /// (`now`, if inline; else it is emptied). The frame's bindings are the same, so
+    /// every other slot stays right, and so does the epoch. Returns the root.
+    #[inline(always)]
+    pub(super) fn link_scope(&self, key: u64, now: Option<InlineWord>) -> *const Node<Entry> {
+        self.set_slot(key, now);
+        self.root.replace(ptr::null())
+    }
+
+    /// Unlinks a scope's record for `key`: its slot is emptied (the value below it, in a
+    /// record or the frame, is found by the next read), and `root`, if the chain is empty
+    /// now, is the frame's root again. No slot was filled while the record was linked (a
+    /// read fills only through a non-null `HOT.root`, and everything else flushes the
+    /// chain first), so every other slot is still right.
+    #[inline(always)]
+    pub(super) fn unlink_scope(&self, key: u64, root: Option<*const Node<Entry>>) {
+        self.set_slot(key, None);
+        if let Some(root) = root {
+            self.root.set(root);
+        }
+    }
+
+    /// Starts a new epoch: every cached read is stale.
+    pub(super) fn new_epoch(&self) {
+        self.epoch.set(self.epoch.get() + 1);
+    }
+
+    /// Makes `key`'s slot hold `now` for this epoch, or empties it (`None`).
+    #[inline(always)]
+    fn set_slot(&self, key: u64, now: Option<InlineWord>) {
+        match now {
+            Some(word) => self.fill(key, word),
+            None => {
+                if let Some(epoch) = self.cache_epochs.get(slot_index(key)) {
+                    epoch.set(NO_EPOCH);
+                }
+            }
+        }
+    }
+
+    /// The cached value of variable `key`, if the read cache holds it for this epoch.
+    ///
+    /// # Safety
+    ///
+    /// `key` must be the id of a `ContextVar<T>`, or 0: a filled slot `key` then holds the
+    /// word of an inline entry made for a `T` (slots are filled only from entries bound
+    /// under `key`, by [`fill`](Self::fill) and [`rebound`](Self::rebound); the id → type
+    /// invariant of `value`), and slot 0 is never filled.
+    #[inline(always)]
+    pub(super) unsafe fn cached<T>(&self, key: u64) -> Option<T> {
+        let index = slot_index(key);
+        if self.cache_epochs.get(index)?.get() != self.epoch.get() {
+            return None;
+        }
+        // SAFETY: a valid slot holds the word of an inline entry made for a `T` (the
+        // caller's guarantee); the index is in bounds (tested just above).
+        Some(unsafe { self.cache_words.get_unchecked(index).get().read::<T>() })
+    }
+
+    /// Caches `word`, the inline value just found (or bound) under `key` through
+    /// `HOT.root`, for this epoch. Called before the reader's closure runs (it may change
+    /// the frame).
+    #[inline(always)]
+    pub(super) fn fill(&self, key: u64, word: InlineWord) {
+        let index = slot_index(key);
+        if let (Some(epoch), Some(slot)) =
+            (self.cache_epochs.get(index), self.cache_words.get(index))
+        {
+            slot.set(word);
+            epoch.set(self.epoch.get());
         }
     }
 
@@ -222,7 +378,7 @@ impl Hot {
 
     /// Makes `new` the current snapshot and returns the old one. No user code runs.
     pub(super) fn install(&self, new: Vars) -> Vars {
-        self.root.set(new.root_ptr());
+        self.set_root(new.root_ptr());
         self.vars.replace(new)
     }
 
@@ -271,7 +427,10 @@ fn tear_down(hot: &Hot) {
     hot.status.set(Status::TornDown);
     // Readers that run while the values below are dropped must not follow the root, and
     // writers are refused from here on (`with_state`).
-    hot.root.set(ptr::null());
+    hot.set_root(ptr::null());
+    // While a scope's records are linked, cached reads are right although `root` is
+    // null already; from here on reads must see defaults.
+    hot.new_epoch();
     // A scope's record may still be linked here (`std::process::exit` inside its `f`
     // runs the thread-local destructors with the scope's call still on the stack): the
     // chain is emptied, so that nothing follows it from now on, and the scope's end finds
