@@ -392,3 +392,44 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, TornDown> {
     }
     Ok(shared)
 }
+
+#[cfg(test)]
+mod tests {
+    //! When the read cache serves a read: the crate's tests check that reads are right
+    //! (`tests/read_cache.rs` against a model); this checks that the cache is used.
+
+    use super::cached;
+    use crate::{Context, context_var, copy_context};
+
+    context_var! {
+        static CACHED: u64;
+    }
+
+    /// What the cache holds for `CACHED` now.
+    fn in_cache() -> Option<u64> {
+        cached::<u64>(CACHED.id().as_u64())
+    }
+
+    #[test]
+    fn kept_across_switches_into_the_same_snapshot_and_not_into_another() {
+        std::thread::spawn(|| {
+            let token = CACHED.set(7);
+            assert!(CACHED.id().as_u64() < super::super::READ_CACHE_SLOTS);
+            assert_eq!(in_cache(), Some(7), "the set fills the slot");
+            let copy = copy_context();
+            copy.run(|| assert_eq!(in_cache(), Some(7), "a copy is the same node"));
+            assert_eq!(in_cache(), Some(7));
+            Context::new().run(|| assert_eq!(in_cache(), None, "another node"));
+            assert_eq!(in_cache(), None, "stale after coming back");
+            assert_eq!(CACHED.get(), 7);
+            assert_eq!(in_cache(), Some(7), "the read fills the slot");
+            CACHED.scope(8, || assert_eq!(in_cache(), Some(8), "a scope writes it"));
+            assert_eq!(in_cache(), None, "and empties it");
+            CACHED.reset(token).unwrap();
+            assert_eq!(in_cache(), None, "unbound");
+            assert_eq!(CACHED.try_get().ok(), None);
+        })
+        .join()
+        .unwrap();
+    }
+}
