@@ -298,7 +298,7 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(617, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(600, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
@@ -312,7 +312,7 @@ fn set_reset_boxed_own_context(_: ()) -> bool {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(200, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(186, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), read_first)
 }
@@ -330,7 +330,7 @@ fn probe_scope() -> u64 {
 
 // A scope inside a future's poll (a request handler's frame), counted in `probe_scope`.
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 174))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 160))]
 fn scope_in_poll(_: ()) -> u64 {
     poll_once_in_copied_context(probe_scope)
 }
