@@ -157,8 +157,8 @@ fn get_again_own_context(_: ()) -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(42))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limit(58))]
+#[bench::vars_8(args = (8), setup = bound, config = limit(28))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limit(28))]
 fn get_boxed_own_context(_: ()) -> u64 {
     black_box(VARS[1].get())
 }
@@ -213,6 +213,18 @@ fn get_cold_own_context(_: ()) -> u64 {
     // Entering an empty context and leaving it again starts new epochs.
     Context::new().run(|| ());
     probe_get()
+}
+
+#[inline(never)]
+fn probe_boxed_get() -> u64 {
+    black_box(VARS[1].get())
+}
+
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_boxed_get", 49))]
+fn get_cold_boxed_own_context(_: ()) -> u64 {
+    Context::new().run(|| ());
+    probe_boxed_get()
 }
 
 #[library_benchmark]
@@ -286,6 +298,7 @@ library_benchmark_group!(
         get_again_in_run,
         get_in_poll,
         get_cold_own_context,
+        get_cold_boxed_own_context,
         get_cold_in_run,
         get_cold_in_poll,
         get_in_rayon_job,
@@ -298,7 +311,7 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(600, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(597, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
@@ -312,13 +325,13 @@ fn set_reset_boxed_own_context(_: ()) -> bool {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(186, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(184, 0))]
 fn scope_own_context(_: ()) -> u64 {
     FIRST.scope(black_box(41), read_first)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(549, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(534, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), read_boxed_twin)
 }
@@ -330,7 +343,7 @@ fn probe_scope() -> u64 {
 
 // A scope inside a future's poll (a request handler's frame), counted in `probe_scope`.
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 160))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_scope", 158))]
 fn scope_in_poll(_: ()) -> u64 {
     poll_once_in_copied_context(probe_scope)
 }

@@ -117,20 +117,31 @@ pub(crate) const fn fits_inline<T>() -> bool {
     size_of::<T>() <= size_of::<Word>() && align_of::<T>() <= align_of::<Word>()
 }
 
-/// A copy of an inline entry's value word, as the engine's read cache keeps it
-/// (`engine::thread`'s module docs) and a read copies out of it.
+/// A copy of an entry's value word, as the engine's read cache keeps it (`engine::thread`'s
+/// module docs): an inline value's bytes, or a boxed entry's pointer to its binding.
 #[derive(Clone, Copy)]
-pub(crate) struct InlineWord(Word);
+pub(crate) struct CachedWord(Word);
 
-impl InlineWord {
+impl CachedWord {
     /// No value: a cache slot holds it only while it is not valid, so it is never read.
     pub(crate) const EMPTY: Self = Self(Word::uninit());
 
-    /// The value, copied out.
+    /// A boxed variable's slot: no binding (a boxed entry's word is never null).
+    pub(crate) const UNBOUND: Self = Self(Word::new(std::ptr::null()));
+
+    /// Whether this is [`UNBOUND`](Self::UNBOUND). Only for a word of a boxed variable's
+    /// slot (always initialized: a boxed entry's word, or `UNBOUND`).
+    #[inline(always)]
+    pub(crate) fn is_unbound(self) -> bool {
+        // SAFETY: the caller's guarantee (a boxed entry's word is initialized).
+        unsafe { self.0.assume_init() }.is_null()
+    }
+
+    /// The value of the inline entry this word was copied from, copied out.
     ///
     /// # Safety
     ///
-    /// `self` must come from [`Entry::inline_word`] of an inline entry made for a `T`:
+    /// `self` must come from [`Entry::cached_word`] of an inline entry made for a `T`:
     /// then the word holds an initialized `T`, and `T` is `Copy` (the invariant
     /// inline → `Copy`), so the copy runs no code and owns nothing.
     #[inline(always)]
@@ -139,6 +150,20 @@ impl InlineWord {
         // SAFETY: the word holds an initialized `T`, aligned (`fits_inline`), and a `T`
         // is `Copy` (caller's guarantee).
         unsafe { self.0.as_ptr().cast::<T>().read() }
+    }
+
+    /// The value of the boxed entry this word was copied from, in place.
+    ///
+    /// # Safety
+    ///
+    /// `self` must come from [`Entry::cached_word`] of a boxed entry made for a `T`, and
+    /// that entry (or another that counts a reference to the same binding) must outlive
+    /// `'a`.
+    #[inline(always)]
+    pub(crate) unsafe fn boxed_value<'a, T: 'static>(self) -> &'a T {
+        // SAFETY: a boxed entry's word is the pointer `Arc::into_raw` gave for its
+        // `Arc<Binding<T>>`, alive while an entry counts it (caller's guarantee).
+        unsafe { &(*self.0.assume_init().cast::<Binding<T>>()).value }
     }
 }
 
@@ -383,11 +408,11 @@ impl Entry {
         self.meta.addr().get() & INLINE != 0
     }
 
-    /// A copy of the value word of an inline entry, for the read cache; `None` for a
-    /// boxed entry.
+    /// A copy of the value word, for the read cache: the value of an inline entry, the
+    /// binding's address for a boxed one ([`is_inline`](Self::is_inline) tells which).
     #[inline(always)]
-    pub(crate) fn inline_word(&self) -> Option<InlineWord> {
-        self.is_inline().then_some(InlineWord(self.word))
+    pub(crate) fn cached_word(&self) -> CachedWord {
+        CachedWord(self.word)
     }
 
     /// The untagged `meta` pointer.

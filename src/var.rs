@@ -11,21 +11,26 @@ use crate::sync::{Cell, OnceLock, StaticCounter, thread_locals};
 use crate::token::{ScopedSet, Token};
 use crate::value::{CopyEq, Entry, InlineMeta, ValueTraits, fits_inline};
 
-/// Sources of variable ids (0 means "not assigned yet"), both dense, so that the
-/// variables of a program fill the root of a snapshot's trie first.
+/// Sources of variable ids (0 means "not assigned yet"), dense, so that the variables of
+/// a program fill the root of a snapshot's trie first. Which source an id came from says
+/// which kind of word the engine's read cache keeps for it, so each kind has its own:
 ///
-/// Variables that store values inline take ids 1, 2, 3, ... while they are below the
-/// engine's read cache's size (`engine::READ_CACHE_SLOTS`): the cache serves exactly the
-/// ids below it, so a read tests its id alone to choose the cache, and no variable with
-/// boxed values pays more than that compare for it. Every other id comes from the
-/// second source, which starts half a trie level (16) above `READ_CACHE_SLOTS`: the low
-/// five bits choose the slot of a trie's root, so a program's first 15 inline and first
-/// 16 other variables take different slots (a second source starting at
-/// `READ_CACHE_SLOTS` itself put the first of each kind in the same ones). Ascending
-/// within each, so that sets in declaration order append to a small snapshot node
-/// rather than shift it (counting down made a set and reset 9% longer).
+/// * variables that store values inline take 1, 2, 3, ... while they are below
+///   `engine::READ_CACHE_SLOTS` (the cache's inline slots), then [`OVERFLOW_INLINE_IDS`];
+/// * every other variable takes ids from `READ_CACHE_SLOTS + 16` up, the first of which
+///   have the cache's boxed slots (`engine::has_boxed_slot`).
+///
+/// A read tests its id alone to choose the cache. The boxed source starts half a trie
+/// level (16) above the inline one: the low five bits choose the slot of a trie's root,
+/// so a program's first 15 inline and first 16 boxed variables take different slots (a
+/// boxed source starting at `READ_CACHE_SLOTS` itself put the first of each kind in the
+/// same ones). Ascending, so that sets in declaration order append to a small snapshot
+/// node rather than shift it (counting down made a set and reset 9% longer).
 static NEXT_INLINE_VAR_ID: StaticCounter = StaticCounter::new(1);
 static NEXT_VAR_ID: StaticCounter = StaticCounter::new(engine::READ_CACHE_SLOTS + 16);
+/// Inline variables past the first 63: far above every boxed id, so that none of them
+/// has a slot of the read cache meant for boxed values.
+static OVERFLOW_INLINE_IDS: StaticCounter = StaticCounter::new(1 << 40);
 
 /// The identity of a [`ContextVar`]: unique in the process and never reused, even after
 /// the variable is dropped. Two variables with the same name have different ids.
@@ -175,8 +180,9 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// ```
 pub struct ContextVar<T: 'static> {
     name: &'static str,
-    /// The id (see [`NEXT_VAR_ID`]): below `engine::READ_CACHE_SLOTS` exactly when the
-    /// engine's read cache serves the variable, or 0 before one is assigned.
+    /// The id (see [`NEXT_VAR_ID`]; 0 before one is assigned): below
+    /// `engine::READ_CACHE_SLOTS` exactly for the inline variables the engine's read cache
+    /// serves.
     id: StaticCounter,
     default: Default<T>,
     traits: fn() -> ValueTraits<T>,
@@ -308,13 +314,13 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     #[cold]
     fn assign_id(&self) -> u64 {
-        // The ids the read cache serves go to variables that store values inline, while
-        // they last.
-        let fresh = Some(())
-            .filter(|()| self.stores_inline())
-            .map(|()| NEXT_INLINE_VAR_ID.fetch_add(1))
-            .filter(|&id| id < engine::READ_CACHE_SLOTS)
-            .unwrap_or_else(|| NEXT_VAR_ID.fetch_add(1));
+        let fresh = if self.stores_inline() {
+            Some(NEXT_INLINE_VAR_ID.fetch_add(1))
+                .filter(|&id| id < engine::READ_CACHE_SLOTS)
+                .unwrap_or_else(|| OVERFLOW_INLINE_IDS.fetch_add(1))
+        } else {
+            NEXT_VAR_ID.fetch_add(1)
+        };
         // Another thread may have assigned one meanwhile; theirs wins and ours is simply
         // never used (ids need to be unique, not dense).
         self.id.compare_exchange(0, fresh)
@@ -368,16 +374,16 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// A relaxed load of the variable's id, then, for one of a program's first 63
-    /// variables that store values inline (see [Inline values](Self#inline-values)), the
-    /// thread's *read cache*: a compare of two thread-local words and a load, if this
-    /// thread read the variable (or set or scoped it) since its context last changed to
-    /// another snapshot. Otherwise a thread-local load and a bounded lookup: one node up
-    /// to 4 variables, else O(log₃₂ n) trie levels (at most 13), which fills the cache.
-    /// No allocation, no lock, no atomic read-modify-write; a lazy default runs its
-    /// initialiser once per process. An inline value is copied out and `f` gets the
-    /// copy; a boxed value is lent in place, and while `f` runs a non-atomic counter
-    /// marks the borrow, so a set inside `f` path-copies instead of writing in place.
+    /// A relaxed load of the variable's id, then, for one of a program's first variables
+    /// (63 that store values inline, see [Inline values](Self#inline-values), and 48 that
+    /// box them), the thread's *read cache*: a compare of two thread-local words and a
+    /// load, if this thread read the variable (or set or scoped it) since its context last
+    /// changed to another snapshot. Otherwise a thread-local load and a bounded lookup: one
+    /// node up to 4 variables, else O(log₃₂ n) trie levels (at most 13), which fills the
+    /// cache. No allocation, no lock, no atomic read-modify-write; a lazy default runs its
+    /// initialiser once per process. An inline value is copied out and `f` gets the copy; a
+    /// boxed value is lent in place, and while `f` runs a non-atomic counter marks the
+    /// borrow, so a set inside `f` path-copies instead of writing in place.
     ///
     /// The cache survives a switch into the *same* snapshot (a rayon job of
     /// `contextvars::rayon`, the poll of a task that set nothing, `Context::run` of an
@@ -399,12 +405,20 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     #[inline(always)]
     fn read<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(F) -> R) -> R {
         let key = self.lookup_key();
-        // A variable the cache serves has an id below `READ_CACHE_SLOTS`, and so has one
-        // with no id yet (0), whose slot is never filled: it misses.
+        // An inline variable the cache serves has an id below `READ_CACHE_SLOTS`, and so
+        // has one with no id yet (0), whose slot is never filled: it misses.
         if const { fits_inline::<T>() } && key < engine::READ_CACHE_SLOTS {
             return match engine::cached::<T>(key) {
                 Some(value) => f(&value),
                 None => self.look_up(key, f, miss),
+            };
+        }
+        // A boxed one it serves has an id in the boxed range.
+        if engine::has_boxed_slot(key) {
+            return match engine::with_cached_boxed(key, f) {
+                engine::CachedBoxed::Value(result) => result,
+                engine::CachedBoxed::Unbound(f) => miss(f),
+                engine::CachedBoxed::Unknown(f) => self.look_up(key, f, miss),
             };
         }
         self.look_up(key, f, miss)

@@ -227,21 +227,26 @@
 //!
 //! ### The read cache
 //!
-//! Each thread keeps, for the first 63 variables that store values inline (ids 1 to 63:
-//! `var::NEXT_INLINE_VAR_ID`; every other variable's id is 80 or more), the value a read
-//! last found and the *epoch* it was found in: two arrays of 64 words at the end of
-//! `HOT`. A read of such a variable compares its slot's epoch with the thread's and, if
-//! they match, copies the value out: no lookup, no branch on the frame's kind, 17
-//! instructions in the benchmark's probe against 32 for the lookup. A read that misses
-//! looks the value up and fills the slot before its closure runs. Only inline values are
-//! cached: they are `Copy`, so serving one runs no code and holds no reference into a
-//! snapshot, and the slot's word is read back as the variable's `T` under the id → type
-//! invariant below (a slot is filled only from entries bound under its id).
+//! Each thread keeps, for a program's first variables, the value a read last found and
+//! the *epoch* it was found in: two arrays of 128 words at the end of `HOT`. The first 63
+//! variables that store values inline take ids 1 to 63 (`var::NEXT_INLINE_VAR_ID`), and
+//! their slots hold the value itself; every variable that boxes its values takes an id
+//! from 80 up, and the first 48 (80 to 127) have slots that hold the entry's word (the
+//! address of its binding) or say that the variable has no binding. Inline variables past
+//! the 63rd take ids from 2^40 up, so an id's range says what its slot holds. A read
+//! compares its slot's epoch with the thread's and, if they match, copies the value out
+//! (inline: 17 instructions in the benchmark's probe, against 32 for the lookup) or lends
+//! the binding under a borrow count (boxed: 26, against 40); a slot that says "unbound"
+//! goes straight to the default. A read that misses looks the value up and fills the slot
+//! before its closure runs. The slot's word is read back as the variable's `T` under the
+//! id → type invariant below (a slot is filled only from entries bound under its id, and
+//! a variable's entries are all inline or all boxed).
 //!
 //! **Invariant: a valid slot shows what a lookup would.** For every slot whose epoch is
-//! the thread's, the slot's value is the variable's binding that a read would find now:
-//! in the chain of scope records if one binds it, else in the snapshot behind `HOT.root`
-//! (or `HOT.scoped_root` while records are linked). Every write of that state keeps it:
+//! the thread's, the slot holds the variable's binding that a read would find now (or,
+//! for a boxed variable, says that there is none): in the chain of scope records if one
+//! binds it, else in the snapshot behind `HOT.root` (or `HOT.scoped_root` while records
+//! are linked). Every write of that state keeps it:
 //!
 //! * `Hot::set_root` (every frame switch, install, teardown) starts a new epoch when the
 //!   root *pointer* changes, and keeps it when it does not. The node behind `HOT.root` is
@@ -253,7 +258,7 @@
 //!   copy.
 //! * A set or reset rebinds one variable (`Hot::rebound`, from `rebind_in_place` and
 //!   `rebind_copy`): the new snapshot differs from the old in that binding alone, so
-//!   that variable's slot is written (the inline value set) or emptied, and the epoch
+//!   that variable's slot is written (the new entry's word) or emptied, and the epoch
 //!   stays. A reset that reinstalls an earlier snapshot goes through `set_root`.
 //! * A scope's first record nulls `HOT.root` and a read then looks at the chain: linking
 //!   a record writes its variable's slot (`Hot::link_scope`), unlinking it empties that
@@ -263,12 +268,17 @@
 //!   flush goes through `set_root` and `rebound`).
 //! * Thread teardown starts a new epoch unconditionally: from then on reads see defaults.
 //!
-//! The cost lands on the first read after the root changes (39 instructions against 32,
-//! the fill and the missed compare) and on every switch (a compare), and a set or reset
-//! writes a slot. `tests/read_cache.rs` runs random programs of sets, resets, scopes,
-//! runs, polls of futures whose copy was taken before the thread's context changed,
-//! handles, threads and rayon jobs against a model of the bindings, reading every
-//! variable after every step; removing any of the three updates above fails it.
+//! A boxed slot's binding is owned by an entry of the current snapshot (or of a linked
+//! record) while the slot is valid; the reader counts a borrow while its closure runs,
+//! as a lookup does, so a snapshot that closure replaces is parked until it returns.
+//!
+//! The cost lands on the first read after the root changes (38 instructions against 32
+//! for an inline value, 46 against 40 for a boxed one: the missed compare and the fill)
+//! and on every switch (a compare), and a set or reset writes a slot.
+//! `tests/read_cache.rs` runs random programs of sets, resets, scopes, runs, polls of
+//! futures whose copy was taken before the thread's context changed, handles, threads and
+//! rayon jobs against a model of the bindings (two inline and two boxed variables),
+//! reading every variable after every step; removing any of the updates above fails it.
 //!
 //! ### Invariant: id → type
 //!
@@ -374,6 +384,9 @@
 //!   object's reference count the same way (`object_observed`), handing the runner copy
 //!   back at thread exit, and reading a read-cache slot's word as a `T` (`Hot::cached`:
 //!   invariants id → type, inline → `Copy`, and the read cache's own).
+//! * `src/engine/binding.rs` also lends a boxed value from a read-cache slot
+//!   (`with_cached_boxed`: invariants id → type and the read cache's own, under a
+//!   borrow count).
 //! * `src/engine/binding.rs`: dereferencing `HOT.root` in `lookup_bound` (invariant: the
 //!   root pointer is owned), reaching `HOT` through its address.
 //! * `src/engine/scope.rs`: following the chain of scope records (each on the stack of a
@@ -390,7 +403,8 @@
 //!   and reading the storage of the current one (`restore_origin`).
 //! * `src/value.rs`: the two forms of `Entry` (invariants: id → type, inline → `Copy`):
 //!   `downcast_unchecked`, `downcast_boxed_unchecked`, `read_inline` and
-//!   `InlineWord::read` (the same copy, from a read-cache slot), writing an inline
+//!   `CachedWord::read`, `CachedWord::boxed_value` and `CachedWord::is_unbound` (the same
+//!   reads, from a read-cache slot), writing an inline
 //!   value (`Entry::inline`), the tagged metadata pointer (`vtable`, `InlineMeta::of`),
 //!   the boxed form's `Arc` (`Binding::of`, `retain`, `release`), and `Send`/`Sync` for
 //!   `Entry`.

@@ -21,8 +21,9 @@ use crate::sync::Arc;
 use crate::value::{Entry, fits_inline};
 
 /// The current value of variable `key` if the thread's read cache holds it (`thread`'s
-/// module docs): only inline values are cached, so for a type that cannot be stored
-/// inline this is `None` at compile time. An id of 0 is never cached.
+/// module docs), for a variable that stores values inline: for a type that cannot be
+/// stored inline this is `None` at compile time (boxed values: [`with_cached_boxed`]). An
+/// id of 0 is never cached.
 ///
 /// `key` as for [`lookup_bound`].
 #[inline(always)]
@@ -33,6 +34,47 @@ pub(crate) fn cached<T: 'static>(key: u64) -> Option<T> {
     // SAFETY: `with_hot`'s argument (see `hot_ptr`); `key` is the id of a
     // `ContextVar<T>`, or 0 (this function's contract).
     unsafe { (*hot_ptr()).cached::<T>(key) }
+}
+
+/// What the read cache knows of a boxed variable ([`with_cached_boxed`]).
+pub(crate) enum CachedBoxed<R, F> {
+    /// It is bound: the reader's closure ran with the value.
+    Value(R),
+    /// It has no binding (in the snapshot, and no scope's record binds it): the reader's
+    /// closure, for the caller's default.
+    Unbound(F),
+    /// The cache does not know: the reader's closure, for the lookup.
+    Unknown(F),
+}
+
+/// Calls `f` with the boxed value of variable `key` if the thread's read cache holds it
+/// (`thread`'s module docs), or says that the variable is unbound, or that the cache
+/// does not know. The binding is lent in place under a borrow count, as [`lookup_bound`]
+/// lends it: `f` may replace the snapshot that owns it, which is then parked until `f`
+/// returns.
+///
+/// `key` as for [`lookup_bound`].
+#[inline(always)]
+pub(crate) fn with_cached_boxed<T: 'static, R, F: FnOnce(&T) -> R>(
+    key: u64,
+    f: F,
+) -> CachedBoxed<R, F> {
+    // SAFETY: `with_hot`'s argument (see `hot_ptr`).
+    let hot = unsafe { &*hot_ptr() };
+    let Some(word) = hot.cached_boxed(key) else {
+        return CachedBoxed::Unknown(f);
+    };
+    if word.is_unbound() {
+        return CachedBoxed::Unbound(f);
+    }
+    let _borrow = Borrow::new(hot);
+    // SAFETY: a valid slot in the boxed range holds the word of a boxed entry bound under
+    // `key` (or the unbound word, tested above), made by the `ContextVar<T>` whose id is
+    // `key` (the id → type invariant of `value`), in the current snapshot or a linked
+    // scope's record: the snapshot lives until it stops being current, and `_borrow`
+    // parks it until `f` returns if `f` replaces it (a record lives until its scope's
+    // call returns, which encloses this read).
+    CachedBoxed::Value(f(unsafe { word.boxed_value::<T>() }))
 }
 
 /// Calls `f` with the binding of variable `key` in the current snapshot, as a `T`, if
@@ -80,9 +122,15 @@ pub(super) fn bound_at<const FILL: bool, T: 'static, R, F: FnOnce(&T) -> R>(
             return Err(f);
         };
         let Some(entry) = node.get(key) else {
+            if FILL {
+                // `root` is `HOT.root`, not null: no scope's record is linked, so the
+                // variable has no binding at all.
+                hot.fill_unbound(key);
+            }
             return Err(f);
         };
-        if let Some(word) = entry.inline_word() {
+        let word = entry.cached_word();
+        if entry.is_inline() {
             if FILL {
                 hot.fill(key, word);
             }
@@ -91,6 +139,9 @@ pub(super) fn bound_at<const FILL: bool, T: 'static, R, F: FnOnce(&T) -> R>(
             // is taken before `f` runs, so no borrow of the snapshot is needed.
             let value = unsafe { word.read::<T>() };
             return Ok(f(&value));
+        }
+        if FILL {
+            hot.fill(key, word);
         }
         // From here on `f` runs (user code: a closure, `T::clone`), which may set
         // variables or enter contexts: `_borrow` defers the release of the snapshot that
@@ -145,7 +196,7 @@ fn rebind_in_place(
     if hot.borrows.get() != 0 {
         return Err(entry);
     }
-    let now = entry.as_ref().and_then(Entry::inline_word);
+    let now = entry.as_ref().map(Entry::cached_word);
     let mut vars = hot.vars.take();
     let outcome = match entry {
         Some(entry) => vars.insert_in_place(key, entry).map_err(Some),
@@ -163,7 +214,7 @@ fn rebind_in_place(
 fn rebind_copy(hot: &Hot, key: u64, entry: Option<Entry>) -> (Option<Entry>, Vars) {
     let current = hot.vars_clone();
     let old = current.get(key).cloned();
-    let now = entry.as_ref().and_then(Entry::inline_word);
+    let now = entry.as_ref().map(Entry::cached_word);
     let new = match entry {
         Some(entry) => current.insert(key, entry),
         None => current.remove(key).unwrap_or(current),
@@ -403,6 +454,7 @@ mod tests {
 
     context_var! {
         static CACHED: u64;
+        static NAME: String;
     }
 
     /// What the cache holds for `CACHED` now.
@@ -428,6 +480,52 @@ mod tests {
             CACHED.reset(token).unwrap();
             assert_eq!(in_cache(), None, "unbound");
             assert_eq!(CACHED.try_get().ok(), None);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// What the cache knows of `NAME`: `Some(Some(value))`, `Some(None)` (unbound), or
+    /// `None` (nothing).
+    fn boxed_in_cache() -> Option<Option<String>> {
+        match super::with_cached_boxed::<String, _, _>(NAME.id().as_u64(), String::clone) {
+            super::CachedBoxed::Value(name) => Some(Some(name)),
+            super::CachedBoxed::Unbound(_) => Some(None),
+            super::CachedBoxed::Unknown(_) => None,
+        }
+    }
+
+    #[test]
+    fn boxed_values_and_their_absence_are_cached_too() {
+        std::thread::spawn(|| {
+            let token = CACHED.set(1); // a snapshot to look `NAME` up in
+            // An id first: a variable without one reads key 0, which has no slot.
+            assert!(crate::engine::has_boxed_slot(NAME.id().as_u64()));
+            assert_eq!(NAME.try_get().ok(), None);
+            assert_eq!(boxed_in_cache(), Some(None), "a miss caches the absence");
+            let name = NAME.set("a".to_owned());
+            assert_eq!(
+                boxed_in_cache(),
+                Some(Some("a".to_owned())),
+                "the set fills it"
+            );
+            NAME.scope("b".to_owned(), || {
+                assert_eq!(
+                    boxed_in_cache(),
+                    Some(Some("b".to_owned())),
+                    "a scope writes it"
+                );
+            });
+            assert_eq!(boxed_in_cache(), None, "and empties it");
+            assert_eq!(NAME.get(), "a");
+            assert_eq!(
+                boxed_in_cache(),
+                Some(Some("a".to_owned())),
+                "the read fills it"
+            );
+            Context::new().run(|| assert_eq!(boxed_in_cache(), None, "another node"));
+            NAME.reset(name).unwrap();
+            CACHED.reset(token).unwrap();
         })
         .join()
         .unwrap();

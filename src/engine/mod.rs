@@ -57,8 +57,8 @@ mod scope;
 mod thread;
 
 pub(crate) use binding::{
-    MissSite, ResetFailure, SetRefused, SetState, cached, current_shared, lookup_bound, miss_site,
-    reset_binding, set_binding,
+    CachedBoxed, MissSite, ResetFailure, SetRefused, SetState, cached, current_shared,
+    lookup_bound, miss_site, reset_binding, set_binding, with_cached_boxed,
 };
 pub(crate) use frame::Frame;
 pub(crate) use light::vars;
@@ -79,7 +79,7 @@ pub(crate) use run::{
     run_read_only,
 };
 pub(crate) use scope::{scope, with_bound_scoped};
-pub(crate) use thread::{READ_CACHE_SLOTS, TornDown, check_alive, next_context_id};
+pub(crate) use thread::{READ_CACHE_SLOTS, TornDown, check_alive, has_boxed_slot, next_context_id};
 
 use crate::map::Map;
 use crate::sync::{AtomicBool, OnceLock, Ordering, globals};

@@ -114,7 +114,7 @@ pub(crate) fn scope<R>(
         depth,
         flushed: Cell::new(None),
     };
-    let now = record.entry.inline_word();
+    let now = record.entry.cached_word();
     if record.below.is_null() {
         hot.scoped_root.set(hot.link_scope(key, now));
     } else {

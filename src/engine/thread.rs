@@ -15,13 +15,15 @@
 //! can run. Snapshots that stop being current are dropped only after the state is
 //! consistent again ([`retire`]).
 //!
-//! **The read cache.** `HOT.cache_epochs` and `HOT.cache_words` hold, for each of the
-//! first variables that store values inline (`var::assign_id` gives them the ids below
-//! [`READ_CACHE_SLOTS`]),
-//! the value a read found last and the *epoch* it was found in. A slot whose epoch is the
+//! **The read cache.** `HOT.cache_epochs` and `HOT.cache_words` hold, for each of a
+//! program's first variables (`var::assign_id` gives the ids below [`READ_CACHE_SLOTS`]
+//! to the first 63 that store values inline, and those from [`BOXED_CACHE_FIRST`] to 127
+//! to the first 48 that box them), what a read found last and the *epoch* it found it in:
+//! an inline value's bytes, a boxed entry's word (its binding's address), or, for a boxed
+//! variable, that it has no binding ([`CachedWord::UNBOUND`]). A slot whose epoch is the
 //! current one holds what a lookup of its variable would find now, so a read that finds
-//! one ([`Hot::cached`]) is a compare and a load, with no lookup. Every write of
-//! `HOT.root` keeps that true:
+//! one ([`Hot::cached`], [`Hot::cached_boxed`]) is a compare and a load, with no lookup.
+//! Every write of `HOT.root` keeps that true:
 //!
 //! * [`Hot::set_root`] starts a new epoch (every slot goes stale) when the root *pointer*
 //!   changes, and keeps the epoch when it does not. `HOT.root` always points at a node
@@ -39,10 +41,13 @@
 //!   the chain's record, else `scoped_root`'s binding.
 //! * Thread teardown starts a new epoch whatever the root was.
 //!
-//! Only inline values are cached: they are `Copy`, so serving one runs no code and holds
-//! no reference into a snapshot. A slot is filled only by a read that found the value
-//! through `HOT.root` ([`Hot::fill`], before the reader's closure runs), by the set that
-//! made it, or by the scope that links it.
+//! A slot is filled only by a read that looked its variable up through a non-null
+//! `HOT.root` ([`Hot::fill`], [`Hot::fill_unbound`], before the reader's closure runs; no
+//! scope's record is linked then), by the set that bound it, or by the scope that links
+//! it. An inline value is `Copy`, so serving one runs no code and holds no reference into
+//! a snapshot. A boxed value is lent in place under a borrow count, as a lookup lends it
+//! (below): its binding is owned by the current snapshot (or a linked record) while the
+//! slot is valid, and the borrow keeps that snapshot alive while the reader runs.
 //!
 //! **Borrows.** A reader that runs user code while holding a reference into the current
 //! root node (the closure of `ContextVar::with`, or `T::clone`) counts itself in
@@ -60,12 +65,25 @@ use super::scope::{ScopeRecord, flush_scopes};
 use crate::map::{Map, Node};
 use crate::pool::Entered;
 use crate::sync::{Arc, Cell, StaticCounter, thread_locals};
-use crate::value::{Entry, InlineWord};
+use crate::value::{CachedWord, Entry};
 
-/// How many variables the read cache serves (see the module docs): those whose id is
-/// below this, which `var::assign_id` gives to the first variables that store values
-/// inline. Slot 0 is never filled (no variable has id 0).
+/// The read cache's slots for inline values (see the module docs): ids below this, which
+/// `var::assign_id` gives to the first variables that store values inline. Slot 0 is
+/// never filled (no variable has id 0).
 pub(crate) const READ_CACHE_SLOTS: u64 = 64;
+
+/// The read cache's slots for boxed values: ids from `BOXED_CACHE_FIRST` to just below
+/// `BOXED_CACHE_END`, the first ones `var::assign_id` gives to variables that box their
+/// values (inline variables past the first 63 take ids far above: a slot's range says
+/// which kind of word it holds).
+pub(crate) const BOXED_CACHE_FIRST: u64 = READ_CACHE_SLOTS + 16;
+const BOXED_CACHE_END: u64 = 128;
+
+/// Whether the read cache has a slot for the boxed variable whose id is `key`.
+#[inline(always)]
+pub(crate) fn has_boxed_slot(key: u64) -> bool {
+    key.wrapping_sub(BOXED_CACHE_FIRST) < BOXED_CACHE_END - BOXED_CACHE_FIRST
+}
 
 /// An empty slot of the read cache's epochs (`Hot::epoch` starts at 1, so a slot that
 /// holds 0 is never valid).
@@ -157,8 +175,8 @@ pub(super) struct Hot {
     /// is valid while `cache_epochs[k]` is the current epoch, and then holds the value
     /// `cache_words[k]`. Two arrays rather than one of pairs: a slot is reached with a
     /// scaled index, no multiplication.
-    cache_epochs: [Cell<u64>; READ_CACHE_SLOTS as usize],
-    cache_words: [Cell<InlineWord>; READ_CACHE_SLOTS as usize],
+    cache_epochs: [Cell<u64>; BOXED_CACHE_END as usize],
+    cache_words: [Cell<CachedWord>; BOXED_CACHE_END as usize],
 }
 
 /// What entering a detached frame displaced: `HOT.stacked` while the detached frame is
@@ -210,8 +228,8 @@ impl Hot {
             origin_vars: ManuallyDrop::new(Cell::new(Map::new())),
             graveyard: ManuallyDrop::new(Cell::new(Vec::new())),
             detached: ManuallyDrop::new(Cell::new(Vec::new())),
-            cache_epochs: [const { Cell::new(NO_EPOCH) }; READ_CACHE_SLOTS as usize],
-            cache_words: [const { Cell::new(InlineWord::EMPTY) }; READ_CACHE_SLOTS as usize],
+            cache_epochs: [const { Cell::new(NO_EPOCH) }; BOXED_CACHE_END as usize],
+            cache_words: [const { Cell::new(CachedWord::EMPTY) }; BOXED_CACHE_END as usize],
         }
     }
 
@@ -231,22 +249,22 @@ impl Hot {
         }
     }
 
-    /// After a set or reset rebound variable `key` alone, to the inline value `now`
-    /// (`None`: unbound, or a boxed value): makes `root` what reads follow and updates
-    /// `key`'s cache slot. Every other binding is as before, so the epoch stays.
+    /// After a set or reset rebound variable `key` alone, to the entry whose word is `now`
+    /// (`None`: unbound): makes `root` what reads follow and updates `key`'s cache slot.
+    /// Every other binding is as before, so the epoch stays.
     #[inline(always)]
-    pub(super) fn rebound(&self, root: *const Node<Entry>, key: u64, now: Option<InlineWord>) {
+    pub(super) fn rebound(&self, root: *const Node<Entry>, key: u64, now: Option<CachedWord>) {
         self.root.set(root);
         self.set_slot(key, now);
     }
 
     /// Links the first record of a scope (`super::scope`): `HOT.root` becomes null, so
-    /// that reads miss it and look at the chain, and `key`'s slot gets the record's value
-    /// (`now`, if inline; else it is emptied). The frame's bindings are the same, so
-    /// every other slot stays right, and so does the epoch. Returns the root.
+    /// that reads miss it and look at the chain, and `key`'s slot gets the record's entry's
+    /// word (`now`). The frame's bindings are the same, so every other slot stays right,
+    /// and so does the epoch. Returns the root.
     #[inline(always)]
-    pub(super) fn link_scope(&self, key: u64, now: Option<InlineWord>) -> *const Node<Entry> {
-        self.set_slot(key, now);
+    pub(super) fn link_scope(&self, key: u64, now: CachedWord) -> *const Node<Entry> {
+        self.set_slot(key, Some(now));
         self.root.replace(ptr::null())
     }
 
@@ -268,9 +286,9 @@ impl Hot {
         self.epoch.set(self.epoch.get() + 1);
     }
 
-    /// Makes `key`'s slot hold `now` for this epoch, or empties it (`None`).
+    /// Makes `key`'s slot hold `now` (an entry's word) for this epoch, or empties it.
     #[inline(always)]
-    fn set_slot(&self, key: u64, now: Option<InlineWord>) {
+    fn set_slot(&self, key: u64, now: Option<CachedWord>) {
         match now {
             Some(word) => self.fill(key, word),
             None => {
@@ -281,30 +299,64 @@ impl Hot {
         }
     }
 
-    /// The cached value of variable `key`, if the read cache holds it for this epoch.
+    /// The cached inline value of variable `key`, if the read cache holds it for this
+    /// epoch.
     ///
     /// # Safety
     ///
-    /// `key` must be the id of a `ContextVar<T>`, or 0: a filled slot `key` then holds the
-    /// word of an inline entry made for a `T` (slots are filled only from entries bound
-    /// under `key`, by [`fill`](Self::fill) and [`rebound`](Self::rebound); the id → type
-    /// invariant of `value`), and slot 0 is never filled.
+    /// `key` must be the id of a `ContextVar<T>`, or 0: a filled slot below
+    /// [`READ_CACHE_SLOTS`] then holds the word of an inline entry made for a `T` (only
+    /// variables that store values inline have such ids, and slots are filled only from
+    /// entries bound under `key`, by [`fill`](Self::fill) and [`rebound`](Self::rebound);
+    /// the id → type invariant of `value`), and slot 0 is never filled.
     #[inline(always)]
     pub(super) unsafe fn cached<T>(&self, key: u64) -> Option<T> {
+        if key >= READ_CACHE_SLOTS {
+            return None;
+        }
         let index = slot_index(key);
         if self.cache_epochs.get(index)?.get() != self.epoch.get() {
             return None;
         }
-        // SAFETY: a valid slot holds the word of an inline entry made for a `T` (the
-        // caller's guarantee); the index is in bounds (tested just above).
+        // SAFETY: a valid slot in the inline range holds the word of an inline entry made
+        // for a `T` (the caller's guarantee); the index is in bounds (tested just above).
         Some(unsafe { self.cache_words.get_unchecked(index).get().read::<T>() })
     }
 
-    /// Caches `word`, the inline value just found (or bound) under `key` through
-    /// `HOT.root`, for this epoch. Called before the reader's closure runs (it may change
-    /// the frame).
+    /// The cached word of variable `key`'s boxed entry, if the read cache holds it for
+    /// this epoch: a valid slot in the boxed range holds the word of a boxed entry bound
+    /// under `key` (only variables that box their values have such ids) in the current
+    /// snapshot or a linked scope's record, which keeps the binding alive until the
+    /// snapshot stops being current (or the scope ends); or [`CachedWord::UNBOUND`] if
+    /// the variable has no binding.
     #[inline(always)]
-    pub(super) fn fill(&self, key: u64, word: InlineWord) {
+    pub(super) fn cached_boxed(&self, key: u64) -> Option<CachedWord> {
+        if !has_boxed_slot(key) {
+            return None;
+        }
+        let index = slot_index(key);
+        if self.cache_epochs.get(index)?.get() != self.epoch.get() {
+            return None;
+        }
+        self.cache_words.get(index).map(Cell::get)
+    }
+
+    /// Caches that variable `key` has no binding (a lookup through a non-null `HOT.root`
+    /// just missed it), if it is a boxed variable with a slot: its slot gets the unbound
+    /// word, which no boxed entry has. (An inline slot cannot say it: every word is a
+    /// value there.)
+    #[inline(always)]
+    pub(super) fn fill_unbound(&self, key: u64) {
+        if has_boxed_slot(key) {
+            self.fill(key, CachedWord::UNBOUND);
+        }
+    }
+
+    /// Caches `word`, the word of the entry just found (or bound) under `key` through
+    /// `HOT.root`, for this epoch, if the cache has a slot for `key`. Called before the
+    /// reader's closure runs (it may change the frame).
+    #[inline(always)]
+    pub(super) fn fill(&self, key: u64, word: CachedWord) {
         let index = slot_index(key);
         if let (Some(epoch), Some(slot)) =
             (self.cache_epochs.get(index), self.cache_words.get(index))
