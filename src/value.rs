@@ -111,8 +111,7 @@ impl<T> Copy for CopyEq<T> {}
 /// An entry's value word: a pointer (boxed) or the value's bytes (inline).
 type Word = MaybeUninit<*const ()>;
 
-/// Whether a `T` fits an entry's value word (only such values are stored inline, and
-/// only they are served by the engine's read cache).
+/// Whether a `T` fits an entry's value word (only such values are stored inline).
 pub(crate) const fn fits_inline<T>() -> bool {
     size_of::<T>() <= size_of::<Word>() && align_of::<T>() <= align_of::<Word>()
 }
@@ -129,11 +128,16 @@ impl CachedWord {
     /// A boxed variable's slot: no binding (a boxed entry's word is never null).
     pub(crate) const UNBOUND: Self = Self(Word::new(std::ptr::null()));
 
-    /// Whether this is [`UNBOUND`](Self::UNBOUND). Only for a word of a boxed variable's
-    /// slot (always initialized: a boxed entry's word, or `UNBOUND`).
+    /// Whether this is [`UNBOUND`](Self::UNBOUND).
+    ///
+    /// # Safety
+    ///
+    /// `self` must be initialized: a boxed entry's word ([`Entry::cached_word`]) or
+    /// `UNBOUND`, as a valid slot of a boxed variable holds (not `EMPTY`, and not an
+    /// inline value's word, whose padding may be uninitialized).
     #[inline(always)]
-    pub(crate) fn is_unbound(self) -> bool {
-        // SAFETY: the caller's guarantee (a boxed entry's word is initialized).
+    pub(crate) unsafe fn is_unbound(self) -> bool {
+        // SAFETY: initialized (the caller's guarantee).
         unsafe { self.0.assume_init() }.is_null()
     }
 

@@ -352,3 +352,181 @@ proptest! {
         .map_err(|_| TestCaseError::fail("a read differed from the model (see the panic)"))?;
     }
 }
+
+/// Hostile readers and values against the cache (from a review of the boxed cache): a
+/// `Clone` that replaces the value being lent, scope records lent and then flushed,
+/// destructors that read and set during resets, scope ends and thread exit, and the
+/// cached absence of a boxed variable across a snapshot that empties in place. Each
+/// passes under Miri.
+mod hostile {
+    use contextvars::{Context, context_var, copy_context};
+
+    /// A value whose `Clone` (run by `get` while the value is lent) replaces it.
+    #[derive(Debug, PartialEq)]
+    struct Evil(u64, Box<u64>);
+
+    context_var! {
+        static S: String;
+        static OTHER: u64;
+        static EVIL: Evil;
+        static D: Dropper;
+    }
+
+    impl Clone for Evil {
+        fn clone(&self) -> Self {
+            if self.0 < 5 {
+                // Replace the binding being lent (the token dropped: the value stays),
+                // read it again.
+                drop(EVIL.set(Evil(self.0 + 10, Box::new(self.0 + 10))));
+                let _ = EVIL.with(|e| e.0);
+                let t = OTHER.set(self.0);
+                OTHER.reset(t).unwrap();
+                Context::new().run(|| assert!(!EVIL.is_set()));
+            }
+            Evil(self.0, Box::new(*self.1))
+        }
+    }
+
+    /// A value whose `Drop` reads, and for 1 sets, variables.
+    #[derive(Debug)]
+    struct Dropper(u64);
+    impl Drop for Dropper {
+        fn drop(&mut self) {
+            let _ = S.try_get();
+            let _ = D.try_with(|d| d.0);
+            if self.0 == 1
+                && let Ok(token) = S.try_set("from drop".into())
+            {
+                drop(token);
+            }
+        }
+    }
+
+    #[test]
+    fn clone_replaces_lent() {
+        std::thread::spawn(|| {
+            let _t = OTHER.set(0);
+            drop(EVIL.set(Evil(1, Box::new(1))));
+            assert_eq!(EVIL.get().0, 1); // fill (clone replaces)
+            assert_eq!(EVIL.get().0, 11); // hit
+            assert_eq!(*EVIL.get().1, 11);
+            drop(EVIL.set(Evil(2, Box::new(2))));
+            assert_eq!(EVIL.get().0, 2); // hit from rebound slot, clone replaces
+            assert_eq!(*EVIL.get().1, 12);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn scope_record_lent_then_flushed() {
+        std::thread::spawn(|| {
+            let _t = OTHER.set(0);
+            let _ = S.try_get(); // UNBOUND
+            S.scope("a".into(), || {
+                S.with(|a| {
+                    let t = OTHER.set(1); // flush
+                    let t2 = S.set("b".into());
+                    assert_eq!(S.get(), "b");
+                    S.with(|b| assert_eq!(b, "b"));
+                    S.reset(t2).unwrap();
+                    OTHER.reset(t).unwrap();
+                    assert_eq!(a, "a");
+                    S.scope("c".into(), || {
+                        S.with(|c| {
+                            assert_eq!(c, "c");
+                            drop(S.set("d".into()));
+                            assert_eq!(S.get(), "d");
+                        });
+                    });
+                    assert_eq!(S.get(), "a");
+                    assert_eq!(a, "a");
+                });
+                assert_eq!(S.get(), "a");
+            });
+            assert!(S.try_get().is_err());
+            let c = copy_context();
+            S.scope("x".into(), || {
+                c.run(|| assert!(S.try_get().is_err()));
+                assert_eq!(S.get(), "x");
+            });
+            assert!(S.try_get().is_err());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn drop_reads_and_sets() {
+        std::thread::spawn(|| {
+            let _t = OTHER.set(0);
+            let _ = S.try_get();
+            let t = D.set(Dropper(1));
+            let _ = D.with(|d| d.0);
+            let t2 = D.set(Dropper(2));
+            let _ = D.with(|d| d.0);
+            D.reset(t2).unwrap();
+            let _ = D.with(|d| d.0);
+            D.reset(t).unwrap();
+            let _ = S.try_get();
+            assert!(D.try_with(|d| d.0).is_err());
+            D.scope(Dropper(1), || {
+                let _ = D.with(|d| d.0);
+            });
+            let _ = S.try_get();
+            let _ = D.try_with(|d| d.0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn thread_exit_with_bindings() {
+        std::thread::spawn(|| {
+            let _ = S.try_get();
+            drop(D.set(Dropper(1)));
+            drop(S.set("x".into()));
+            let _ = S.get();
+            let _ = D.with(|d| d.0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    context_var! {
+        static S2: String;
+    }
+
+    #[test]
+    fn unbound_across_empty_root() {
+        std::thread::spawn(|| {
+            let t = OTHER.set(1);
+            assert!(S.try_get().is_err()); // UNBOUND for S
+            assert!(S2.try_get().is_err()); // UNBOUND for S2
+            OTHER.reset(t).unwrap(); // map empties in place: root null, epoch kept
+            S2.scope("z".into(), || {
+                assert_eq!(S2.get(), "z");
+                assert!(S.try_get().is_err());
+                let t = S.set("y".into()); // flush with null scoped_root, no new epoch
+                assert_eq!(S.get(), "y");
+                assert_eq!(S2.get(), "z");
+                let c = copy_context();
+                Context::new().run(|| assert!(S.try_get().is_err()));
+                c.run(|| assert_eq!(S.get(), "y"));
+                S.reset(t).unwrap();
+                assert!(S.try_get().is_err());
+                assert_eq!(S2.get(), "z");
+            });
+            assert!(S2.try_get().is_err());
+            assert!(S.try_get().is_err());
+            let c = Context::new().with_value(&S, "w".to_string());
+            c.run(|| {
+                assert_eq!(S.get(), "w");
+                S2.scope("q".into(), || assert_eq!(S.get(), "w"));
+            });
+            assert!(S.try_get().is_err());
+        })
+        .join()
+        .unwrap();
+    }
+}

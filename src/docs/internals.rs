@@ -231,7 +231,8 @@
 //! the *epoch* it was found in: two arrays of 128 words at the end of `HOT`. The first 63
 //! variables that store values inline take ids 1 to 63 (`var::NEXT_INLINE_VAR_ID`), and
 //! their slots hold the value itself; every variable that boxes its values takes an id
-//! from 80 up, and the first 48 (80 to 127) have slots that hold the entry's word (the
+//! from 80 up, and the first 48 ids (80 to 127; an id lost to a race between two threads
+//! assigning one to the same variable is used up) have slots that hold the entry's word (the
 //! address of its binding) or say that the variable has no binding. Inline variables past
 //! the 63rd take ids from 2^40 up, so an id's range says what its slot holds. A read
 //! compares its slot's epoch with the thread's and, if they match, copies the value out
@@ -239,8 +240,9 @@
 //! the binding under a borrow count (boxed: 26, against 40); a slot that says "unbound"
 //! goes straight to the default. A read that misses looks the value up and fills the slot
 //! before its closure runs. The slot's word is read back as the variable's `T` under the
-//! id → type invariant below (a slot is filled only from entries bound under its id, and
-//! a variable's entries are all inline or all boxed).
+//! id → type invariant below (a slot is filled only with the words of entries bound under
+//! its id, or, in the boxed range, the unbound marker, and a variable's entries are all
+//! inline or all boxed).
 //!
 //! **Invariant: a valid slot shows what a lookup would.** For every slot whose epoch is
 //! the thread's, the slot holds the variable's binding that a read would find now (or,

@@ -64,7 +64,9 @@ pub(crate) fn with_cached_boxed<T: 'static, R, F: FnOnce(&T) -> R>(
     let Some(word) = hot.cached_boxed(key) else {
         return CachedBoxed::Unknown(f);
     };
-    if word.is_unbound() {
+    // SAFETY: a valid slot in the boxed range holds a boxed entry's word or `UNBOUND`
+    // (`Hot::cached_boxed`).
+    if unsafe { word.is_unbound() } {
         return CachedBoxed::Unbound(f);
     }
     let _borrow = Borrow::new(hot);

@@ -227,6 +227,12 @@ pub(super) fn flush_scopes(hot: &Hot) {
 fn flush_now(hot: &Hot) {
     let newest = hot.scopes.replace(ptr::null());
     hot.set_root(hot.scoped_root.replace(ptr::null()));
+    // The records' slots of the read cache point into the records: every slot goes
+    // stale here, so that none can outlive its record even if a set below were refused
+    // (none is today: the only refusal, thread teardown, unlinks the chain first). The
+    // root's change above starts a new epoch too, but not when the frame had no bindings
+    // (null before and after).
+    hot.new_epoch();
     // Counted as a borrow while the sets are made: snapshots they replace are parked
     // until all are done, so no destructor runs with half the records flushed (and the
     // sets path-copy instead of writing in place, which is what a borrow means).

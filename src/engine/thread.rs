@@ -114,7 +114,8 @@ pub(crate) struct TornDown;
 pub(super) struct Hot {
     /// The root node of the snapshot reads see: `vars`' root, or the current light
     /// frame's (see `frame`'s module docs for why it is always owned). Written only
-    /// through [`Hot::set_root`] and [`Hot::rebound`], which keep the read cache right.
+    /// through [`Hot::set_root`], [`Hot::rebound`], [`Hot::link_scope`] and
+    /// [`Hot::unlink_scope`], which keep the read cache right.
     root: Cell<*const Node<Entry>>,
     /// The read cache's current epoch (see the module docs): starts at 1.
     epoch: Cell<u64>,
@@ -306,9 +307,10 @@ impl Hot {
     ///
     /// `key` must be the id of a `ContextVar<T>`, or 0: a filled slot below
     /// [`READ_CACHE_SLOTS`] then holds the word of an inline entry made for a `T` (only
-    /// variables that store values inline have such ids, and slots are filled only from
-    /// entries bound under `key`, by [`fill`](Self::fill) and [`rebound`](Self::rebound);
-    /// the id → type invariant of `value`), and slot 0 is never filled.
+    /// variables that store values inline have such ids, and such slots are filled only
+    /// with the words of entries bound under `key`, by [`fill`](Self::fill),
+    /// [`rebound`](Self::rebound) and [`link_scope`](Self::link_scope); the id → type
+    /// invariant of `value`), and slot 0 is never filled.
     #[inline(always)]
     pub(super) unsafe fn cached<T>(&self, key: u64) -> Option<T> {
         if key >= READ_CACHE_SLOTS {
