@@ -353,6 +353,68 @@ proptest! {
     }
 }
 
+context_var! {
+    /// Read only by `reads_after_the_teardown_of_a_thread_inside_a_scope_see_defaults`.
+    static AT_EXIT: u64;
+    /// Its boxed twin.
+    static AT_EXIT_NAME: String;
+}
+
+/// Reads both `AT_EXIT` variables when the thread-locals of the thread that made it are
+/// destroyed, and prints what it found.
+struct ReadAtExit;
+
+impl Drop for ReadAtExit {
+    fn drop(&mut self) {
+        eprintln!(
+            "at exit: {:?} {:?}",
+            AT_EXIT.try_get().ok(),
+            AT_EXIT_NAME.try_get().ok()
+        );
+    }
+}
+
+thread_local! {
+    static READ_AT_EXIT: ReadAtExit = const { ReadAtExit };
+}
+
+/// `std::process::exit` inside a scope runs the thread-local destructors with the scope's
+/// call still on the stack: the crate's teardown empties the chain of records and drops
+/// the frame, and a destructor that runs after it must read defaults, not the scope's
+/// values from the cache (for the boxed one, a binding already freed). Run in a child
+/// process (this test binary again), since it exits.
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process")]
+fn reads_after_the_teardown_of_a_thread_inside_a_scope_see_defaults() {
+    const CHILD: &str = "CONTEXTVARS_READ_CACHE_EXIT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // Registered before the crate's teardown guard (registered by the first set or
+        // scope), so destroyed after it.
+        READ_AT_EXIT.with(|_| ());
+        let _outer = AT_EXIT.set(1);
+        AT_EXIT_NAME.scope("x".to_owned(), || {
+            AT_EXIT.scope(7, || {
+                assert_eq!((AT_EXIT.get(), AT_EXIT_NAME.get()), (7, "x".to_owned()));
+                std::process::exit(0);
+            })
+        });
+        unreachable!("the scope exits the process");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "reads_after_the_teardown_of_a_thread_inside_a_scope_see_defaults",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("at exit: None None"), "{stderr}");
+}
+
 /// Hostile readers and values against the cache (from a review of the boxed cache): a
 /// `Clone` that replaces the value being lent, scope records lent and then flushed,
 /// destructors that read and set during resets, scope ends and thread exit, and the

@@ -229,11 +229,12 @@
 //!
 //! Each thread keeps, for a program's first variables, the value a read last found and
 //! the *epoch* it was found in: two arrays of 128 words at the end of `HOT`. The first 63
-//! variables that store values inline take ids 1 to 63 (`var::NEXT_INLINE_VAR_ID`), and
-//! their slots hold the value itself; every variable that boxes its values takes an id
-//! from 80 up, and the first 48 ids (80 to 127; an id lost to a race between two threads
-//! assigning one to the same variable is used up) have slots that hold the entry's word (the
-//! address of its binding) or say that the variable has no binding. Inline variables past
+//! variables that store values inline to take an id (on first use, not in declaration
+//! order) take ids 1 to 63 (`var::NEXT_INLINE_VAR_ID`), and their slots hold the value
+//! itself; every variable that boxes its values takes an id from 80 up, and the first 48
+//! ids (80 to 127; an id lost to a race between two threads assigning one to the same
+//! variable is used up) have slots that hold the entry's word (the address of its
+//! binding) or say that the variable has no binding. Inline variables past
 //! the 63rd take ids from 2^40 up, so an id's range says what its slot holds. A read
 //! compares its slot's epoch with the thread's and, if they match, copies the value out
 //! (inline: 17 instructions in the benchmark's probe, against 32 for the lookup) or lends
@@ -265,9 +266,11 @@
 //! * A scope's first record nulls `HOT.root` and a read then looks at the chain: linking
 //!   a record writes its variable's slot (`Hot::link_scope`), unlinking it empties that
 //!   slot (`Hot::unlink_scope`); the frame's bindings are unchanged, so every other slot
-//!   stays valid. Nothing fills a slot while records are linked (a read fills only
-//!   through a non-null `HOT.root`; everything else flushes the chain first, and the
-//!   flush goes through `set_root` and `rebound`).
+//!   stays valid. While records are linked, nothing but linking another record writes a
+//!   slot (a read fills only through a non-null `HOT.root`; everything else flushes the
+//!   chain first, and the flush starts a new epoch and goes through `rebound`); a
+//!   record linked over another of the same variable overwrites the slot, and its
+//!   unlink empties it, so the next read finds the outer record by the walk.
 //! * Thread teardown starts a new epoch unconditionally: from then on reads see defaults.
 //!
 //! A boxed slot's binding is owned by an entry of the current snapshot (or of a linked
@@ -280,7 +283,10 @@
 //! `tests/read_cache.rs` runs random programs of sets, resets, scopes, runs, polls of
 //! futures whose copy was taken before the thread's context changed, handles, threads and
 //! rayon jobs against a model of the bindings (two inline and two boxed variables),
-//! reading every variable after every step; removing any of the updates above fails it.
+//! reading every variable after every step; removing the epoch on a pointer change, a
+//! set's slot update, a link's slot write or an unlink's emptying fails it. One test
+//! exits the process inside a scope and reads in a thread-local destructor that runs
+//! after the teardown: without teardown's epoch it read the scope's value.
 //!
 //! ### Invariant: id → type
 //!

@@ -43,8 +43,8 @@
 //!
 //! A slot is filled only by a read that looked its variable up through a non-null
 //! `HOT.root` ([`Hot::fill`], [`Hot::fill_unbound`], before the reader's closure runs; no
-//! scope's record is linked then), by the set that bound it, or by the scope that links
-//! it. An inline value is `Copy`, so serving one runs no code and holds no reference into
+//! scope's record is linked then), by the set, reset or flush that bound it
+//! ([`Hot::rebound`]), or by the scope that links it. An inline value is `Copy`, so serving one runs no code and holds no reference into
 //! a snapshot. A boxed value is lent in place under a borrow count, as a lookup lends it
 //! (below): its binding is owned by the current snapshot (or a linked record) while the
 //! slot is valid, and the borrow keeps that snapshot alive while the reader runs.
@@ -271,9 +271,10 @@ impl Hot {
 
     /// Unlinks a scope's record for `key`: its slot is emptied (the value below it, in a
     /// record or the frame, is found by the next read), and `root`, if the chain is empty
-    /// now, is the frame's root again. No slot was filled while the record was linked (a
-    /// read fills only through a non-null `HOT.root`, and everything else flushes the
-    /// chain first), so every other slot is still right.
+    /// now, is the frame's root again. While the record was linked, no read filled a slot
+    /// (a read fills only through a non-null `HOT.root`, and everything else flushes the
+    /// chain first); only records linked above it wrote their own, and their unlinks
+    /// emptied them. So every other slot is still right.
     #[inline(always)]
     pub(super) fn unlink_scope(&self, key: u64, root: Option<*const Node<Entry>>) {
         self.set_slot(key, None);
