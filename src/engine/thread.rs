@@ -44,10 +44,11 @@
 //! A slot is filled only by a read that looked its variable up through a non-null
 //! `HOT.root` ([`Hot::fill`], [`Hot::fill_unbound`], before the reader's closure runs; no
 //! scope's record is linked then), by the set, reset or flush that bound it
-//! ([`Hot::rebound`]), or by the scope that links it. An inline value is `Copy`, so serving one runs no code and holds no reference into
-//! a snapshot. A boxed value is lent in place under a borrow count, as a lookup lends it
-//! (below): its binding is owned by the current snapshot (or a linked record) while the
-//! slot is valid, and the borrow keeps that snapshot alive while the reader runs.
+//! ([`Hot::rebound`]), or by the scope that links it. An inline value is `Copy`, so
+//! serving one runs no code and holds no reference into a snapshot. A boxed value is lent
+//! in place under a borrow count, as a lookup lends it (below): its binding is owned by
+//! the current snapshot (or a linked record) while the slot is valid, and the borrow
+//! keeps that snapshot alive while the reader runs.
 //!
 //! **Borrows.** A reader that runs user code while holding a reference into the current
 //! root node (the closure of `ContextVar::with`, or `T::clone`) counts itself in
@@ -109,6 +110,8 @@ pub(crate) struct TornDown;
 /// depending on where the loader put the block. Elsewhere the 64-byte alignment is not
 /// asked for: some targets do not honour an over-aligned thread-local (rust-lang/rust#135719
 /// on windows-gnu), and a reference to a misaligned `Hot` would be undefined behaviour.
+/// The read cache's two arrays come last (2 KiB): a cached read touches the first line
+/// (`epoch`) and its slot's two words, one line each.
 #[repr(C)]
 #[cfg_attr(any(target_os = "linux", target_os = "android"), repr(align(64)))]
 pub(super) struct Hot {
