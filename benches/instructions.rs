@@ -186,7 +186,13 @@ fn get_again_in_run(ctx: Context) -> u64 {
 /// Polls, once, a future that returns `probe()`, wrapped to run in a copy of the current
 /// context: `probe` runs inside a poll's frame.
 fn poll_once_in_copied_context(probe: fn() -> u64) -> u64 {
+    poll_once_in_copied_context_after(probe, || ())
+}
+
+/// [`poll_once_in_copied_context`], with `before` run between the copy and the poll.
+fn poll_once_in_copied_context_after(probe: fn() -> u64, before: impl FnOnce()) -> u64 {
     let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe())).in_copied_context());
+    before();
     match future
         .as_mut()
         .poll(&mut TaskContext::from_waker(Waker::noop()))
@@ -238,16 +244,8 @@ fn get_cold_in_run(ctx: Context) -> u64 {
 #[library_benchmark]
 #[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 41))]
 fn get_cold_in_poll(_: ()) -> u64 {
-    let mut future = pin!(std::future::poll_fn(|_| Poll::Ready(probe_get())).in_copied_context());
-    // The future's copy is another node than the thread's snapshot from here on.
-    drop(FIRST.set(black_box(9)));
-    match future
-        .as_mut()
-        .poll(&mut TaskContext::from_waker(Waker::noop()))
-    {
-        Poll::Ready(value) => value,
-        Poll::Pending => 0,
-    }
+    // The future's copy is another node than the thread's snapshot after the set.
+    poll_once_in_copied_context_after(probe_get, || drop(FIRST.set(black_box(9))))
 }
 
 // A read in a rayon job of `contextvars::rayon::join`, run by a worker of the global pool
