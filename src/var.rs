@@ -402,8 +402,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// the read cache if it holds it (a compare and a load), else by the lookup in the
     /// current snapshot (`engine::lookup_bound`, which fills the cache), else in a
     /// scope's record (`engine::with_bound_scoped`); `miss(f)` if there is none (the
-    /// caller's default). A continuation rather than a `Result`: passed back through a
-    /// `Result`, a miss cost 5 instructions more in every read.
+    /// caller's default), so that each reader says what a miss returns and `with`
+    /// returns `R` itself.
     #[track_caller]
     #[inline(always)]
     fn read<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(F) -> R) -> R {
