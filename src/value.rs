@@ -464,9 +464,8 @@ impl Entry {
     #[inline(always)]
     pub(crate) unsafe fn read_inline<T: 'static>(&self) -> T {
         debug_assert!(self.is_inline() && self.value_any().is::<T>());
-        // SAFETY: the word holds an initialized `T` (caller's guarantee), and a `T` is
-        // `Copy`, so a bitwise copy is a copy.
-        unsafe { self.word.as_ptr().cast::<T>().read() }
+        // SAFETY: an inline entry made for a `T` (caller's guarantee).
+        unsafe { self.cached_word().read::<T>() }
     }
 
     /// The value of an entry that is not inline, as a `T`, without checking the type.
@@ -478,9 +477,9 @@ impl Entry {
     #[inline(always)]
     pub(crate) unsafe fn downcast_boxed_unchecked<T: 'static>(&self) -> &T {
         debug_assert!(!self.is_inline() && self.value_any().is::<T>());
-        // SAFETY: a boxed entry's word points at a live `Binding<T>` (caller's guarantee)
-        // while `self` owns its strong count.
-        unsafe { &(*self.word.assume_init().cast::<Binding<T>>()).value }
+        // SAFETY: a boxed entry made for a `T` (caller's guarantee), which counts a
+        // reference to its binding for as long as the borrow of `self` lasts.
+        unsafe { self.cached_word().boxed_value::<T>() }
     }
 
     /// The value as a `T`, without checking the type.

@@ -80,8 +80,9 @@ pub(crate) fn with_cached_boxed<T: 'static, R, F: FnOnce(&T) -> R>(
 }
 
 /// Calls `f` with the binding of variable `key` in the current snapshot, as a `T`, if
-/// there is one; gives `f` back if there is none. An inline value found is cached
-/// ([`Hot::fill`]); a reader asks the cache first ([`cached`], `ContextVar::with_bound`).
+/// there is one; gives `f` back if there is none. What it finds, a value or the absence of
+/// one, is cached ([`Hot::fill`], [`Hot::fill_unbound`]); a reader asks the cache first
+/// ([`cached`], [`with_cached_boxed`], from `ContextVar::read`).
 ///
 /// `key` must be the id of a `ContextVar<T>` (the id → type invariant of `value.rs`), or
 /// 0 (a variable with no id yet), which no binding has: the lookup misses.
@@ -109,7 +110,8 @@ pub(crate) fn lookup_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) ->
 
 /// The read of `key` in the snapshot whose root node is `root` (null: no bindings): the
 /// current frame's, or, while a scope's records are linked, `HOT.scoped_root`. `FILL`:
-/// `root` is `HOT.root`, so an inline value found is cached (`Hot::fill`).
+/// `root` is `HOT.root`, so what the lookup finds is cached (`Hot::fill`,
+/// `Hot::fill_unbound`).
 #[inline(always)]
 pub(super) fn bound_at<const FILL: bool, T: 'static, R, F: FnOnce(&T) -> R>(
     hot: &Hot,
@@ -132,18 +134,15 @@ pub(super) fn bound_at<const FILL: bool, T: 'static, R, F: FnOnce(&T) -> R>(
             return Err(f);
         };
         let word = entry.cached_word();
+        if FILL {
+            hot.fill(key, word);
+        }
         if entry.is_inline() {
-            if FILL {
-                hot.fill(key, word);
-            }
             // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is
             // `key`, and an inline one holds a `T: Copy` (`value`'s invariants). The copy
             // is taken before `f` runs, so no borrow of the snapshot is needed.
             let value = unsafe { word.read::<T>() };
             return Ok(f(&value));
-        }
-        if FILL {
-            hot.fill(key, word);
         }
         // From here on `f` runs (user code: a closure, `T::clone`), which may set
         // variables or enter contexts: `_borrow` defers the release of the snapshot that

@@ -114,11 +114,10 @@ pub(crate) fn scope<R>(
         depth,
         flushed: Cell::new(None),
     };
-    let now = record.entry.cached_word();
+    // The root, or null if a record is linked already.
+    let root = hot.link_scope(key, record.entry.cached_word());
     if record.below.is_null() {
-        hot.scoped_root.set(hot.link_scope(key, now));
-    } else {
-        hot.link_scope(key, now);
+        hot.scoped_root.set(root);
     }
     hot.scopes.set(&record);
     // Dropped before `record` (declared after it): unlinks it, or resets its real set.

@@ -262,10 +262,11 @@ impl Hot {
         self.set_slot(key, now);
     }
 
-    /// Links the first record of a scope (`super::scope`): `HOT.root` becomes null, so
-    /// that reads miss it and look at the chain, and `key`'s slot gets the record's entry's
-    /// word (`now`). The frame's bindings are the same, so every other slot stays right,
-    /// and so does the epoch. Returns the root.
+    /// Links a scope's record (`super::scope`): `HOT.root` becomes null (if it is not
+    /// already, a record being linked), so that reads miss it and look at the chain, and
+    /// `key`'s slot gets the record's entry's word (`now`). The frame's bindings are the
+    /// same, so every other slot stays right, and so does the epoch. Returns the root it
+    /// replaced: the frame's for the first record, null for the others.
     #[inline(always)]
     pub(super) fn link_scope(&self, key: u64, now: CachedWord) -> *const Node<Entry> {
         self.set_slot(key, Some(now));
