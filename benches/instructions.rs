@@ -358,8 +358,12 @@ fn run_empty(ctx: Context) -> (Context, u64) {
     (ctx, value)
 }
 
+/// The setup of the benchmarks that run where nothing is bound.
+fn nothing() {}
+
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(29, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(24, 0))]
+#[bench::empty(setup = nothing, config = limits(24, 0))]
 fn copy_context_and_drop(_: ()) {
     drop(black_box(copy_context()));
 }

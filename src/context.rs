@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 
 use crate::engine::{self, Frame, Shared, Vars};
 use crate::error::{AccessError, EnterError};
@@ -64,9 +65,8 @@ use crate::var::ContextVar;
 pub struct Context {
     /// The shared cell, made on first [`run`](Self::run) or when a handle to a running
     /// frame is taken. Deferring it keeps `copy_context` to a reference-count increment.
-    /// (Declared first, so it is dropped first: the snapshot's release is then the
-    /// drop's last step, which compiles to a tail call.)
-    shared: OnceArc<Shared>,
+    /// Released by `Context`'s `Drop`, out of line (see there).
+    shared: ManuallyDrop<OnceArc<Shared>>,
     /// The snapshot the context was created with; authoritative until `shared` exists.
     initial: Vars,
 }
@@ -85,7 +85,7 @@ impl Context {
     pub(crate) fn from_vars(vars: Vars) -> Self {
         Self {
             initial: vars,
-            shared: OnceArc::new(),
+            shared: ManuallyDrop::new(OnceArc::new()),
         }
     }
 
@@ -136,7 +136,7 @@ impl Context {
         let shared = engine::current_shared()?;
         Ok(Self {
             initial: Map::new(),
-            shared: OnceArc::with_value(shared),
+            shared: ManuallyDrop::new(OnceArc::with_value(shared)),
         })
     }
 
@@ -250,6 +250,25 @@ impl Context {
             return Err(EnterError::ALREADY_ENTERED);
         }
         Ok(Frame::entered(shared.clone()))
+    }
+}
+
+impl Drop for Context {
+    /// Without a shared cell (a copy that was never run: what `copy_context` makes), the
+    /// drop is the snapshot's release alone. The cell's release is out of line and takes
+    /// the snapshot with it, so that the common drop has one release that may unwind and
+    /// no cleanup path (which cost a saved register in every caller).
+    #[inline]
+    fn drop(&mut self) {
+        #[cold]
+        #[inline(never)]
+        fn release(shared: Arc<Shared>, initial: Vars) {
+            drop(shared);
+            drop(initial);
+        }
+        if let Some(shared) = self.shared.take() {
+            release(shared, std::mem::take(&mut self.initial));
+        }
     }
 }
 

@@ -327,20 +327,38 @@ impl Drop for Exit<'_> {
 pub(crate) fn vars() -> Vars {
     // `HOT.root` is the root of the current snapshot in every frame, light or not: one
     // load, and no branch on the frame's kind.
-    let mut root = with_hot(|hot| hot.root());
+    let root = with_hot(|hot| hot.root());
     if root.is_null() {
-        // No bindings, or a scope's records linked: a copy of the context includes them.
-        root = with_hot(|hot| {
-            flush_scopes(hot);
-            hot.root()
-        });
-        if root.is_null() {
-            return Map::new();
-        }
+        return vars_of_null_root();
     }
     // SAFETY: a non-null `HOT.root` is `Arc::as_ptr` of the root node of the current
     // frame's snapshot, which stays alive while the frame is current, past this call
     // (see `frame`'s module docs: why the raw root pointer is valid).
+    Map::from_arc(Some(unsafe { arc_clone_raw(root) }))
+}
+
+/// [`vars`] where `HOT.root` is null: no bindings (an empty copy, two loads), or a
+/// scope's records linked, which a copy of the context includes (out of line).
+#[inline]
+fn vars_of_null_root() -> Vars {
+    if with_hot(|hot| !hot.scopes.get().is_null()) {
+        vars_after_flush()
+    } else {
+        Map::new()
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn vars_after_flush() -> Vars {
+    let root = with_hot(|hot| {
+        flush_scopes(hot);
+        hot.root()
+    });
+    if root.is_null() {
+        return Map::new();
+    }
+    // SAFETY: as in `vars`.
     Map::from_arc(Some(unsafe { arc_clone_raw(root) }))
 }
 

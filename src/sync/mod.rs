@@ -202,6 +202,20 @@ mod imp {
             unsafe { self.view(ptr) }
         }
 
+        /// Takes the value out, leaving the cell uninitialised: for an owner's `Drop` that
+        /// releases it in a cold path of its own.
+        #[inline]
+        pub fn take(&mut self) -> Option<Arc<T>> {
+            let ptr = *self.ptr.get_mut();
+            if ptr.is_null() {
+                return None;
+            }
+            *self.ptr.get_mut() = std::ptr::null_mut();
+            // SAFETY: a non-null pointer came from `Arc::into_raw`, and `self` owned that
+            // count; it no longer holds the pointer, so the count is handed over once.
+            Some(unsafe { Arc::from_raw(ptr) })
+        }
+
         /// # Safety
         ///
         /// `ptr` must be the non-null pointer `self` holds.
@@ -295,6 +309,9 @@ mod imp {
             // after initialisation), so the `Arc` stays at this address for as long as
             // `self` lives; the mutex made its initialisation visible to this thread.
             ptr.map(|p| ArcRef(unsafe { &*p }))
+        }
+        pub fn take(&mut self) -> Option<Arc<T>> {
+            self.0.lock().unwrap().take()
         }
         pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
             {
