@@ -165,7 +165,10 @@ fn lazy_default<T>(cell: &OnceLock<T>, init: fn() -> T) -> Result<&T, ()> {
 /// targets, 4 on 32-bit ones (where a `u64` is boxed).
 ///
 /// Both forms read, set, print and propagate the same; they differ in cost (as
-/// [`docs::performance`](crate::docs::performance) details) and in two details of
+/// [`docs::performance`](crate::docs::performance) details: a read of an inline `static`
+/// that the thread's read cache holds is the shortest read there is, and a boxed
+/// variable of a type that could be inline, a `u64` of the expression form, reads
+/// through one call more than either) and in two details of
 /// identity: [`with`](Self::with) hands its closure a reference to a copy of an inline
 /// value (its address is not stable across calls), and `==` on contexts compares inline
 /// values with their `Eq` only, where boxed values that are the very same object (one
@@ -187,6 +190,10 @@ pub struct ContextVar<T: 'static> {
     /// `engine::READ_CACHE_SLOTS` exactly for the inline variables the engine's read cache
     /// serves.
     id: StaticCounter,
+    /// The read cache's inline slot: the id, once assigned, of an inline variable among
+    /// the cache's (see `engine::CacheSlot`), else 0. The read indexes the cache with it,
+    /// so the id's range needs no test there.
+    slot: engine::CacheSlot,
     default: Default<T>,
     traits: fn() -> ValueTraits<T>,
     /// Set for a `static` whose type is `Copy + Eq` and fits a word: its values are stored
@@ -229,6 +236,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         Self {
             name,
             id: StaticCounter::new(0),
+            slot: engine::CacheSlot::new(),
             default,
             traits,
             inline: None,
@@ -317,7 +325,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     #[cold]
     fn assign_id(&self) -> u64 {
-        let fresh = if self.stores_inline() {
+        let inline = self.stores_inline();
+        let fresh = if inline {
             Some(NEXT_INLINE_VAR_ID.fetch_add(1))
                 .filter(|&id| id < engine::READ_CACHE_SLOTS)
                 .unwrap_or_else(|| OVERFLOW_INLINE_IDS.fetch_add(1))
@@ -326,7 +335,19 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         };
         // Another thread may have assigned one meanwhile; theirs wins and ours is simply
         // never used (ids need to be unique, not dense).
-        self.id.compare_exchange(0, fresh)
+        let id = self.id.compare_exchange(0, fresh);
+        if inline {
+            // Every thread that assigns gives the slot of the id that won.
+            self.slot.assign(id);
+        }
+        id
+    }
+
+    /// The read cache's inline slot of this variable (see `engine::CacheSlot`), for the
+    /// engine's tests.
+    #[cfg(test)]
+    pub(crate) fn cache_slot(&self) -> &engine::CacheSlot {
+        &self.slot
     }
 
     /// Whether this variable stores its values inline (see
@@ -377,13 +398,13 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// # Cost
     ///
-    /// A relaxed load of the variable's id, then, for one of a program's first variables
-    /// (63 that store values inline, see [Inline values](Self#inline-values), and 48 that
-    /// box them), the thread's *read cache*: a compare of two thread-local words and a
-    /// load, if this thread read the variable (or set or scoped it) since its context last
-    /// changed to another snapshot. Otherwise a thread-local load and a bounded lookup: one
-    /// node up to 4 variables, else O(log₃₂ n) trie levels (at most 13), which fills the
-    /// cache. No allocation, no lock, no atomic read-modify-write; a lazy default runs its
+    /// For one of a program's first variables (63 that store values inline, see
+    /// [Inline values](Self#inline-values), and 48 that box them), the thread's *read
+    /// cache*: a relaxed load of the variable's cache slot (or id), a compare of two
+    /// thread-local words and a load, if this thread read the variable (or set or scoped
+    /// it) since its context last changed to another snapshot. Otherwise a thread-local
+    /// load and a bounded lookup: one node up to 4 variables, else O(log₃₂ n) trie levels
+    /// (at most 13), which fills the cache. No allocation, no lock, no atomic read-modify-write; a lazy default runs its
     /// initialiser once per process. An inline value is copied out and `f` gets the copy; a
     /// boxed value is lent in place, and while `f` runs a non-atomic counter marks the
     /// borrow, so a set inside `f` path-copies instead of writing in place.
@@ -395,32 +416,53 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     #[track_caller]
     #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        self.read(f, |f| self.with_default(f))
+        self.read(f, |var, f| var.with_default(f))
     }
 
     /// `f` with the binding of this variable in the current context, if it has one: from
     /// the read cache if it holds it (a compare and a load), else by the lookup in the
     /// current snapshot (`engine::lookup_bound`, which fills the cache), else in a
-    /// scope's record (`engine::with_bound_scoped`); `miss(f)` if there is none (the
+    /// scope's record (`engine::with_bound_scoped`); `miss(self, f)` if there is none (the
     /// caller's default), so that each reader says what a miss returns and `with`
     /// returns `R` itself.
     #[track_caller]
     #[inline(always)]
-    fn read<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(F) -> R) -> R {
-        let key = self.lookup_key();
-        // An inline variable the cache serves has an id below `READ_CACHE_SLOTS`, and so
-        // has one with no id yet (0), whose slot is never filled: it misses.
-        if const { fits_inline::<T>() } && key < engine::READ_CACHE_SLOTS {
-            return match engine::cached::<T>(key) {
+    fn read<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(&Self, F) -> R) -> R {
+        // An inline variable the cache serves has its slot; every other variable of a
+        // type that could be inline (one that boxes, or past the cache's first 63, or
+        // with no id yet) has slot 0, which is never filled: it misses. Only a `Copy`
+        // type is stored inline, and one that needs dropping is not `Copy` (an `Arc`, a
+        // `Box`): its reads skip the slot at compile time.
+        if const { fits_inline::<T>() && !std::mem::needs_drop::<T>() } {
+            return match engine::cached::<T>(&self.slot) {
                 Some(value) => f(&value),
-                None => self.look_up(key, f, miss),
+                None => self.read_missed(f, miss),
             };
         }
-        // A boxed one it serves has an id in the boxed range.
+        self.read_uncached(f, miss)
+    }
+
+    /// [`read_uncached`](Self::read_uncached) for a type that could be inline, after its
+    /// slot missed: out of line, so that a read the slot serves needs no stack frame of
+    /// its own beyond the caller's.
+    #[track_caller]
+    #[inline(never)]
+    #[cold]
+    fn read_missed<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(&Self, F) -> R) -> R {
+        self.read_uncached(f, miss)
+    }
+
+    /// [`read`](Self::read) past the inline slot: a boxed variable's slot, then the
+    /// lookup.
+    #[track_caller]
+    #[inline(always)]
+    fn read_uncached<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(&Self, F) -> R) -> R {
+        let key = self.lookup_key();
+        // A boxed one the cache serves has an id in the boxed range.
         if engine::has_boxed_slot(key) {
             return match engine::with_cached_boxed(key, f) {
                 engine::CachedBoxed::Value(result) => result,
-                engine::CachedBoxed::Unbound(f) => miss(f),
+                engine::CachedBoxed::Unbound(f) => miss(self, f),
                 engine::CachedBoxed::Unknown(f) => self.look_up(key, f, miss),
             };
         }
@@ -432,12 +474,17 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// branch made the first read after a frame switch 5 instructions longer.
     #[track_caller]
     #[inline(always)]
-    fn look_up<R, F: FnOnce(&T) -> R>(&self, key: u64, f: F, miss: impl FnOnce(F) -> R) -> R {
+    fn look_up<R, F: FnOnce(&T) -> R>(
+        &self,
+        key: u64,
+        f: F,
+        miss: impl FnOnce(&Self, F) -> R,
+    ) -> R {
         match engine::lookup_bound(key, f) {
             Ok(result) => result,
             Err(f) => match engine::with_bound_scoped(key, f) {
                 Ok(result) => result,
-                Err(f) => miss(f),
+                Err(f) => miss(self, f),
             },
         }
     }
@@ -465,7 +512,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     pub fn try_with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, LookupError> {
         self.read(
             |value| Ok(f(value)),
-            |f| self.apply_default(f).and_then(|result| result),
+            |var, f| var.apply_default(f).and_then(|result| result),
         )
     }
 
@@ -476,7 +523,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// As [`with`](Self::with); a lazy default is never computed.
     pub fn with_or<R>(&self, default: &T, f: impl FnOnce(&T) -> R) -> R {
-        self.read(f, |f| f(default))
+        self.read(f, |_, f| f(default))
     }
 
     /// Whether the current context binds this variable (defaults do not count).
@@ -486,7 +533,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// The lookup of [`with`](Self::with): no allocation, no atomic read-modify-write, no
     /// default computed.
     pub fn is_set(&self) -> bool {
-        self.read(|_| true, |_| false)
+        self.read(|_| true, |_, _| false)
     }
 
     /// A clone of the current value.
@@ -533,7 +580,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     where
         T: Clone,
     {
-        self.read(T::clone, |_| default)
+        self.read(T::clone, |_, _| default)
     }
 
     /// [`try_with`](Self::try_with), except that a lazy default not computed yet is not
@@ -543,7 +590,7 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     pub(crate) fn with_computed<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
         self.read(
             |value| Some(f(value)),
-            |f| match &self.default {
+            |var, f| match &var.default {
                 Default::None => None,
                 Default::Value(value) => f(value),
                 Default::Lazy(_, cell) => cell.get().and_then(f),
@@ -619,9 +666,12 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// (a `run`, a poll, a job), also publishes.
     #[track_caller]
     pub fn set(&self, value: T) -> Token<'_, T> {
-        match self.try_set(value) {
-            Ok(token) => token,
-            Err(error) => error.panic(),
+        // Not through `try_set`: the `Result` of a token, matched here, was copied twice
+        // on the way out (12 instructions of a set and reset's 567).
+        let entry = self.make_entry(value);
+        match engine::set_binding(self.raw_id(), entry) {
+            Ok(state) => Token::new(self, state),
+            Err(refused) => SetError::from_refusal(self.name, refused).panic(),
         }
     }
 

@@ -237,10 +237,25 @@
 //! binding) or say that the variable has no binding. Inline variables past
 //! the 63rd take ids from 2^40 up, so an id's range says what its slot holds. A read
 //! compares its slot's epoch with the thread's and, if they match, copies the value out
-//! (inline: 17 instructions in the benchmark's probe, against 32 for the lookup) or lends
-//! the binding under a borrow count (boxed: 26, against 40); a slot that says "unbound"
-//! goes straight to the default. A read that misses looks the value up and fills the slot
-//! before its closure runs. The slot's word is read back as the variable's `T` under the
+//! (inline: 12 instructions in the benchmark's probe, against 39 for the lookup) or lends
+//! the binding under a borrow count (boxed); a slot that says "unbound" goes straight to
+//! the default. A read that misses looks the value up and fills the slot before its
+//! closure runs.
+//!
+//! An inline variable does not index the cache with its id: it keeps its slot in a field
+//! of its own (`engine::CacheSlot`), the id if it is below 64 and 0 otherwise, written
+//! once when the id is assigned and never above 63. Slot 0 is never filled (no variable
+//! has id 0), so a variable without a slot (no id yet, past the 63rd, or one that boxes)
+//! reads it and misses, and the read needs no compare of the id with the cache's size:
+//! it is the field's load, the thread's epoch against the slot's, and the value's load.
+//! For a type that could be stored inline (a word, no drop glue), the rest of the read
+//! (a boxed variable's slot, the lookup, the fill) is one out-of-line call
+//! (`ContextVar::read_missed`, `#[cold]`), so that a read the slot serves needs no stack
+//! frame of its own: the first read after a switch pays the call (52 instructions
+//! against 39 when the whole read was inline), and so does every read of a boxed
+//! variable of such a type (the expression form of `context_var!` in a `static` boxes
+//! even a `u64`: 35 against 26). A type with drop glue (an `Arc`, a `Box`) is never
+//! stored inline, and its reads skip the inline slot at compile time. The slot's word is read back as the variable's `T` under the
 //! id → type invariant below (a slot is filled only with the words of entries bound under
 //! its id, or, in the boxed range, the unbound marker, and a variable's entries are all
 //! inline or all boxed).

@@ -14,26 +14,27 @@ use super::frame::Origin;
 use super::light::materialize;
 use super::object::Shared;
 use super::scope::flush_scopes;
-use super::thread::{Borrow, Hot, TornDown, hot_ptr, retire, with_hot, with_state};
+use super::thread::{Borrow, CacheSlot, Hot, TornDown, hot_ptr, retire, with_hot, with_state};
 use crate::map::Node;
 use crate::pool::{self, Entered, Pool};
 use crate::sync::Arc;
 use crate::value::{Entry, fits_inline};
 
-/// The current value of variable `key` if the thread's read cache holds it (`thread`'s
-/// module docs), for a variable that stores values inline: for a type that cannot be
-/// stored inline this is `None` at compile time (boxed values: [`with_cached_boxed`]). An
-/// id of 0 is never cached.
+/// The current value of the variable whose read cache slot is `slot` if the thread's
+/// read cache holds it (`thread`'s module docs), for a variable that stores values
+/// inline: for a type that cannot be stored inline this is `None` at compile time (boxed
+/// values: [`with_cached_boxed`]). A variable with no slot (0) always misses.
 ///
-/// `key` as for [`lookup_bound`].
+/// `slot` must be the [`CacheSlot`] of a `ContextVar<T>` (as `key` is for
+/// [`lookup_bound`]).
 #[inline(always)]
-pub(crate) fn cached<T: 'static>(key: u64) -> Option<T> {
+pub(crate) fn cached<T: 'static>(slot: &CacheSlot) -> Option<T> {
     if !const { fits_inline::<T>() } {
         return None;
     }
-    // SAFETY: `with_hot`'s argument (see `hot_ptr`); `key` is the id of a
-    // `ContextVar<T>`, or 0 (this function's contract).
-    unsafe { (*hot_ptr()).cached::<T>(key) }
+    // SAFETY: `with_hot`'s argument (see `hot_ptr`); `slot` is the cache slot of a
+    // `ContextVar<T>` (this function's contract).
+    unsafe { (*hot_ptr()).cached::<T>(slot) }
 }
 
 /// What the read cache knows of a boxed variable ([`with_cached_boxed`]).
@@ -478,7 +479,7 @@ mod tests {
 
     /// What the cache holds for `CACHED` now.
     fn in_cache() -> Option<u64> {
-        cached::<u64>(CACHED.id().as_u64())
+        cached::<u64>(CACHED.cache_slot())
     }
 
     #[test]
@@ -499,6 +500,40 @@ mod tests {
             CACHED.reset(token).unwrap();
             assert_eq!(in_cache(), None, "unbound");
             assert_eq!(CACHED.try_get().ok(), None);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_inline_variable_has_the_slot_of_its_id_and_no_other_variable_has_one() {
+        context_var! {
+            static FRESH: u64;
+        }
+        static BOXED_WORD: crate::ContextVar<u64> = crate::context_var!(u64, "boxed");
+        assert_eq!(
+            FRESH.cache_slot().index(),
+            0,
+            "no id yet: slot 0, never filled"
+        );
+        let id = FRESH.id().as_u64();
+        assert!(id < super::super::READ_CACHE_SLOTS);
+        assert_eq!(FRESH.cache_slot().index() as u64, id);
+        BOXED_WORD.id();
+        assert_eq!(
+            BOXED_WORD.cache_slot().index(),
+            0,
+            "a boxed variable reads no slot"
+        );
+        std::thread::spawn(|| {
+            let token = BOXED_WORD.set(3);
+            assert_eq!(
+                cached::<u64>(BOXED_WORD.cache_slot()),
+                None,
+                "its value is not read as an inline one"
+            );
+            assert_eq!(BOXED_WORD.get(), 3);
+            BOXED_WORD.reset(token).unwrap();
         })
         .join()
         .unwrap();

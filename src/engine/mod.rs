@@ -79,7 +79,9 @@ pub(crate) use run::{
     run_read_only,
 };
 pub(crate) use scope::{scope, with_bound_scoped};
-pub(crate) use thread::{READ_CACHE_SLOTS, TornDown, check_alive, has_boxed_slot, next_context_id};
+pub(crate) use thread::{
+    CacheSlot, READ_CACHE_SLOTS, TornDown, check_alive, has_boxed_slot, next_context_id,
+};
 
 use crate::map::Map;
 use crate::sync::{AtomicBool, OnceLock, Ordering, globals};

@@ -90,6 +90,38 @@ pub(crate) fn has_boxed_slot(key: u64) -> bool {
 /// holds 0 is never valid).
 const NO_EPOCH: u64 = 0;
 
+/// A variable's slot of the read cache's inline range: its id if it stores its values
+/// inline and its id is below [`READ_CACHE_SLOTS`], else 0 (a slot that is never filled,
+/// so a read through it always misses). Written once, when the id is assigned, and only
+/// with a value below `READ_CACHE_SLOTS`, so a read indexes the cache with it unchecked:
+/// no compare of the id with the cache's size on the read's path.
+pub(crate) struct CacheSlot(StaticCounter);
+
+impl CacheSlot {
+    /// No slot (yet).
+    pub(crate) const fn new() -> Self {
+        Self(StaticCounter::new(0))
+    }
+
+    /// Gives the variable whose id is `id`, which stores its values inline, the slot of
+    /// that id, if the cache has one. Relaxed (`StaticCounter`): a thread that does not
+    /// see it yet reads through slot 0, and misses.
+    pub(crate) fn assign(&self, id: u64) {
+        if id < READ_CACHE_SLOTS {
+            self.0.compare_exchange(0, id);
+        }
+    }
+
+    /// The slot's index: below `READ_CACHE_SLOTS`.
+    #[inline(always)]
+    pub(super) fn index(&self) -> usize {
+        let index = self.0.load();
+        debug_assert!(index < READ_CACHE_SLOTS);
+        // The cast is lossless: `index` is below `READ_CACHE_SLOTS`.
+        index as usize
+    }
+}
+
 /// Context and frame ids are handed out in blocks, so a thread allocates ids without
 /// touching a shared counter. 0 means "not assigned".
 static NEXT_ID_BLOCK: StaticCounter = StaticCounter::new(1);
@@ -305,28 +337,27 @@ impl Hot {
         }
     }
 
-    /// The cached inline value of variable `key`, if the read cache holds it for this
-    /// epoch.
+    /// The cached inline value of the variable whose cache slot is `slot`, if the read
+    /// cache holds it for this epoch.
     ///
     /// # Safety
     ///
-    /// `key` must be the id of a `ContextVar<T>`, or 0: a filled slot below
-    /// [`READ_CACHE_SLOTS`] then holds the word of an inline entry made for a `T` (only
-    /// variables that store values inline have such ids, and such slots are filled only
-    /// with the words of entries bound under `key`, by [`fill`](Self::fill),
-    /// [`rebound`](Self::rebound) and [`link_scope`](Self::link_scope); the id → type
-    /// invariant of `value`), and slot 0 is never filled.
+    /// `slot` must be the [`CacheSlot`] of a `ContextVar<T>`: it then holds 0 or the
+    /// variable's id, below [`READ_CACHE_SLOTS`], and a filled slot there holds the word
+    /// of an inline entry made for a `T` (only variables that store values inline have
+    /// such ids, and such slots are filled only with the words of entries bound under the
+    /// id, by [`fill`](Self::fill), [`rebound`](Self::rebound) and
+    /// [`link_scope`](Self::link_scope); the id → type invariant of `value`); slot 0 is
+    /// never filled.
     #[inline(always)]
-    pub(super) unsafe fn cached<T>(&self, key: u64) -> Option<T> {
-        if key >= READ_CACHE_SLOTS {
-            return None;
-        }
-        let index = slot_index(key);
-        if self.cache_epochs.get(index)?.get() != self.epoch.get() {
+    pub(super) unsafe fn cached<T>(&self, slot: &CacheSlot) -> Option<T> {
+        let index = slot.index();
+        // SAFETY: `CacheSlot` holds an index below `READ_CACHE_SLOTS`, within both arrays.
+        if unsafe { self.cache_epochs.get_unchecked(index) }.get() != self.epoch.get() {
             return None;
         }
         // SAFETY: a valid slot in the inline range holds the word of an inline entry made
-        // for a `T` (the caller's guarantee); the index is in bounds (tested just above).
+        // for a `T` (the caller's guarantee); the index is in bounds (as above).
         Some(unsafe { self.cache_words.get_unchecked(index).get().read::<T>() })
     }
 
