@@ -135,10 +135,10 @@ fn one() -> u64 {
 // ------------------------------------------------------------------------------ reads
 
 #[library_benchmark]
-#[bench::vars_1(args = (1), setup = bound, config = limits(13, 0))]
-#[bench::vars_8(args = (8), setup = bound, config = limits(13, 0))]
-#[bench::vars_16(args = (16), setup = bound, config = limits(13, 0))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limits(13, 0))]
+#[bench::vars_1(args = (1), setup = bound, config = limits(14, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(14, 0))]
+#[bench::vars_16(args = (16), setup = bound, config = limits(14, 0))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limits(14, 0))]
 fn get_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
@@ -153,15 +153,15 @@ fn bound_and_read(n: usize) {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(13, 0))]
-#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(13, 0))]
+#[bench::vars_8(args = (8), setup = bound_and_read, config = limits(14, 0))]
+#[bench::vars_1024(args = (1024), setup = bound_and_read, config = limits(14, 0))]
 fn get_again_own_context(_: ()) -> u64 {
     black_box(FIRST.get())
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limit(37))]
-#[bench::vars_1024(args = (1024), setup = bound, config = limit(37))]
+#[bench::vars_8(args = (8), setup = bound, config = limit(32))]
+#[bench::vars_1024(args = (1024), setup = bound, config = limit(32))]
 fn get_boxed_own_context(_: ()) -> u64 {
     black_box(VARS[1].get())
 }
@@ -173,7 +173,7 @@ fn bound_with_arc(n: usize) {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound_with_arc, config = limit(32))]
+#[bench::vars_8(args = (8), setup = bound_with_arc, config = limit(31))]
 fn get_arc_own_context(_: ()) -> u64 {
     black_box(SHARED_CONFIG.with(|config| **config))
 }
@@ -184,13 +184,13 @@ fn probe_get() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 13))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 14))]
 fn get_in_run(ctx: Context) -> u64 {
     ctx.run(probe_get)
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 13))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 14))]
 fn get_again_in_run(ctx: Context) -> u64 {
     ctx.run(|| {
         black_box(FIRST.get());
@@ -218,7 +218,7 @@ fn poll_once_in_copied_context_after(probe: fn() -> u64, before: impl FnOnce()) 
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 13))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 14))]
 fn get_in_poll(_: ()) -> u64 {
     poll_once_in_copied_context(probe_get)
 }
@@ -228,8 +228,8 @@ fn get_in_poll(_: ()) -> u64 {
 // the three frame kinds. Only `probe_get` is counted.
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 55))]
-#[bench::vars_1024(args = (1024), setup = bound, config = probe_limit("probe_get", 85))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 43))]
+#[bench::vars_1024(args = (1024), setup = bound, config = probe_limit("probe_get", 73))]
 fn get_cold_own_context(_: ()) -> u64 {
     // Entering an empty context and leaving it again starts new epochs.
     Context::new().run(|| ());
@@ -242,14 +242,14 @@ fn probe_boxed_get() -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_boxed_get", 57))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_boxed_get", 60))]
 fn get_cold_boxed_own_context(_: ()) -> u64 {
     Context::new().run(|| ());
     probe_boxed_get()
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 55))]
+#[bench::vars_8(args = (8), setup = captured, config = probe_limit("probe_get", 43))]
 fn get_cold_in_run(ctx: Context) -> u64 {
     // The thread's own snapshot is another node than `ctx`'s from here on.
     drop(FIRST.set(black_box(9)));
@@ -257,7 +257,7 @@ fn get_cold_in_run(ctx: Context) -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 55))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 43))]
 fn get_cold_in_poll(_: ()) -> u64 {
     // The future's copy is another node than the thread's snapshot after the set.
     poll_once_in_copied_context_after(probe_get, || drop(FIRST.set(black_box(9))))
@@ -268,13 +268,13 @@ fn get_cold_in_poll(_: ()) -> u64 {
 // and the ones after hit it.
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 55))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 43))]
 fn get_cold_in_rayon_job(_: ()) -> u64 {
     contextvars::rayon::join(probe_get, || 0).0
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 13))]
+#[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 14))]
 fn get_in_rayon_job(_: ()) -> u64 {
     contextvars::rayon::join(
         || {

@@ -116,6 +116,14 @@ pub(crate) const fn fits_inline<T>() -> bool {
     size_of::<T>() <= size_of::<Word>() && align_of::<T>() <= align_of::<Word>()
 }
 
+/// Whether a variable of type `T` may store its values inline: `T` fits the word and has
+/// no drop glue (only a `Copy + Eq` type is stored inline, and a `Copy` type has none;
+/// an `Arc` or a `Box` fits but never is). Known at compile time, so a read of any other
+/// type skips the inline paths altogether.
+pub(crate) const fn may_be_inline<T>() -> bool {
+    fits_inline::<T>() && !std::mem::needs_drop::<T>()
+}
+
 /// A copy of an entry's value word, as the engine's read cache keeps it (`engine::thread`'s
 /// module docs): an inline value's bytes, or a boxed entry's pointer to its binding.
 #[derive(Clone, Copy)]

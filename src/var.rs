@@ -9,7 +9,7 @@ use crate::error::{LookupError, ResetError, SetError};
 use crate::future::WithContext;
 use crate::sync::{Cell, OnceLock, StaticCounter, thread_locals};
 use crate::token::{ScopedSet, Token};
-use crate::value::{CopyEq, Entry, InlineMeta, ValueTraits, fits_inline};
+use crate::value::{CopyEq, Entry, InlineMeta, ValueTraits, may_be_inline};
 
 /// Sources of variable ids (0 means "not assigned yet"), dense, so that the variables of
 /// a program fill the root of a snapshot's trie first. Which source an id came from says
@@ -428,37 +428,34 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     #[track_caller]
     #[inline(always)]
     fn read<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(&Self, F) -> R) -> R {
-        // An inline variable the cache serves has its slot; every other variable of a
-        // type that could be inline (one that boxes, or past the cache's first 63, or
-        // with no id yet) has slot 0, which is never filled: it misses. Only a `Copy`
-        // type is stored inline, and one that needs dropping is not `Copy` (an `Arc`, a
-        // `Box`): its reads skip the slot at compile time.
-        if const { fits_inline::<T>() && !std::mem::needs_drop::<T>() } {
-            return match engine::cached::<T>(&self.slot) {
-                Some(value) => f(&value),
-                None => self.read_missed(f, miss),
+        if const { may_be_inline::<T>() } {
+            // A type that could be inline. A variable that stores inline and that the
+            // cache serves has its slot (`engine::CacheSlot`); every other one has slot 0,
+            // which is never filled: it misses. The miss path keeps inline only what
+            // calls nothing (the lookup of an inline value); everything else is a call
+            // whose result is the read's, so the read keeps no register across a call and
+            // needs no stack frame of its own.
+            if let Some(value) = engine::cached::<T>(&self.slot) {
+                return f(&value);
+            }
+            let key = self.lookup_key();
+            if engine::has_boxed_slot(key) {
+                // A boxed variable with a slot: "unbound" is answered here, a value is
+                // lent out of line.
+                return match engine::cached_boxed(key) {
+                    engine::BoxedSlot::Bound(word) => self.lend_boxed(word, f),
+                    engine::BoxedSlot::Unbound => miss(self, f),
+                    engine::BoxedSlot::Unknown => self.read_missed(key, f, miss),
+                };
+            }
+            return match engine::lookup_inline::<T>(key) {
+                engine::InlineLookup::Value(value) => f(&value),
+                engine::InlineLookup::Unbound => miss(self, f),
+                engine::InlineLookup::Other => self.read_missed(key, f, miss),
             };
         }
-        self.read_uncached(f, miss)
-    }
-
-    /// [`read_uncached`](Self::read_uncached) for a type that could be inline, after its
-    /// slot missed: out of line, so that a read the slot serves needs no stack frame of
-    /// its own beyond the caller's.
-    #[track_caller]
-    #[inline(never)]
-    #[cold]
-    fn read_missed<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(&Self, F) -> R) -> R {
-        self.read_uncached(f, miss)
-    }
-
-    /// [`read`](Self::read) past the inline slot: a boxed variable's slot, then the
-    /// lookup.
-    #[track_caller]
-    #[inline(always)]
-    fn read_uncached<R, F: FnOnce(&T) -> R>(&self, f: F, miss: impl FnOnce(&Self, F) -> R) -> R {
         let key = self.lookup_key();
-        // A boxed one the cache serves has an id in the boxed range.
+        // A boxed variable the cache serves has an id in the boxed range.
         if engine::has_boxed_slot(key) {
             return match engine::with_cached_boxed(key, f) {
                 engine::CachedBoxed::Value(result) => result,
@@ -466,6 +463,30 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
                 engine::CachedBoxed::Unknown(f) => self.look_up(key, f, miss),
             };
         }
+        self.look_up(key, f, miss)
+    }
+
+    /// [`read`](Self::read) of a boxed variable of a type that could be inline, whose
+    /// boxed slot holds its binding: the lend, out of line, so that the read keeps no
+    /// register across the borrow's end.
+    #[inline(never)]
+    fn lend_boxed<R>(&self, word: engine::BoxedWord, f: impl FnOnce(&T) -> R) -> R {
+        engine::lend_boxed(word, f)
+    }
+
+    /// [`read`](Self::read) of a type that could be inline, after its slot missed and
+    /// [`engine::lookup_inline`] could not finish the read (a boxed binding, no bindings
+    /// at all, or a scope's records linked), or after a boxed slot missed: the whole
+    /// lookup, out of line like every call on that read's miss path.
+    #[track_caller]
+    #[inline(never)]
+    #[cold]
+    fn read_missed<R, F: FnOnce(&T) -> R>(
+        &self,
+        key: u64,
+        f: F,
+        miss: impl FnOnce(&Self, F) -> R,
+    ) -> R {
         self.look_up(key, f, miss)
     }
 
@@ -491,9 +512,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// [`with`](Self::with)'s fallback: `f` with the default, or the panic. Out of line,
     /// and returning `R` itself rather than a `Result` (which a caller would receive in
-    /// memory): a read that finds its binding then needs no stack frame.
+    /// memory): a read that finds its binding then needs no stack frame. `#[cold]`, so
+    /// that LLVM lays a read out with its cache hit on the straight path.
     #[track_caller]
     #[inline(never)]
+    #[cold]
     fn with_default<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         match self.default_or_error(f) {
             Ok(result) => result,

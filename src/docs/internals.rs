@@ -237,7 +237,7 @@
 //! binding) or say that the variable has no binding. Inline variables past
 //! the 63rd take ids from 2^40 up, so an id's range says what its slot holds. A read
 //! compares its slot's epoch with the thread's and, if they match, copies the value out
-//! (inline: 12 instructions in the benchmark's probe, against 39 for the lookup) or lends
+//! (inline: 13 instructions in the benchmark's probe, against 41 for the lookup) or lends
 //! the binding under a borrow count (boxed); a slot that says "unbound" goes straight to
 //! the default. A read that misses looks the value up and fills the slot before its
 //! closure runs.
@@ -248,14 +248,20 @@
 //! has id 0), so a variable without a slot (no id yet, past the 63rd, or one that boxes)
 //! reads it and misses, and the read needs no compare of the id with the cache's size:
 //! it is the field's load, the thread's epoch against the slot's, and the value's load.
-//! For a type that could be stored inline (a word, no drop glue), the rest of the read
-//! (a boxed variable's slot, the lookup, the fill) is one out-of-line call
-//! (`ContextVar::read_missed`, `#[cold]`), so that a read the slot serves needs no stack
-//! frame of its own: the first read after a switch pays the call (52 instructions
-//! against 39 when the whole read was inline), and so does every read of a boxed
-//! variable of such a type (the expression form of `context_var!` in a `static` boxes
-//! even a `u64`: 35 against 26). A type with drop glue (an `Arc`, a `Box`) is never
-//! stored inline, and its reads skip the inline slot at compile time. The slot's word is read back as the variable's `T` under the
+//! For a type that could be stored inline (a word, no drop glue), the miss path keeps
+//! only what calls nothing inline: the lookup of an inline value in the snapshot, its
+//! fill and its copy (`engine::lookup_inline`), and a boxed slot's "unbound". Everything
+//! else (lending a boxed value, the scope records, the default) is a call whose result
+//! is the read's, so the read keeps no register across a call and needs no stack frame
+//! of its own beyond its caller's: 13 instructions for a hit in the benchmark's probe, 41
+//! for the first read after a switch. (Moving the whole miss path into one `#[cold]`
+//! call made the hit 12 and that first read 52; the jump the hit takes now goes to the
+//! probe's shared `black_box` and return, which LLVM lays out after the miss path.) A
+//! boxed variable of such a type (the expression form of `context_var!` in a `static`
+//! boxes even a `u64`) misses the inline slot first and lends its value through one
+//! call: 30 instructions, against 26 when the whole read was inline (its first read after
+//! a switch: 57 against 45). A type with drop glue (an `Arc`, a `Box`) is never stored
+//! inline, and its reads skip the inline slot at compile time. The slot's word is read back as the variable's `T` under the
 //! id → type invariant below (a slot is filled only with the words of entries bound under
 //! its id, or, in the boxed range, the unbound marker, and a variable's entries are all
 //! inline or all boxed).

@@ -18,7 +18,7 @@ use super::thread::{Borrow, CacheSlot, Hot, TornDown, hot_ptr, retire, with_hot,
 use crate::map::Node;
 use crate::pool::{self, Entered, Pool};
 use crate::sync::Arc;
-use crate::value::{Entry, fits_inline};
+use crate::value::{CachedWord, Entry, may_be_inline};
 
 /// The current value of the variable whose read cache slot is `slot` if the thread's
 /// read cache holds it (`thread`'s module docs), for a variable that stores values
@@ -29,7 +29,7 @@ use crate::value::{Entry, fits_inline};
 /// [`lookup_bound`]).
 #[inline(always)]
 pub(crate) fn cached<T: 'static>(slot: &CacheSlot) -> Option<T> {
-    if !const { fits_inline::<T>() } {
+    if !const { may_be_inline::<T>() } {
         return None;
     }
     // SAFETY: `with_hot`'s argument (see `hot_ptr`); `slot` is the cache slot of a
@@ -60,24 +60,73 @@ pub(crate) fn with_cached_boxed<T: 'static, R, F: FnOnce(&T) -> R>(
     key: u64,
     f: F,
 ) -> CachedBoxed<R, F> {
+    match cached_boxed(key) {
+        BoxedSlot::Bound(word) => CachedBoxed::Value(lend_boxed(word, f)),
+        BoxedSlot::Unbound => CachedBoxed::Unbound(f),
+        BoxedSlot::Unknown => CachedBoxed::Unknown(f),
+    }
+}
+
+/// What the read cache knows of a boxed variable ([`cached_boxed`]), before anything is
+/// lent.
+pub(crate) enum BoxedSlot {
+    /// It is bound, to the boxed entry whose word this is (for [`lend_boxed`]).
+    Bound(BoxedWord),
+    /// It has no binding (in the snapshot, and no scope's record binds it).
+    Unbound,
+    /// The cache does not know.
+    Unknown,
+}
+
+/// The word of a boxed entry that the read cache holds as variable `key`'s binding now.
+/// Only [`cached_boxed`] makes one, and it is good for the [`lend_boxed`] that follows
+/// it, before anything else runs on the thread.
+pub(crate) struct BoxedWord {
+    word: CachedWord,
+    /// Not `Send`: it stays on the thread whose cache it came from.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// What the thread's read cache holds for the boxed variable `key` (`thread`'s module
+/// docs), without lending it: a caller may answer "unbound" inline and lend a value out
+/// of line ([`lend_boxed`]).
+///
+/// `key` as for [`lookup_bound`].
+#[inline(always)]
+pub(crate) fn cached_boxed(key: u64) -> BoxedSlot {
     // SAFETY: `with_hot`'s argument (see `hot_ptr`).
     let hot = unsafe { &*hot_ptr() };
     let Some(word) = hot.cached_boxed(key) else {
-        return CachedBoxed::Unknown(f);
+        return BoxedSlot::Unknown;
     };
     // SAFETY: a valid slot in the boxed range holds a boxed entry's word or `UNBOUND`
     // (`Hot::cached_boxed`).
     if unsafe { word.is_unbound() } {
-        return CachedBoxed::Unbound(f);
+        return BoxedSlot::Unbound;
     }
-    let _borrow = Borrow::new(hot);
-    // SAFETY: a valid slot in the boxed range holds the word of a boxed entry bound under
-    // `key` (or the unbound word, tested above), made by the `ContextVar<T>` whose id is
-    // `key` (the id → type invariant of `value`), in the current snapshot or a linked
-    // scope's record: the snapshot lives until it stops being current, and `_borrow`
-    // parks it until `f` returns if `f` replaces it (a record lives until its scope's
-    // call returns, which encloses this read).
-    CachedBoxed::Value(f(unsafe { word.boxed_value::<T>() }))
+    BoxedSlot::Bound(BoxedWord {
+        word,
+        _thread: std::marker::PhantomData,
+    })
+}
+
+/// Calls `f` with the boxed value behind `word`, lent in place under a borrow count, as
+/// [`lookup_bound`] lends it: `f` may replace the snapshot that owns it, which is then
+/// parked until `f` returns.
+///
+/// `word` must come from [`cached_boxed`] of the id of a `ContextVar<T>`, with nothing run
+/// on the thread since (the caller's next step).
+#[inline(always)]
+pub(crate) fn lend_boxed<T: 'static, R, F: FnOnce(&T) -> R>(word: BoxedWord, f: F) -> R {
+    // SAFETY: `with_hot`'s argument (see `hot_ptr`).
+    let _borrow = Borrow::new(unsafe { &*hot_ptr() });
+    // SAFETY: `word` is the word of a boxed entry bound under the variable's id, made by
+    // that `ContextVar<T>` (the id → type invariant of `value`), in the current snapshot
+    // or a linked scope's record, and nothing has run since the cache said so (this
+    // function's contract): the snapshot lives until it stops being current, and
+    // `_borrow` parks it until `f` returns if `f` replaces it (a record lives until its
+    // scope's call returns, which encloses this read).
+    f(unsafe { word.word.boxed_value::<T>() })
 }
 
 /// Calls `f` with the binding of variable `key` in the current snapshot, as a `T`, if
@@ -107,6 +156,55 @@ pub(crate) fn lookup_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) ->
     // miss path, out of line, looks at them (`with_bound_scoped`), so that a read outside
     // any scope pays nothing for them.
     bound_at::<true, T, R, F>(hot, hot.root(), key, f)
+}
+
+/// What [`lookup_inline`] found.
+pub(crate) enum InlineLookup<T> {
+    /// An inline binding: a copy of its value (now in the read cache too).
+    Value(T),
+    /// No binding in the snapshot, and no scope's record is linked: the variable is
+    /// unbound (an inline slot cannot cache that).
+    Unbound,
+    /// A boxed binding, or no snapshot to look in (no bindings, or a scope's records
+    /// linked): the caller's full read ([`lookup_bound`], then
+    /// [`with_bound_scoped`](super::with_bound_scoped)) finds out.
+    Other,
+}
+
+/// [`lookup_bound`] for a variable that stores its values inline, after its cache slot
+/// missed, as far as it goes without calling anything: the lookup in the current
+/// snapshot, the fill of the slot, and a copy of the value. Whatever else there is to
+/// do (lend a boxed value, walk a scope's records) is the caller's, out of line, so a
+/// read that ends here keeps no register across a call: it needs no stack frame but
+/// its caller's.
+///
+/// `key` as for [`lookup_bound`], and not in the boxed slots' range
+/// ([`has_boxed_slot`](super::has_boxed_slot)).
+#[inline(always)]
+pub(crate) fn lookup_inline<T: 'static>(key: u64) -> InlineLookup<T> {
+    if !const { may_be_inline::<T>() } {
+        return InlineLookup::Other;
+    }
+    // SAFETY: `with_hot`'s argument (see `hot_ptr`).
+    let hot = unsafe { &*hot_ptr() };
+    // SAFETY: `HOT.root` is null or the root node of the current frame's snapshot (see
+    // `frame`'s module docs), and nothing has run since it was loaded.
+    let Some(node) = (unsafe { hot.root().as_ref() }) else {
+        return InlineLookup::Other;
+    };
+    let Some(entry) = node.get(key) else {
+        // Nothing to cache: an inline slot cannot say "unbound", and the caller reads a
+        // boxed variable with a slot of its own through `with_cached_boxed` instead.
+        return InlineLookup::Unbound;
+    };
+    if !entry.is_inline() {
+        return InlineLookup::Other;
+    }
+    let word = entry.cached_word();
+    hot.fill(key, word);
+    // SAFETY: an entry under `key` was made by the `ContextVar<T>` whose id is `key`, and
+    // an inline one holds a `T: Copy` (`value`'s invariants).
+    InlineLookup::Value(unsafe { word.read::<T>() })
 }
 
 /// The read of `key` in the snapshot whose root node is `root` (null: no bindings): the

@@ -57,8 +57,9 @@ mod scope;
 mod thread;
 
 pub(crate) use binding::{
-    CachedBoxed, MissSite, ResetFailure, SetRefused, SetState, cached, current_shared,
-    lookup_bound, miss_site, reset_binding, set_binding, with_cached_boxed,
+    BoxedSlot, BoxedWord, CachedBoxed, InlineLookup, MissSite, ResetFailure, SetRefused, SetState,
+    cached, cached_boxed, current_shared, lend_boxed, lookup_bound, lookup_inline, miss_site,
+    reset_binding, set_binding, with_cached_boxed,
 };
 pub(crate) use frame::Frame;
 pub(crate) use light::vars;
