@@ -166,6 +166,18 @@ fn get_boxed_own_context(_: ()) -> u64 {
     black_box(VARS[1].get())
 }
 
+contextvars::context_var! {
+    /// An inline variable with a default, read where nothing binds it.
+    static LEVEL: u64 = 3;
+}
+
+#[library_benchmark]
+#[bench::empty(setup = nothing, config = limits(51, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(64, 0))]
+fn get_default(_: ()) -> u64 {
+    black_box(LEVEL.get())
+}
+
 /// `bound(n)`, and `SHARED_CONFIG` bound too.
 fn bound_with_arc(n: usize) {
     bound(n);
@@ -308,6 +320,7 @@ library_benchmark_group!(
         get_again_own_context,
         get_boxed_own_context,
         get_arc_own_context,
+        get_default,
         get_in_run,
         get_again_in_run,
         get_in_poll,

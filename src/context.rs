@@ -266,7 +266,7 @@ impl Drop for Context {
             drop(shared);
             drop(initial);
         }
-        if let Some(shared) = self.shared.take() {
+        if let Some(shared) = OnceArc::take(&mut self.shared) {
             release(shared, std::mem::take(&mut self.initial));
         }
     }

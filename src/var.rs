@@ -400,7 +400,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// For one of a program's first variables (63 that store values inline, see
     /// [Inline values](Self#inline-values), and 48 that box them), the thread's *read
-    /// cache*: a relaxed load of the variable's cache slot (or id), a compare of two
+    /// cache*: a relaxed load of the variable's cache slot (a boxed variable of a
+    /// word-sized type loads its id too, after its empty inline slot), a compare of two
     /// thread-local words and a load, if this thread read the variable (or set or scoped
     /// it) since its context last changed to another snapshot. Otherwise a thread-local
     /// load and a bounded lookup: one node up to 4 variables, else O(log₃₂ n) trie levels
@@ -480,7 +481,6 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// lookup, out of line like every call on that read's miss path.
     #[track_caller]
     #[inline(never)]
-    #[cold]
     fn read_missed<R, F: FnOnce(&T) -> R>(
         &self,
         key: u64,
@@ -512,11 +512,9 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
 
     /// [`with`](Self::with)'s fallback: `f` with the default, or the panic. Out of line,
     /// and returning `R` itself rather than a `Result` (which a caller would receive in
-    /// memory): a read that finds its binding then needs no stack frame. `#[cold]`, so
-    /// that LLVM lays a read out with its cache hit on the straight path.
+    /// memory): a read that finds its binding then needs no stack frame.
     #[track_caller]
     #[inline(never)]
-    #[cold]
     fn with_default<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         match self.default_or_error(f) {
             Ok(result) => result,

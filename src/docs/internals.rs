@@ -240,7 +240,10 @@
 //! (inline: 13 instructions in the benchmark's probe, against 41 for the lookup) or lends
 //! the binding under a borrow count (boxed); a slot that says "unbound" goes straight to
 //! the default. A read that misses looks the value up and fills the slot before its
-//! closure runs.
+//! closure runs. The slot's word is read back as the variable's `T` under the
+//! id → type invariant below (a slot is filled only with the words of entries bound under
+//! its id, or, in the boxed range, the unbound marker, and a variable's entries are all
+//! inline or all boxed).
 //!
 //! An inline variable does not index the cache with its id: it keeps its slot in a field
 //! of its own (`engine::CacheSlot`), the id if it is below 64 and 0 otherwise, written
@@ -253,18 +256,15 @@
 //! fill and its copy (`engine::lookup_inline`), and a boxed slot's "unbound". Everything
 //! else (lending a boxed value, the scope records, the default) is a call whose result
 //! is the read's, so the read keeps no register across a call and needs no stack frame
-//! of its own beyond its caller's: 13 instructions for a hit in the benchmark's probe, 41
-//! for the first read after a switch. (Moving the whole miss path into one `#[cold]`
-//! call made the hit 12 and that first read 52; the jump the hit takes now goes to the
-//! probe's shared `black_box` and return, which LLVM lays out after the miss path.) A
-//! boxed variable of such a type (the expression form of `context_var!` in a `static`
-//! boxes even a `u64`) misses the inline slot first and lends its value through one
-//! call: 30 instructions, against 26 when the whole read was inline (its first read after
-//! a switch: 57 against 45). A type with drop glue (an `Arc`, a `Box`) is never stored
-//! inline, and its reads skip the inline slot at compile time. The slot's word is read back as the variable's `T` under the
-//! id → type invariant below (a slot is filled only with the words of entries bound under
-//! its id, or, in the boxed range, the unbound marker, and a variable's entries are all
-//! inline or all boxed).
+//! of its own beyond its caller's. (Moving the whole miss path into one `#[cold]` call
+//! made the hit 12 instructions but the first read after a switch 52; the 13th
+//! instruction of the hit now is a jump to the benchmark's shared `black_box` and return,
+//! which LLVM lays out after the miss path.) A boxed variable of such a type (the
+//! expression form of `context_var!` in a `static` boxes even a `u64`) misses the inline
+//! slot first and lends its value through one call: 30 instructions, against 26 when the
+//! whole read was inline (its first read after a switch: 58 against 45). A type with drop
+//! glue (an `Arc`, a `Box`) is never stored inline, and its reads skip the inline slot at
+//! compile time.
 //!
 //! **Invariant: a valid slot shows what a lookup would.** For every slot whose epoch is
 //! the thread's, the slot holds the variable's binding that a read would find now (or,
@@ -412,12 +412,14 @@
 //!   cell (`vars_clone`: a `Map` clone runs no program code), reading the context
 //!   object's reference count the same way (`object_observed`), handing the runner copy
 //!   back at thread exit, and reading a read-cache slot's word as a `T` (`Hot::cached`:
-//!   invariants id → type, inline → `Copy`, and the read cache's own).
+//!   invariants id → type, inline → `Copy`, and the read cache's own; its unchecked
+//!   index is a `CacheSlot`, which only ever holds 0 or an id below 64).
 //! * `src/engine/binding.rs` also lends a boxed value from a read-cache slot
-//!   (`with_cached_boxed`: invariants id → type and the read cache's own, under a
-//!   borrow count).
-//! * `src/engine/binding.rs`: dereferencing `HOT.root` in `lookup_bound` (invariant: the
-//!   root pointer is owned), reaching `HOT` through its address.
+//!   (`with_cached_boxed`, or `cached_boxed` then `lend_boxed` with nothing run between:
+//!   invariants id → type and the read cache's own, under a borrow count).
+//! * `src/engine/binding.rs`: dereferencing `HOT.root` in `lookup_bound` and
+//!   `lookup_inline` (invariant: the root pointer is owned), reaching `HOT` through its
+//!   address.
 //! * `src/engine/scope.rs`: following the chain of scope records (each on the stack of a
 //!   `scope` call that has not returned), reading the current light frame's record and
 //!   storage (`object_observed`), and lending a record's value.
@@ -441,7 +443,8 @@
 //!   (the value behind the entered flag), the observation registry's lock-free list,
 //!   `arc_clone_raw` (an `Arc` from `Arc::as_ptr` of a live one), `OnceArc` (an `Arc`
 //!   kept as its raw pointer, set once by compare-and-swap, lent as a never-dropped
-//!   `ArcRef`; loom builds keep a mutex stand-in, as for `SnapshotCell`).
+//!   `ArcRef`, taken back out by `take` through `&mut`; loom builds keep a mutex
+//!   stand-in, as for `SnapshotCell`).
 //!
 //! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage
 //! checks it (`lib.rs`, `engine/mod.rs` and the documentation modules, which hold no

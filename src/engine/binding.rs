@@ -23,7 +23,8 @@ use crate::value::{CachedWord, Entry, may_be_inline};
 /// The current value of the variable whose read cache slot is `slot` if the thread's
 /// read cache holds it (`thread`'s module docs), for a variable that stores values
 /// inline: for a type that cannot be stored inline this is `None` at compile time (boxed
-/// values: [`with_cached_boxed`]). A variable with no slot (0) always misses.
+/// values: [`cached_boxed`], [`with_cached_boxed`]). A variable with no slot (0) always
+/// misses.
 ///
 /// `slot` must be the [`CacheSlot`] of a `ContextVar<T>` (as `key` is for
 /// [`lookup_bound`]).
@@ -162,12 +163,11 @@ pub(crate) fn lookup_bound<T: 'static, R, F: FnOnce(&T) -> R>(key: u64, f: F) ->
 pub(crate) enum InlineLookup<T> {
     /// An inline binding: a copy of its value (now in the read cache too).
     Value(T),
-    /// No binding in the snapshot, and no scope's record is linked: the variable is
-    /// unbound (an inline slot cannot cache that).
+    /// No binding in the snapshot (or no snapshot), and no scope's record is linked:
+    /// the variable is unbound (an inline slot cannot cache that).
     Unbound,
-    /// A boxed binding, or no snapshot to look in (no bindings, or a scope's records
-    /// linked): the caller's full read ([`lookup_bound`], then
-    /// [`with_bound_scoped`](super::with_bound_scoped)) finds out.
+    /// A boxed binding, or a scope's records linked: the caller's full read
+    /// ([`lookup_bound`], then [`with_bound_scoped`](super::with_bound_scoped)) finds out.
     Other,
 }
 
@@ -190,11 +190,19 @@ pub(crate) fn lookup_inline<T: 'static>(key: u64) -> InlineLookup<T> {
     // SAFETY: `HOT.root` is null or the root node of the current frame's snapshot (see
     // `frame`'s module docs), and nothing has run since it was loaded.
     let Some(node) = (unsafe { hot.root().as_ref() }) else {
-        return InlineLookup::Other;
+        // No bindings (unbound), or a scope's records linked (the caller's full read).
+        return if hot.scopes.get().is_null() {
+            InlineLookup::Unbound
+        } else {
+            InlineLookup::Other
+        };
     };
     let Some(entry) = node.get(key) else {
+        // Unbound: a non-null `HOT.root` means that no scope's record is linked (linking
+        // the first one nulls it, and everything but a read flushes the chain first).
         // Nothing to cache: an inline slot cannot say "unbound", and the caller reads a
-        // boxed variable with a slot of its own through `with_cached_boxed` instead.
+        // boxed variable with a slot of its own through `cached_boxed` instead.
+        debug_assert!(hot.scopes.get().is_null());
         return InlineLookup::Unbound;
     };
     if !entry.is_inline() {
@@ -369,12 +377,6 @@ impl From<TornDown> for SetRefused {
     }
 }
 
-/// Binds `entry` under `key` in the current frame.
-///
-/// Refused where the binding would reach other units of work (the base frame of a pool
-/// thread, a frame a tokio task runs in that it did not enter, a read-only frame: see
-/// [`SetRefused::PoolThread`] and `crate::pool`); the entry is then dropped, after the
-/// state is left as it was.
 impl SetState {
     /// Drops the state once its reset is done, as its `Drop` would (the replaced
     /// snapshot retired, then the old entry dropped), but inline: left to the drop glue,
@@ -384,7 +386,8 @@ impl SetState {
     fn release(mut self) {
         let prev = self.prev.take();
         let old = self.old.take();
-        // Nothing is left in `self` to drop.
+        // Nothing is left in `self` to drop: its other fields are integers (a field that
+        // owns something must be taken out above too, or it leaks here).
         std::mem::forget(self);
         if let Some(prev) = prev {
             retire(prev);
@@ -393,6 +396,12 @@ impl SetState {
     }
 }
 
+/// Binds `entry` under `key` in the current frame.
+///
+/// Refused where the binding would reach other units of work (the base frame of a pool
+/// thread, a frame a tokio task runs in that it did not enter, a read-only frame: see
+/// [`SetRefused::PoolThread`] and `crate::pool`); the entry is then dropped, after the
+/// state is left as it was.
 pub(crate) fn set_binding(key: u64, entry: Entry) -> Result<SetState, SetRefused> {
     set_binding_in::<true>(key, entry)
 }

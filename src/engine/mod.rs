@@ -13,7 +13,8 @@
 //!   `run_owned`, `run_borrowed`, `run_entered`, ...), and the detached pair;
 //! * [`origin`]: the frames a request layer restores when a request ends;
 //! * [`binding`]: reading and changing bindings in the current frame (`lookup_bound`,
-//!   the read cache's `cached` and `with_cached_boxed`, `set_binding`, `reset_binding`)
+//!   `lookup_inline`, the read cache's `cached`, `cached_boxed` and `lend_boxed`,
+//!   `set_binding`, `reset_binding`)
 //!   and the frame's context object (`current_shared`);
 //! * [`scope`]: lexical scoped bindings (`ContextVar::scope`), kept on the stack while only
 //!   reads happen, and made real sets (flushed) before anything else.

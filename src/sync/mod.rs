@@ -305,13 +305,15 @@ mod imp {
             let guard = self.0.lock().unwrap();
             let ptr: Option<*const Arc<T>> = guard.as_ref().map(|a| a as *const Arc<T>);
             drop(guard);
-            // SAFETY: once set, the `Option` is never changed again (there is no setter
-            // after initialisation), so the `Arc` stays at this address for as long as
-            // `self` lives; the mutex made its initialisation visible to this thread.
+            // SAFETY: once set, the `Option` is changed again only by `take`, which needs
+            // `&mut self` and so cannot overlap the returned borrow of `self`: the `Arc`
+            // stays at this address for as long as the borrow lives; the mutex made its
+            // initialisation visible to this thread.
             ptr.map(|p| ArcRef(unsafe { &*p }))
         }
         pub fn take(&mut self) -> Option<Arc<T>> {
-            self.0.lock().unwrap().take()
+            // `get_mut`: exclusive, so no lock (and no scheduling point in a model).
+            self.0.get_mut().unwrap().take()
         }
         pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> ArcRef<'_, T> {
             {
