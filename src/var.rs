@@ -405,10 +405,11 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// thread-local words and a load, if this thread read the variable (or set or scoped
     /// it) since its context last changed to another snapshot. Otherwise a thread-local
     /// load and a bounded lookup: one node up to 4 variables, else O(log₃₂ n) trie levels
-    /// (at most 13), which fills the cache. No allocation, no lock, no atomic read-modify-write; a lazy default runs its
-    /// initialiser once per process. An inline value is copied out and `f` gets the copy; a
-    /// boxed value is lent in place, and while `f` runs a non-atomic counter marks the
-    /// borrow, so a set inside `f` path-copies instead of writing in place.
+    /// (at most 13), which fills the cache. No allocation, no lock, no atomic
+    /// read-modify-write; a lazy default runs its initialiser once per process. An inline
+    /// value is copied out and `f` gets the copy; a boxed value is lent in place, and while
+    /// `f` runs a non-atomic counter marks the borrow, so a set inside `f` path-copies
+    /// instead of writing in place.
     ///
     /// The cache survives a switch into the *same* snapshot (a rayon job of
     /// `contextvars::rayon`, the poll of a task that set nothing, `Context::run` of an
@@ -490,9 +491,9 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         self.look_up(key, f, miss)
     }
 
-    /// [`read`](Self::read) without the cache, `key` being the id (or 0). Inlined in two
-    /// places of `read` rather than joined after it: a key that `read` picked from either
-    /// branch made the first read after a frame switch 5 instructions longer.
+    /// [`read`](Self::read) without the cache, `key` being the id (or 0). Inlined where it
+    /// is called rather than joined after `read`'s branches: a key that `read` picked
+    /// from either branch made the first read after a frame switch 5 instructions longer.
     #[track_caller]
     #[inline(always)]
     fn look_up<R, F: FnOnce(&T) -> R>(
@@ -687,10 +688,9 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// (a `run`, a poll, a job), also publishes.
     #[track_caller]
     pub fn set(&self, value: T) -> Token<'_, T> {
-        // Not through `try_set`: the `Result` of a token, matched here, was copied twice
-        // on the way out (12 instructions of a set and reset's 567).
-        let entry = self.make_entry(value);
-        match engine::set_binding(self.raw_id(), entry) {
+        // The token is made here, not in `try_set`: a `Result` of a token, matched
+        // here, was copied twice on the way out (12 instructions of a set and reset's 567).
+        match self.bind(value) {
             Ok(state) => Token::new(self, state),
             Err(refused) => SetError::from_refusal(self.name, refused).panic(),
         }
@@ -703,10 +703,18 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// As [`set`](Self::set). A refused set has made the value's binding already (an
     /// allocation, unless the value is stored inline), and drops it.
     pub fn try_set(&self, value: T) -> Result<Token<'_, T>, SetError> {
-        let entry = self.make_entry(value);
-        let state = engine::set_binding(self.raw_id(), entry)
+        let state = self
+            .bind(value)
             .map_err(|refused| SetError::from_refusal(self.name, refused))?;
         Ok(Token::new(self, state))
+    }
+
+    /// The set itself, for [`set`](Self::set) and [`try_set`](Self::try_set): the entry
+    /// (which assigns the id first), bound in the current frame.
+    #[inline(always)]
+    fn bind(&self, value: T) -> Result<engine::SetState, engine::SetRefused> {
+        let entry = self.make_entry(value);
+        engine::set_binding(self.raw_id(), entry)
     }
 
     /// Restores the state from before the [`set`](Self::set) that made `token`: the old

@@ -256,8 +256,8 @@
 //! fill and its copy (`engine::lookup_inline`), and a boxed slot's "unbound". Everything
 //! else (lending a boxed value, the scope records, the default) is a call whose result
 //! is the read's, so the read keeps no register across a call and needs no stack frame
-//! of its own beyond its caller's. (Moving the whole miss path into one `#[cold]` call
-//! made the hit 12 instructions but the first read after a switch 52; the 13th
+//! of its own beyond its caller's. (Moving the whole miss path into one `#[cold]` call,
+//! in `3f04b41`, made the hit 12 instructions but the first read after a switch 52; the 13th
 //! instruction of the hit now is a jump to the benchmark's shared `black_box` and return,
 //! which LLVM lays out after the miss path.) A boxed variable of such a type (the
 //! expression form of `context_var!` in a `static` boxes even a `u64`) misses the inline

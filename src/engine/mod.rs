@@ -14,8 +14,7 @@
 //! * [`origin`]: the frames a request layer restores when a request ends;
 //! * [`binding`]: reading and changing bindings in the current frame (`lookup_bound`,
 //!   `lookup_inline`, the read cache's `cached`, `cached_boxed` and `lend_boxed`,
-//!   `set_binding`, `reset_binding`)
-//!   and the frame's context object (`current_shared`);
+//!   `set_binding`, `reset_binding`) and the frame's context object (`current_shared`);
 //! * [`scope`]: lexical scoped bindings (`ContextVar::scope`), kept on the stack while only
 //!   reads happen, and made real sets (flushed) before anything else.
 //!
