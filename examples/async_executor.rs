@@ -151,8 +151,11 @@ impl Stop {
     }
 }
 
-/// The request a task serves.
-pub static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+contextvars::context_var! {
+    /// The request a task serves.
+    pub static REQUEST_ID: u64;
+}
+
 /// What the task is doing, set inside it.
 pub static STAGE: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "stage");
 

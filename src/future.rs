@@ -7,10 +7,9 @@
 //! [`WithContext`] gives any future that behaviour, on any executor:
 //!
 //! ```
-//! use contextvars::ContextVar;
 //! use contextvars::future::ContextFutureExt;
 //!
-//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! contextvars::context_var! { static REQUEST_ID: u64; }
 //!
 //! let _token = REQUEST_ID.set(7);
 //! let task = async {
@@ -54,8 +53,7 @@
 //! cannot be spawned on a multi-threaded executor:
 //!
 //! ```compile_fail
-//! use contextvars::ContextVar;
-//! static N: ContextVar<u32> = contextvars::context_var!(u32, "n");
+//! contextvars::context_var! { static N: u32; }
 //! fn assert_send<T: Send>(_: T) {}
 //! assert_send(async {
 //!     let _guard = N.scoped_set(1);
@@ -238,9 +236,9 @@ pub trait ContextFutureExt: Future + Sized {
     /// while serving one request never reaches the next.
     ///
     /// ```
-    /// use contextvars::{Context, ContextVar};
+    /// use contextvars::Context;
     /// use contextvars::future::ContextFutureExt;
-    /// static HITS: ContextVar<u32> = contextvars::context_var!(u32, "hits");
+    /// contextvars::context_var! { static HITS: u32; }
     ///
     /// let ctx = Context::new();
     /// let task = async { drop(HITS.set(1)) }.in_context(&ctx);

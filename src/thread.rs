@@ -270,9 +270,9 @@ impl BuilderExt for Builder {
 /// Context-carrying spawns for [`std::thread::scope`].
 ///
 /// ```
-/// use contextvars::{Context, ContextVar};
+/// use contextvars::Context;
 /// use contextvars::thread::ScopeExt;
-/// static STEP: ContextVar<u32> = contextvars::context_var!(u32, "step");
+/// contextvars::context_var! { static STEP: u32; }
 ///
 /// let _token = STEP.set(1);
 /// let ctx = Context::new();

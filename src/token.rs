@@ -37,8 +37,7 @@ use crate::var::ContextVar;
 /// It is `!Send`: it belongs to the thread (and context) it was made in.
 ///
 /// ```compile_fail
-/// use contextvars::{ContextVar, Token};
-/// static V: ContextVar<u8> = contextvars::context_var!(u8, "v");
+/// contextvars::context_var! { static V: u8; }
 /// fn assert_send<T: Send>(_: T) {}
 /// assert_send(V.set(1)); // error: a Token cannot move to another thread
 /// ```
@@ -111,8 +110,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for Token<'_, T> {
 /// to another thread, and holding one across an `.await` makes the future `!Send`.
 ///
 /// ```compile_fail
-/// use contextvars::ContextVar;
-/// static V: ContextVar<u8> = contextvars::context_var!(u8, "v");
+/// contextvars::context_var! { static V: u8; }
 /// fn assert_send<T: Send>(_: T) {}
 /// assert_send(V.scoped_set(1)); // error: the guard restores this thread's state
 /// ```

@@ -7,8 +7,7 @@
 //! worker thread polls it.
 //!
 //! ```
-//! use contextvars::ContextVar;
-//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! contextvars::context_var! { static REQUEST_ID: u64; }
 //!
 //! # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
 //! let _token = REQUEST_ID.set(42);
@@ -98,9 +97,8 @@ where
 /// Context-carrying spawns for a [`JoinSet`].
 ///
 /// ```
-/// use contextvars::ContextVar;
 /// use contextvars::tokio::JoinSetExt;
-/// static SHARD: ContextVar<u8> = contextvars::context_var!(u8, "shard");
+/// contextvars::context_var! { static SHARD: u8; }
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let mut set = tokio::task::JoinSet::new();

@@ -57,11 +57,10 @@
 //!
 //! ```
 //! # #[cfg(all(feature = "rayon", feature = "tokio"))] {
-//! use contextvars::ContextVar;
 //! use contextvars::rayon::ParallelIteratorExt;
 //! use rayon::prelude::*;
 //!
-//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! contextvars::context_var! { static REQUEST_ID: u64; }
 //!
 //! let _guard = REQUEST_ID.scoped_set(7);
 //! let ids: Vec<u64> = (0..4).into_par_iter().in_copied_context().map(|_| REQUEST_ID.get()).collect();

@@ -27,7 +27,6 @@
 //! use std::future::Future;
 //! use std::pin::Pin;
 //! use std::task::{Context, Poll};
-//! use contextvars::ContextVar;
 //! use contextvars::plumbing::TaskFrame;
 //!
 //! /// A future that runs every poll in the context it was made in: what
@@ -60,7 +59,7 @@
 //!     }
 //! }
 //!
-//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! contextvars::context_var! { static REQUEST_ID: u64; }
 //!
 //! let _id = REQUEST_ID.set(7);
 //! let task = InContext::new(async {

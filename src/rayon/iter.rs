@@ -45,10 +45,9 @@ pub trait ParallelIteratorExt: ParallelIterator {
     /// capture).
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars::rayon::ParallelIteratorExt;
     /// use rayon::prelude::*;
-    /// static SCALE: ContextVar<u64> = contextvars::context_var!(u64, "scale", default 1);
+    /// contextvars::context_var! { static SCALE: u64 = 1; }
     ///
     /// let _token = SCALE.set(10);
     /// let total: u64 = (1..=100u64)

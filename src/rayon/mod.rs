@@ -136,8 +136,7 @@ impl<'scope> Scope<'_, 'scope> {
     /// [`rayon::Scope::spawn`], running `body` in a copy of the context current now.
     ///
     /// ```
-    /// use contextvars::ContextVar;
-    /// static STAGE: ContextVar<u32> = contextvars::context_var!(u32, "stage");
+    /// contextvars::context_var! { static STAGE: u32; }
     ///
     /// let seen = std::sync::Mutex::new(Vec::new());
     /// contextvars::rayon::scope(|s| {

@@ -387,8 +387,7 @@ fn on_terminate(id: Id) {
 ///
 /// ```
 /// # #[cfg(tokio_unstable)] {
-/// use contextvars::ContextVar;
-/// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+/// contextvars::context_var! { static REQUEST_ID: u64; }
 ///
 /// let mut builder = tokio::runtime::Builder::new_multi_thread();
 /// contextvars::tokio::isolate_tasks(&mut builder);

@@ -7,11 +7,10 @@
 //! `tokio-stream` for the same reason). Built on `contextvars::plumbing` only.
 //!
 //! ```
-//! use contextvars::ContextVar;
 //! use contextvars_futures::ContextStreamExt;
 //! use futures_util::StreamExt;
 //!
-//! static OFFSET: ContextVar<u32> = contextvars::context_var!(u32, "offset");
+//! contextvars::context_var! { static OFFSET: u32; }
 //!
 //! let _token = OFFSET.set(10);
 //! let stream = futures_util::stream::iter(1..=3)

@@ -22,11 +22,10 @@ use contextvars_tower::{InitError, Initializer, Layer, Service};
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use contextvars::ContextVar;
 /// use contextvars_opentelemetry::{Int, Propagation};
 /// use contextvars_tower::ContextLayer;
 ///
-/// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+/// contextvars::context_var! { static USER: u32; }
 ///
 /// let propagation = Propagation::new().var(&USER, "user", Int);
 /// let app: Router = Router::new()
@@ -77,11 +76,10 @@ fn outcome(
 /// use std::convert::Infallible;
 /// use std::future::{Ready, ready};
 /// use std::task::{Context, Poll};
-/// use contextvars::ContextVar;
 /// use contextvars_opentelemetry::{InjectLayer, Int, Propagation};
 /// use contextvars_tower::{Layer, Service};
 ///
-/// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+/// contextvars::context_var! { static USER: u32; }
 ///
 /// /// A stand-in client that answers with the request's baggage header.
 /// struct Echo;

@@ -69,11 +69,10 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use contextvars::ContextVar;
 //! use contextvars_opentelemetry::{InjectLayer, Int, Propagation};
 //! use contextvars_tower::ContextLayer;
 //!
-//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! contextvars::context_var! { static REQUEST_ID: u64; }
 //!
 //! let propagation = Propagation::new().var(&REQUEST_ID, "request_id", Int);
 //! let server: Router = Router::new()

@@ -107,7 +107,7 @@ struct Registry {
 /// use contextvars::{ContextVar, copy_context};
 /// use contextvars_opentelemetry::{Int, Propagation, Text};
 ///
-/// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+/// contextvars::context_var! { static REQUEST_ID: u64; }
 /// static TENANT: ContextVar<Arc<str>> = contextvars::context_var!(Arc<str>, "tenant");
 /// static AUTH_TOKEN: ContextVar<String> = contextvars::context_var!(String, "auth_token"); // not declared
 ///
@@ -177,10 +177,9 @@ impl Propagation {
     /// Whether `key` is declared.
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Bool, Propagation};
     ///
-    /// static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug");
+    /// contextvars::context_var! { static DEBUG: bool; }
     /// let propagation = Propagation::new().var(&DEBUG, "debug", Bool);
     /// assert!(propagation.is_declared("debug"));
     /// assert!(!propagation.is_declared("user"));
@@ -210,10 +209,9 @@ impl Propagation {
     /// variables first in line.
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Bool, Propagation};
     ///
-    /// static DEBUG: ContextVar<bool> = contextvars::context_var!(bool, "debug", default false);
+    /// contextvars::context_var! { static DEBUG: bool = false; }
     /// let propagation = Propagation::new().var(&DEBUG, "debug", Bool);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -230,10 +228,10 @@ impl Propagation {
     /// [`inject`](Self::inject) from `context` instead of the current context.
     ///
     /// ```
-    /// use contextvars::{Context, ContextVar};
+    /// use contextvars::Context;
     /// use contextvars_opentelemetry::{Int, Propagation};
     ///
-    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+    /// contextvars::context_var! { static USER: u32; }
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -256,11 +254,10 @@ impl Propagation {
     /// exporter reading baggage).
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Int, Propagation};
     /// use opentelemetry::baggage::BaggageExt;
     ///
-    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+    /// contextvars::context_var! { static USER: u32; }
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let cx = USER.scope(5, || propagation.otel_context());
@@ -322,11 +319,10 @@ impl Propagation {
     /// also tells what and why.
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{OTEL_CONTEXT, Int, Propagation};
     /// use opentelemetry::trace::TraceContextExt;
     ///
-    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+    /// contextvars::context_var! { static USER: u32; }
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -350,10 +346,9 @@ impl Propagation {
     /// [`extract`](Self::extract), and what was ignored, counted per [`Reason`].
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Int, Propagation, Reason};
     ///
-    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+    /// contextvars::context_var! { static USER: u32; }
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let mut headers = http::HeaderMap::new();
@@ -396,12 +391,11 @@ impl Propagation {
     /// values refused by their codecs.
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_opentelemetry::{Int, Propagation};
     /// use opentelemetry::KeyValue;
     /// use opentelemetry::baggage::BaggageExt;
     ///
-    /// static USER: ContextVar<u32> = contextvars::context_var!(u32, "user");
+    /// contextvars::context_var! { static USER: u32; }
     /// let propagation = Propagation::new().var(&USER, "user", Int);
     ///
     /// let cx = opentelemetry::Context::new()

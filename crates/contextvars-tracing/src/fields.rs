@@ -46,7 +46,7 @@ use super::value::FieldValue;
 /// use contextvars::ContextVar;
 /// use contextvars_tracing::ContextFields;
 ///
-/// static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+/// contextvars::context_var! { static REQUEST_ID: u64 as "request_id"; }
 /// static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
 ///
 /// let subscriber = tracing_subscriber::fmt()
@@ -199,11 +199,10 @@ impl<E> ContextFields<E> {
     /// `Instant`, and `Option`s of them, among others (the list is on the trait).
     ///
     /// ```
-    /// use contextvars::ContextVar;
     /// use contextvars_tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
-    /// static ATTEMPT: ContextVar<u32> = contextvars::context_var!(u32, "attempt", default 1);
+    /// contextvars::context_var! { static ATTEMPT: u32 as "attempt" = 1; }
     /// let format = ContextFields::new(format::Format::default()).var(&ATTEMPT);
     /// assert_eq!(format.var_names().collect::<Vec<_>>(), ["attempt"]);
     /// ```

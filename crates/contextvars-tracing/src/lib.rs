@@ -76,7 +76,7 @@
 //! use contextvars_tracing::ContextFields;
 //!
 //! // A variable's field name is its name.
-//! static REQUEST_ID: ContextVar<u64> = contextvars::context_var!(u64, "request_id");
+//! contextvars::context_var! { static REQUEST_ID: u64 as "request_id"; }
 //! static TENANT: ContextVar<String> = contextvars::context_var!(String, "tenant");
 //!
 //! // A writer into a buffer, to look at the output.
