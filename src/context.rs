@@ -140,6 +140,9 @@ impl Context {
         })
     }
 
+    /// The shared cell, made on first use. Inline: after the first `run` its load and test
+    /// are all `Context::run` spends here (the call cost as much again).
+    #[inline]
     fn shared(&self) -> ArcRef<'_, Shared> {
         self.shared.get_or_init(|| {
             Arc::new(Shared::new(
@@ -197,8 +200,9 @@ impl Context {
     /// variables, two per copied trie level beyond, and a reference-count increment per
     /// boxed entry and child copied.
     pub fn with_value<T: Send + Sync + 'static>(&self, var: &ContextVar<T>, value: T) -> Context {
-        let entry = var.make_entry(value);
-        Self::from_vars(self.vars().insert(var.raw_id(), entry))
+        let id = var.raw_id();
+        let entry = var.make_entry(id, value);
+        Self::from_vars(self.vars().insert(id, entry))
     }
 
     /// Runs `f` in this context (Python's `ctx.run(f)`): enters it, calls `f`, and leaves

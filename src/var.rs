@@ -358,28 +358,29 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
             .is_some_and(|meta| std::ptr::eq(meta.var(), self))
     }
 
-    /// The entry that binds `value` to this variable: inline, or boxed (out of line, so
-    /// that making an inline entry needs no stack frame: it took 24 instructions in
-    /// `scope`, 10 of them saving and restoring registers for the boxed path's calls).
+    /// The entry that binds `value` to this variable, whose id is `id` (from
+    /// [`raw_id`](Self::raw_id), which every caller needs for the binding's key anyway:
+    /// the id is an atomic, so a second load here cost a compare and a branch): inline,
+    /// or boxed (out of line, so that making an inline entry needs no stack frame: it took
+    /// 24 instructions in `scope`, 10 of them saving and restoring registers for the
+    /// boxed path's calls).
     #[inline]
-    pub(crate) fn make_entry(&self, value: T) -> Entry {
+    pub(crate) fn make_entry(&self, id: u64, value: T) -> Entry {
+        debug_assert_eq!(id, self.lookup_key(), "the variable's assigned id");
         if let Some(meta) = &self.inline {
             let var = meta.var();
             if std::ptr::eq(var, self) {
-                // Assign the id before the entry exists: an entry's id is read from the
-                // variable.
-                var.raw_id();
                 // `var` is `self` with a `'static` lifetime, so is its metadata.
                 let meta = var.inline.as_ref().expect("the same variable");
                 return Entry::inline(meta, value);
             }
         }
-        self.make_boxed_entry(value)
+        self.make_boxed_entry(id, value)
     }
 
     #[inline(never)]
-    fn make_boxed_entry(&self, value: T) -> Entry {
-        Entry::boxed(self.raw_id(), self.name, self.traits, value)
+    fn make_boxed_entry(&self, id: u64, value: T) -> Entry {
+        Entry::boxed(id, self.name, self.traits, value)
     }
 
     pub(crate) fn fmt_value(&self, value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -709,12 +710,12 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
         Ok(Token::new(self, state))
     }
 
-    /// The set itself, for [`set`](Self::set) and [`try_set`](Self::try_set): the entry
-    /// (which assigns the id first), bound in the current frame.
+    /// The set itself, for [`set`](Self::set) and [`try_set`](Self::try_set): the entry,
+    /// bound in the current frame.
     #[inline(always)]
     fn bind(&self, value: T) -> Result<engine::SetState, engine::SetRefused> {
-        let entry = self.make_entry(value);
-        engine::set_binding(self.raw_id(), entry)
+        let id = self.raw_id();
+        engine::set_binding(id, self.make_entry(id, value))
     }
 
     /// Restores the state from before the [`set`](Self::set) that made `token`: the old
@@ -858,8 +859,9 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// level, beyond), with a reference-count increment per slot copied; the caller's
     /// context is not changed. Each poll costs what a [`WithContext`] poll costs.
     pub fn scope_future<F: std::future::Future>(&self, value: T, future: F) -> WithContext<F> {
-        let entry = self.make_entry(value);
-        WithContext::in_vars(future, engine::vars().insert(self.raw_id(), entry))
+        let id = self.raw_id();
+        let entry = self.make_entry(id, value);
+        WithContext::in_vars(future, engine::vars().insert(id, entry))
     }
 
     /// [`scope`](Self::scope), returning a [`SetError`] (without running `f`) if the set
@@ -869,13 +871,18 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     ///
     /// As [`scope`](Self::scope).
     pub fn try_scope<R>(&self, value: T, f: impl FnOnce() -> R) -> Result<R, SetError> {
-        let entry = self.make_entry(value);
         // The binding lives on this call's stack while `f` only reads; anything else
         // makes it a real set first, whose token this resets, as `scoped_set`'s guard
-        // does (see `engine::scope`).
-        engine::scope(self.raw_id(), entry, f, |state| {
-            drop(ScopedSet::new(Token::new(self, state)));
-        })
+        // does (see `engine::scope`). The entry is made once the scope is allowed.
+        let id = self.raw_id();
+        engine::scope(
+            id,
+            || self.make_entry(id, value),
+            f,
+            |state| {
+                drop(ScopedSet::new(Token::new(self, state)));
+            },
+        )
         .map_err(|refused| SetError::from_refusal(self.name, refused))
     }
 }

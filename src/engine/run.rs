@@ -192,6 +192,7 @@ pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
 /// compare-and-swap, the leaving store and two swaps of `HOT` cells. The first write
 /// materializes a frame of the object, which publishes, hands back its final snapshot and
 /// leaves when `run_entered` drops it.
+#[inline]
 pub(crate) fn run_entered<R>(shared: &Arc<Shared>, f: impl FnOnce() -> R) -> R {
     /// Leaves `shared` unless the light frame materialized (the frame in `storage` then
     /// leaves it instead, when it is dropped here).

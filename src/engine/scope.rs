@@ -40,6 +40,7 @@
 //! ([`object_observed`], `announcing`), [`scope`] makes the set at once and resets it at
 //! the end, exactly as `ScopedSet` does.
 
+use std::mem::ManuallyDrop;
 use std::ptr;
 
 use super::binding::{SetRefused, SetState, bound_at, set_binding_unchecked};
@@ -61,8 +62,10 @@ pub(super) struct ScopeRecord {
     /// How many records the chain holds with this one: at most [`MAX_LINKED`].
     depth: usize,
     /// After a flush: the state of the real set made for this record, for the scope's end
-    /// to reset.
-    flushed: Cell<Option<SetState>>,
+    /// to reset. The end always takes it out ([`End`]), so the record has nothing to
+    /// drop here: `ManuallyDrop` spares the scope a test of it on its way out (one left
+    /// behind would be leaked, never dropped twice).
+    flushed: ManuallyDrop<Cell<Option<SetState>>>,
 }
 
 /// The most records the chain holds: a scope nested deeper sets at once (after a flush of
@@ -70,16 +73,19 @@ pub(super) struct ScopeRecord {
 /// most this deep, however deep a recursion of scopes goes.
 const MAX_LINKED: usize = 8;
 
-/// Runs `f` with `entry` bound under `key` in the current frame (a scope), then ends the
-/// binding. `reset` is called with the state of the real set if the scope was flushed
-/// (see the module docs), to reset it as a `ScopedSet` would, also when `f` unwinds.
+/// Runs `f` with the entry `make` makes bound under `key` in the current frame (a scope),
+/// then ends the binding. `reset` is called with the state of the real set if the scope
+/// was flushed (see the module docs), to reset it as a `ScopedSet` would, also when `f`
+/// unwinds.
 ///
-/// Refused as `set_binding` refuses, before `f` runs (`entry` is then dropped, with the
-/// state consistent).
+/// Refused as `set_binding` refuses, before `f` runs and before `make` is called (`make`,
+/// and the value it holds, is then dropped, with the state consistent). The entry is made
+/// only once the scope is allowed, straight into its record: made first, it was kept in
+/// two places across the checks.
 #[inline]
 pub(crate) fn scope<R>(
     key: u64,
-    entry: Entry,
+    make: impl FnOnce() -> Entry,
     f: impl FnOnce() -> R,
     reset: impl FnOnce(SetState),
 ) -> Result<R, SetRefused> {
@@ -88,11 +94,11 @@ pub(crate) fn scope<R>(
     let hot = unsafe { &*hot_ptr() };
     // Not `with_state`, which would flush the records of enclosing scopes.
     if !is_alive(hot) {
-        drop(entry);
+        drop(make);
         return Err(SetRefused::TornDown);
     }
     if let Some(pool) = pool::refusal(hot.entered(), hot.in_base_frame()) {
-        drop(entry);
+        drop(make);
         return Err(SetRefused::PoolThread(pool));
     }
     let below = hot.scopes.get();
@@ -103,16 +109,16 @@ pub(crate) fn scope<R>(
         // `Context` being run, a `Context::current` handle), or `observe`. Or the chain
         // is full. The set is made now, as `scoped_set` does (after a flush: its own
         // `with_state`), so that they see it.
-        let state = super::binding::set_binding(key, entry)?;
+        let state = super::binding::set_binding(key, make())?;
         let _end = EndEager(Some((state, reset)));
         return Ok(f());
     }
     let record = ScopeRecord {
         key,
-        entry,
+        entry: make(),
         below,
         depth,
-        flushed: Cell::new(None),
+        flushed: ManuallyDrop::new(Cell::new(None)),
     };
     // The root, or null if a record is linked already.
     let root = hot.link_scope(key, record.entry.cached_word());
@@ -193,8 +199,10 @@ impl<F: FnOnce(SetState)> End<'_, F> {
     #[inline(never)]
     fn reset_flushed(&mut self) {
         // Not flushed either: the thread was being torn down when the flush came, and
-        // made no set to undo.
-        if let (Some(state), Some(reset)) = (self.record.flushed.take(), self.reset.take()) {
+        // made no set to undo. The state is taken out whatever happens next (the record
+        // does not drop it).
+        let state = self.record.flushed.take();
+        if let (Some(state), Some(reset)) = (state, self.reset.take()) {
             reset(state);
         }
     }
@@ -344,12 +352,12 @@ mod tests {
     }
 
     fn entry(value: u64) -> Entry {
-        VAR.make_entry(value)
+        VAR.make_entry(VAR.id().as_u64(), value)
     }
 
     fn run_scope(value: u64, f: impl FnOnce()) {
         let key = VAR.id().as_u64();
-        scope(key, entry(value), f, drop).unwrap();
+        scope(key, || entry(value), f, drop).unwrap();
     }
 
     #[test]
