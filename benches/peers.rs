@@ -15,6 +15,9 @@
 //! * `peers_run`: entering and leaving a context around an empty closure: ours
 //!   `Context::run(|| ())`, opentelemetry `cx.clone().attach()` + drop, tokio's
 //!   `sync_scope`.
+//! * `peers_scope`: `scope(v, || read of v)` in the thread's own context (private: the
+//!   binding stays on the call's stack), inline and boxed, against tokio's
+//!   `sync_scope(v, || TASK.get())`.
 //! * `peers_with_value`: a new context with one more binding, without entering it.
 //! * `peers_poll`: one poll of an always-pending future: bare, in our `WithContext`,
 //!   opentelemetry's `WithContext`, and tokio's `TaskLocalFuture`.
@@ -212,6 +215,12 @@ fn ours_set_reset(var: &ContextVar<u64>, value: u64) {
 fn ours_scoped_set(var: &ContextVar<u64>, value: u64) {
     let guard = var.scoped_set(value);
     black_box(&guard);
+}
+
+/// A scope that reads its own value inside, as a request handler would.
+#[inline(never)]
+fn ours_scope(var: &ContextVar<u64>, value: u64) -> u64 {
+    var.scope(value, || black_box(var.get()))
 }
 
 #[inline(never)]
@@ -419,6 +428,12 @@ fn task_local_get() -> u64 {
 #[inline(never)]
 fn task_local_sync_scope(value: u64) {
     TASK.sync_scope(value, || ());
+}
+
+/// `sync_scope` reading its own value inside: the peer of `ours_scope`.
+#[inline(never)]
+fn task_local_sync_scope_read(value: u64) -> u64 {
+    TASK.sync_scope(value, || black_box(TASK.get()))
 }
 
 #[inline(never)]
@@ -631,6 +646,29 @@ fn run(c: &mut Criterion) {
     }
     group.bench_function("tokio_sync_scope", |b| {
         b.iter(|| task_local_sync_scope(black_box(1)));
+    });
+    group.finish();
+}
+
+/// `scope(v, || read)` in the thread's own (private) context, which keeps the binding on
+/// the call's stack, inline and boxed, against tokio's `sync_scope(v, || read)`.
+fn scope(c: &mut Criterion) {
+    let mut group = c.benchmark_group("peers_scope");
+    for n in SIZES {
+        for (target, name) in twins().into_iter().zip(TWIN_NAMES) {
+            group.bench_function(
+                BenchmarkId::new(format!("contextvars_private_{name}"), n),
+                |b| {
+                    in_private_shape_of(n, target, |var| {
+                        b.iter(|| ours_scope(black_box(var), black_box(7)));
+                        assert_eq!(var.get(), 42);
+                    });
+                },
+            );
+        }
+    }
+    group.bench_function("tokio_sync_scope", |b| {
+        b.iter(|| task_local_sync_scope_read(black_box(7)));
     });
     group.finish();
 }
@@ -955,7 +993,9 @@ fn print_request_memory() {
     println!();
 }
 
-criterion_group!(benches, get, set, copy, run, with_value, poll, scaling);
+criterion_group!(
+    benches, get, set, copy, run, scope, with_value, poll, scaling
+);
 
 fn main() {
     // `cargo bench` passes `--bench`; the allocation counts are printed only in a bench
@@ -977,6 +1017,7 @@ fn main() {
             ("peers_set", &[]),
             ("peers_copy", &["peers_copy/arc_clone"]),
             ("peers_run", &["peers_run/tokio_sync_scope"]),
+            ("peers_scope", &["peers_scope/tokio_sync_scope"]),
             ("peers_with_value", &[]),
             (
                 "peers_poll",
