@@ -247,6 +247,7 @@ fn get_in_poll(_: ()) -> u64 {
 // the three frame kinds. Only `probe_get` is counted.
 
 #[library_benchmark]
+#[bench::vars_3(args = (3), setup = bound, config = probe_limit("probe_get", 40))]
 #[bench::vars_8(args = (8), setup = bound, config = probe_limit("probe_get", 43))]
 #[bench::vars_1024(args = (1024), setup = bound, config = probe_limit("probe_get", 73))]
 fn get_cold_own_context(_: ()) -> u64 {
@@ -345,7 +346,8 @@ library_benchmark_group!(
 // ----------------------------------------------------------------- writes and frames
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(597, 0))]
+#[bench::vars_3(args = (3), setup = bound, config = limits(510, 0))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(578, 0))]
 fn set_reset_own_context(_: ()) -> bool {
     let token = FIRST.set(black_box(41));
     black_box(FIRST.reset(token).is_ok())
@@ -368,7 +370,7 @@ fn probe_set_reset() -> bool {
 // reads them, so each change is published to it), counted in `probe_set_reset` after a
 // first set has made the run's frame a frame of the thread (which each later set reuses).
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = entered_once_leaked, config = probe_limit("probe_set_reset", 2557))]
+#[bench::vars_8(args = (8), setup = entered_once_leaked, config = probe_limit("probe_set_reset", 2487))]
 fn set_reset_in_run(ctx: &'static Context) -> bool {
     ctx.run(|| {
         drop(FIRST.set(black_box(40)));

@@ -20,9 +20,10 @@
 //! stores inline. Inline values are compared with the proof's `==` (they have no
 //! identity to compare).
 //!
-//! The map is our own code (`src/map/`): a *small form* for up to 4 bindings (one node, indexed by a 64-bit bitmap over the low 6 bits of
-//! the id and a position table, so a lookup is one table load, one entry load and one
-//! compare), and a 32-way HAMT beyond that (one level, with the same loads plus the slot
+//! The map is our own code (`src/map/`): a *small form* for up to 4 bindings (one node
+//! holding the ids in ascending order in four words, the unused ones repeating the
+//! first, so a lookup is up to four compares with no length test, then the value's
+//! load), and a 32-way HAMT beyond that (one level, with the same loads plus the slot
 //! array's, for up to 32 sequential ids). Variable ids are
 //! handed out densely from 1, so the id is its own perfect hash: no hashing, no collision
 //! nodes, and at most 13 levels for any `u64`. An update path-copies the nodes from the

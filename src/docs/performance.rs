@@ -10,7 +10,7 @@
 //! shares its snapshot, so the frame's next set path-copies (and its result is private
 //! again). In place also needs no `ContextVar::with` borrow of the snapshot active, and a
 //! change the node's form allows: a replaced value, or a new key while the small form has
-//! room (at most 4 variables, ids distinct in their low 6 bits).
+//! room (at most 4 variables).
 //!
 //! A frame that runs a context object is never private, since the `Context` being run
 //! holds the object (`Context::run`, `in_context`, `spawn_in`). "Observed" means a
@@ -48,8 +48,8 @@
 //!   inline value (a `static` declared with `context_var!` of a `Copy + Eq` type of at
 //!   most a word, 8 bytes on 64-bit targets: `u64`, `bool`, a field-less enum, a pair of
 //!   `u32`) costs nothing beyond its entry;
-//! * the snapshot's root node: 200 bytes, up to 4 bindings inline (the small form);
-//!   beyond 4, or when two ids share their low 6 bits, a 32-way trie whose root node has
+//! * the snapshot's root node: 128 bytes, up to 4 bindings inline (the small form);
+//!   beyond 4, a 32-way trie whose root node has
 //!   the same size plus a slot array of 24 bytes per slot, and a child branch (72 bytes
 //!   plus its slot array) per group of ids sharing the bits consumed so far;
 //! * a snapshot shared by copies (`copy_context`, a task's or job's capture) costs nothing

@@ -8,34 +8,32 @@
 //! is nevertheless correct for any `u64` keys; non-sequential keys only make it deeper.
 //!
 //! **Small form.** Most contexts hold a handful of variables, so a map with at most
-//! [`SMALL_MAX`] (4) entries whose keys have pairwise distinct low 6 bits is one node with
-//! no children: a 64-bit bitmap over `key & 63` and up to 4 entries stored inline, in
-//! bitmap order, in the same allocation as the `Arc` counts. Why 4 and not more: every
-//! root node, of either form, is as large as the small form (the two share one type), and
-//! a request's context lives as long as the request. At 16 entries a node was 488 bytes
-//! however few it held; at 4 it is 200. A one-level trie (up to 32 sequential ids) reads
-//! as fast as the small form, within the noise of `benches/ops.rs`' `get` rows.
-//!
-//! The popcount that gives an entry's slot is precomputed into a 64-byte position table
-//! (`pos[key & 63]`), because baseline x86-64 has no `popcnt` instruction and the software
-//! fallback costs about a nanosecond. A lookup is then one byte load, one entry load and
-//! one key compare; it does not even test the bitmap, because the entry at that position
-//! holds the wanted key exactly when the key is present.
+//! [`SMALL_MAX`] (4) entries is one node with no children: the keys in ascending order in
+//! a 4-word array and the values beside them, stored inline in the same allocation as the
+//! `Arc` counts. The key array's unused tail repeats its first key, so a lookup compares
+//! the wanted key with all four words in turn, with no length test and no bitmap: a
+//! present key is found at its first occurrence, an absent one matches none. Why 4 and not
+//! more: every root node, of either form, is as large as the small form (the two share one
+//! type), and a request's context lives as long as the request: the node is 128 bytes
+//! with its counts (a 64-byte position table and a bitmap made it 200 before). A one-level
+//! trie (up to 32 sequential ids) reads as fast as the small form, within the noise of
+//! `benches/ops.rs`' `get` rows.
 //!
 //! **Large form.** Otherwise the map is a 32-way hash array mapped trie (HAMT) over the raw
 //! key: level `L` is indexed by bits `5L .. 5L + 5`, low bits first, so sequential ids fill
 //! the root before anything goes deeper. A [`Branch`] has a `u32` bitmap, one compact
 //! slot per set bit, each slot either an entry or a child branch, and a 32-byte position
-//! table like the small form's (the popcount of each bit's prefix, precomputed). Two keys
+//! table (the popcount of each bit's prefix, precomputed: baseline x86-64 has no `popcnt`
+//! instruction, and the software fallback costs about a nanosecond). Two keys
 //! meet in a slot only while they share all the bits consumed so far, and distinct keys
 //! differ somewhere in 64 bits, so the depth is at most [`MAX_DEPTH`] (13) levels; lookups
 //! are a loop of at most 13 steps of position load and key compare, with no bitmap test
-//! (as in the small form: an absent key ends at a key that differs; about two levels for a
+//! (an absent key ends at a key that differs; about two levels for a
 //! thousand sequential ids), and iterators walk the trie with
 //! a fixed `[_; 13]` stack. The shape is canonical: an entry sits at the shallowest level
 //! where no other key shares its bits, child branches always hold at least two keys (a
 //! removal that leaves one entry pulls it up, an empty child disappears), and a trie that
-//! shrinks back to small-form conditions becomes a small node again. Equal key sets
+//! shrinks back to [`SMALL_MAX`] entries becomes a small node again. Equal key sets
 //! therefore have equal shapes and iterate in the same order.
 //!
 //! **Cost model.** `get` is wait-free: bounded steps, no allocation, no atomic operation.
@@ -45,8 +43,7 @@
 //! cannot hold an unsized `[Slot]`, and a fixed 32-slot array would waste most of each
 //! sparse deep node), plus one clone per slot of each copied node (a `V::clone` for an
 //! entry, an `Arc` increment for a child). A `remove` of an absent key allocates nothing.
-//! Form changes (a fifth entry, low-bit collision, shrinking back) rebuild at most
-//! `SMALL_MAX + 1` entries.
+//! Form changes (a fifth entry, shrinking back) rebuild at most `SMALL_MAX + 1` entries.
 //!
 //! **In place.** [`Map::insert_in_place`] and [`Map::remove_in_place`] change a map whose
 //! root node nobody else holds (`crate::sync::unique_mut`: a strong count of 1; nodes
@@ -70,9 +67,8 @@ mod tests;
 
 /// Most entries a small-form node holds.
 pub(crate) const SMALL_MAX: usize = 4;
-// The position masks (`& (SMALL_MAX - 1)`) need a power of two, and `pos` a `u8` index
-// into 64 groups.
-const _: () = assert!(SMALL_MAX.is_power_of_two() && SMALL_MAX <= 64);
+// `Small::get` compares exactly four keys.
+const _: () = assert!(SMALL_MAX == 4);
 
 /// Bits of the key consumed per trie level.
 const BITS: u32 = 5;
@@ -82,9 +78,6 @@ const LEVEL_MASK: u64 = (1 << BITS) - 1;
 
 /// Deepest possible trie (levels `0..=12` consume bits `0..64`), the iterator stack size.
 pub(crate) const MAX_DEPTH: usize = 64_usize.div_ceil(BITS as usize);
-
-/// One inline entry of a small-form node; `None` only past the node's length.
-type SmallEntry<V> = Option<(u64, V)>;
 
 /// A persistent map from `u64` keys to `V`; cloning it is O(1) and versions share structure.
 pub(crate) struct Map<V> {
@@ -103,30 +96,26 @@ pub(crate) struct Node<V> {
 
 /// The two shapes of a root node.
 enum Repr<V> {
-    /// At most [`SMALL_MAX`] entries with pairwise distinct `key & 63`.
+    /// At most [`SMALL_MAX`] entries.
     Small(Small<V>),
     /// The root branch of a HAMT (level 0).
     Trie(Branch<V>),
 }
 
-/// The small form: entries inline, in the order of their bit in `bitmap`.
+/// The small form: up to [`SMALL_MAX`] entries inline, in ascending key order. With `n`
+/// entries (the node's `len`, at least 1): `keys[..n]` ascend strictly, `keys[n..]`
+/// repeat `keys[0]`, `values[..n]` are `Some` and `values[n..]` `None`.
 struct Small<V> {
-    /// Bit `key & 63` is set for each key present.
-    bitmap: u64,
-    /// `pos[key & 63]` is the entry index of each present key: a precomputed popcount,
-    /// as baseline x86-64 has no `popcnt` instruction. Values for absent groups are
-    /// unspecified (at most [`SMALL_MAX`]); lookups never trust them, they compare the key.
-    pos: [u8; 64],
-    /// Entries `0 .. bitmap.count_ones()` are `Some`, the rest `None`.
-    entries: [SmallEntry<V>; SMALL_MAX],
+    keys: [u64; SMALL_MAX],
+    values: [Option<V>; SMALL_MAX],
 }
 
 /// A HAMT node: one slot per set bit of `bitmap`, in bit order.
 struct Branch<V> {
     /// Bit `(key >> shift) & 31` is set for each occupied slot at this node's level.
     bitmap: u32,
-    /// `pos[i]` is the slot index of bit `i` if it is set (a precomputed popcount, as in
-    /// the small form); unspecified otherwise.
+    /// `pos[i]` is the slot index of bit `i` if it is set (a precomputed popcount);
+    /// unspecified otherwise.
     pos: [u8; 32],
     /// The occupied slots; `slots.len() == bitmap.count_ones()`.
     slots: Box<[Slot<V>]>,
@@ -196,14 +185,18 @@ impl<V> Map<V> {
     /// Iterates over `(key, &value)` in trie order, which depends only on the key set.
     pub(crate) fn iter(&self) -> Iter<'_, V> {
         let mut iter = Iter {
-            small: [].iter(),
+            small_keys: [].iter(),
+            small_values: [].iter(),
             stack: [&[]; MAX_DEPTH],
             depth: 0,
             remaining: self.len(),
         };
         if let Some(root) = &self.root {
             match &root.repr {
-                Repr::Small(small) => iter.small = small.entries[..self.len()].iter(),
+                Repr::Small(small) => {
+                    iter.small_keys = small.keys[..self.len()].iter();
+                    iter.small_values = small.values[..self.len()].iter();
+                }
                 Repr::Trie(branch) => {
                     iter.stack[0] = &branch.slots;
                     iter.depth = 1;
@@ -272,12 +265,12 @@ impl<V: Clone> Map<V> {
             return Self::from_node(Repr::Small(Small::single(key, value)), 1);
         };
         match &root.repr {
-            Repr::Small(small) => match small.insert(key, value) {
+            Repr::Small(small) => match small.insert(self.len(), key, value) {
                 Ok((small, added)) => {
                     Self::from_node(Repr::Small(small), self.len() + usize::from(added))
                 }
                 Err(value) => {
-                    // One key too many, or a key sharing `key & 63` with a present one.
+                    // One key too many.
                     let mut entries = small.to_vec();
                     entries.push((key, value));
                     let len = entries.len();
@@ -297,7 +290,7 @@ impl<V: Clone> Map<V> {
         let len = self.len() - 1;
         match &root.repr {
             Repr::Small(small) => {
-                let small = small.remove(key)?;
+                let small = small.remove(len + 1, key)?;
                 Some(if len == 0 {
                     Self::new()
                 } else {
@@ -307,9 +300,10 @@ impl<V: Clone> Map<V> {
             Repr::Trie(branch) => {
                 if len <= SMALL_MAX {
                     branch.get(key)?;
-                    if let Some(small) = Small::shrink(branch, key) {
-                        return Some(Self::from_node(Repr::Small(small), len));
-                    }
+                    return Some(Self::from_node(
+                        Repr::Small(Small::shrink(branch, key)),
+                        len,
+                    ));
                 }
                 Some(match branch.remove(key, 0)? {
                     Shrunk::Empty => Self::new(),
@@ -332,9 +326,9 @@ impl<V> Map<V> {
     /// This is how a context's own thread sets a variable without allocating a node: a
     /// snapshot nobody else holds (no copy, no token, no context object sharing it) is
     /// not a snapshot anyone can observe, so changing it in place is indistinguishable
-    /// from replacing it. Small form: any key whose low-6-bit group is free or its own,
-    /// up to [`SMALL_MAX`] keys. Trie form: replacing the value of a present key, through
-    /// branches that are also owned only by this map.
+    /// from replacing it. Small form: any key, up to [`SMALL_MAX`] keys. Trie form:
+    /// replacing the value of a present key, through branches that are also owned only
+    /// by this map.
     #[inline(always)]
     pub(crate) fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
         let Some(node) = self.root.as_mut().and_then(unique_mut) else {
@@ -342,7 +336,7 @@ impl<V> Map<V> {
         };
         match &mut node.repr {
             Repr::Small(small) => {
-                let old = small.insert_in_place(key, value)?;
+                let old = small.insert_in_place(node.len, key, value)?;
                 if old.is_none() {
                     node.len += 1;
                 }
@@ -366,7 +360,7 @@ impl<V> Map<V> {
         let Repr::Small(small) = &mut node.repr else {
             return Err(());
         };
-        let old = small.remove_in_place(key);
+        let old = small.remove_in_place(node.len, key);
         node.len -= 1;
         if node.len == 0 {
             // The node holds no entries now; dropping it drops no value.
@@ -377,50 +371,36 @@ impl<V> Map<V> {
 }
 
 impl<V> Small<V> {
-    /// In-place twin of [`Small::insert`]: `Ok(previous value)`, or `Err(value)` when the
-    /// key does not fit (one key too many, or its group taken by another key).
+    /// In-place twin of [`Small::insert`] for a node of `len` entries: `Ok(previous
+    /// value)`, or `Err(value)` when the key is new and the node is full.
     #[inline(always)]
-    fn insert_in_place(&mut self, key: u64, value: V) -> Result<Option<V>, V> {
-        // A present key is where `get` finds it (no popcount needed).
-        let at = usize::from(self.pos[(key & 63) as usize]) & (SMALL_MAX - 1);
-        if let Some((k, slot)) = &mut self.entries[at]
-            && *k == key
-        {
-            return Ok(Some(std::mem::replace(slot, value)));
+    fn insert_in_place(&mut self, len: usize, key: u64, value: V) -> Result<Option<V>, V> {
+        if let Some(at) = self.position_of(key) {
+            return Ok(self.values[at].replace(value));
         }
-        let bit = 1u64 << (key & 63);
-        if self.bitmap & bit != 0 {
-            return Err(value); // the group belongs to another key
-        }
-        let idx = self.index(key);
-        let len = self.bitmap.count_ones() as usize;
         if len == SMALL_MAX {
             return Err(value);
         }
-        // The slot at `len` is `None` (the node is not full): rotate it down to `idx`.
-        self.entries[idx..=len].rotate_right(1);
-        self.entries[idx] = Some((key, value));
-        for p in &mut self.pos {
-            *p += u8::from(*p >= idx as u8);
-        }
-        self.pos[(key & 63) as usize] = idx as u8;
-        self.bitmap |= bit;
+        let at = self.insertion_point(len, key);
+        // The value at `len` is `None` (the node is not full): rotate it down to `at`.
+        self.values[at..=len].rotate_right(1);
+        self.values[at] = Some(value);
+        self.keys.copy_within(at..len, at + 1);
+        self.keys[at] = key;
+        self.pad(len + 1);
         Ok(None)
     }
 
-    /// In-place twin of [`Small::remove`] for a key the caller found present.
+    /// In-place twin of [`Small::remove`] for a key the caller found present, in a node
+    /// of `len` entries (the caller drops a node left with none).
     #[inline]
-    fn remove_in_place(&mut self, key: u64) -> Option<V> {
-        let idx = self.index(key);
-        let (k, old) = self.entries[idx].take()?;
-        debug_assert_eq!(k, key, "the caller checked that the key is present");
-        self.entries[idx..].rotate_left(1);
-        let idx = idx as u8;
-        for p in &mut self.pos {
-            *p -= u8::from(*p > idx);
-        }
-        self.bitmap &= !(1u64 << (key & 63));
-        Some(old)
+    fn remove_in_place(&mut self, len: usize, key: u64) -> Option<V> {
+        let at = self.position_of(key)?;
+        let old = self.values[at].take();
+        self.values[at..].rotate_left(1);
+        self.keys.copy_within(at + 1..len, at);
+        self.pad(len - 1);
+        old
     }
 }
 
@@ -466,44 +446,75 @@ impl<V> Node<V> {
 }
 
 impl<V> Small<V> {
-    /// Position `key` has (or would have) among the entries.
-    #[inline]
-    fn index(&self, key: u64) -> usize {
-        let bit = 1u64 << (key & 63);
-        (self.bitmap & (bit - 1)).count_ones() as usize
+    /// The index of `key` if it is present: the first of the four keys equal to it (the
+    /// unused tail repeats `keys[0]`, so it never comes first).
+    #[inline(always)]
+    fn position_of(&self, key: u64) -> Option<usize> {
+        if self.keys[0] == key {
+            Some(0)
+        } else if self.keys[1] == key {
+            Some(1)
+        } else if self.keys[2] == key {
+            Some(2)
+        } else if self.keys[3] == key {
+            Some(3)
+        } else {
+            None
+        }
     }
 
-    /// Small-form lookup: two dependent loads and one key compare. The bitmap is not
-    /// tested: if `key` is present it is at `pos[key & 63]`, and if it is absent whatever
-    /// sits there has another key (or is `None`). A present key's position is below
-    /// `SMALL_MAX`, an absent group's at most `SMALL_MAX`; the mask keeps the index in
-    /// bounds either way and lets the compiler drop the bounds check.
+    /// Where an absent `key` goes among the first `len` keys (the count of smaller ones).
+    #[inline]
+    fn insertion_point(&self, len: usize, key: u64) -> usize {
+        self.keys[..len].iter().filter(|&&k| k < key).count()
+    }
+
+    /// Makes the unused tail past `len` (at least 1) repeat `keys[0]`.
+    #[inline]
+    fn pad(&mut self, len: usize) {
+        let first = self.keys[0];
+        for k in &mut self.keys[len..] {
+            *k = first;
+        }
+    }
+
+    /// Small-form lookup: up to four key compares against words of the node, then the
+    /// value's load. No length test: the unused tail repeats a present key, found first
+    /// at its own index.
     #[inline]
     fn get(&self, key: u64) -> Option<&V> {
-        let idx = usize::from(self.pos[(key & 63) as usize]) & (SMALL_MAX - 1);
-        match &self.entries[idx] {
-            Some((k, v)) if *k == key => Some(v),
-            _ => None,
-        }
+        self.values[self.position_of(key)?].as_ref()
     }
 
-    /// A node from its bitmap and matching entries, filling in the position table.
-    #[inline]
-    fn from_parts(bitmap: u64, entries: [SmallEntry<V>; SMALL_MAX]) -> Self {
-        Self {
-            bitmap,
-            pos: position_table(bitmap),
-            entries,
+    /// A node of the `(key, value)` pairs in `entries`, ascending by key, at least one
+    /// and at most [`SMALL_MAX`].
+    fn from_sorted(entries: impl IntoIterator<Item = (u64, V)>) -> Self {
+        let mut keys = [0; SMALL_MAX];
+        let mut values: [Option<V>; SMALL_MAX] = std::array::from_fn(|_| None);
+        let mut len = 0;
+        for (key, value) in entries {
+            debug_assert!(len == 0 || keys[len - 1] < key, "ascending keys");
+            keys[len] = key;
+            values[len] = Some(value);
+            len += 1;
         }
+        debug_assert!((1..=SMALL_MAX).contains(&len));
+        let mut small = Self { keys, values };
+        small.pad(len);
+        small
     }
 
     /// A one-entry node.
     fn single(key: u64, value: V) -> Self {
-        let mut value = Some((key, value));
-        Self::from_parts(
-            1 << (key & 63),
-            std::array::from_fn(|i| if i == 0 { value.take() } else { None }),
-        )
+        Self::from_sorted([(key, value)])
+    }
+
+    /// The entries in order.
+    fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+        self.keys
+            .iter()
+            .zip(&self.values)
+            .map_while(|(&key, value)| Some((key, value.as_ref()?)))
     }
 }
 
@@ -511,105 +522,67 @@ impl<V: Clone> Small<V> {
     /// The entries as owned pairs, in order, with room for one more.
     fn to_vec(&self) -> Vec<(u64, V)> {
         let mut entries = Vec::with_capacity(SMALL_MAX + 1);
-        entries.extend(self.entries.iter().map_while(Clone::clone));
+        entries.extend(self.iter().map(|(key, value)| (key, value.clone())));
         entries
     }
 
-    /// A copy with `key` set to `value`, and whether the key is new; `Err(value)` when the
-    /// result would not be small (one key too many, or `key & 63` taken by another key).
-    fn insert(&self, key: u64, value: V) -> Result<(Self, bool), V> {
-        let bit = 1u64 << (key & 63);
-        let idx = self.index(key);
-        if self.bitmap & bit != 0 {
-            if !matches!(&self.entries[idx], Some((k, _)) if *k == key) {
-                return Err(value);
-            }
-            let mut entries = self.entries.clone();
-            entries[idx] = Some((key, value));
-            // Same key set: the position table is unchanged.
+    /// A copy of this node of `len` entries with `key` set to `value`, and whether the
+    /// key is new; `Err(value)` when the key is new and the node is full.
+    fn insert(&self, len: usize, key: u64, value: V) -> Result<(Self, bool), V> {
+        if let Some(at) = self.position_of(key) {
+            let mut values = self.values.clone();
+            values[at] = Some(value);
+            // Same keys.
             return Ok((
                 Self {
-                    bitmap: self.bitmap,
-                    pos: self.pos,
-                    entries,
+                    keys: self.keys,
+                    values,
                 },
                 false,
             ));
         }
-        if self.bitmap.count_ones() as usize == SMALL_MAX {
+        if len == SMALL_MAX {
             return Err(value);
         }
         // Clone (a plain copy for `Copy` values), then move the tail up by one; the last
-        // slot is `None` as the node is not full.
-        let len = self.bitmap.count_ones() as usize;
-        let mut entries = self.entries.clone();
-        entries[idx..=len].rotate_right(1);
-        entries[idx] = Some((key, value));
-        // Entries from `idx` on moved up by one (a whole-array loop, so it vectorises).
-        let mut pos = self.pos;
-        for p in &mut pos {
-            *p += u8::from(*p >= idx as u8);
-        }
-        pos[(key & 63) as usize] = idx as u8;
-        Ok((
-            Self {
-                bitmap: self.bitmap | bit,
-                pos,
-                entries,
-            },
-            true,
-        ))
+        // value is `None` as the node is not full.
+        let at = self.insertion_point(len, key);
+        let mut values = self.values.clone();
+        values[at..=len].rotate_right(1);
+        values[at] = Some(value);
+        let mut keys = self.keys;
+        keys.copy_within(at..len, at + 1);
+        keys[at] = key;
+        let mut small = Self { keys, values };
+        small.pad(len + 1);
+        Ok((small, true))
     }
 
-    /// A copy without `key`, or `None` if it is absent.
-    fn remove(&self, key: u64) -> Option<Self> {
-        let bit = 1u64 << (key & 63);
-        let idx = self.index(key);
-        match &self.entries[idx & (SMALL_MAX - 1)] {
-            Some((k, _)) if *k == key => {}
-            _ => return None,
+    /// A copy of this node of `len` entries without `key`, or `None` if it is absent.
+    /// The caller drops a node left with no entries.
+    fn remove(&self, len: usize, key: u64) -> Option<Self> {
+        let at = self.position_of(key)?;
+        let mut values = self.values.clone();
+        values[at] = None;
+        values[at..].rotate_left(1);
+        let mut keys = self.keys;
+        keys.copy_within(at + 1..len, at);
+        let mut small = Self { keys, values };
+        if len > 1 {
+            small.pad(len - 1);
         }
-        let mut entries = self.entries.clone();
-        entries[idx] = None;
-        entries[idx..].rotate_left(1);
-        // Entries after `idx` moved down by one (vectorised, as in `insert`).
-        let idx = idx as u8;
-        let mut pos = self.pos;
-        for p in &mut pos {
-            *p -= u8::from(*p > idx);
-        }
-        Some(Self {
-            bitmap: self.bitmap & !bit,
-            pos,
-            entries,
-        })
+        Some(small)
     }
 
-    /// The small form of `branch` minus its (present) `key`, if the other keys number at
-    /// most [`SMALL_MAX`] and have pairwise distinct `key & 63`.
-    fn shrink(branch: &Branch<V>, key: u64) -> Option<Self> {
-        let mut bitmap = 0u64;
-        for (k, _) in BranchIter::new(branch) {
-            if k != key {
-                let bit = 1u64 << (k & 63);
-                if bitmap & bit != 0 {
-                    return None;
-                }
-                bitmap |= bit;
-            }
-        }
-        if bitmap.count_ones() as usize > SMALL_MAX {
-            return None;
-        }
-        let mut entries: [SmallEntry<V>; SMALL_MAX] = std::array::from_fn(|_| None);
-        for (k, v) in BranchIter::new(branch) {
-            if k != key {
-                let bit = 1u64 << (k & 63);
-                let idx = (bitmap & (bit - 1)).count_ones() as usize;
-                entries[idx] = Some((k, v.clone()));
-            }
-        }
-        Some(Self::from_parts(bitmap, entries))
+    /// The small form of `branch` minus its (present) `key`, whose other keys number at
+    /// most [`SMALL_MAX`] (the caller checked).
+    fn shrink(branch: &Branch<V>, key: u64) -> Self {
+        let mut entries: Vec<(u64, V)> = BranchIter::new(branch)
+            .filter(|&(k, _)| k != key)
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        entries.sort_unstable_by_key(|&(k, _)| k);
+        Self::from_sorted(entries)
     }
 }
 
@@ -647,7 +620,7 @@ impl<V> Branch<V> {
 
     /// Trie lookup from this branch (level 0): at most [`MAX_DEPTH`] iterations.
     ///
-    /// As in the small form, the bitmap is not tested: a present key is in the slot
+    /// The bitmap is not tested: a present key is in the slot
     /// `pos[i]` names at every level, and for an absent one whatever that slot holds
     /// leads to a key compare that fails, a child whose own slots do, or an index past the
     /// end (`slots.get`). Every step goes one level deeper, so the walk still ends within
@@ -861,8 +834,9 @@ impl<'a, V> IntoIterator for &'a Map<V> {
 
 /// Iterator over a [`Map`]'s `(key, &value)` pairs in trie order; allocation-free.
 pub(crate) struct Iter<'a, V> {
-    /// The small-form entries still to yield (empty for a trie).
-    small: std::slice::Iter<'a, SmallEntry<V>>,
+    /// The small-form keys and values still to yield (empty for a trie).
+    small_keys: std::slice::Iter<'a, u64>,
+    small_values: std::slice::Iter<'a, Option<V>>,
     /// For each trie level on the current path, the slots not visited yet.
     stack: [&'a [Slot<V>]; MAX_DEPTH],
     /// Number of live levels in `stack`.
@@ -898,8 +872,8 @@ impl<'a, V> Iterator for Iter<'a, V> {
 
     /// The next `(key, &value)`.
     fn next(&mut self) -> Option<Self::Item> {
-        let item = match self.small.next() {
-            Some(Some((key, value))) => Some((*key, value)),
+        let item = match (self.small_keys.next(), self.small_values.next()) {
+            (Some(key), Some(Some(value))) => Some((*key, value)),
             _ => self.next_in_trie(),
         };
         if item.is_some() {
@@ -927,7 +901,8 @@ impl<'a, V> BranchIter<'a, V> {
         let mut stack: [&'a [Slot<V>]; MAX_DEPTH] = [&[]; MAX_DEPTH];
         stack[0] = &branch.slots;
         Self(Iter {
-            small: [].iter(),
+            small_keys: [].iter(),
+            small_values: [].iter(),
             stack,
             depth: 1,
             remaining: 0,

@@ -29,19 +29,17 @@ fn check_invariants<V>(map: &Map<V>) -> Form {
     assert!(root.len > 0, "a root node with no entries");
     match &root.repr {
         Repr::Small(small) => {
-            let n = small.bitmap.count_ones() as usize;
-            assert_eq!(n, root.len, "small bitmap popcount != len");
+            let n = root.len;
             assert!((1..=SMALL_MAX).contains(&n), "small form with {n} entries");
-            let mut bits = small.bitmap;
-            for (i, entry) in small.entries.iter().enumerate() {
+            for i in 0..SMALL_MAX {
                 if i < n {
-                    let (key, _) = entry.as_ref().expect("entry below len is None");
-                    let low = bits.trailing_zeros() as u64;
-                    assert_eq!(key & 63, low, "small entry out of bitmap order");
-                    assert_eq!(usize::from(small.pos[low as usize]), i, "stale position");
-                    bits &= bits - 1;
+                    assert!(small.values[i].is_some(), "value below len is None");
+                    if i > 0 {
+                        assert!(small.keys[i - 1] < small.keys[i], "keys not ascending");
+                    }
                 } else {
-                    assert!(entry.is_none(), "entry past len is Some");
+                    assert!(small.values[i].is_none(), "value past len is Some");
+                    assert_eq!(small.keys[i], small.keys[0], "unused key not padded");
                 }
             }
             Form::Small
@@ -52,9 +50,8 @@ fn check_invariants<V>(map: &Map<V>) -> Form {
             assert_eq!(keys.len(), root.len, "trie key count != len");
             let distinct: BTreeSet<u64> = keys.iter().copied().collect();
             assert_eq!(distinct.len(), keys.len(), "duplicate key in trie");
-            let groups: BTreeSet<u64> = keys.iter().map(|k| k & 63).collect();
             assert!(
-                keys.len() > SMALL_MAX || groups.len() < keys.len(),
+                keys.len() > SMALL_MAX,
                 "trie with {} keys that would fit the small form",
                 keys.len()
             );
@@ -494,9 +491,14 @@ fn maximum_depth_tree_from_keys_equal_in_low_60_bits() {
         check_against(&map, &model);
     }
     assert_eq!(check_invariants(&map), Form::Small);
-    // Two keys differing only in the top bit also take the full depth.
-    let pair = build([(low, 1), (low | (1 << 63), 2)]);
+    // Two keys differing only in the top bit also take the full depth (in a trie: with
+    // three more keys, past the small form).
+    let pair = build([(low, 1), (low | (1 << 63), 2), (1, 3), (2, 4), (3, 5)]);
     assert_eq!(check_invariants(&pair), Form::Trie(MAX_DEPTH));
+    assert_eq!(pair.get(low | (1 << 63)), Some(&2));
+    // As a pair alone they are small.
+    let pair = build([(low, 1), (low | (1 << 63), 2)]);
+    assert_eq!(check_invariants(&pair), Form::Small);
     assert_eq!(pair.get(low | (1 << 63)), Some(&2));
 }
 
@@ -530,42 +532,81 @@ fn small_form_up_to_small_max_entries_then_trie_and_back() {
 }
 
 #[test]
-fn low_6_bit_collision_promotes_to_trie_and_back() {
-    let one = build([(1, 10)]);
-    assert_eq!(check_invariants(&one), Form::Small);
-    // 65 & 63 == 1: same small-form group, so the map must become a trie.
-    let two = one.insert(65, 650);
-    assert_eq!(check_invariants(&two), Form::Trie(2));
-    assert_eq!(two.get(1), Some(&10));
-    assert_eq!(two.get(65), Some(&650));
-    assert_eq!(two.get(129), None);
-    assert!(two.remove(129).is_none());
-    // 33 shares the root slot (bits 0..5) with 1 and 65 but not their group.
-    let three = two.insert(33, 330);
-    assert_eq!(check_invariants(&three), Form::Trie(2));
-    let back = two.remove(65).expect("present");
-    assert_eq!(check_invariants(&back), Form::Small);
-    assert!(back.ptr_eq(&back.clone()));
-    assert_eq!(keys(&back), [1]);
-    let back = three.remove(1).expect("present");
-    assert_eq!(check_invariants(&back), Form::Small);
-    assert_eq!(back.get(33), Some(&330));
-    assert_eq!(back.get(65), Some(&650));
-    // A trie of SMALL_MAX with one collision stays a trie until the collision goes.
-    let mut map = build((0..SMALL_MAX as u64 - 1).map(|k| (k, 0)));
-    map = map.insert(64, 0);
-    assert_eq!(map.len(), SMALL_MAX);
-    assert!(matches!(check_invariants(&map), Form::Trie(_)));
-    let without_other = map.remove(1).expect("present");
-    assert!(matches!(check_invariants(&without_other), Form::Trie(_)));
-    assert_eq!(
-        check_invariants(&map.remove(0).expect("present")),
-        Form::Small
-    );
-    assert_eq!(
-        check_invariants(&map.remove(64).expect("present")),
-        Form::Small
-    );
+fn any_keys_fit_the_small_form_and_a_fifth_promotes() {
+    // Keys that share their low bits (1, 65, 129), the extremes, and key 0: all small,
+    // in ascending order, whatever the insertion order.
+    let keys_in = [u64::MAX, 65, 0, 1];
+    let small = build(keys_in.iter().map(|&k| (k, k as u32)));
+    assert_eq!(check_invariants(&small), Form::Small);
+    assert_eq!(keys(&small), [0, 1, 65, u64::MAX]);
+    for &key in &keys_in {
+        assert_eq!(small.get(key), Some(&(key as u32)));
+    }
+    // Absent keys, including ones equal to a padded slot's neighbours.
+    for absent in [2, 64, 66, 129, u64::MAX - 1] {
+        assert_eq!(small.get(absent), None);
+        assert!(small.remove(absent).is_none());
+    }
+    // A fifth key promotes to the trie; removing any one shrinks back, canonically.
+    let over = small.insert(129, 129);
+    assert!(matches!(check_invariants(&over), Form::Trie(_)));
+    for &key in keys_in.iter().chain(&[129]) {
+        let back = over.remove(key).expect("present");
+        assert_eq!(check_invariants(&back), Form::Small, "after removing {key}");
+        assert_eq!(back.get(key), None);
+        let expected: Vec<u64> = {
+            let mut all: Vec<u64> = keys_in.iter().chain(&[129]).copied().collect();
+            all.retain(|&k| k != key);
+            all.sort_unstable();
+            all
+        };
+        assert_eq!(keys(&back), expected);
+    }
+    // Removing down to one and to none, each version untouched by the next.
+    let mut map = small.clone();
+    for &key in &keys_in {
+        let next = map.remove(key).expect("present");
+        assert_eq!(
+            map.get(key),
+            Some(&(key as u32)),
+            "the old version keeps {key}"
+        );
+        map = next;
+        if !map.is_empty() {
+            assert_eq!(check_invariants(&map), Form::Small);
+        }
+    }
+    assert!(map.is_empty());
+    assert!(map.root_ptr().is_null());
+}
+
+#[test]
+fn small_form_in_place_keeps_order_and_padding() {
+    let mut map = Map::new().insert(40, 0_u32);
+    for (key, value) in [(10, 1), (70, 2), (20, 3)] {
+        assert_eq!(map.insert_in_place(key, value), Ok(None));
+        assert_eq!(check_invariants(&map), Form::Small);
+    }
+    assert_eq!(keys(&map), [10, 20, 40, 70]);
+    // Full: a new key is refused (the caller path-copies into a trie), a present one is
+    // replaced.
+    assert_eq!(map.insert_in_place(5, 9), Err(9));
+    assert_eq!(map.insert_in_place(40, 4), Ok(Some(0)));
+    assert_eq!(map.get(40), Some(&4));
+    for (key, value) in [(20, 3), (10, 1), (70, 2)] {
+        assert_eq!(map.remove_in_place(key), Ok(Some(value)));
+        assert_eq!(check_invariants(&map), Form::Small);
+        assert_eq!(map.get(key), None);
+    }
+    assert_eq!(keys(&map), [40]);
+    assert_eq!(map.remove_in_place(40), Ok(Some(4)));
+    assert!(map.is_empty());
+    // A shared root is never written.
+    let shared = Map::new().insert(1, 1_u32);
+    let mut other = shared.clone();
+    assert_eq!(other.insert_in_place(2, 2), Err(2));
+    assert_eq!(other.remove_in_place(1), Err(()));
+    assert_eq!(keys(&shared), [1]);
 }
 
 #[test]
@@ -601,8 +642,9 @@ fn iteration_order_is_independent_of_insertion_order() {
             }
         }
     }
-    // Small-form order is by `key & 63`, trie order by the low 5 bits first.
+    // Small-form order is by key, trie order by the low 5 bits first.
     assert_eq!(keys(&build([(63, ()), (2, ()), (1, ())])), [1, 2, 63]);
+    assert_eq!(keys(&build([(64, ()), (2, ()), (1, ())])), [1, 2, 64]);
 }
 
 #[test]
@@ -610,7 +652,7 @@ fn remove_of_absent_key_returns_none() {
     let empty: Map<u32> = Map::new();
     assert!(empty.remove(0).is_none());
     let small = build([(1, 1), (2, 2)]);
-    assert!(small.remove(3).is_none(), "bit unset");
+    assert!(small.remove(3).is_none(), "absent");
     assert!(small.remove(65).is_none(), "bit set, other key");
     assert!(small.remove(0).is_none());
     let trie = build((1..=100).map(|k| (k, k as u32)));
