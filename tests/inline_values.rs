@@ -329,6 +329,51 @@ static NO_TRAITS: ContextVar<u64> =
     ContextVar::__new("no_traits", || contextvars::__private::ValueTraits::NONE)
         .__in_static(&NO_TRAITS, Some(contextvars::__private::CopyEq::new()));
 
+/// Boxed, the expression form, of the same type as `NAME` (whose bindings refer to the
+/// `static` instead of copying its id, name and traits).
+static NAME_EXPRESSION: ContextVar<String> = contextvars::context_var!(String, "name_expr");
+
+#[test]
+fn a_boxed_static_and_the_expression_form_read_print_and_compare_alike() {
+    on_fresh_thread(|| {
+        drop(NAME.set(String::from("ada")));
+        drop(NAME_EXPRESSION.set(String::from("ada")));
+        drop(WIDE.set(u128::MAX));
+        assert_eq!(NAME.get(), "ada");
+        assert_eq!(NAME_EXPRESSION.get(), "ada");
+        assert_eq!(WIDE.get(), u128::MAX);
+        let snapshot = copy_context().snapshot();
+        let find = |id| {
+            snapshot
+                .iter()
+                .find(|entry| entry.var_id() == id)
+                .expect("bound")
+        };
+        let (item, expression) = (find(NAME.id()), find(NAME_EXPRESSION.id()));
+        assert_eq!(item.name(), "NAME");
+        assert_eq!(expression.name(), "name_expr");
+        assert_eq!(item.get(&NAME), Some(&String::from("ada")));
+        assert_eq!(item.get(&NAME_EXPRESSION), None, "another variable's entry");
+        assert_eq!(expression.get(&NAME_EXPRESSION), Some(&String::from("ada")));
+        assert_eq!(item.type_name(), expression.type_name());
+        assert_eq!(
+            format!("{:?}", item.value_any().downcast_ref::<String>()),
+            "Some(\"ada\")"
+        );
+        assert_eq!(
+            find(WIDE.id()).get(&WIDE),
+            Some(&u128::MAX),
+            "a 16-aligned value"
+        );
+        // A context holding each compares by value with one made the other way.
+        let a = Context::new().with_value(&NAME, String::from("x"));
+        let b = Context::new().with_value(&NAME, String::from("x"));
+        assert_eq!(a, b);
+        let debug = format!("{:?}", a.snapshot());
+        assert!(debug.contains("NAME") && debug.contains("\"x\""), "{debug}");
+    });
+}
+
 #[test]
 fn a_static_that_names_another_variable_is_never_inline() {
     on_fresh_thread(|| {
