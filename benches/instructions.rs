@@ -385,7 +385,7 @@ fn scope_own_context(_: ()) -> u64 {
 }
 
 #[library_benchmark]
-#[bench::vars_8(args = (8), setup = bound, config = limits(534, 1))]
+#[bench::vars_8(args = (8), setup = bound, config = limits(527, 1))]
 fn scope_boxed_own_context(_: ()) -> u64 {
     VARS[1].scope(black_box(41), read_boxed_twin)
 }

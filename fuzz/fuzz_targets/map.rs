@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Inputs are decoded by hand: a tag byte picks the op, then one byte per field; keys take
-//! a shape byte (small sequential ids, ids sharing their low 6 bits, ids differing only in
+//! a shape byte (small sequential ids, ids sharing their low 6 bits (a trie's deeper
+//! levels; the small form takes any 4 ids), ids differing only in
 //! their top bits, or any 8 bytes), so every form of the map and every trie depth is
 //! reachable.
 
@@ -93,7 +94,8 @@ impl Bytes<'_> {
         match shape % 4 {
             // Sequential ids, as context variables get: fill the small form and the root.
             0 => b % 48,
-            // Keys sharing `key & 63`: the small form's position table must give up.
+            // Keys sharing `key & 63`: a small form of ids far apart, and trie levels below
+            // the root.
             1 => (b << 6) | u64::from(shape >> 2),
             // Keys differing only in their top bits: the deepest trie paths.
             2 => (b << 56) | u64::from(shape >> 2),

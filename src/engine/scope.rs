@@ -177,7 +177,17 @@ impl<F: FnOnce(SetState)> Drop for End<'_, F> {
     fn drop(&mut self) {
         if ptr::eq(self.hot.scopes.get(), self.record) {
             // Still linked, hence the newest record (records end in the reverse order of
-            // their scopes' calls, and a flush unlinks them all).
+            // their scopes' calls, and a flush unlinks them all), and never flushed: the
+            // record's `ManuallyDrop` state has nothing to leak.
+            debug_assert!(
+                {
+                    let state = self.record.flushed.take();
+                    let none = state.is_none();
+                    self.record.flushed.set(state);
+                    none
+                },
+                "a linked record was flushed"
+            );
             self.hot.scopes.set(self.record.below);
             let root = self
                 .record

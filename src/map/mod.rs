@@ -182,7 +182,9 @@ impl<V> Map<V> {
         self.get(key).is_some()
     }
 
-    /// Iterates over `(key, &value)` in trie order, which depends only on the key set.
+    /// Iterates over `(key, &value)`: in key order for at most [`SMALL_MAX`] entries (the
+    /// small form), in trie order beyond; either way the order depends only on the key
+    /// set.
     pub(crate) fn iter(&self) -> Iter<'_, V> {
         let mut iter = Iter {
             small_keys: [].iter(),
@@ -290,12 +292,13 @@ impl<V: Clone> Map<V> {
         let len = self.len() - 1;
         match &root.repr {
             Repr::Small(small) => {
+                if len == 0 {
+                    // The only key: nothing to copy.
+                    small.position_of(key)?;
+                    return Some(Self::new());
+                }
                 let small = small.remove(len + 1, key)?;
-                Some(if len == 0 {
-                    Self::new()
-                } else {
-                    Self::from_node(Repr::Small(small), len)
-                })
+                Some(Self::from_node(Repr::Small(small), len))
             }
             Repr::Trie(branch) => {
                 if len <= SMALL_MAX {
@@ -469,7 +472,8 @@ impl<V> Small<V> {
         self.keys[..len].iter().filter(|&&k| k < key).count()
     }
 
-    /// Makes the unused tail past `len` (at least 1) repeat `keys[0]`.
+    /// Makes the unused tail past `len` repeat `keys[0]` (nothing to do for `len == 0`,
+    /// a node its owner drops).
     #[inline]
     fn pad(&mut self, len: usize) {
         let first = self.keys[0];
@@ -558,9 +562,10 @@ impl<V: Clone> Small<V> {
         Ok((small, true))
     }
 
-    /// A copy of this node of `len` entries without `key`, or `None` if it is absent.
-    /// The caller drops a node left with no entries.
+    /// A copy of this node of `len` entries (at least 2: the caller handles the last
+    /// key) without `key`, or `None` if it is absent.
     fn remove(&self, len: usize, key: u64) -> Option<Self> {
+        debug_assert!(len >= 2, "the last key is the caller's");
         let at = self.position_of(key)?;
         let mut values = self.values.clone();
         values[at] = None;
@@ -568,9 +573,7 @@ impl<V: Clone> Small<V> {
         let mut keys = self.keys;
         keys.copy_within(at + 1..len, at);
         let mut small = Self { keys, values };
-        if len > 1 {
-            small.pad(len - 1);
-        }
+        small.pad(len - 1);
         Some(small)
     }
 
@@ -832,7 +835,8 @@ impl<'a, V> IntoIterator for &'a Map<V> {
     }
 }
 
-/// Iterator over a [`Map`]'s `(key, &value)` pairs in trie order; allocation-free.
+/// Iterator over a [`Map`]'s `(key, &value)` pairs in [`Map::iter`]'s order;
+/// allocation-free.
 pub(crate) struct Iter<'a, V> {
     /// The small-form keys and values still to yield (empty for a trie).
     small_keys: std::slice::Iter<'a, u64>,

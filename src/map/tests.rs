@@ -653,7 +653,7 @@ fn remove_of_absent_key_returns_none() {
     assert!(empty.remove(0).is_none());
     let small = build([(1, 1), (2, 2)]);
     assert!(small.remove(3).is_none(), "absent");
-    assert!(small.remove(65).is_none(), "bit set, other key");
+    assert!(small.remove(65).is_none(), "same low bits, other key");
     assert!(small.remove(0).is_none());
     let trie = build((1..=100).map(|k| (k, k as u32)));
     assert!(trie.remove(0).is_none());

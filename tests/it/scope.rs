@@ -259,11 +259,24 @@ fn refused_where_a_set_is_refused_before_running_f() {
         assert!(error.to_string().contains("scope-test-pool"), "{error}");
         assert_eq!(ran.load(Ordering::Relaxed), 0);
         assert!(!ID.is_set());
+        // A refused scope drops its value (it is made into an entry only once allowed).
+        let value = Arc::new(String::from("refused"));
+        assert!(SHARED.try_scope(Arc::clone(&value), || ()).is_err());
+        assert_eq!(
+            Arc::strong_count(&value),
+            1,
+            "the refused value was dropped"
+        );
         // Inside a context of its own, the same thread may scope.
         isolated(|| ID.scope(2, || assert_eq!(ID.get(), 2)));
     })
     .join()
     .unwrap();
+}
+
+contextvars::context_var! {
+    /// Boxed, with a value whose drop a test counts.
+    static SHARED: Arc<String>;
 }
 
 /// In a module named `rayon`: miri runs these under Tree Borrows (crossbeam-epoch, under
