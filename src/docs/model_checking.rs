@@ -100,6 +100,12 @@
 //!   elsewhere can read) locks loom's mutex that stands in for arc-swap. All are
 //!   explored like the model's own atomics; keep the context operations in a model to
 //!   the few the property needs.
+//! * **Stack.** loom runs a model's main thread on a 32 KB stack, and a failing check
+//!   panics on it: the crate keeps its own frames small under `--cfg loom` (the
+//!   thread's context state is built in one out-of-line function, not in every caller),
+//!   so the worked example's seeded bug reports its causality violation. A model whose
+//!   own code needs more stack can run its body in a `loom::thread::Builder` thread with
+//!   a larger `stack_size`.
 //! * **What is not modelled.** Variable and context ids come from a std atomic counter
 //!   (statics need a `const` constructor, which loom's atomics lack): unique, but not
 //!   explored. A variable's lazy default

@@ -586,7 +586,13 @@ pub(super) fn with_hot<R>(f: impl FnOnce(&Hot) -> R) -> R {
 /// The address of this thread's `Hot`, for callers that cannot afford a closure (LLVM may
 /// leave `with_hot`'s out of line). Dereferencing it is sound for as long as
 /// [`with_hot`]'s argument is: within the caller's call, on this thread, through `Cell`s.
-#[inline(always)]
+///
+/// Never inlined under loom: `loom::thread_local!` builds the `Hot` (some 2.7 KB) on the
+/// stack of whatever inlines its first access, so every caller carried a 4 KB frame, and
+/// a model's deeper paths overflowed the 32 KB stack loom gives a model's main thread
+/// (its panic on a causality violation then aborted instead of reporting).
+#[cfg_attr(not(loom), inline(always))]
+#[cfg_attr(loom, inline(never))]
 pub(super) fn hot_ptr() -> *const Hot {
     HOT.with(ptr::from_ref)
 }
