@@ -589,11 +589,11 @@ impl<V: Clone> Small<V> {
     }
 }
 
-/// The position table of a node with `bitmap`: entry `b` is the index of the slot for
+/// The position table of a branch with `bitmap`: entry `b` is the index of the slot for
 /// bit `b` (the number of set bits below it), for every set bit; the rest stay 0.
 #[inline]
-fn position_table<const BITS: usize>(bitmap: u64) -> [u8; BITS] {
-    let mut pos = [0u8; BITS];
+fn position_table(bitmap: u32) -> [u8; 32] {
+    let mut pos = [0u8; 32];
     let mut bits = bitmap;
     let mut idx = 0;
     while bits != 0 {
@@ -616,7 +616,7 @@ impl<V> Branch<V> {
         debug_assert_eq!(slots.len(), bitmap.count_ones() as usize);
         Self {
             bitmap,
-            pos: position_table(u64::from(bitmap)),
+            pos: position_table(bitmap),
             slots,
         }
     }
