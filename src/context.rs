@@ -166,8 +166,9 @@ impl Context {
     ///
     /// No allocation, whatever n. One reference-count increment for a context never run;
     /// for one that has been run (or a [`current`](Self::current) handle), a load of the
-    /// published snapshot from its `arc_swap` cell: the increment plus arc-swap's own
-    /// atomic bookkeeping (on its fast path, a debt slot taken and paid back).
+    /// published snapshot from its cell: the increment plus two read-modify-writes of the
+    /// cell's count of loads in progress. Lock-free: a thread running the context never
+    /// makes a load wait.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::new(self.vars())
     }
@@ -176,8 +177,8 @@ impl Context {
     ///
     /// # Cost
     ///
-    /// As [`snapshot`](Self::snapshot): no allocation, one reference-count increment (an
-    /// `arc_swap` load if this context has been run).
+    /// As [`snapshot`](Self::snapshot): no allocation, one reference-count increment (a
+    /// load from its published cell if this context has been run).
     pub fn copy(&self) -> Context {
         Self::from_vars(self.vars())
     }

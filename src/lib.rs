@@ -69,7 +69,7 @@
 //! | [`ContextVar::get`] / [`with`](ContextVar::with) | a thread-local load and a bounded trie lookup: no lock, no atomic read-modify-write, no allocation (wait-free) |
 //! | [`ContextVar::set`] / [`reset`](ContextVar::reset) | in place when the frame holds its snapshot alone and the key has room (no node allocated; the value's own allocation, unless it is stored inline); otherwise path copying: O(log₃₂ n) new nodes, one node for up to 4 variables, two (a node and its slot array) up to 32 |
 //! | [`copy_context`] | one reference-count increment, whatever the size |
-//! | [`Context::copy`] | the same for a context never run; for one that has run (or a [`Context::current`] handle), a load from its `arc_swap` cell too |
+//! | [`Context::copy`] | the same for a context never run; for one that has run (or a [`Context::current`] handle), a load from its published cell too (lock-free) |
 //! | [`Context::run`] | a compare-and-swap on the enter flag, two thread-local swaps (no reference count unless the code inside writes) |
 //!
 //! Figures measured against `thread_local!` and tokio's `task_local!` are in the

@@ -682,7 +682,8 @@ impl<T: Send + Sync + 'static> ContextVar<T> {
     /// borrow is active, and the variable is bound already or the small form (up to 4
     /// variables) has room. Otherwise O(log₃₂ n) nodes are path-copied (one allocation up
     /// to 4 variables, two per trie level), with a reference-count increment per slot
-    /// copied, and a context object another handle holds gets an `arc_swap` store.
+    /// copied, and a context object another handle holds gets a store in its published
+    /// cell (a swap and one read-modify-write, whatever the number of threads).
     /// Amortized: a shared `fetch_add` per 65,536 change markers of the thread (two more
     /// at a variable's first use, for its id). While [`observe`](crate::observe)
     /// publication is on, each set and reset, and each entry into or exit from a context

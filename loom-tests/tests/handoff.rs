@@ -14,9 +14,15 @@
 //!   `set`s, no thread sees another's state. This is the protocol every propagation form
 //!   uses (rayon jobs install a borrowed snapshot the same way, as a light frame).
 //!
+//! * `publish_counts_loads_in_progress`: a stand-in of `PublishCell`'s protocol (the
+//!   cell a context object publishes its snapshot in: one writer at a time, O(1)
+//!   stores): a load that is in progress while the writer replaces the value twice
+//!   never counts a released value, and every value is released exactly once.
+//!
 //! Canaries (`#[ignore]`, must FAIL): the same hand-off through stand-ins with a
 //! deliberately too weak ordering (`Relaxed` publication of a snapshot, `Relaxed`
-//! hand-off flag). `.ci/run loom` runs them and fails if one passes.
+//! hand-off flag), and a `PublishCell` whose replacement ignores the count of loads in
+//! progress. `.ci/run loom` runs them and fails if one passes.
 
 #[cfg(loom)]
 mod tests {
@@ -244,6 +250,85 @@ mod tests {
             captured.1.store(1, ready_store);
             assert_eq!(worker.join().unwrap(), 7);
         });
+    }
+
+    /// A value of the [`publish_model`] stand-in: its reference count, never freed for
+    /// real (a count that goes from 0 back up is the use after free).
+    struct Refs {
+        refs: AtomicUsize,
+    }
+
+    /// The stand-in of `PublishCell` (`src/sync/publish.rs`), on indices into `values`
+    /// instead of `Arc` pointers: a reader loads the current value and counts a
+    /// reference on it while the writer replaces it twice and releases what it
+    /// replaced, at once if no load is in progress (`honour_count`), else later.
+    struct PublishStandIn {
+        values: [Refs; 3],
+        current: AtomicUsize,
+        loading: AtomicUsize,
+    }
+
+    impl PublishStandIn {
+        fn release(&self, index: usize) {
+            let before = self.values[index].refs.fetch_sub(1, Ordering::AcqRel);
+            assert!(before > 0, "value {index} released twice");
+        }
+    }
+
+    fn publish_model(name: &str, honour_count: bool) {
+        model(name, move || {
+            let cell = Arc::new(PublishStandIn {
+                // Each value starts with the one reference its publisher owns.
+                values: [0, 1, 2].map(|_| Refs {
+                    refs: AtomicUsize::new(1),
+                }),
+                current: AtomicUsize::new(0),
+                loading: AtomicUsize::new(0),
+            });
+            let reader = {
+                let cell = cell.clone();
+                thread::spawn(move || {
+                    cell.loading.fetch_add(1, Ordering::Acquire);
+                    let index = cell.current.load(Ordering::Acquire);
+                    let before = cell.values[index].refs.fetch_add(1, Ordering::Relaxed);
+                    assert!(before > 0, "a load counted value {index} after its release");
+                    cell.loading.fetch_sub(1, Ordering::Release);
+                    cell.release(index); // the reader's own reference, done with
+                })
+            };
+            let mut deferred = Vec::new();
+            for next in 1..3 {
+                let old = cell.current.swap(next, Ordering::Release);
+                if !honour_count || cell.loading.fetch_add(0, Ordering::AcqRel) == 0 {
+                    cell.release(old);
+                    deferred.drain(..).for_each(|index| cell.release(index));
+                } else {
+                    deferred.push(old);
+                }
+            }
+            reader.join().unwrap();
+            deferred.into_iter().for_each(|index| cell.release(index));
+            let refs: Vec<usize> = cell
+                .values
+                .iter()
+                .map(|value| value.refs.load(Ordering::Relaxed))
+                .collect();
+            assert_eq!(refs, [0, 0, 1], "only the current value is still counted");
+        });
+    }
+
+    /// The twin of the canary: the protocol `PublishCell` follows.
+    #[test]
+    fn publish_counts_loads_in_progress() {
+        publish_model("publish_counts_loads_in_progress", true);
+    }
+
+    /// A replacement that releases the old value without reading the count of loads in
+    /// progress frees it under a load.
+    #[test]
+    #[ignore = "canary: must fail (run by .ci/run loom)"]
+    fn canary_publish_without_load_count() {
+        publish_model("canary_publish_without_load_count", false);
     }
 
     #[test]

@@ -349,9 +349,8 @@
 //! A [`Context`](crate::Context) is `{ lazily made Shared, initial snapshot }`: two
 //! words, the `Shared` an `Arc` kept as its raw pointer and set once by
 //! compare-and-swap (`sync::OnceArc`). `Shared` holds the identity, the published
-//! snapshot in a `SnapshotCell` (arc-swap's `ArcSwapOption`; a mutex stand-in under
-//! loom), and an `EnteredCell<Vars>`: the entered flag together with the runner's own
-//! copy of the snapshot. Deferring `Shared`
+//! snapshot in a `PublishCell` (below), and an `EnteredCell<Vars>`: the entered flag
+//! together with the runner's own copy of the snapshot. Deferring `Shared`
 //! keeps `copy_context()`, and `Context::copy` of a context never run, to a single
 //! reference-count increment; the first `run` (or a handle to a running frame) makes it,
 //! and from then on a copy also loads from its cell.
@@ -369,6 +368,23 @@
 //! frame nobody else holds are in place (one allocation, the value, none inline), except a
 //! new key in the trie form.
 //!
+//! ### The published cell
+//!
+//! Only the holder of the entered flag writes the object's cell, so it need not be a
+//! many-writer cell. `sync::PublishCell` holds the snapshot's `Arc::into_raw` in an
+//! `AtomicPtr` and a count of loads in progress. A load counts itself in, loads the
+//! pointer, counts a reference, and counts itself out; a publication swaps the pointer
+//! and reads the count with a read-modify-write: at 0 it hands the old snapshot back to
+//! be retired, otherwise the cell keeps it until a later publication reads 0 (or the
+//! cell drops). Both sides are lock-free and O(1): arc-swap, which held the snapshot
+//! before, walked every thread's debt slots on each store, so a set in an observed
+//! context cost more the more threads had ever loaded through arc-swap (2,397
+//! instructions for a set and reset with none, 4,609 after 8 threads had loaded: see
+//! `BENCHMARKS.md`). The module docs of `sync::publish` give the proof; loom checks the
+//! cell in `loom-tests/tests/handoff.rs`, with a canary whose publication ignores the
+//! count. The observation registry's per-thread slots keep arc-swap
+//! (`sync::SnapshotCell`): several threads write them.
+//!
 //! ### The entered flag and the runner's copy
 //!
 //! `EnteredCell::try_enter` takes the flag with `compare_exchange(false, true, Acquire,
@@ -376,7 +392,7 @@
 //! orders everything one runner did (including its last publication and the runner copy
 //! it handed back) before everything the next runner does, on whichever thread. Only the
 //! holder reads or writes the runner copy, so `Context::run` reads it through a plain
-//! reference, with no reference count and no arc-swap load: an empty `run` is the CAS,
+//! reference, with no reference count and no load from the cell: an empty `run` is the CAS,
 //! a read of tokio's task id (for the isolation check), the release store and two swaps
 //! of `HOT` cells. A frame of the object (materialized
 //! from `run`'s light frame, or made by `Frame::entered` for threads and tasks) hands its
@@ -403,7 +419,8 @@
 //! `src/sync/` is the only module that names atomics, cells, `thread_local!`,
 //! arc-swap or loom. Under `--cfg loom` (the ecosystem's convention, see
 //! [`model_checking`](super::model_checking)) it swaps in loom's types, loom's threads
-//! and a mutex-based stand-in for arc-swap, which loom cannot see. Variable ids use a std
+//! and, for the observation registry's arc-swap cells (which loom cannot see), a
+//! mutex-based stand-in; the context objects' `PublishCell` is the same code in both. Variable ids use a std
 //! atomic in every build, because `static` variables need a `const` constructor.
 //!
 //! ## Where `unsafe` lives
@@ -445,7 +462,9 @@
 //!   `arc_clone_raw` (an `Arc` from `Arc::as_ptr` of a live one), `OnceArc` (an `Arc`
 //!   kept as its raw pointer, set once by compare-and-swap, lent as a never-dropped
 //!   `ArcRef`, taken back out by `take` through `&mut`; loom builds keep a mutex
-//!   stand-in, as for `SnapshotCell`).
+//!   stand-in, as for `SnapshotCell`), `PublishCell` (an `Arc` kept as its raw pointer,
+//!   cloned under a count of loads in progress; its writer-only list of deferred
+//!   values).
 //!
 //! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage
 //! checks it (`lib.rs`, `engine/mod.rs` and the documentation modules, which hold no

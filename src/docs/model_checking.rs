@@ -15,9 +15,11 @@
 //! * Every thread-local of the crate (the thread's current context) is loom's, so each
 //!   modelled thread has a context of its own. With std's, loom's threads, which run on
 //!   one OS thread, would all share one context.
-//! * The crate's atomics, `Arc`s and its stand-in for `arc-swap` (a loom mutex) are
-//!   loom's, so loom also explores the crate's own synchronisation: entering a
-//!   [`Context`](crate::Context) (its entered flag), publishing to an observed context.
+//! * The crate's atomics, `Arc`s and cells are loom's, so loom also explores the crate's
+//!   own synchronisation: entering a [`Context`](crate::Context) (its entered flag),
+//!   publishing to an observed context (the same lock-free cell as in a normal build).
+//!   Only the observation registry's per-thread slots (`observe`, arc-swap, which loom
+//!   cannot see) are a loom mutex in loom builds.
 //! * [`thread::spawn`](crate::thread::spawn), [`thread::spawn_in`](crate::thread::spawn_in)
 //!   and [`thread::try_spawn_in`](crate::thread::try_spawn_in) start `loom::thread`s
 //!   (a model cannot use std threads) in a copy of the current context, or in a context
@@ -97,7 +99,7 @@
 //!   loom checks that every node is freed). Entering a [`Context`](crate::Context)
 //!   object (`run`, a thread spawned in it) is one atomic compare-and-swap and one
 //!   store; a set in an *observed* context (one a [`Context`](crate::Context) handle
-//!   elsewhere can read) locks loom's mutex that stands in for arc-swap. All are
+//!   elsewhere can read) is a swap and a read-modify-write in the context's cell. All are
 //!   explored like the model's own atomics; keep the context operations in a model to
 //!   the few the property needs.
 //! * **Stack.** loom runs a model's main thread on a 32 KB stack, and a failing check

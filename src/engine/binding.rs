@@ -14,7 +14,9 @@ use super::frame::Origin;
 use super::light::materialize;
 use super::object::Shared;
 use super::scope::flush_scopes;
-use super::thread::{Borrow, CacheSlot, Hot, TornDown, hot_ptr, retire, with_hot, with_state};
+use super::thread::{
+    Borrow, CacheSlot, Hot, TornDown, hot_ptr, retire, retire_published, with_hot, with_state,
+};
 use crate::map::Node;
 use crate::pool::{self, Entered, Pool};
 use crate::sync::Arc;
@@ -448,7 +450,7 @@ fn set_binding_in<const CHECK: bool>(key: u64, entry: Entry) -> Result<SetState,
         announce();
     }
     if let Some(old) = published {
-        retire(old);
+        retire_published(old);
     }
     Ok(SetState {
         old,
@@ -532,7 +534,7 @@ pub(crate) fn reset_binding(key: u64, mut set: SetState) -> Result<(), (ResetFai
                 retire(vars);
             }
             if let Some(vars) = published {
-                retire(vars);
+                retire_published(vars);
             }
             // Dropped only now, with the state consistent: each may hold the last
             // reference to a value, whose `Drop` may use context variables.
@@ -566,7 +568,7 @@ pub(crate) fn current_shared() -> Result<Arc<Shared>, TornDown> {
         (handle, old)
     })?;
     if let Some(old) = old {
-        retire(old);
+        retire_published(old);
     }
     Ok(shared)
 }
@@ -687,6 +689,50 @@ mod tests {
             Context::new().run(|| assert_eq!(boxed_in_cache(), None, "another node"));
             NAME.reset(name).unwrap();
             CACHED.reset(token).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Counts its drops.
+    struct Tracked(crate::sync::Arc<crate::sync::AtomicUsize>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, crate::sync::Ordering::Relaxed);
+        }
+    }
+
+    context_var! {
+        static TRACKED: Tracked;
+    }
+
+    /// A publication made while another thread loads the object's snapshot leaves the
+    /// snapshot it replaced in the cell (`sync::publish`); the next publication hands it
+    /// back, and the set that made it retires it: nothing is lost or kept for good.
+    #[test]
+    fn a_snapshot_kept_by_the_cell_is_retired_by_the_next_publication() {
+        use crate::sync::{Arc, AtomicUsize, Ordering};
+        std::thread::spawn(|| {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let _handle = Context::current(); // the base frame is now observed
+            let shared = super::current_shared().unwrap();
+            drop(TRACKED.set(Tracked(drops.clone()))); // published: the cell holds it
+            let load = shared.published().hold_load();
+            drop(TRACKED.set(Tracked(drops.clone())));
+            assert_eq!(
+                drops.load(Ordering::Relaxed),
+                0,
+                "the first value's snapshot is kept by the cell: a load may be counting it"
+            );
+            drop(load);
+            drop(TRACKED.set(Tracked(drops.clone())));
+            assert_eq!(
+                drops.load(Ordering::Relaxed),
+                2,
+                "the next publication retires the kept snapshot and the one it replaced"
+            );
+            assert_eq!(Context::current().snapshot().len(), 1);
         })
         .join()
         .unwrap();

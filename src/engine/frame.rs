@@ -33,7 +33,7 @@
 
 use super::Vars;
 use super::object::Shared;
-use super::thread::{Hot, publish_to, retire};
+use super::thread::{Hot, publish_to, retire, retire_replaced};
 use crate::sync::Arc;
 
 /// A frame: the state a thread runs in, kept outside the thread-local while it is not
@@ -170,7 +170,8 @@ impl Frame {
             return;
         };
         let published = if self.dirty {
-            publish_to(&shared, || vars.clone())
+            // SAFETY: this frame holds the object's flag (below).
+            unsafe { publish_to(&shared, || vars.clone()) }
         } else {
             None
         };
@@ -183,7 +184,7 @@ impl Frame {
         // Released only after leaving: they may run destructors, and a panicking one must
         // not leave the context entered for good.
         if let Some(old) = published {
-            retire(old);
+            retire_replaced(old);
         }
         retire(handed_back);
         if !origin.is_empty() {

@@ -7,19 +7,25 @@
 
 use super::Vars;
 use crate::map::{Map, Node};
-use crate::sync::{EnteredCell, SnapshotCell};
+use crate::sync::{EnteredCell, PublishCell, Replaced};
 use crate::value::Entry;
+
+/// What a publication gives back for its caller to retire (`thread::retire_published`):
+/// the snapshot it replaced and, rarely, snapshots that earlier publications replaced
+/// while another thread was loading the object's snapshot.
+pub(crate) type Published = Replaced<Node<Entry>>;
 
 /// The shared part of a context object: its identity, its current snapshot, and whether
 /// it is entered.
 pub(crate) struct Shared {
     pub(crate) id: u64,
     /// The snapshot as other threads see it: replaced by the runner on every set (while
-    /// anyone else can look) and at the end of each run.
-    vars: SnapshotCell<Node<Entry>>,
+    /// anyone else can look) and at the end of each run. Only the holder of `owner`'s
+    /// flag replaces it, which is what lets a replacement cost O(1) (`PublishCell`).
+    vars: PublishCell<Node<Entry>>,
     /// Whether some frame runs this context, and the snapshot that frame starts from:
-    /// the runner's own copy, which it reads without a reference count or an arc-swap
-    /// load. Taken with an `Acquire` CAS on entry, handed back with a `Release` store
+    /// the runner's own copy, which it reads without a reference count or a load from
+    /// `vars`. Taken with an `Acquire` CAS on entry, handed back with a `Release` store
     /// (together with the final snapshot, by the frame) when the frame ends: the pair
     /// orders everything the previous runner did before everything the next one does.
     owner: EnteredCell<Vars>,
@@ -30,7 +36,7 @@ impl Shared {
     pub(crate) fn new(id: u64, vars: Vars, entered: bool) -> Self {
         Self {
             id,
-            vars: SnapshotCell::new(vars.clone().into_arc()),
+            vars: PublishCell::new(vars.clone().into_arc()),
             owner: EnteredCell::new(vars, entered),
         }
     }
@@ -46,9 +52,10 @@ impl Shared {
         Map::from_arc(self.vars.load())
     }
 
-    /// Publishes `vars` and returns the previous snapshot, for the caller to drop when
-    /// its thread state is consistent.
-    pub(crate) fn replace_vars(&self, vars: Vars) -> Vars {
-        Map::from_arc(self.vars.swap(vars.into_arc()))
+    /// The cell other threads load the snapshot from. Only the holder of `owner`'s
+    /// flag may replace its value (`thread::publish_to`): that serialises the
+    /// replacements, as `PublishCell::replace` requires.
+    pub(crate) fn published(&self) -> &PublishCell<Node<Entry>> {
+        &self.vars
     }
 }

@@ -9,7 +9,7 @@ use super::frame::{Frame, Origin};
 use super::light::{Displaced, Light, RESTORE_OUTSIDE, materialize};
 use super::run::isolated;
 use super::scope::flush_scopes;
-use super::thread::{Hot, retire, with_hot, with_state};
+use super::thread::{Hot, retire, retire_published, with_hot, with_state};
 
 /// The frames a request's end may give back their starting bindings ([`restore_origin`]):
 /// the current frame's id if it remembers the bindings it started with
@@ -200,7 +200,7 @@ pub(crate) fn restore_origin(id: u64) -> bool {
     isolated(move || {
         retire(old);
         if let Some(published) = published {
-            retire(published);
+            retire_published(published);
         }
     });
     true

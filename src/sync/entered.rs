@@ -10,7 +10,7 @@ use super::{AtomicBool, Ordering};
 /// the `Release` of the previous holder's [`leave_with`](Self::leave_with) or
 /// [`leave`](Self::leave)); until the holder leaves, it alone may read or replace the
 /// value, on whichever thread it runs by then. So entering costs one compare-and-swap and
-/// reading the value costs nothing: no reference count, no arc-swap load.
+/// reading the value costs nothing: no reference count, no load from the published cell.
 ///
 /// The flag is a `crate::sync::AtomicBool` (loom's in loom builds, so the models check
 /// the hand-over); the value is a std `UnsafeCell` in every build, as loom's cannot lend a

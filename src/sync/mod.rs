@@ -13,6 +13,7 @@
 //! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist); `Arc::get_mut` under TSAN | `loom::sync::Arc::get_mut` |
 //! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
+//! | `PublishCell`, `Replaced` | an `AtomicPtr` from `Arc::into_raw` and a count of loads in progress: one writer at a time, O(1) stores ([`publish`]) | the same code on loom's atomics, `Arc` and `UnsafeCell` |
 //! | `OnceArc`, `ArcRef` | an `AtomicPtr` from `Arc::into_raw`, set once by compare-and-swap (once_cell's `race::OnceBox`, for an `Arc`) | `loom::sync::Mutex<Option<Arc<T>>>` |
 //! | `StaticCounter` | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
 //! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
@@ -22,14 +23,17 @@
 //! | `spawn_thread`, `JoinHandle` | `std::thread` | `loom::thread` (a model's threads must be loom's) |
 //!
 //! `SnapshotCell` was chosen over an `AtomicPtr` with crossbeam-epoch reclamation by
-//! measurement: see `benches/cells.rs` and `docs::internals`.
+//! measurement (`benches/cells.rs`). It now serves only the observation registry, whose
+//! slots several threads write; a context object's snapshot, written by one thread at a
+//! time, is in a `PublishCell`, whose store does not grow with the number of threads
+//! (`docs::internals`).
 
 #![allow(unreachable_pub)]
 
 #[cfg(not(loom))]
 mod imp {
     pub use std::sync::Arc;
-    pub use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+    pub use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
     pub use std::thread::{JoinHandle, spawn as spawn_thread};
 
     /// Declares thread-locals with a `const` initialiser (no lazy-init check on access).
@@ -247,7 +251,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;
-    pub use loom::sync::atomic::{AtomicBool, Ordering};
+    pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
     pub use loom::thread::{JoinHandle, spawn as spawn_thread};
 
     macro_rules! thread_locals {
@@ -403,6 +407,9 @@ pub use std::sync::OnceLock;
 
 mod entered;
 pub use entered::EnteredCell;
+
+mod publish;
+pub use publish::{PublishCell, Replaced};
 
 /// A thread-local `Cell`. Re-exported so that nothing outside this module names a cell
 /// primitive; `Cell` is not a synchronisation primitive, but keeping the import here
