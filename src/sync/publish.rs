@@ -63,8 +63,11 @@ pub struct PublishCell<T> {
     /// Loads between counting themselves in and out (see the module docs).
     loading: AtomicUsize,
     /// Replaced values that a load may still be about to count: owned by the cell and
-    /// touched only by the writer ([`replace`](Self::replace)) and by `Drop`.
-    deferred: WriterOnly<Vec<Arc<T>>>,
+    /// touched only by the writer ([`replace`](Self::replace)) and by `Drop`. Boxed, so
+    /// that the cell is three words (it is in every context object) and its usual
+    /// emptiness costs no allocation.
+    #[allow(clippy::box_collection)] // the `Box` keeps the cell's field one word
+    deferred: WriterOnly<Option<Box<Vec<Arc<T>>>>>,
     /// Owns `Arc<T>`s: `Send` and drop checking follow `Arc<T>`'s.
     _owns: PhantomData<Arc<T>>,
 }
@@ -90,7 +93,7 @@ impl<T> PublishCell<T> {
         Self {
             current: AtomicPtr::new(into_ptr(value)),
             loading: AtomicUsize::new(0),
-            deferred: WriterOnly::new(Vec::new()),
+            deferred: WriterOnly::new(None),
             _owns: PhantomData,
         }
     }
@@ -134,8 +137,11 @@ impl<T> PublishCell<T> {
         if self.loading.fetch_add(0, Ordering::AcqRel) == 0 {
             // SAFETY: replacements are serialised (this function's contract), and `Drop`
             // has `&mut self`: nothing else touches `deferred` now.
-            let earlier = unsafe { self.deferred.with_mut(std::mem::take) };
-            Replaced { old, earlier }
+            let earlier = unsafe { self.deferred.with_mut(Option::take) };
+            Replaced {
+                old,
+                earlier: earlier.map_or_else(Vec::new, |earlier| *earlier),
+            }
         } else {
             self.defer(old);
             Replaced {
@@ -149,7 +155,10 @@ impl<T> PublishCell<T> {
     #[inline(never)]
     fn defer(&self, old: Option<Arc<T>>) {
         // SAFETY: as in `replace`, whose caller this is.
-        unsafe { self.deferred.with_mut(|deferred| deferred.extend(old)) };
+        unsafe {
+            self.deferred
+                .with_mut(|deferred| deferred.get_or_insert_default().extend(old));
+        };
     }
 }
 
@@ -163,7 +172,7 @@ impl<T> Drop for PublishCell<T> {
             drop(unsafe { Arc::from_raw(ptr.cast_const()) });
         }
         // SAFETY: `&mut self`, as above.
-        drop(unsafe { self.deferred.with_mut(std::mem::take) });
+        drop(unsafe { self.deferred.with_mut(Option::take) });
     }
 }
 
@@ -259,6 +268,14 @@ mod tests {
         drop(third);
         assert_eq!(drops.load(Ordering::Relaxed), 3);
         assert!(cell.load().is_none());
+    }
+
+    #[test]
+    fn the_cell_is_three_words() {
+        assert_eq!(
+            std::mem::size_of::<PublishCell<u64>>(),
+            3 * std::mem::size_of::<usize>()
+        );
     }
 
     #[test]
