@@ -76,8 +76,8 @@ pub(crate) use origin::{origin_frames, restore_origins};
 )]
 pub(crate) use run::{enter_detached, leave_detached};
 pub(crate) use run::{
-    release_isolated, run_borrowed, run_borrowed_each, run_entered, run_in, run_owned,
-    run_read_only,
+    release_isolated, run_borrowed, run_borrowed_each, run_borrowed_fold, run_entered, run_in,
+    run_owned, run_read_only,
 };
 pub(crate) use scope::{scope, with_bound_scoped};
 pub(crate) use thread::{

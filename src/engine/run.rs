@@ -166,12 +166,27 @@ pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
 /// it, and the next call gets a fresh one. So an item pays two `HOT` cell writes only
 /// when the one before it wrote, and nothing otherwise.
 pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
+    run_borrowed_fold(vars, (), |()| step());
+}
+
+/// [`run_borrowed_each`] over a state that `step` takes by reference, owned by this call
+/// and handed back at the end: a rayon folder and the items it pulls. Owned here, the
+/// state lives in registers across the items; borrowed from the caller (captured by
+/// `step`), LLVM had to store it before each item's call and load it after (the call
+/// could, as far as it knew, reach the caller's memory): a `par_iter` item cost 12
+/// instructions besides its read, and 7 now.
+#[inline]
+pub(crate) fn run_borrowed_fold<S>(
+    vars: &Vars,
+    mut state: S,
+    mut step: impl FnMut(&mut S) -> bool,
+) -> S {
     let root = vars.root_ptr();
     let entered = pool::entered_now();
     let mut more = true;
     while more {
         more = enter_light(ptr::null_mut(), vars, ptr::null(), root, entered, || {
-            while step() {
+            while step(&mut state) {
                 // `HOT.light` is this frame again unless `step` materialized it (nested
                 // frames put it back when they end; materializing clears it).
                 if with_hot(|hot| hot.light.get().is_null()) {
@@ -181,6 +196,7 @@ pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
             false
         });
     }
+    state
 }
 
 /// Runs `f` in the context object `shared`, which the caller has entered (`try_enter`

@@ -249,25 +249,26 @@ impl<T, F: Folder<T>> Folder<T> for ContextFolder<'_, F> {
     }
 
     fn consume_iter<I: IntoIterator<Item = T>>(mut self, iter: I) -> Self {
-        let mut iter = iter.into_iter();
-        let mut slot = Some(self.take());
+        // The folder and the items are handed to the loop and back (not borrowed by its
+        // closure), so they stay in registers across the items (`run_borrowed_fold`).
+        let state = (Some(self.take()), iter.into_iter());
         // Pulling an item runs the closures of the adapters before this one (`map`,
         // `filter`, ...), so it happens inside the item's frame too.
-        self.capture.run_each(|| {
+        let (slot, _) = self.capture.run_each(state, |(slot, iter)| {
             let Some(base) = slot.take() else {
                 return false;
             };
             if base.full() {
-                slot = Some(base);
+                *slot = Some(base);
                 return false;
             }
             match iter.next() {
                 Some(item) => {
-                    slot = Some(base.consume(item));
+                    *slot = Some(base.consume(item));
                     true
                 }
                 None => {
-                    slot = Some(base);
+                    *slot = Some(base);
                     false
                 }
             }

@@ -279,13 +279,13 @@ impl<'a> Borrowed<'a> {
         self.span.in_state(|| engine::run_borrowed(self.vars, f))
     }
 
-    /// Calls `step` until it returns `false`, each call in a frame that starts from the
-    /// captured bindings (see [`engine::run_borrowed_each`]), all inside the captured
-    /// span (entered once).
+    /// Calls `step` on `state` until it returns `false`, each call in a frame that starts
+    /// from the captured bindings (see [`engine::run_borrowed_fold`]), all inside the
+    /// captured span (entered once); hands `state` back.
     #[inline]
-    fn run_each(self, step: impl FnMut() -> bool) {
+    fn run_each<S>(self, state: S, step: impl FnMut(&mut S) -> bool) -> S {
         self.span
-            .in_state(|| engine::run_borrowed_each(self.vars, step));
+            .in_state(|| engine::run_borrowed_fold(self.vars, state, step))
     }
 }
 
