@@ -16,8 +16,9 @@
 //!
 //! * `publish_counts_loads_in_progress`: a stand-in of `PublishCell`'s protocol (the
 //!   cell a context object publishes its snapshot in: one writer at a time, O(1)
-//!   stores): a load that is in progress while the writer replaces the value twice
-//!   never counts a released value, and every value is released exactly once.
+//!   stores, two counts of loads in progress and a phase bit): a load that is in
+//!   progress while the writer replaces the value three times (switching phases as it
+//!   goes) never counts a released value, and every value is released exactly once.
 //!
 //! Canaries (`#[ignore]`, must FAIL): the same hand-off through stand-ins with a
 //! deliberately too weak ordering (`Relaxed` publication of a snapshot, `Relaxed`
@@ -35,7 +36,7 @@ mod tests {
     use contextvars::{Context, ContextVar, copy_context};
     use loom::cell::UnsafeCell;
     use loom::sync::Arc;
-    use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use loom::thread;
     use loom_tests::model;
 
@@ -258,14 +259,25 @@ mod tests {
         refs: AtomicUsize,
     }
 
+    /// The counter word's phase bit, and one load in each phase's count (as in
+    /// `src/sync/publish.rs`).
+    const PHASE: u64 = 1 << 63;
+    const ONE: [u64; 2] = [1, 1 << 32];
+    const COUNT: [u64; 2] = [0xFFFF_FFFF, 0x7FFF_FFFF << 32];
+
+    fn phase_of(word: u64) -> usize {
+        usize::from(word & PHASE != 0)
+    }
+
     /// The stand-in of `PublishCell` (`src/sync/publish.rs`), on indices into `values`
     /// instead of `Arc` pointers: a reader loads the current value and counts a
-    /// reference on it while the writer replaces it twice and releases what it
-    /// replaced, at once if no load is in progress (`honour_count`), else later.
+    /// reference on it while the writer replaces it three times, keeping what it
+    /// replaced until each count was read at 0 after the swap (`honour_counts`), and
+    /// switching the phase when the current count is busy and the other idle.
     struct PublishStandIn {
-        values: [Refs; 3],
+        values: [Refs; 4],
         current: AtomicUsize,
-        loading: AtomicUsize,
+        loading: AtomicU64,
     }
 
     impl PublishStandIn {
@@ -273,47 +285,86 @@ mod tests {
             let before = self.values[index].refs.fetch_sub(1, Ordering::AcqRel);
             assert!(before > 0, "value {index} released twice");
         }
+
+        /// `PublishCell::load`'s steps.
+        fn load(&self) {
+            let mut phase = phase_of(self.loading.load(Ordering::Relaxed));
+            loop {
+                let word = self.loading.fetch_add(ONE[phase], Ordering::Acquire);
+                if phase_of(word) == phase {
+                    break;
+                }
+                self.loading.fetch_sub(ONE[phase], Ordering::Relaxed);
+                phase = phase_of(word);
+            }
+            let index = self.current.load(Ordering::Acquire);
+            let before = self.values[index].refs.fetch_add(1, Ordering::Relaxed);
+            assert!(before > 0, "a load counted value {index} after its release");
+            self.loading.fetch_sub(ONE[phase], Ordering::Release);
+            self.release(index); // the reader's own reference, done with
+        }
     }
 
-    fn publish_model(name: &str, honour_count: bool) {
+    /// Notes the counts `word` shows at 0 on every kept value (index, counts seen at 0).
+    fn note_zero_counts(kept: &mut [(usize, u8)], word: u64) {
+        for (phase, count) in COUNT.into_iter().enumerate() {
+            if word & count == 0 {
+                kept.iter_mut().for_each(|(_, zero)| *zero |= 1 << phase);
+            }
+        }
+    }
+
+    fn publish_model(name: &str, honour_counts: bool) {
         model(name, move || {
             let cell = Arc::new(PublishStandIn {
                 // Each value starts with the one reference its publisher owns.
-                values: [0, 1, 2].map(|_| Refs {
+                values: [0, 1, 2, 3].map(|_| Refs {
                     refs: AtomicUsize::new(1),
                 }),
                 current: AtomicUsize::new(0),
-                loading: AtomicUsize::new(0),
+                loading: AtomicU64::new(0),
             });
             let reader = {
                 let cell = cell.clone();
-                thread::spawn(move || {
-                    cell.loading.fetch_add(1, Ordering::Acquire);
-                    let index = cell.current.load(Ordering::Acquire);
-                    let before = cell.values[index].refs.fetch_add(1, Ordering::Relaxed);
-                    assert!(before > 0, "a load counted value {index} after its release");
-                    cell.loading.fetch_sub(1, Ordering::Release);
-                    cell.release(index); // the reader's own reference, done with
-                })
+                thread::spawn(move || cell.load())
             };
-            let mut deferred = Vec::new();
-            for next in 1..3 {
-                let old = cell.current.swap(next, Ordering::Release);
-                if !honour_count || cell.loading.fetch_add(0, Ordering::AcqRel) == 0 {
-                    cell.release(old);
-                    deferred.drain(..).for_each(|index| cell.release(index));
-                } else {
-                    deferred.push(old);
+            let mut kept: Vec<(usize, u8)> = Vec::new();
+            let settle = |kept: &mut Vec<(usize, u8)>, word: u64| {
+                note_zero_counts(kept, word);
+                let phase = phase_of(word);
+                if word & COUNT[phase] != 0 && word & COUNT[1 - phase] == 0 {
+                    let word = cell.loading.fetch_xor(PHASE, Ordering::AcqRel);
+                    note_zero_counts(kept, word);
                 }
+                kept.retain(|&(index, zero)| {
+                    let free = zero == 0b11 || !honour_counts;
+                    if free {
+                        cell.release(index);
+                    }
+                    !free
+                });
+            };
+            for next in 1..4 {
+                let old = cell.current.swap(next, Ordering::Release);
+                let word = cell.loading.fetch_add(0, Ordering::AcqRel);
+                kept.push((old, 0));
+                settle(&mut kept, word);
             }
             reader.join().unwrap();
-            deferred.into_iter().for_each(|index| cell.release(index));
+            // No load in progress: a reclaim hands everything back.
+            let word = cell.loading.fetch_add(0, Ordering::AcqRel);
+            settle(&mut kept, word);
+            assert!(kept.is_empty(), "kept after every load ended: {kept:?}");
             let refs: Vec<usize> = cell
                 .values
                 .iter()
                 .map(|value| value.refs.load(Ordering::Relaxed))
                 .collect();
-            assert_eq!(refs, [0, 0, 1], "only the current value is still counted");
+            assert_eq!(
+                refs,
+                [0, 0, 0, 1],
+                "only the current value is still counted"
+            );
         });
     }
 
@@ -323,7 +374,7 @@ mod tests {
         publish_model("publish_counts_loads_in_progress", true);
     }
 
-    /// A replacement that releases the old value without reading the count of loads in
+    /// A replacement that releases the old value without reading the counts of loads in
     /// progress frees it under a load.
     #[test]
     #[ignore = "canary: must fail (run by .ci/run loom)"]

@@ -69,7 +69,7 @@
 //!
 //! The engine (`src/engine/`) enters frames only in `enter_light`, whose exit guard lives
 //! on its own stack frame, and which every entry point (`run_in`, `run_owned`,
-//! `run_borrowed`, `run_borrowed_each`, `run_entered`) calls with the work as a closure.
+//! `run_borrowed`, `run_borrowed_fold`, `run_entered`) calls with the work as a closure.
 //! The integrations do the same: a future's poll, a rayon job, and *each call* into the
 //! consumer, folder, reducer or producer of `in_copied_context()` enters the captured
 //! frame and leaves it before returning. rayon's plumbing traits are public, so any safe
@@ -80,7 +80,7 @@
 //! context object on two threads, and let the items of one job share a context handle.
 //! Now a folder holds only a borrow of the captured snapshot and the wrapped folder; each
 //! item runs in a frame that starts from the captured bindings by construction
-//! (`run_borrowed_each` reuses a frame for the next item only if the item never
+//! (`run_borrowed_fold` reuses a frame for the next item only if the item never
 //! materialized it), so no per-item restore is needed either. `tests/it/hostile.rs` and
 //! the `hostile` fuzz target drive the folders in arbitrary orders against a model.
 //!
@@ -370,20 +370,27 @@
 //!
 //! ### The published cell
 //!
-//! Only the holder of the entered flag writes the object's cell, so it need not be a
-//! many-writer cell. `sync::PublishCell` holds the snapshot's `Arc::into_raw` in an
-//! `AtomicPtr` and a count of loads in progress. A load counts itself in, loads the
-//! pointer, counts a reference, and counts itself out; a publication swaps the pointer
-//! and reads the count with a read-modify-write: at 0 it hands the old snapshot back to
-//! be retired, otherwise the cell keeps it until a later publication reads 0 (or the
-//! cell drops). Both sides are lock-free and O(1): arc-swap, which held the snapshot
-//! before, walked every thread's debt slots on each store, so a set in an observed
-//! context cost more the more threads had ever loaded through arc-swap (2,397
-//! instructions for a set and reset with none, 4,609 after 8 threads had loaded: see
-//! `BENCHMARKS.md`). The module docs of `sync::publish` give the proof; loom checks the
-//! cell in `loom-tests/tests/handoff.rs`, with a canary whose publication ignores the
-//! count. The observation registry's per-thread slots keep arc-swap
-//! (`sync::SnapshotCell`): several threads write them.
+//! Only the holder of the entered flag writes the object's cell (the flag's hand-over,
+//! or the move of the frame that holds it between threads, orders the writes), so it
+//! need not be a many-writer cell. `sync::PublishCell` holds the snapshot's
+//! `Arc::into_raw` in an `AtomicPtr` and one counter word: two counts of loads in
+//! progress and a phase bit that says which count new loads join. A load counts itself
+//! in, loads the pointer, counts a reference, and counts itself out; a publication swaps
+//! the pointer and reads the word with a read-modify-write. With both counts at 0 it
+//! hands the old snapshot back to be retired; otherwise the cell keeps it until each
+//! count has been read at 0 since its swap. A publication that finds the current count
+//! busy and the other idle switches the phase, so that under steady loads each count
+//! still reaches 0 in turn and the cell keeps at most the last two or so snapshots; only
+//! a load stalled mid-way (a preempted thread) holds them longer, while it stalls. A
+//! frame that ends without publishing hands back what it can (`PublishCell::reclaim`),
+//! and the cell's drop releases the rest. Both sides are lock-free and O(1): arc-swap,
+//! which held the snapshot before, walked every thread's debt slots on each store, so a
+//! set in an observed context cost more the more threads had ever loaded through
+//! arc-swap (2,397 instructions for a set and reset with none, 4,609 after 8 threads had
+//! loaded: see `BENCHMARKS.md`). The module docs of `sync::publish` give the proof; loom
+//! checks the cell in `loom-tests/tests/handoff.rs` within the CI's preemption bound,
+//! with a canary whose publication ignores the counts. The observation registry's
+//! per-thread slots keep arc-swap (`sync::SnapshotCell`): several threads write them.
 //!
 //! ### The entered flag and the runner's copy
 //!

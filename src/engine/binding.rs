@@ -695,7 +695,7 @@ mod tests {
     }
 
     /// Counts its drops.
-    struct Tracked(crate::sync::Arc<crate::sync::AtomicUsize>);
+    struct Tracked(crate::sync::Arc<crate::sync::AtomicU64>);
 
     impl Drop for Tracked {
         fn drop(&mut self) {
@@ -712,9 +712,9 @@ mod tests {
     /// back, and the set that made it retires it: nothing is lost or kept for good.
     #[test]
     fn a_snapshot_kept_by_the_cell_is_retired_by_the_next_publication() {
-        use crate::sync::{Arc, AtomicUsize, Ordering};
+        use crate::sync::{Arc, AtomicU64, Ordering};
         std::thread::spawn(|| {
-            let drops = Arc::new(AtomicUsize::new(0));
+            let drops = Arc::new(AtomicU64::new(0));
             let _handle = Context::current(); // the base frame is now observed
             let shared = super::current_shared().unwrap();
             drop(TRACKED.set(Tracked(drops.clone()))); // published: the cell holds it

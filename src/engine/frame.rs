@@ -9,7 +9,7 @@
 //!
 //! **Every frame switch is lexically scoped.** A frame is entered and left inside one
 //! call of this module ([`run_in`](super::run::run_in), [`run_owned`](super::run::run_owned), [`run_borrowed`](super::run::run_borrowed),
-//! [`run_borrowed_each`](super::run::run_borrowed_each), [`run_entered`](super::run::run_entered)), and left again when that call returns or
+//! [`run_borrowed_fold`](super::run::run_borrowed_fold), [`run_entered`](super::run::run_entered)), and left again when that call returns or
 //! unwinds, by a guard that lives on that call's stack and never leaves it. No value that
 //! user code can move, leak, `mem::forget` or drop out of order ever restores a frame:
 //! the folders, futures and tokens the crate hands out hold frames or snapshots as data,
@@ -34,7 +34,7 @@
 use super::Vars;
 use super::object::Shared;
 use super::thread::{Hot, publish_to, retire, retire_replaced};
-use crate::sync::Arc;
+use crate::sync::{Arc, Replaced};
 
 /// A frame: the state a thread runs in, kept outside the thread-local while it is not
 /// running (owned by a task wrapper between polls, a spawned job, or the storage of a
@@ -175,6 +175,10 @@ impl Frame {
         } else {
             None
         };
+        // What the object's cell kept from this frame's publications while other threads
+        // loaded it, if they are done now (usually nothing is kept: one test).
+        // SAFETY: as for `publish_to`.
+        let reclaimed = unsafe { shared.published().reclaim() };
         // SAFETY: a frame with a context object holds its entered flag: it was made by
         // `Frame::entered` (after `try_enter`), by `current_shared` (an entered
         // object), or by materializing `run_entered`'s light frame (whose caller entered
@@ -185,6 +189,12 @@ impl Frame {
         // not leave the context entered for good.
         if let Some(old) = published {
             retire_replaced(old);
+        }
+        if !reclaimed.is_empty() {
+            retire_replaced(Replaced {
+                old: None,
+                earlier: reclaimed,
+            });
         }
         retire(handed_back);
         if !origin.is_empty() {

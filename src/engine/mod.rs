@@ -70,15 +70,13 @@ pub(crate) use light::vars;
 pub(crate) use light::with_captured;
 pub(crate) use object::Shared;
 pub(crate) use origin::{origin_frames, restore_origins};
-#[cfg(feature = "rayon")]
-pub(crate) use run::run_borrowed_fold;
 #[allow(
     unused_imports,
     reason = "tokio's task hooks' (`contextvars::tokio::isolate_tasks`); not public API"
 )]
 pub(crate) use run::{enter_detached, leave_detached};
 pub(crate) use run::{
-    release_isolated, run_borrowed, run_borrowed_each, run_entered, run_in, run_owned,
+    release_isolated, run_borrowed, run_borrowed_fold, run_entered, run_in, run_owned,
     run_read_only,
 };
 pub(crate) use scope::{scope, with_bound_scoped};

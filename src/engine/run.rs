@@ -1,5 +1,5 @@
 //! Entering frames: every lexically scoped entry point ([`run_in`], [`run_owned`],
-//! [`run_read_only`], [`run_borrowed`], [`run_borrowed_each`], [`run_entered`]), the
+//! [`run_read_only`], [`run_borrowed`], [`run_borrowed_fold`], [`run_entered`]), the
 //! isolated release of what a unit of work left, and the one pair that is not scoped
 //! ([`enter_detached`] / [`leave_detached`]).
 
@@ -157,24 +157,21 @@ pub(crate) fn run_borrowed<R>(vars: &Vars, f: impl FnOnce() -> R) -> R {
     )
 }
 
-/// Calls `step` until it returns `false`, each call in a private frame over `vars` that
-/// starts from `vars`' bindings: the items of a rayon job, each of which must not see
-/// what the one before it did.
+/// Calls `step` on `state` until it returns `false`, each call in a private frame over
+/// `vars` that starts from `vars`' bindings, and hands `state` back: the items of a
+/// rayon job (the folder and the items it pulls), each of which must not see what the
+/// one before it did.
 ///
 /// Consecutive calls share one light frame while they only read (a read leaves nothing
 /// behind); a call that materialized the frame (a set, a reset, a context handle) ends
 /// it, and the next call gets a fresh one. So an item pays two `HOT` cell writes only
 /// when the one before it wrote, and nothing otherwise.
-pub(crate) fn run_borrowed_each(vars: &Vars, mut step: impl FnMut() -> bool) {
-    run_borrowed_fold(vars, (), |()| step());
-}
-
-/// [`run_borrowed_each`] over a state that `step` takes by reference, owned by this call
-/// and handed back at the end: a rayon folder and the items it pulls. Owned here, the
-/// state lives in registers across the items; borrowed from the caller (captured by
-/// `step`), LLVM had to store it before each item's call and load it after (the call
-/// could, as far as it knew, reach the caller's memory): a `par_iter` item cost 12
-/// instructions besides its read (the call included), and 8 now.
+///
+/// The state is owned by this call, not borrowed by `step` from the caller, so it lives
+/// in registers across the items. Borrowed (captured by `step`), LLVM had to store it
+/// before each item's call and load it after (the call could, as far as it knew, reach
+/// the caller's memory): a `par_iter` item cost 12 instructions besides its read (the
+/// call included), and 8 now.
 #[inline]
 pub(crate) fn run_borrowed_fold<S>(
     vars: &Vars,

@@ -565,14 +565,22 @@ fn tear_down(hot: &Hot) {
     hot.materialized.set(ptr::null());
     let vars = hot.vars.take();
     if let Some(shared) = hot.ctx.take() {
-        if hot.dirty.get() {
+        let published = if hot.dirty.get() {
             // SAFETY: the thread's base frame holds its object's flag (below).
-            drop(unsafe { publish_to(&shared, || vars.clone()) });
-        }
+            unsafe { publish_to(&shared, || vars.clone()) }
+        } else {
+            None
+        };
+        // SAFETY: as for `publish_to`.
+        let reclaimed = unsafe { shared.published().reclaim() };
         // SAFETY: the thread's base frame holds its object's flag (`current_shared` made
         // it entered, `Shared::new(.., true)`); nothing borrows the runner's copy now: every light
         // frame of this thread has returned (they are scoped to calls on its stack).
         drop(unsafe { shared.owner().leave_with(vars.clone()) });
+        // Dropped after leaving, as `Frame::release` does: a destructor that panics must
+        // not leave the object entered.
+        drop(published);
+        drop(reclaimed);
     }
     // May run user destructors, which see defaults and cannot write.
     drop(vars);

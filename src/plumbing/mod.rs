@@ -341,8 +341,8 @@ pub fn run_in_snapshot<R>(snapshot: &Snapshot, f: impl FnOnce() -> R) -> R {
 /// what the one before it set. Consecutive calls that only read share one frame, so an
 /// item costs nothing beyond its call; one that wrote ends the frame, and the next item
 /// gets a fresh one.
-pub fn run_in_snapshot_each(snapshot: &Snapshot, step: impl FnMut() -> bool) {
-    engine::run_borrowed_each(snapshot.vars(), step);
+pub fn run_in_snapshot_each(snapshot: &Snapshot, mut step: impl FnMut() -> bool) {
+    engine::run_borrowed_fold(snapshot.vars(), (), |()| step());
 }
 
 // The detached pair over task frames: crate-private (see the module docs), for the

@@ -210,7 +210,7 @@ impl<T, C: UnindexedConsumer<T>> UnindexedConsumer<T> for ContextConsumer<'_, C>
 
 /// A folder whose every call runs in a frame over the captured snapshot, entered inside
 /// the call and left before it returns. Each item gets a frame that starts from the
-/// captured bindings ([`run_borrowed_each`](engine::run_borrowed_each)): a `set` one
+/// captured bindings ([`run_borrowed_fold`](engine::run_borrowed_fold)): a `set` one
 /// item leaves behind, or a context handle it takes, is never seen by the next, so what
 /// an item sees does not depend on how rayon split the work. Used by both paths: as a
 /// job's folder (consumer path) and around the consumer's folder inside a producer's

@@ -33,7 +33,7 @@
 #[cfg(not(loom))]
 mod imp {
     pub use std::sync::Arc;
-    pub use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+    pub use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
     pub use std::thread::{JoinHandle, spawn as spawn_thread};
 
     /// Declares thread-locals with a `const` initialiser (no lazy-init check on access).
@@ -251,7 +251,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub use loom::sync::Arc;
-    pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+    pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
     pub use loom::thread::{JoinHandle, spawn as spawn_thread};
 
     macro_rules! thread_locals {
