@@ -447,6 +447,22 @@ fn copy_context_and_drop(_: ()) {
     drop(black_box(copy_context()));
 }
 
+/// [`entered_once_leaked`], copied once already: the thread's first load from a cell
+/// may set up state of its own (arc-swap's did, about 950 instructions).
+fn entered_and_copied_once(n: usize) -> &'static Context {
+    let ctx = entered_once_leaked(n);
+    drop(black_box(ctx.copy()));
+    ctx
+}
+
+// `Context::copy` of a context that has run: a load of its published snapshot from its
+// cell (the read side of a publication), and the copy's drop.
+#[library_benchmark]
+#[bench::vars_8(args = (8), setup = entered_and_copied_once, config = limits(50, 0))]
+fn copy_published_and_drop(ctx: &'static Context) {
+    drop(black_box(black_box(ctx).copy()));
+}
+
 fn shared() -> Arc<u64> {
     Arc::new(7)
 }
@@ -470,6 +486,7 @@ library_benchmark_group!(
         peer_task_local_sync_scope,
         run_empty,
         copy_context_and_drop,
+        copy_published_and_drop,
         peer_arc_clone_and_drop
     ]
 );
