@@ -181,8 +181,10 @@ impl Frame {
         let reclaimed = unsafe { shared.published().reclaim() };
         // SAFETY: a frame with a context object holds its entered flag: it was made by
         // `Frame::entered` (after `try_enter`), by `current_shared` (an entered
-        // object), or by materializing `run_entered`'s light frame (whose caller entered
-        // and which then leaves it to this frame). No reference from `owner().get()` is
+        // object), by materializing `run_entered`'s light frame (whose caller entered
+        // and which then leaves it to this frame), or is the copy that materializing a
+        // light frame over a stored frame made (`materialize_slow`), which acts for the
+        // stored one until the light frame ends and is written back in its place. No reference from `owner().get()` is
         // in use: only an unmaterialized `run_entered` frame holds one.
         let handed_back = unsafe { shared.owner().leave_with(vars) };
         // Released only after leaving: they may run destructors, and a panicking one must
