@@ -530,7 +530,9 @@ pub(super) unsafe fn publish_to(
 ) -> Option<Published> {
     // SAFETY: the caller holds the flag (this function's contract): the flag's holder
     // alone replaces the snapshot, and the flag is handed on with `Release` and taken
-    // with `Acquire` (`EnteredCell`), so the replacements are serialised.
+    // with `Acquire` (`EnteredCell`), or the frame that holds it is moved between threads
+    // by an executor's hand-over, which orders the moves: the replacements are
+    // serialised.
     (Arc::strong_count(shared) > 1)
         .then(|| unsafe { shared.published().replace(vars().into_arc()) })
 }
