@@ -167,7 +167,7 @@ impl Context {
     /// No allocation, whatever n. One reference-count increment for a context never run;
     /// for one that has been run (or a [`current`](Self::current) handle), a load of the
     /// published snapshot from its cell: the increment plus two read-modify-writes of the
-    /// cell's count of loads in progress. Lock-free: a thread running the context never
+    /// cell's counter of loads in progress. Lock-free: a thread running the context never
     /// makes a load wait.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::new(self.vars())

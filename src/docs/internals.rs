@@ -470,7 +470,7 @@
 //!   kept as its raw pointer, set once by compare-and-swap, lent as a never-dropped
 //!   `ArcRef`, taken back out by `take` through `&mut`; loom builds keep a mutex
 //!   stand-in, as for `SnapshotCell`), `PublishCell` (an `Arc` kept as its raw pointer,
-//!   cloned under a count of loads in progress; its writer-only list of deferred
+//!   cloned under a counter of loads in progress; its writer-only list of kept
 //!   values).
 //!
 //! Every other code module says `#![deny(unsafe_code)]`, and `.ci/run`'s tidy stage

@@ -33,8 +33,8 @@
 
 use super::Vars;
 use super::object::Shared;
-use super::thread::{Hot, publish_to, retire, retire_replaced};
-use crate::sync::{Arc, Replaced};
+use super::thread::{Hot, publish_final, retire, retire_replaced};
+use crate::sync::Arc;
 
 /// A frame: the state a thread runs in, kept outside the thread-local while it is not
 /// running (owned by a task wrapper between polls, a spawned job, or the storage of a
@@ -169,35 +169,20 @@ impl Frame {
             }
             return;
         };
-        let published = if self.dirty {
-            // SAFETY: this frame holds the object's flag (below).
-            unsafe { publish_to(&shared, || vars.clone()) }
-        } else {
-            None
-        };
-        // What the object's cell kept from this frame's publications while other threads
-        // loaded it, if they are done now (usually nothing is kept: one test).
-        // SAFETY: as for `publish_to`.
-        let reclaimed = unsafe { shared.published().reclaim() };
+        // SAFETY: this frame holds the object's flag (below).
+        let released = unsafe { publish_final(&shared, self.dirty, || vars.clone()) };
         // SAFETY: a frame with a context object holds its entered flag: it was made by
         // `Frame::entered` (after `try_enter`), by `current_shared` (an entered
         // object), by materializing `run_entered`'s light frame (whose caller entered
         // and which then leaves it to this frame), or is the copy that materializing a
         // light frame over a stored frame made (`materialize_slow`), which acts for the
-        // stored one until the light frame ends and is written back in its place. No reference from `owner().get()` is
-        // in use: only an unmaterialized `run_entered` frame holds one.
+        // stored one until the light frame ends and is written back in its place. No
+        // reference from `owner().get()` is in use: only an unmaterialized `run_entered`
+        // frame holds one.
         let handed_back = unsafe { shared.owner().leave_with(vars) };
         // Released only after leaving: they may run destructors, and a panicking one must
         // not leave the context entered for good.
-        if let Some(old) = published {
-            retire_replaced(old);
-        }
-        if !reclaimed.is_empty() {
-            retire_replaced(Replaced {
-                old: None,
-                earlier: reclaimed,
-            });
-        }
+        retire_replaced(released);
         retire(handed_back);
         if !origin.is_empty() {
             retire(origin);

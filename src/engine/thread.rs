@@ -537,6 +537,33 @@ pub(super) unsafe fn publish_to(
         .then(|| unsafe { shared.published().replace(vars().into_arc()) })
 }
 
+/// A frame's last word to its object before it leaves it: publishes `vars()` if the
+/// frame is `dirty` ([`publish_to`]); otherwise takes back what the object's cell kept
+/// from earlier publications while other threads loaded it, if they are done now
+/// (`PublishCell::reclaim`: usually nothing is kept, and that is one test). Returns what
+/// the caller releases ([`retire_replaced`]) once it has left the object.
+///
+/// # Safety
+///
+/// As for [`publish_to`]: the caller holds the object's entered flag.
+pub(super) unsafe fn publish_final(
+    shared: &Arc<Shared>,
+    dirty: bool,
+    vars: impl FnOnce() -> Vars,
+) -> Published {
+    let published = if dirty {
+        // SAFETY: the caller holds the flag (this function's contract).
+        unsafe { publish_to(shared, vars) }
+    } else {
+        None
+    };
+    published.unwrap_or_else(|| Published {
+        old: None,
+        // SAFETY: as above.
+        earlier: unsafe { shared.published().reclaim() },
+    })
+}
+
 /// The thread's teardown guard: `HOT` has no destructor (so that reaching it is a plain
 /// TLS access), and this zero-sized thread-local, registered the first time the thread
 /// stores something in `HOT`'s frame, releases that frame at thread exit.
@@ -567,22 +594,15 @@ fn tear_down(hot: &Hot) {
     hot.materialized.set(ptr::null());
     let vars = hot.vars.take();
     if let Some(shared) = hot.ctx.take() {
-        let published = if hot.dirty.get() {
-            // SAFETY: the thread's base frame holds its object's flag (below).
-            unsafe { publish_to(&shared, || vars.clone()) }
-        } else {
-            None
-        };
-        // SAFETY: as for `publish_to`.
-        let reclaimed = unsafe { shared.published().reclaim() };
+        // SAFETY: the thread's base frame holds its object's flag (below).
+        let released = unsafe { publish_final(&shared, hot.dirty.get(), || vars.clone()) };
         // SAFETY: the thread's base frame holds its object's flag (`current_shared` made
         // it entered, `Shared::new(.., true)`); nothing borrows the runner's copy now: every light
         // frame of this thread has returned (they are scoped to calls on its stack).
         drop(unsafe { shared.owner().leave_with(vars.clone()) });
         // Dropped after leaving, as `Frame::release` does: a destructor that panics must
         // not leave the object entered.
-        drop(published);
-        drop(reclaimed);
+        drop(released);
     }
     // May run user destructors, which see defaults and cannot write.
     drop(vars);
@@ -698,7 +718,9 @@ fn drain_parked() {
 /// Retires what [`publish_to`] gave back: the replaced snapshot, and any that earlier
 /// publications had to leave in the cell.
 pub(super) fn retire_replaced(published: Published) {
-    retire(Map::from_arc(published.old));
+    if let Some(old) = published.old {
+        retire(Map::from_arc(Some(old)));
+    }
     for vars in published.earlier {
         retire(Map::from_arc(Some(vars)));
     }

@@ -13,7 +13,7 @@
 //! | `unique_mut` | strong count 1 + `Acquire` fence (no `Weak`s exist); `Arc::get_mut` under TSAN | `loom::sync::Arc::get_mut` |
 //! | `AtomicBool`, `Ordering` | `std::sync::atomic` | `loom::sync::atomic` |
 //! | `SnapshotCell` | `arc_swap::ArcSwapOption` | `loom::sync::Mutex<Option<Arc<T>>>` (arc-swap is not loom-aware) |
-//! | `PublishCell`, `Replaced` | an `AtomicPtr` from `Arc::into_raw` and a count of loads in progress: one writer at a time, O(1) stores ([`publish`]) | the same code on loom's atomics, `Arc` and `UnsafeCell` |
+//! | `PublishCell`, `Replaced` | an `AtomicPtr` from `Arc::into_raw` and a counter word (two counts of loads in progress and a phase bit): one writer at a time, O(1) stores ([`publish`]) | the same code on loom's atomics, `Arc` and `UnsafeCell` |
 //! | `OnceArc`, `ArcRef` | an `AtomicPtr` from `Arc::into_raw`, set once by compare-and-swap (once_cell's `race::OnceBox`, for an `Arc`) | `loom::sync::Mutex<Option<Arc<T>>>` |
 //! | `StaticCounter` | `std::sync::atomic::AtomicU64` | the same: it must be `const`-constructible for `static` vars, and loom atomics are not |
 //! | `thread_locals!` | `std::thread_local!` with `const` init | `loom::thread_local!` (which rejects `const` init) |
